@@ -1,0 +1,510 @@
+"""The room's turn logic: Orange's ``ChatRoom`` behaviour as plain Python.
+
+A :class:`Room` holds one room's :class:`~rooms.state.RoomData` and handles one event at
+a time through partyserver-like hooks: :meth:`Room.on_start`, :meth:`Room.on_connect`,
+:meth:`Room.on_message`, :meth:`Room.on_close`, :meth:`Room.on_alarm`, plus
+:meth:`Room.on_ai_event` for the results of AI jobs. Each hook returns the turn's
+:class:`~rooms.state.Effects`; it never does I/O and never raises for bad input.
+
+Client messages are dispatched from the discriminated union of :mod:`rooms.messages`
+to one handler each (``_on_<type>``). Time is passed in (UNIX seconds) so the logic is
+deterministic under test.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .messages import (
+    AI_TRACK_NAME,
+    AI_USER_ID,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    AiPublicState,
+    CallsApiHistoryEntry,
+    DirectMessage,
+    DisableAi,
+    E2eeMlsMessage,
+    EnableAi,
+    Heartbeat,
+    MuteUser,
+    PartyserverPing,
+    ProtocolError,
+    RelinquishAiControl,
+    RequestAiControl,
+    RoomState,
+    User,
+    UserLeft,
+    UserTracks,
+    UserUpdate,
+    parse_client_message,
+    server_message,
+)
+from .state import (
+    AiState,
+    ControlJob,
+    Effects,
+    EnableJob,
+    Outgoing,
+    ReleaseJob,
+    RoomData,
+)
+
+__all__ = [
+    "ALARM_INTERVAL",
+    "AiControlResult",
+    "AiEnableResult",
+    "AiProgress",
+    "HEARTBEAT_TIMEOUT",
+    "Room",
+]
+
+ALARM_INTERVAL = 15.0
+"""Seconds between alarms while anyone is connected (Orange's ``alarmInterval``)."""
+
+HEARTBEAT_TIMEOUT = 15.0
+"""A user whose last heartbeat is older than this many seconds is removed by the sweep."""
+
+
+@dataclass(frozen=True, slots=True)
+class AiProgress:
+    """An enable job reached a step; ``fields`` are AI state fields to persist now
+    (``sessionId``, ``mid``, ``callId``, ``step``) so a crash can be cleaned up after."""
+
+    attempt: int
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class AiEnableResult:
+    """An enable job finished: ``error`` is ``None`` on success, else ``"<step>: <cause>"``."""
+
+    attempt: int
+    session_id: str | None = None
+    track_name: str | None = None
+    mid: str | None = None
+    call_id: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AiControlResult:
+    """A control job finished for connection ``conn``; ``error`` as in AiEnableResult."""
+
+    attempt: int
+    conn: str
+    error: str | None = None
+
+
+AiEvent = AiProgress | AiEnableResult | AiControlResult
+
+
+def _room_state_message(data: RoomData) -> dict[str, Any]:
+    ai = data.ai
+    users = [user.wire() for user in data.users.values()]
+    if ai.enabled:
+        users.append(
+            User(
+                id=AI_USER_ID,
+                name="AI",
+                joined=True,
+                transceiverSessionId=ai.sessionId,
+                tracks=UserTracks(
+                    audio=f"{ai.sessionId}/{ai.trackName}",
+                    audioEnabled=True,
+                    videoEnabled=False,
+                    screenShareEnabled=False,
+                ),
+            ).wire()
+        )
+    public = AiPublicState(
+        enabled=ai.enabled,
+        controllingUser=ai.controllingUser,
+        error=ai.error,
+        connectionPending=ai.connectionPending,
+    ).wire()
+    state: dict[str, Any] = {"users": users, "ai": public}
+    if data.meetingId is not None:
+        state["meetingId"] = data.meetingId
+    return {"type": "roomState", "state": state}
+
+
+class Room:
+    """One room's state and turn logic (no I/O).
+
+    Args:
+        room_id: the room's id (the ``{room}`` of ``/parties/rooms/{room}``).
+        data: the state restored from a snapshot, or ``None`` for a new room.
+        max_message_bytes: the client message size limit in bytes (default 64 KiB).
+        new_id: makes meeting ids (default: random UUID4 strings).
+    """
+
+    def __init__(
+        self,
+        room_id: str,
+        data: RoomData | None = None,
+        *,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+    ) -> None:
+        self.room_id = room_id
+        self.data = data if data is not None else RoomData()
+        self.max_message_bytes = max_message_bytes
+        self._new_id = new_id
+        self._fx = Effects()
+
+    # ---- public views -------------------------------------------------------------
+
+    def room_state(self) -> dict[str, Any]:
+        """Return the ``RoomState`` JSON object (what ``roomState`` carries)."""
+        return _room_state_message(self.data)["state"]
+
+    @property
+    def alarm_at(self) -> float | None:
+        """The persisted alarm time (UNIX s), or ``None`` when no alarm is set."""
+        return self.data.alarmAt
+
+    # ---- lifecycle hooks ------------------------------------------------------------
+
+    def on_start(self, now: float) -> Effects:
+        """An activation began (first start, Ray restart, or wake from hibernation).
+
+        An AI flow that was under way when the previous activation died cannot finish:
+        its pending markers are cleared, the error says so, and what it created is
+        released (so ``connectionPending`` never stays true for ever).
+        """
+        ai = self.data.ai
+        if ai.connectionPending:
+            step = ai.step or "start"
+            self._release_ai(reason="enable interrupted by a room restart")
+            self.data.ai = AiState(
+                attempt=ai.attempt + 1,
+                error=f"enable interrupted at {step}: the room restarted; try again",
+            )
+            self._changed()
+            self._broadcast_state()
+        elif ai.controlPending is not None:
+            ai.controlPending = None
+            ai.attempt += 1
+            self._changed()
+            self._broadcast_state()
+        return self._take()
+
+    def on_connect(self, conn: str, name: str, now: float) -> Effects:
+        """A client connected as connection ``conn`` with the authenticated ``name``.
+
+        Restores or creates the connection's user, records its heartbeat, starts the
+        meeting if there is none, keeps the peak user count, sweeps timed-out users,
+        broadcasts ``roomState`` and makes sure the alarm is set.
+        """
+        data = self.data
+        data.connections[conn] = name
+        if conn not in data.users:
+            data.users[conn] = User(
+                id=conn,
+                name=name,
+                tracks=UserTracks(
+                    audioEnabled=False, videoEnabled=False, screenShareEnabled=False
+                ),
+            )
+        data.heartbeats[conn] = now
+        if data.meetingId is None:
+            data.meetingId = self._new_id()
+            self._log("startingMeeting", meetingId=data.meetingId)
+        self._changed()
+        self._sweep(now)
+        data.peakUserCount = max(data.peakUserCount, len(data.users))
+        if data.alarmAt is None:
+            data.alarmAt = now + ALARM_INTERVAL
+        self._broadcast_state()
+        self._log("onConnect", connectionId=conn)
+        return self._take()
+
+    def on_close(self, conn: str, code: int = 1000, reason: str = "") -> Effects:
+        """The socket of connection ``conn`` closed (Orange's ``onClose``).
+
+        The user stays until the heartbeat sweep removes it (so a client that
+        reconnects keeps its user), but the connection no longer receives messages.
+        """
+        if self.data.connections.pop(conn, None) is not None:
+            self._changed()
+        self._log("onClose", connectionId=conn, code=code, reason=reason[:120])
+        return self._take()
+
+    def on_alarm(self, now: float) -> Effects:
+        """The room's alarm fired: sweep timed-out users, end the meeting when nobody is
+        left, otherwise broadcast ``roomState`` and set the alarm again."""
+        self.data.alarmAt = None
+        self._changed()
+        remaining = self._sweep(now)
+        if remaining:
+            self._broadcast_state()
+            self.data.alarmAt = now + ALARM_INTERVAL
+        return self._take()
+
+    def on_message(self, conn: str, raw: str | bytes, now: float) -> Effects:
+        """Handle one client frame from connection ``conn``.
+
+        Bad input (see :func:`rooms.messages.parse_client_message`) is answered with an
+        ``error`` to ``conn`` alone and changes nothing.
+        """
+        try:
+            message = parse_client_message(raw, max_bytes=self.max_message_bytes)
+        except ProtocolError as error:
+            self._error(conn, str(error))
+            return self._take()
+        handler = self._handlers[type(message)]
+        handler(self, conn, message, now)
+        return self._take()
+
+    def on_ai_event(self, event: AiEvent, now: float) -> Effects:
+        """Apply the progress or result of an AI job (an internal turn)."""
+        ai = self.data.ai
+        if isinstance(event, AiProgress):
+            if event.attempt == ai.attempt and ai.connectionPending:
+                for key, value in event.fields.items():
+                    setattr(ai, key, value)
+                self._changed()
+        elif isinstance(event, AiEnableResult):
+            self._enable_finished(event)
+        elif isinstance(event, AiControlResult):
+            self._control_finished(event)
+        return self._take()
+
+    # ---- message handlers -------------------------------------------------------------
+
+    def _on_user_update(self, conn: str, msg: UserUpdate, now: float) -> None:
+        # The id and name are the connection's own, never taken from the body.
+        name = self.data.connections.get(conn) or self._user_name(conn)
+        self.data.users[conn] = msg.user.model_copy(update={"id": conn, "name": name})
+        self._changed()
+        self._broadcast_state()
+
+    def _on_direct_message(self, conn: str, msg: DirectMessage, now: float) -> None:
+        if msg.to not in self.data.connections:
+            self._error(conn, f"no connection {msg.to[:64]!r} in this room")
+            return
+        self._send(msg.to, server_message(
+            "directMessage", **{"from": self._user_name(conn), "message": msg.message}
+        ))
+
+    def _on_mute_user(self, conn: str, msg: MuteUser, now: float) -> None:
+        if msg.id not in self.data.connections:
+            self._error(conn, f"no connection {msg.id[:64]!r} in this room")
+            return
+        user = self.data.users.get(msg.id)
+        if user is not None:
+            user.tracks.audioEnabled = False
+            self._changed()
+        self._send(msg.id, server_message("muteMic"))
+        self._broadcast_state()
+
+    def _on_user_left(self, conn: str, msg: UserLeft, now: float) -> None:
+        self._remove_user(conn, close=(1000, "User left"))
+        self._log("userLeft", connectionId=conn)
+        self._broadcast_state()
+
+    def _on_heartbeat(self, conn: str, msg: Heartbeat, now: float) -> None:
+        if conn in self.data.users:
+            self.data.heartbeats[conn] = now
+            self._changed()
+
+    def _on_ping(self, conn: str, msg: PartyserverPing, now: float) -> None:
+        self._send(conn, server_message("partyserver-pong"))
+
+    def _on_e2ee(self, conn: str, msg: E2eeMlsMessage, now: float) -> None:
+        self._fx.messages.append(Outgoing("except", conn, msg.wire()))
+
+    def _on_history(self, conn: str, msg: CallsApiHistoryEntry, now: float) -> None:
+        self._log("clientNegotiationRecord", connectionId=conn, sessionId=msg.sessionId,
+                  entry=msg.entry)
+
+    def _on_enable_ai(self, conn: str, msg: EnableAi, now: float) -> None:
+        ai = self.data.ai
+        if ai.connectionPending:
+            self._error(conn, "the AI is already being enabled")
+            return
+        if ai.enabled:
+            self._error(conn, "the AI is already enabled")
+            return
+        ai.attempt += 1
+        ai.connectionPending = True
+        ai.error = None
+        ai.step = "start"
+        self._changed()
+        self._broadcast_state()
+        self._fx.jobs.append(EnableJob(
+            attempt=ai.attempt, meeting_id=self.data.meetingId,
+            instructions=msg.instructions, voice=msg.voice,
+        ))
+
+    def _on_disable_ai(self, conn: str, msg: DisableAi, now: float) -> None:
+        ai = self.data.ai
+        if not (ai.enabled or ai.connectionPending):
+            self._error(conn, "the AI is not enabled")
+            return
+        # A pending enable's result will be stale (attempt moves on) and released then.
+        self._release_ai(reason="disableAi")
+        self.data.ai = AiState(attempt=ai.attempt + 1)
+        self._changed()
+        self._broadcast_state()
+
+    def _on_request_ai_control(self, conn: str, msg: RequestAiControl, now: float) -> None:
+        ai = self.data.ai
+        if not ai.enabled or ai.sessionId is None:
+            self._error(conn, "the AI is not enabled")
+            return
+        if ai.controlPending is not None:
+            self._error(conn, "another control request is under way")
+            return
+        ai.attempt += 1
+        ai.controlPending = conn
+        self._changed()
+        self._fx.jobs.append(ControlJob(
+            attempt=ai.attempt, conn=conn, session_id=ai.sessionId,
+            track_name=ai.trackName or AI_TRACK_NAME, track=msg.track,
+        ))
+
+    def _on_relinquish_ai_control(
+        self, conn: str, msg: RelinquishAiControl, now: float
+    ) -> None:
+        ai = self.data.ai
+        if ai.controllingUser != conn:
+            self._error(conn, "you do not hold control of the AI")
+            return
+        ai.controllingUser = None
+        self._changed()
+        self._broadcast_state()
+
+    _handlers: dict[type, Callable[..., None]] = {
+        UserUpdate: _on_user_update,
+        DirectMessage: _on_direct_message,
+        MuteUser: _on_mute_user,
+        UserLeft: _on_user_left,
+        Heartbeat: _on_heartbeat,
+        PartyserverPing: _on_ping,
+        E2eeMlsMessage: _on_e2ee,
+        CallsApiHistoryEntry: _on_history,
+        EnableAi: _on_enable_ai,
+        DisableAi: _on_disable_ai,
+        RequestAiControl: _on_request_ai_control,
+        RelinquishAiControl: _on_relinquish_ai_control,
+    }
+
+    # ---- AI results ---------------------------------------------------------------------
+
+    def _enable_finished(self, result: AiEnableResult) -> None:
+        ai = self.data.ai
+        if result.attempt != ai.attempt or not ai.connectionPending:
+            # Stale: the AI was disabled (or the room restarted) meanwhile.
+            if result.error is None:
+                self._fx.jobs.append(ReleaseJob(
+                    result.session_id, tuple(m for m in [result.mid] if m),
+                    result.call_id, reason="stale enable",
+                ))
+            return
+        ai.connectionPending = False
+        ai.step = None
+        if result.error is None:
+            ai.enabled = True
+            ai.sessionId = result.session_id
+            ai.trackName = result.track_name
+            ai.mid = result.mid
+            ai.callId = result.call_id
+            ai.error = None
+        else:
+            # The job released what it created itself.
+            self.data.ai = AiState(attempt=ai.attempt, error=f"enableAi failed at {result.error}")
+            self._log("aiError", error=result.error)
+        self._changed()
+        self._broadcast_state()
+
+    def _control_finished(self, result: AiControlResult) -> None:
+        ai = self.data.ai
+        if result.attempt != ai.attempt or ai.controlPending != result.conn:
+            return
+        ai.controlPending = None
+        if result.error is None:
+            if result.conn in self.data.connections:
+                ai.controllingUser = result.conn
+            ai.error = None
+        else:
+            ai.error = f"requestAiControl failed at {result.error}"
+            self._log("aiError", error=result.error)
+        self._changed()
+        self._broadcast_state()
+
+    def _release_ai(self, reason: str) -> None:
+        ai = self.data.ai
+        if ai.sessionId or ai.callId:
+            self._fx.jobs.append(ReleaseJob(
+                ai.sessionId, tuple(m for m in [ai.mid] if m), ai.callId, reason=reason
+            ))
+
+    # ---- helpers ----------------------------------------------------------------------
+
+    def _take(self) -> Effects:
+        fx, self._fx = self._fx, Effects()
+        return fx
+
+    def _changed(self) -> None:
+        self._fx.changed = True
+
+    def _log(self, event: str, **fields: Any) -> None:
+        self._fx.log.append({"eventName": event, "room": self.room_id,
+                             "meetingId": self.data.meetingId, **fields})
+
+    def _send(self, conn: str, message: dict[str, Any]) -> None:
+        self._fx.messages.append(Outgoing("one", conn, message))
+
+    def _error(self, conn: str, text: str) -> None:
+        self._send(conn, server_message("error", error=text))
+
+    def _broadcast_state(self) -> None:
+        self._fx.messages.append(Outgoing("all", None, _room_state_message(self.data)))
+
+    def _user_name(self, conn: str) -> str:
+        user = self.data.users.get(conn)
+        if user is not None:
+            return user.name
+        return self.data.connections.get(conn, conn)
+
+    def _remove_user(self, conn: str, close: tuple[int, str] | None) -> None:
+        data = self.data
+        data.users.pop(conn, None)
+        data.heartbeats.pop(conn, None)
+        self._fx.messages.append(
+            Outgoing("all", None, server_message("userLeftNotification", id=conn))
+        )
+        if data.connections.pop(conn, None) is not None and close is not None:
+            self._fx.messages.append(Outgoing("one", conn, None, close))
+        if data.ai.controllingUser == conn:
+            data.ai.controllingUser = None
+        self._changed()
+
+    def _sweep(self, now: float) -> int:
+        """Remove users whose heartbeat is older than the timeout; end the meeting when
+        none is left. Returns the number of users remaining."""
+        data = self.data
+        stale = [
+            conn for conn in data.users
+            if data.heartbeats.get(conn, float("-inf")) + HEARTBEAT_TIMEOUT < now
+        ]
+        for conn in stale:
+            self._remove_user(conn, close=(1011, "heartbeat timeout"))
+            self._log("userTimedOut", connectionId=conn)
+        if not data.users and data.meetingId is not None:
+            self._end_meeting()
+            return 0
+        if stale:
+            self._broadcast_state()
+        return len(data.users)
+
+    def _end_meeting(self) -> None:
+        self._log("endingMeeting", peakUserCount=self.data.peakUserCount)
+        self._release_ai(reason="meeting ended")
+        attempt = self.data.ai.attempt + 1
+        self.data = RoomData(connections=self.data.connections)
+        self.data.ai.attempt = attempt
+        self._changed()

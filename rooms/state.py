@@ -1,0 +1,149 @@
+"""The persisted state of a room and the effects a turn produces.
+
+:class:`RoomData` is everything a room keeps in its snapshot (users, heartbeats, live
+connection ids, meeting, alarm, AI state). Secrets never go in here: the AI state holds
+only ids (Calls session id, OpenAI call id, mids), never credentials.
+
+A turn of :class:`rooms.room.Room` returns :class:`Effects`: the messages to send
+(released by the actor only after the turn's snapshot is durable: the output gate) and
+the AI jobs to run outside the turn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .messages import TrackRef, User
+
+__all__ = [
+    "AiState",
+    "ControlJob",
+    "Effects",
+    "EnableJob",
+    "Job",
+    "Outgoing",
+    "ReleaseJob",
+    "RoomData",
+]
+
+
+class AiState(BaseModel):
+    """The AI agent's persisted state.
+
+    Attributes:
+        enabled: the AI is in the call.
+        connectionPending: an enable is under way.
+        error: why the last AI operation failed (step and cause), shown to users.
+        sessionId: the Calls session holding the AI's peer connection.
+        trackName: the AI's published track (``ai-generated-voice``).
+        mid: the mid of the AI session's bidirectional transceiver.
+        callId: the OpenAI Realtime call id.
+        controllingUser: the connection id whose microphone feeds the AI.
+        controlPending: the connection id whose control request is under way.
+        attempt: increases with every enable, disable and control request; a job's
+            result whose attempt is no longer current is stale and is released.
+        step: the step an enable is at (for a clear error after a restart).
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    enabled: bool = False
+    connectionPending: bool = False
+    error: str | None = None
+    sessionId: str | None = None
+    trackName: str | None = None
+    mid: str | None = None
+    callId: str | None = None
+    controllingUser: str | None = None
+    controlPending: str | None = None
+    attempt: int = 0
+    step: str | None = None
+
+
+class RoomData(BaseModel):
+    """Everything a room persists (its snapshot's ``state``).
+
+    Times are UNIX seconds (floats).
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    users: dict[str, User] = Field(default_factory=dict)
+    heartbeats: dict[str, float] = Field(default_factory=dict)
+    connections: dict[str, str] = Field(default_factory=dict)
+    meetingId: str | None = None
+    peakUserCount: int = 0
+    alarmAt: float | None = None
+    ai: AiState = Field(default_factory=AiState)
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One message (or close) leaving the room.
+
+    Attributes:
+        to: ``"one"`` (connection ``conn``), ``"all"``, or ``"except"`` (all but ``conn``).
+        conn: the connection id for ``"one"`` and ``"except"``.
+        message: the server message (a JSON object), or ``None`` for a bare close.
+        close: ``(code, reason)`` to close connection ``conn`` after the message.
+    """
+
+    to: Literal["one", "all", "except"]
+    conn: str | None = None
+    message: dict[str, Any] | None = None
+    close: tuple[int, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EnableJob:
+    """Bring the AI into the call (DESIGN.md "The AI agent", ``enableAi`` steps 1-4)."""
+
+    attempt: int
+    meeting_id: str | None
+    instructions: str | None
+    voice: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ControlJob:
+    """Feed connection ``conn``'s track into the AI session's transceiver ``#trackName``."""
+
+    attempt: int
+    conn: str
+    session_id: str
+    track_name: str
+    track: TrackRef
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseJob:
+    """Release what an AI flow created: close Calls tracks, hang up the OpenAI call."""
+
+    session_id: str | None
+    mids: tuple[str, ...]
+    call_id: str | None
+    reason: str
+
+
+Job = EnableJob | ControlJob | ReleaseJob
+
+
+@dataclass(slots=True)
+class Effects:
+    """What a turn produced.
+
+    Attributes:
+        messages: outgoing messages and closes, in order.
+        jobs: AI jobs to run outside the input gate.
+        changed: the room's persisted state changed (a snapshot must be saved before
+            ``messages`` are released).
+        log: structured log records (``dict``) for the actor to emit.
+    """
+
+    messages: list[Outgoing] = field(default_factory=list)
+    jobs: list[Job] = field(default_factory=list)
+    changed: bool = False
+    log: list[dict[str, Any]] = field(default_factory=list)
