@@ -1,0 +1,385 @@
+"""An OpenAI-Realtime-compatible peer on aiortc (the OpenAI spec excerpt,
+``shared/specs/openai-realtime-openapi-excerpt.yaml``).
+
+Paths, under ``base_path`` (``/v1``):
+
+* ``POST /realtime/calls`` (create-realtime-call): ``multipart/form-data`` with parts
+  ``sdp`` (the offer) and optional ``session`` (JSON, ``RealtimeSessionCreateRequestGA``),
+  or ``application/sdp`` with the offer alone. 201 with the SDP answer
+  (``Content-Type: application/sdp``) and ``Location: /v1/realtime/calls/<call_id>``.
+* ``POST /realtime/calls/{call_id}/hangup`` (hangup-realtime-call): 200, the peer
+  connection is closed; an unknown call -> 404.
+
+plus ``/__emulator/faults`` (:mod:`bridges.local.faults`) and ``GET /healthz``. Every
+call needs ``Authorization: Bearer <api key>`` (401 otherwise). Errors are OpenAI's
+``{"error": {"message", "type", "code", "param"}}``.
+
+The "model": on an ``oai-events`` data channel (if the offer has one) it sends
+``session.created`` when the channel opens, answers ``session.update`` with
+``session.updated`` and any other event with an ``error`` event. Its voice sends back
+what it hears on the audio track ``echo_delay`` seconds later (silence before anything is
+heard), so a 440 Hz tone in comes back as a 440 Hz tone out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import email.parser
+import email.policy
+import fractions
+import json
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av import AudioFrame
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .faults import MALFORMED_SDP, Faults, fault_routes
+from .ice import loopback_peer_connection
+from .media import frame_to_mono
+
+__all__ = ["EchoTrack", "OpenAIHTTPError", "RealtimeEmulator"]
+
+DEFAULT_MODEL = "gpt-realtime"
+DEFAULT_VOICE = "alloy"
+DEFAULT_INSTRUCTIONS = "You are a helpful assistant (local emulator: you echo what you hear)."
+
+
+class OpenAIHTTPError(Exception):
+    """An OpenAI API error: HTTP ``status`` with ``{"error": {message, type, code, param}}``."""
+
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
+                 code: str | None = None, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = {"error": {"message": message, "type": type_, "code": code, "param": param}}
+
+    def response(self) -> JSONResponse:
+        """The error as a Starlette JSON response."""
+        return JSONResponse(self.body, status_code=self.status)
+
+
+class EchoTrack(MediaStreamTrack):
+    """An audio track that plays back what ``source`` delivered ``delay`` seconds earlier.
+
+    Produces 20 ms ``s16`` mono 48 kHz frames at real-time pace; silence when nothing is
+    due. At most ``max_buffer`` seconds of audio are held (the oldest is dropped).
+    Call :meth:`start` to begin consuming ``source``; :meth:`stop` ends both.
+    """
+
+    kind = "audio"
+
+    def __init__(self, source: MediaStreamTrack | None, delay: float = 0.2,
+                 sample_rate: int = 48000, max_buffer: float = 2.0) -> None:
+        super().__init__()
+        self.source = source
+        self.delay = float(delay)
+        self.sample_rate = sample_rate
+        self.max_buffer = max_buffer
+        self._n = sample_rate // 50
+        self._chunks: collections.deque[tuple[float, np.ndarray]] = collections.deque()
+        self._held = 0
+        self._start: float | None = None
+        self._timestamp = 0
+        self._task: asyncio.Task | None = None
+        self.frames_heard = 0
+
+    def start(self) -> None:
+        """Start consuming the source in the running loop (idempotent)."""
+        if self._task is None and self.source is not None:
+            self._task = asyncio.ensure_future(self._listen())
+
+    async def _listen(self) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                frame = await self.source.recv()
+                mono = frame_to_mono(frame)
+                if frame.sample_rate and frame.sample_rate != self.sample_rate:
+                    idx = np.linspace(0, len(mono) - 1, int(len(mono) * self.sample_rate / frame.sample_rate))
+                    mono = np.interp(idx, np.arange(len(mono)), mono)
+                self._chunks.append((time.monotonic() + self.delay, mono))
+                self._held += len(mono)
+                self.frames_heard += 1
+                while self._held > self.max_buffer * self.sample_rate:
+                    self._held -= len(self._chunks.popleft()[1])
+
+    async def recv(self) -> AudioFrame:
+        """Return the next 20 ms frame of echo (or silence).
+
+        Raises: ``MediaStreamError`` once stopped.
+        """
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+        else:
+            self._timestamp += self._n
+            wait = self._start + self._timestamp / self.sample_rate - now
+            if wait > 0:
+                await asyncio.sleep(wait)
+        out = np.zeros(self._n)
+        filled = 0
+        now = time.monotonic()
+        while filled < self._n and self._chunks and self._chunks[0][0] <= now:
+            due, chunk = self._chunks[0]
+            take = min(self._n - filled, len(chunk))
+            out[filled:filled + take] = chunk[:take]
+            filled += take
+            if take == len(chunk):
+                self._chunks.popleft()
+            else:
+                self._chunks[0] = (due, chunk[take:])
+            self._held -= take
+        data = np.clip(out, -32768, 32767).astype(np.int16).reshape(1, -1)
+        frame = AudioFrame.from_ndarray(data, format="s16", layout="mono")
+        frame.sample_rate = self.sample_rate
+        frame.pts = self._timestamp
+        frame.time_base = fractions.Fraction(1, self.sample_rate)
+        return frame
+
+    def stop(self) -> None:
+        """End the track and stop consuming the source."""
+        super().stop()
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+
+@dataclass(eq=False)
+class _Call:
+    id: str
+    pc: RTCPeerConnection
+    session: dict[str, Any]
+    echoes: list[EchoTrack] = field(default_factory=list)
+    events_sent: list[dict] = field(default_factory=list)
+    events_received: list[dict] = field(default_factory=list)
+    hung_up: bool = False
+
+
+class RealtimeEmulator:
+    """State and ASGI app of the OpenAI-Realtime-compatible peer.
+
+    Args:
+        api_key: the bearer API key required on every request (never logged).
+        base_path: the API path prefix (``/v1``, as in ``https://api.openai.com/v1``).
+        echo_delay: seconds between hearing audio and saying it back.
+
+    Serve :attr:`app` with :class:`bridges.local.server.LocalService`; call :meth:`close`
+    in the service loop on shutdown. :meth:`active_calls` is safe from any thread.
+    """
+
+    def __init__(self, api_key: str = "sk-local", base_path: str = "/v1",
+                 echo_delay: float = 0.2) -> None:
+        self._api_key = api_key
+        self.base_path = base_path.rstrip("/")
+        self.echo_delay = echo_delay
+        self.faults = Faults()
+        self.request_counts: collections.Counter[str] = collections.Counter()
+        self.calls: dict[str, _Call] = {}
+        self._app: Starlette | None = None
+
+    def __repr__(self) -> str:
+        return f"<RealtimeEmulator calls={len(self.calls)}>"
+
+    def active_calls(self) -> list[str]:
+        """Ids of calls not hung up whose peer connection is not closed."""
+        return [c.id for c in list(self.calls.values())
+                if not c.hung_up and c.pc.connectionState != "closed"]
+
+    @property
+    def app(self) -> Starlette:
+        """The ASGI app (built once)."""
+        if self._app is None:
+            p = self.base_path + "/realtime/calls"
+            self._app = Starlette(routes=[
+                Route(p, self._endpoint("realtime/calls", self._create_call), methods=["POST"]),
+                Route(p + "/{call_id}/hangup", self._endpoint("hangup", self._hangup), methods=["POST"]),
+                Route("/healthz", self._healthz, methods=["GET"]),
+                *fault_routes(self.faults),
+            ])
+        return self._app
+
+    async def _healthz(self, request: Request) -> Response:
+        return JSONResponse({"ok": True, "calls": len(self.active_calls())})
+
+    def _endpoint(self, operation: str, handler):
+        async def endpoint(request: Request) -> Response:
+            self.request_counts[operation] += 1
+            try:
+                self._authorize(request)
+                fault = self.faults.take(operation, request.url.path)
+                malformed = False
+                if fault is not None:
+                    if fault.delay:
+                        await asyncio.sleep(fault.delay)
+                    if fault.status is not None:
+                        type_ = "server_error" if fault.status >= 500 else "invalid_request_error"
+                        raise OpenAIHTTPError(fault.status, fault.error_message or "fault injected by the emulator",
+                                              type_, fault.error_code)
+                    malformed = fault.malformed_answer
+                return await handler(request, malformed)
+            except OpenAIHTTPError as exc:
+                return exc.response()
+
+        return endpoint
+
+    def _authorize(self, request: Request) -> None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip(), self._api_key):
+            raise OpenAIHTTPError(401, "Incorrect API key provided.", "invalid_request_error",
+                                  "invalid_api_key")
+
+    @staticmethod
+    def _parse_multipart(content_type: str, body: bytes) -> dict[str, bytes]:
+        message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+            b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body)
+        if not message.is_multipart():
+            raise OpenAIHTTPError(400, "Malformed multipart body.")
+        parts: dict[str, bytes] = {}
+        for part in message.iter_parts():
+            name = part.get_param("name", header="content-disposition")
+            if name:
+                parts[str(name)] = part.get_payload(decode=True) or b""
+        return parts
+
+    async def _read_offer(self, request: Request) -> tuple[str, dict[str, Any]]:
+        content_type = request.headers.get("content-type", "")
+        body = await request.body()
+        session: dict[str, Any] = {}
+        if content_type.startswith("multipart/form-data"):
+            parts = self._parse_multipart(content_type, body)
+            if "sdp" not in parts:
+                raise OpenAIHTTPError(400, "Missing required parameter: 'sdp'.", param="sdp")
+            sdp = parts["sdp"].decode("utf-8", "replace")
+            if "session" in parts:
+                try:
+                    session = json.loads(parts["session"])
+                except ValueError:
+                    raise OpenAIHTTPError(400, "Invalid JSON in 'session'.", param="session") from None
+                if not isinstance(session, dict):
+                    raise OpenAIHTTPError(400, "'session' must be an object.", param="session")
+        elif content_type.startswith("application/sdp"):
+            sdp = body.decode("utf-8", "replace")
+        else:
+            raise OpenAIHTTPError(400, "Unsupported content type; send multipart/form-data or application/sdp.")
+        if not sdp.lstrip().startswith("v="):
+            raise OpenAIHTTPError(400, "Invalid SDP offer.", param="sdp", code="invalid_offer")
+        return sdp, session
+
+    def _session_object(self, config: dict[str, Any]) -> dict[str, Any]:
+        voice = ((config.get("audio") or {}).get("output") or {}).get("voice") or config.get("voice")
+        return {
+            "type": "realtime",
+            "object": "realtime.session",
+            "id": "sess_" + secrets.token_hex(12),
+            "model": config.get("model") or DEFAULT_MODEL,
+            "output_modalities": config.get("output_modalities") or ["audio"],
+            "instructions": config.get("instructions") or DEFAULT_INSTRUCTIONS,
+            "tools": [],
+            "tool_choice": "auto",
+            "max_output_tokens": "inf",
+            "tracing": None,
+            "prompt": None,
+            "expires_at": 0,
+            "audio": {
+                "input": {"format": {"type": "audio/pcm", "rate": 24000}, "transcription": None,
+                          "noise_reduction": None, "turn_detection": {"type": "server_vad"}},
+                "output": {"format": {"type": "audio/pcm", "rate": 24000},
+                           "voice": voice or DEFAULT_VOICE, "speed": 1.0},
+            },
+            "include": None,
+        }
+
+    def _send_event(self, call: _Call, channel: RTCDataChannel, event: dict[str, Any]) -> None:
+        event = {"event_id": "event_" + secrets.token_hex(10), **event}
+        call.events_sent.append(event)
+        channel.send(json.dumps(event))
+
+    def _attach_channel(self, call: _Call, channel: RTCDataChannel) -> None:
+        if channel.label != "oai-events":
+            return
+
+        def greet() -> None:
+            self._send_event(call, channel, {"type": "session.created", "session": call.session})
+
+        @channel.on("message")
+        def on_message(message: str | bytes) -> None:
+            try:
+                event = json.loads(message)
+            except ValueError:
+                event = None
+            if not isinstance(event, dict):
+                self._send_event(call, channel, {"type": "error", "error": {
+                    "type": "invalid_request_error", "code": "invalid_json",
+                    "message": "The event is not a JSON object.", "param": None, "event_id": None}})
+                return
+            call.events_received.append(event)
+            if event.get("type") == "session.update" and isinstance(event.get("session"), dict):
+                call.session.update({k: v for k, v in event["session"].items() if k != "type"})
+                self._send_event(call, channel, {"type": "session.updated", "session": call.session})
+            else:
+                self._send_event(call, channel, {"type": "error", "error": {
+                    "type": "invalid_request_error", "code": "unsupported_event",
+                    "message": f"The emulator does not handle {event.get('type')!r}.",
+                    "param": None, "event_id": event.get("event_id")}})
+
+        if channel.readyState == "open":
+            greet()
+        else:
+            channel.on("open", greet)
+
+    async def _create_call(self, request: Request, malformed: bool) -> Response:
+        sdp, config = await self._read_offer(request)
+        pc = loopback_peer_connection()
+        call = _Call(id="rtc_" + secrets.token_hex(16), pc=pc, session=self._session_object(config))
+        pc.on("datachannel", lambda channel: self._attach_channel(call, channel))
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            for transceiver in pc.getTransceivers():
+                if transceiver.kind == "audio" and transceiver.receiver.track is not None:
+                    echo = EchoTrack(transceiver.receiver.track, delay=self.echo_delay)
+                    transceiver.sender.replaceTrack(echo)
+                    transceiver.direction = "sendrecv"
+                    echo.start()
+                    call.echoes.append(echo)
+            await pc.setLocalDescription(await pc.createAnswer())
+        except OpenAIHTTPError:
+            await pc.close()
+            raise
+        except Exception as exc:  # noqa: BLE001 - aiortc raises various types for bad SDP
+            await pc.close()
+            raise OpenAIHTTPError(400, f"Invalid SDP offer: {exc}", param="sdp", code="invalid_offer") from None
+        self.calls[call.id] = call
+        answer = MALFORMED_SDP if malformed else pc.localDescription.sdp
+        return Response(answer, status_code=201, media_type="application/sdp",
+                        headers={"Location": f"{self.base_path}/realtime/calls/{call.id}"})
+
+    async def _hangup(self, request: Request, malformed: bool) -> Response:
+        call = self.calls.get(request.path_params["call_id"])
+        if call is None or call.hung_up:
+            raise OpenAIHTTPError(404, "Call not found.", "invalid_request_error", "call_not_found")
+        await self._end(call)
+        return Response(status_code=200)
+
+    async def _end(self, call: _Call) -> None:
+        call.hung_up = True
+        for echo in call.echoes:
+            echo.stop()
+        await call.pc.close()
+
+    async def close(self) -> None:
+        """Hang up every call (run in the service loop)."""
+        for call in list(self.calls.values()):
+            if not call.hung_up:
+                await self._end(call)
