@@ -1,0 +1,64 @@
+"""Configuration of the room runtime, from ``ROOMS_*`` environment variables.
+
+================================  =========================================  ===========
+variable                          meaning                                    default
+================================  =========================================  ===========
+``ROOMS_NAMESPACE``               Ray namespace of the room actors           ``rooms``
+``ROOMS_STORE_URL``               snapshot store (``sqlite:///path``,        SQLite file
+                                  ``memory://name``)                         (see below)
+``ROOMS_IDLE_TIMEOUT``            seconds without turns before a room        ``60``
+                                  hibernates (0 disables hibernation)
+``ROOMS_MAX_MESSAGE_BYTES``       client message size limit, bytes           ``65536``
+``ROOMS_OUTBOX_SIZE``             outgoing messages a room keeps for polls   ``1024``
+``ROOMS_POLL_TIMEOUT``            seconds a gateway long-poll waits          ``25``
+================================  =========================================  ===========
+
+The default store is ``storage.factory.DEFAULT_STORE_URL``: a SQLite file under
+``~/.local/share/ray-rooms``. The credentials of Cloudflare Calls and OpenAI are read
+by :mod:`bridges.config` (``CALLS_*``, ``OPENAI_*``); a :class:`RoomsConfig` only carries
+the *base URLs and credentials* when they are given explicitly (e.g. the local
+emulators), as :class:`pydantic.SecretStr`, which never prints its value.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from storage.factory import DEFAULT_STORE_URL
+
+__all__ = ["RoomsConfig", "ServiceEndpoints"]
+
+
+class ServiceEndpoints(BaseSettings):
+    """Where the AI agent's two services are, and the credentials to use.
+
+    Fields left ``None`` are read from the environment by :mod:`bridges.config`
+    (``CALLS_APP_ID``, ``CALLS_APP_SECRET``, ``CALLS_BASE_URL``, ``OPENAI_API_KEY``,
+    ``OPENAI_BASE_URL``, ``OPENAI_MODEL``) inside the room actor's process.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="ROOMS_AI_", extra="ignore")
+
+    calls_base_url: str | None = None
+    calls_app_id: str | None = None
+    calls_app_secret: SecretStr | None = None
+    openai_base_url: str | None = None
+    openai_api_key: SecretStr | None = None
+    openai_model: str | None = None
+    timeout: float = Field(10.0, gt=0, description="seconds per service call")
+    retries: int = Field(3, ge=1, description="attempts per retryable service call")
+
+
+class RoomsConfig(BaseSettings):
+    """The room runtime's settings (see the module docstring for the variables)."""
+
+    model_config = SettingsConfigDict(env_prefix="ROOMS_", extra="ignore")
+
+    namespace: str = "rooms"
+    store_url: str = Field(default_factory=lambda: DEFAULT_STORE_URL)
+    idle_timeout: float = Field(60.0, ge=0, description="seconds; 0 disables hibernation")
+    max_message_bytes: int = Field(64 * 1024, gt=0)
+    outbox_size: int = Field(1024, gt=0)
+    poll_timeout: float = Field(25.0, gt=0)
+    services: ServiceEndpoints = Field(default_factory=ServiceEndpoints)

@@ -1,0 +1,93 @@
+"""Addressing: a room id names exactly one live actor, ``room:<room id>``.
+
+:func:`get_room` gets the room's actor if it exists and creates it otherwise, in one
+atomic step of Ray's GCS (``get_if_exists=True``), so any number of callers racing for a
+new room end up with the same single actor. Room actors are detached (they outlive the
+process that created them), restart on failure (``max_restarts=-1``, reloading their
+snapshot) and need no CPU reservation, so thousands fit on a small node.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import ray
+
+from .config import RoomsConfig
+from .room_actor import RoomActor
+
+__all__ = ["ACTOR_PREFIX", "InvalidRoomId", "RemoteRoomActor", "actor_name", "get_room",
+           "list_room_actors", "room_actor_options", "validate_room_id"]
+
+ACTOR_PREFIX = "room:"
+_ROOM_ID = re.compile(r"^[A-Za-z0-9._~-]{1,128}$")
+
+RemoteRoomActor = ray.remote(RoomActor)
+"""The Ray actor class of :class:`actors.room_actor.RoomActor`."""
+
+
+class InvalidRoomId(ValueError):
+    """A room id is empty, longer than 128 characters, or has characters other than
+    letters, digits and ``. _ ~ -``."""
+
+
+def validate_room_id(room_id: str) -> str:
+    """Return ``room_id`` if it is a valid room id, else raise :class:`InvalidRoomId`."""
+    if not isinstance(room_id, str) or not _ROOM_ID.match(room_id):
+        raise InvalidRoomId(
+            "room id must be 1-128 characters of letters, digits and . _ ~ -"
+        )
+    return room_id
+
+
+def actor_name(room_id: str) -> str:
+    """Return the Ray actor name of a room: ``room:<room id>``."""
+    return ACTOR_PREFIX + room_id
+
+
+def room_actor_options(room_id: str, config: RoomsConfig) -> dict[str, Any]:
+    """Return the ``.options()`` of a room's actor (name, namespace, lifetime, restarts)."""
+    return {
+        "name": actor_name(validate_room_id(room_id)),
+        "namespace": config.namespace,
+        "get_if_exists": True,
+        "lifetime": "detached",
+        "max_restarts": -1,
+        "max_task_retries": 0,
+        "max_concurrency": 10_000,
+        "num_cpus": 0,
+    }
+
+
+def get_room(room_id: str, config: RoomsConfig | None = None) -> "ray.actor.ActorHandle":
+    """Get or create the actor of room ``room_id``.
+
+    Args:
+        room_id: the room id (see :func:`validate_room_id`).
+        config: the runtime settings a *new* actor is created with (default: from the
+            environment); an existing actor keeps its own.
+
+    Returns:
+        The actor handle; call its methods (``connect``, ``message``, ``poll``, ...)
+        with ``.remote()``.
+
+    Raises:
+        InvalidRoomId: the id is not a valid room id.
+    """
+    config = config or RoomsConfig()
+    return RemoteRoomActor.options(**room_actor_options(room_id, config)).remote(room_id, config)
+
+
+def list_room_actors(namespace: str = "rooms") -> list[dict[str, Any]]:
+    """Return ``[{"room", "name", "state", "pid", "node_id"}]`` for every room actor that
+    Ray knows in ``namespace`` (alive, restarting or dead), from the state API."""
+    from ray.util.state import list_actors
+
+    rows = []
+    for actor in list_actors(filters=[("ray_namespace", "=", namespace)], limit=10_000):
+        name = actor.name or ""
+        if name.startswith(ACTOR_PREFIX):
+            rows.append({"room": name[len(ACTOR_PREFIX):], "name": name,
+                         "state": actor.state, "pid": actor.pid, "node_id": actor.node_id})
+    return sorted(rows, key=lambda r: r["room"])

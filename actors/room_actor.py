@@ -1,0 +1,470 @@
+"""The room actor: one :class:`rooms.Room` per Ray actor, with Durable Object semantics.
+
+:class:`RoomActor` is a plain class (testable without Ray); :data:`RemoteRoomActor` is
+its Ray actor class, created by :func:`actors.directory.get_room`.
+
+Guarantees (DESIGN.md "Durable-object semantics on Ray"):
+
+* **Input gate**: the room handles one event at a time (``asyncio.Lock``); an AI job that
+  awaits services runs outside the gate and re-enters as a turn with its result.
+* **Output gate**: the messages a turn produces, and the AI jobs it starts, are released
+  only after the snapshot that contains the turn is durable. Turns that arrive while a
+  save is under way share the next save (group commit).
+* **Fencing**: each activation claims a new epoch; a save refused as stale means a newer
+  activation exists, and this one exits without releasing anything.
+* **Outbox**: released messages get consecutive sequence numbers (kept across
+  activations) in a bounded outbox that gateways long-poll with :meth:`RoomActor.poll`.
+  Messages produced but not yet released are part of the snapshot, so a crash between
+  save and release loses nothing acknowledged.
+* **Alarm**: one persisted alarm, run by a timer while the room is live (and by the
+  alarm scheduler while it hibernates).
+* **Hibernation**: after ``idle_timeout`` seconds without turns the room saves and
+  exits its actor; the next call through :func:`actors.directory.get_room` reactivates
+  it from its snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import json
+import logging
+import os
+import time
+from collections import deque
+from typing import Any, Callable
+
+from rooms import AiControlResult, AiEnableResult, Effects, Outgoing, Room, RoomData
+from rooms.ai import run_control, run_enable, run_release
+from rooms.ports import AiService, MediaBridge
+from rooms.state import ControlJob, EnableJob, Job, ReleaseJob
+from storage import SnapshotStore, StaleEpoch, decode_snapshot, encode_snapshot, open_store
+from storage.codec import Snapshot
+
+from .config import RoomsConfig
+
+__all__ = ["RoomActor", "RoomHibernating"]
+
+log = logging.getLogger("ray_rooms.room")
+
+
+class RoomHibernating(RuntimeError):
+    """The room is hibernating (its actor is exiting); call it again through
+    :func:`actors.directory.get_room` to reactivate it."""
+
+
+def _entry(seq: int, out: Outgoing) -> dict[str, Any]:
+    return {
+        "seq": seq,
+        "to": out.to,
+        "conn": out.conn,
+        "data": None if out.message is None else json.dumps(out.message, separators=(",", ":")),
+        "close": list(out.close) if out.close else None,
+    }
+
+
+class RoomActor:
+    """One room, its storage, its outbox, its alarm and its AI jobs.
+
+    Args:
+        room_id: the room id.
+        config: the runtime settings (default: from the environment).
+        store: a snapshot store to use instead of ``config.store_url`` (tests).
+        services: ``(MediaBridge, AiService)`` to use instead of building the httpx
+            bridges from ``config.services`` (tests).
+        clock: UNIX time in seconds (default :func:`time.time`).
+    """
+
+    def __init__(
+        self,
+        room_id: str,
+        config: RoomsConfig | None = None,
+        *,
+        store: SnapshotStore | None = None,
+        services: tuple[MediaBridge, AiService] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.room_id = room_id
+        self.config = config or RoomsConfig()
+        self._store = store
+        self._services = services
+        self._clock = clock
+        self._gate = asyncio.Lock()
+        self._activation: asyncio.Task | None = None
+        self.room: Room | None = None
+        self.epoch = 0
+        # output gate state
+        self._version = 0  # increases with every turn that changed the state
+        self._durable = 0  # the newest version known durable
+        self._pending: deque[tuple[int, list[dict[str, Any]], list[Job]]] = deque()
+        self._next_seq = 1
+        self._released_seq = 0
+        self._commit_task: asyncio.Task | None = None
+        # outbox
+        self._outbox: deque[dict[str, Any]] = deque(maxlen=self.config.outbox_size)
+        self._outbox_seqs: deque[int] = deque(maxlen=self.config.outbox_size)
+        self._wakeup = asyncio.Event()
+        # timers and jobs
+        self._alarm_task: asyncio.Task | None = None
+        self._alarm_at: float | None = None
+        self._jobs: set[asyncio.Task] = set()
+        self._last_turn = time.monotonic()
+        self._idle_task: asyncio.Task | None = None
+        self._hibernating = False
+        self._stats = {"turns": 0, "saves": 0, "activated_at": 0.0}
+
+    # ---- activation -------------------------------------------------------------------
+
+    async def _ensure_active(self) -> Room:
+        if self._hibernating:
+            raise RoomHibernating(f"room {self.room_id!r} is hibernating")
+        if self.room is None:
+            if self._activation is None:
+                self._activation = asyncio.ensure_future(self._activate())
+            await asyncio.shield(self._activation)
+        assert self.room is not None
+        return self.room
+
+    async def _activate(self) -> None:
+        if self._store is None:
+            self._store = open_store(self.config.store_url)
+        store = self._store
+        self.epoch = await store.claim_epoch(self.room_id)
+        raw = await store.load(self.room_id)
+        restored: list[dict[str, Any]] = []
+        if raw is None:
+            data = RoomData()
+        else:
+            snapshot = decode_snapshot(self.room_id, raw)
+            data = RoomData.model_validate(snapshot.state["room"])
+            self._next_seq = snapshot.seq + 1
+            restored = list(snapshot.state.get("outbox", []))
+            self._released_seq = snapshot.seq - len(restored)
+        room = Room(self.room_id, data, max_message_bytes=self.config.max_message_bytes)
+        for entry in restored:  # produced, saved, maybe never released: release now
+            self._publish(entry)
+        self._stats["activated_at"] = time.time()
+        log.info("room %s activated (epoch %d, seq %d)", self.room_id, self.epoch,
+                 self._next_seq - 1)
+        async with self._gate:
+            self.room = room
+            fx = room.on_start(self._clock())
+            version = self._stage(fx)
+        await self._commit_through(version)
+        self._after_turn(fx)
+        if self.config.idle_timeout > 0 and self._idle_task is None:
+            self._idle_task = asyncio.ensure_future(self._idle_watch())
+
+    # ---- turns ------------------------------------------------------------------------
+
+    async def _turn(self, hook: Callable[[Room, float], Effects]) -> int:
+        room = await self._ensure_active()
+        async with self._gate:
+            fx = hook(room, self._clock())
+            version = self._stage(fx)
+        await self._commit_through(version)
+        self._after_turn(fx)
+        return self._next_seq - 1
+
+    def _stage(self, fx: Effects) -> int:
+        """Assign sequence numbers to a turn's messages and queue them behind the output
+        gate. Returns the state version that must be durable before their release."""
+        self._stats["turns"] += 1
+        self._last_turn = time.monotonic()
+        if fx.changed:
+            self._version += 1
+        for record in fx.log:
+            log.info("%s", json.dumps(record, default=str)[:2000])
+        entries = []
+        for out in fx.messages:
+            entries.append(_entry(self._next_seq, out))
+            self._next_seq += 1
+        if entries or fx.jobs:
+            self._pending.append((self._version, entries, list(fx.jobs)))
+        self._release()
+        return self._version
+
+    async def _commit_through(self, version: int) -> None:
+        while self._durable < version:
+            if self._commit_task is None:
+                self._commit_task = asyncio.ensure_future(self._commit())
+            await asyncio.shield(self._commit_task)
+
+    async def _commit(self) -> None:
+        try:
+            room = self.room
+            assert room is not None and self._store is not None
+            version = self._version
+            unreleased = [e for _, entries, _ in self._pending for e in entries]
+            state = {"room": room.data.model_dump(mode="json", exclude_none=True),
+                     "outbox": unreleased}
+            data = encode_snapshot(Snapshot(self.room_id, self.epoch, self._next_seq - 1, state))
+            started = time.perf_counter()
+            try:
+                await self._store.save(self.room_id, data, epoch=self.epoch,
+                                       alarm_at=room.alarm_at)
+            except StaleEpoch:
+                log.error("room %s: epoch %d is stale; a newer activation exists, exiting",
+                          self.room_id, self.epoch)
+                self._die(restart=False)
+                raise
+            except Exception:
+                log.exception("room %s: snapshot save failed; restarting from the last "
+                              "durable snapshot", self.room_id)
+                self._die(restart=True)
+                raise
+            self._stats["saves"] += 1
+            self._stats["last_save_s"] = time.perf_counter() - started
+            self._stats["snapshot_bytes"] = len(data)
+            self._durable = version
+            self._release()
+        finally:
+            self._commit_task = None
+
+    def _release(self) -> None:
+        """Release, in order, every queued turn whose snapshot is durable."""
+        while self._pending and self._pending[0][0] <= self._durable:
+            _, entries, jobs = self._pending.popleft()
+            for entry in entries:
+                self._publish(entry)
+            for job in jobs:
+                self._start_job(job)
+
+    def _publish(self, entry: dict[str, Any]) -> None:
+        self._outbox.append(entry)
+        self._outbox_seqs.append(entry["seq"])
+        self._released_seq = entry["seq"]
+        wakeup, self._wakeup = self._wakeup, asyncio.Event()
+        wakeup.set()
+
+    def _after_turn(self, fx: Effects) -> None:
+        room = self.room
+        if room is not None and room.alarm_at != self._alarm_at:
+            self._arm_alarm(room.alarm_at)
+
+    def _die(self, *, restart: bool) -> None:
+        """Leave the process: with ``restart`` Ray restarts the actor from its snapshot."""
+        self._hibernating = True
+        if restart:
+            os._exit(1)
+
+    # ---- the actor's API (called by gateways, the CLI, the scheduler) --------------
+
+    async def connect(self, conn: str, name: str) -> int:
+        """A client connected as connection ``conn`` with the authenticated ``name``.
+
+        Returns:
+            The outbox sequence number of the last message released so far.
+
+        Raises:
+            RoomHibernating: the actor is exiting; reactivate through ``get_room``.
+        """
+        return await self._turn(lambda room, now: room.on_connect(conn, name, now))
+
+    async def message(self, conn: str, text: str | bytes) -> int:
+        """Handle one client frame from ``conn``; returns after its turn is durable.
+
+        Returns:
+            The outbox sequence number of the last message released so far (the turn's
+            replies included).
+        """
+        return await self._turn(lambda room, now: room.on_message(conn, text, now))
+
+    async def close(self, conn: str, code: int = 1000, reason: str = "") -> int:
+        """The socket of ``conn`` closed (Orange's ``onClose``). Returns as ``connect``."""
+        return await self._turn(lambda room, now: room.on_close(conn, code, reason))
+
+    async def alarm(self, *, force: bool = False) -> bool:
+        """Run the room's alarm if it is due (or ``force``).
+
+        Returns:
+            ``True`` if the alarm ran.
+        """
+        room = await self._ensure_active()
+        due = room.alarm_at is not None and room.alarm_at <= self._clock()
+        if not (due or force):
+            return False
+        await self._turn(lambda room, now: room.on_alarm(now))
+        return True
+
+    async def poll(self, cursor: int | None, timeout: float | None = None) -> dict[str, Any]:
+        """Wait for released messages newer than ``cursor`` (the gateway's long-poll).
+
+        Args:
+            cursor: the last sequence number the caller has, or ``None`` to start at the
+                current end of the outbox.
+            timeout: seconds to wait when there is nothing new (default: the configured
+                poll timeout).
+
+        Returns:
+            ``{"cursor": int, "entries": [entry], "gap": bool, "hibernating": bool}``;
+            an entry is ``{"seq", "to": "one"|"all"|"except", "conn", "data": str|None,
+            "close": [code, reason]|None}``. ``gap`` means messages after ``cursor`` are
+            no longer in the outbox (or the cursor is ahead of it): the caller should
+            resend the room's state to its sockets. ``hibernating`` means the room is
+            going to sleep: stop polling until the next message reactivates it.
+        """
+        try:
+            await self._ensure_active()
+        except RoomHibernating:
+            return {"cursor": cursor or 0, "entries": [], "gap": False, "hibernating": True}
+        last = self._released_seq
+        if cursor is None:
+            return {"cursor": last, "entries": [], "gap": False, "hibernating": False}
+        if cursor > last:
+            return {"cursor": last, "entries": [], "gap": True, "hibernating": False}
+        wait = self.config.poll_timeout if timeout is None else timeout
+        deadline = time.monotonic() + wait
+        while True:
+            if self._hibernating:
+                return {"cursor": cursor, "entries": [], "gap": False, "hibernating": True}
+            if self._outbox_seqs and self._outbox_seqs[-1] > cursor:
+                start = bisect.bisect_right(self._outbox_seqs, cursor)
+                entries = [self._outbox[i] for i in range(start, len(self._outbox))]
+                gap = entries[0]["seq"] != cursor + 1
+                return {"cursor": entries[-1]["seq"], "entries": entries, "gap": gap,
+                        "hibernating": False}
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return {"cursor": cursor, "entries": [], "gap": False, "hibernating": False}
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+
+    async def state(self) -> dict[str, Any]:
+        """Return the room's ``RoomState`` JSON object (what ``roomState`` carries)."""
+        room = await self._ensure_active()
+        return room.room_state()
+
+    async def info(self) -> dict[str, Any]:
+        """Return operator facts: ids, epoch, sequence, counts, alarm, AI state (no secrets)."""
+        room = await self._ensure_active()
+        ai = room.data.ai
+        return {
+            "room": self.room_id,
+            "epoch": self.epoch,
+            "seq": self._next_seq - 1,
+            "durable_version": self._durable,
+            "connections": len(room.data.connections),
+            "users": len(room.data.users),
+            "meetingId": room.data.meetingId,
+            "peakUserCount": room.data.peakUserCount,
+            "alarmAt": room.alarm_at,
+            "ai": {"enabled": ai.enabled, "connectionPending": ai.connectionPending,
+                   "controllingUser": ai.controllingUser, "error": ai.error},
+            "jobs": len(self._jobs),
+            "pid": os.getpid(),
+            **self._stats,
+        }
+
+    async def hibernate(self) -> bool:
+        """Save, tell pollers, and exit the actor (no restart) if the room is idle.
+
+        Returns:
+            ``False`` if the room cannot hibernate now (AI jobs under way); otherwise
+            it does not return: the actor exits.
+        """
+        await self._ensure_active()
+        if self._jobs:
+            return False
+        async with self._gate:
+            self._hibernating = True
+        await self._commit_through(self._version)
+        wakeup, self._wakeup = self._wakeup, asyncio.Event()
+        wakeup.set()
+        await asyncio.sleep(0.05)  # let the pollers' answers leave
+        log.info("room %s hibernates", self.room_id)
+        self._exit()
+        return True
+
+    def _exit(self) -> None:
+        try:
+            import ray
+
+            ray.actor.exit_actor()
+        except Exception:  # not in a Ray actor (tests of the plain class)
+            if self._idle_task:
+                self._idle_task.cancel()
+            if self._alarm_task:
+                self._alarm_task.cancel()
+
+    def pid(self) -> int:
+        """Return the process id of this actor's worker (for operators and tests)."""
+        return os.getpid()
+
+    # ---- alarm, idle, jobs -----------------------------------------------------------
+
+    def _arm_alarm(self, at: float | None) -> None:
+        if self._alarm_task is not None:
+            self._alarm_task.cancel()
+            self._alarm_task = None
+        self._alarm_at = at
+        if at is not None:
+            self._alarm_task = asyncio.ensure_future(self._alarm_after(at))
+
+    async def _alarm_after(self, at: float) -> None:
+        await asyncio.sleep(max(0.0, at - self._clock()))
+        self._alarm_task = None
+        self._alarm_at = None
+        try:
+            await self.alarm()
+        except Exception:  # noqa: BLE001 - the scheduler retries persisted alarms
+            log.exception("room %s: alarm failed", self.room_id)
+
+    async def _idle_watch(self) -> None:
+        timeout = self.config.idle_timeout
+        while not self._hibernating:
+            await asyncio.sleep(min(timeout, max(0.05, timeout / 4)))
+            if time.monotonic() - self._last_turn >= timeout and not self._jobs:
+                try:
+                    import ray
+
+                    ray.get_runtime_context().current_actor.hibernate.remote()
+                    return
+                except Exception:  # not in a Ray actor
+                    await self.hibernate()
+                    return
+
+    def _get_services(self) -> tuple[MediaBridge, AiService]:
+        if self._services is None:
+            from .services import build_services
+
+            self._services = build_services(self.config.services)
+        return self._services
+
+    def _start_job(self, job: Job) -> None:
+        task = asyncio.ensure_future(self._run_job(job))
+        self._jobs.add(task)
+        task.add_done_callback(self._jobs.discard)
+
+    async def _run_job(self, job: Job) -> None:
+        try:
+            try:
+                calls, ai = self._get_services()
+            except Exception as error:  # noqa: BLE001 - a misconfiguration is an AI error
+                cause = f"configuration: {type(error).__name__}: {error}"
+                if isinstance(job, EnableJob):
+                    result = AiEnableResult(job.attempt, error=cause)
+                elif isinstance(job, ControlJob):
+                    result = AiControlResult(job.attempt, job.conn, error=cause)
+                else:
+                    raise
+                await self._turn(lambda room, now: room.on_ai_event(result, now))
+                return
+            if isinstance(job, EnableJob):
+                async def record(progress):
+                    await self._turn(lambda room, now: room.on_ai_event(progress, now))
+
+                model = self.config.services.openai_model or "gpt-realtime"
+                result = await run_enable(job, calls, ai, model=model, record=record)
+                await self._turn(lambda room, now: room.on_ai_event(result, now))
+            elif isinstance(job, ControlJob):
+                result = await run_control(job, calls)
+                await self._turn(lambda room, now: room.on_ai_event(result, now))
+            elif isinstance(job, ReleaseJob):
+                await run_release(job, calls, ai)
+        except RoomHibernating:
+            pass
+        except Exception:  # noqa: BLE001
+            log.exception("room %s: AI job %s failed", self.room_id, type(job).__name__)
