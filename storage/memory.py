@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from storage.base import StaleEpoch, StorageError
+from storage.base import StaleEpoch
 
 __all__ = ["MemoryStore"]
 
@@ -80,15 +80,15 @@ class MemoryStore:
             StaleEpoch: a newer epoch than ``epoch`` has been claimed; the stored
                 record is left untouched.
             ValueError: ``alarm_at`` is not finite.
-            StorageError: ``data`` is not bytes-like.
+            TypeError: ``data`` is not bytes-like.
         """
-        self._fence(room_id, epoch)
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(
+                f"room {room_id!r}: snapshot data must be bytes-like, not {type(data).__name__}"
+            )
         alarm = _check_alarm(room_id, alarm_at)
-        try:
-            blob = bytes(data)
-        except TypeError as exc:
-            raise StorageError(f"room {room_id!r}: snapshot data must be bytes-like") from exc
-        self._snapshots[room_id] = (blob, epoch, alarm)
+        self._fence(room_id, epoch)
+        self._snapshots[room_id] = (bytes(data), epoch, alarm)
 
     async def delete(self, room_id: str, *, epoch: int) -> None:
         """Delete the snapshot and alarm of ``room_id``, keeping its epoch counter.
