@@ -1,0 +1,37 @@
+"""Snapshot stores for rooms: the protocol, the msgpack codec and the backends.
+
+Use ``open_store(url)`` (``memory://``, ``memory://name``, ``sqlite:///path.db``) or
+``open_store(DEFAULT_STORE_URL)``; encode room state with ``encode_snapshot`` and read
+it back with ``decode_snapshot``. See :mod:`storage.base` for the fencing rules.
+"""
+
+from storage.base import (
+    CorruptSnapshot,
+    SnapshotError,
+    SnapshotStore,
+    StaleEpoch,
+    StorageError,
+    UnknownSchemaVersion,
+)
+from storage.codec import SCHEMA_VERSION, Snapshot, decode_snapshot, encode_snapshot
+from storage.factory import DEFAULT_STORE_URL, default_store_url, open_store
+from storage.memory import MemoryStore
+from storage.sqlite import SqliteStore
+
+__all__ = [
+    "DEFAULT_STORE_URL",
+    "SCHEMA_VERSION",
+    "CorruptSnapshot",
+    "MemoryStore",
+    "Snapshot",
+    "SnapshotError",
+    "SnapshotStore",
+    "SqliteStore",
+    "StaleEpoch",
+    "StorageError",
+    "UnknownSchemaVersion",
+    "decode_snapshot",
+    "default_store_url",
+    "encode_snapshot",
+    "open_store",
+]
