@@ -1,0 +1,45 @@
+"""Shared fixtures: one local Ray instance for the whole test session.
+
+Ray on 2 cores takes seconds to start, so every test that needs Ray uses the
+session-scoped ``ray_session`` fixture; room actors are detached, so tests use unique
+room ids (``unique_room``) and their own namespace.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+TEST_NAMESPACE = "rooms-test"
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """Start (once) a local Ray for the session and yield the ``ray`` module."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            namespace=TEST_NAMESPACE,
+            include_dashboard=False,
+            num_cpus=2,
+            log_to_driver=bool(os.environ.get("ROOMS_TEST_RAY_LOGS")),
+            configure_logging=False,
+        )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def unique_room(request) -> str:
+    """A room id no other test uses."""
+    name = request.node.name.replace("[", "-").replace("]", "")[:60]
+    return f"{name}-{uuid.uuid4().hex[:8]}".replace("_", "-")
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:
+    """A SQLite store URL in this test's temporary directory."""
+    return f"sqlite:///{tmp_path / 'rooms.sqlite3'}"

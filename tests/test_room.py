@@ -1,0 +1,249 @@
+"""The room's turn logic on the plain :class:`rooms.Room` (no Ray, no I/O)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rooms import ALARM_INTERVAL, HEARTBEAT_TIMEOUT, AiEnableResult, Room
+from rooms.room import AiControlResult, AiProgress
+from rooms.state import ControlJob, EnableJob, ReleaseJob
+
+T0 = 1_700_000_000.0
+
+
+def msg(**fields) -> str:
+    return json.dumps(fields)
+
+
+def sent(fx, kind=None):
+    return [m.message for m in fx.messages if m.message and (kind is None or m.message["type"] == kind)]
+
+
+@pytest.fixture
+def room() -> Room:
+    ids = iter(f"meeting-{i}" for i in range(100))
+    r = Room("r1", new_id=lambda: next(ids))
+    r.on_connect("a", "alice", T0)
+    r.on_connect("b", "bob", T0)
+    return r
+
+
+def test_connect_creates_user_meeting_alarm_and_broadcasts():
+    r = Room("r1", new_id=lambda: "m-1")
+    fx = r.on_connect("a", "alice", T0)
+    assert fx.changed
+    [state] = sent(fx, "roomState")
+    assert fx.messages[0].to == "all"
+    assert state["state"]["meetingId"] == "m-1"
+    assert [u["id"] for u in state["state"]["users"]] == ["a"]
+    assert state["state"]["users"][0]["name"] == "alice"
+    assert r.alarm_at == T0 + ALARM_INTERVAL
+    assert r.data.peakUserCount == 1
+
+
+def test_reconnect_restores_user_and_keeps_peak(room):
+    room.on_message("a", msg(type="userUpdate", user={
+        "id": "a", "name": "x", "raisedHand": True, "speaking": False, "joined": True,
+        "tracks": {"audioUnavailable": False, "audio": "s/t"}}), T0)
+    room.on_close("a")
+    assert "a" not in room.data.connections and "a" in room.data.users
+    room.on_connect("a", "alice", T0 + 1)
+    assert room.data.users["a"].raisedHand is True
+    assert room.data.peakUserCount == 2
+    room.on_connect("c", "carol", T0 + 2)
+    assert room.data.peakUserCount == 3
+    assert room.data.meetingId == "meeting-0"
+
+
+def test_user_update_takes_identity_from_connection(room):
+    fx = room.on_message("a", msg(type="userUpdate", user={
+        "id": "b", "name": "mallory", "raisedHand": True, "speaking": True, "joined": True,
+        "tracks": {"audioUnavailable": False, "audio": "sess/mic", "audioEnabled": True}}), T0)
+    user = room.data.users["a"]
+    assert (user.id, user.name) == ("a", "alice")
+    assert room.data.users["b"].name == "bob"
+    [state] = sent(fx, "roomState")
+    assert {u["id"]: u["tracks"].get("audio") for u in state["state"]["users"]}["a"] == "sess/mic"
+
+
+def test_direct_message_and_unknown_target(room):
+    fx = room.on_message("a", msg(type="directMessage", to="b", message="hi"), T0)
+    assert [(m.to, m.conn, m.message) for m in fx.messages] == [
+        ("one", "b", {"type": "directMessage", "from": "alice", "message": "hi"})]
+    assert not fx.changed
+    fx = room.on_message("a", msg(type="directMessage", to="zed", message="hi"), T0)
+    assert fx.messages[0].conn == "a" and fx.messages[0].message["type"] == "error"
+
+
+def test_mute_user(room):
+    room.data.users["b"].tracks.audioEnabled = True
+    fx = room.on_message("a", msg(type="muteUser", id="b"), T0)
+    assert room.data.users["b"].tracks.audioEnabled is False
+    assert ("one", "b", {"type": "muteMic"}) in [(m.to, m.conn, m.message) for m in fx.messages]
+    assert sent(fx, "roomState")
+    fx = room.on_message("a", msg(type="muteUser", id="nobody"), T0)
+    assert sent(fx, "error") and not fx.changed
+
+
+def test_user_left_removes_and_closes(room):
+    fx = room.on_message("b", msg(type="userLeft"), T0)
+    assert "b" not in room.data.users and "b" not in room.data.connections
+    kinds = [(m.to, m.conn, m.message and m.message["type"], m.close) for m in fx.messages]
+    assert ("all", None, "userLeftNotification", None) in kinds
+    assert ("one", "b", None, (1000, "User left")) in kinds
+    assert [u["id"] for u in sent(fx, "roomState")[0]["state"]["users"]] == ["a"]
+
+
+def test_heartbeat_ping_e2ee_history(room):
+    fx = room.on_message("a", msg(type="heartbeat"), T0 + 5)
+    assert room.data.heartbeats["a"] == T0 + 5 and fx.changed and not fx.messages
+    fx = room.on_message("a", msg(type="partyserver-ping"), T0)
+    assert [(m.to, m.conn, m.message) for m in fx.messages] == [("one", "a", {"type": "partyserver-pong"})]
+    fx = room.on_message("a", msg(type="e2eeMlsMessage", payload="abc"), T0)
+    assert [(m.to, m.conn, m.message) for m in fx.messages] == [
+        ("except", "a", {"type": "e2eeMlsMessage", "payload": "abc"})]
+    fx = room.on_message("a", msg(type="callsApiHistoryEntry", entry={"x": 1}, sessionId="s"), T0)
+    assert not fx.messages and not fx.changed
+    assert fx.log[0]["eventName"] == "clientNegotiationRecord"
+
+
+def test_sweep_removes_stale_users_then_meeting_ends(room):
+    room.on_message("a", msg(type="heartbeat"), T0 + 10)
+    fx = room.on_alarm(T0 + HEARTBEAT_TIMEOUT + 1)
+    assert list(room.data.users) == ["a"]
+    notes = sent(fx, "userLeftNotification")
+    assert notes == [{"type": "userLeftNotification", "id": "b"}]
+    assert any(m.close == (1011, "heartbeat timeout") and m.conn == "b" for m in fx.messages)
+    assert sent(fx, "roomState")
+    assert room.alarm_at == T0 + HEARTBEAT_TIMEOUT + 1 + ALARM_INTERVAL
+    fx = room.on_alarm(T0 + 10 + HEARTBEAT_TIMEOUT + 1)
+    assert room.data.users == {} and room.data.meetingId is None
+    assert room.alarm_at is None
+    assert sent(fx, "userLeftNotification") == [{"type": "userLeftNotification", "id": "a"}]
+    # a new connection starts a new meeting
+    room.on_connect("c", "carol", T0 + 100)
+    assert room.data.meetingId == "meeting-1"
+    assert room.data.peakUserCount == 1
+
+
+def test_ai_enable_guards_and_success(room):
+    fx = room.on_message("a", msg(type="enableAi", instructions="be nice", voice="alloy"), T0)
+    assert fx.jobs == [EnableJob(1, "meeting-0", "be nice", "alloy")]
+    assert sent(fx, "roomState")[0]["state"]["ai"]["connectionPending"] is True
+    fx = room.on_message("b", msg(type="enableAi"), T0)
+    assert sent(fx, "error") and not fx.jobs and not fx.changed
+    fx = room.on_message("b", msg(type="requestAiControl", track={"sessionId": "s", "trackName": "t"}), T0)
+    assert sent(fx, "error") and not fx.jobs
+    room.on_ai_event(AiProgress(1, {"sessionId": "S", "step": "calls tracks/new"}), T0)
+    assert room.data.ai.sessionId == "S"
+    fx = room.on_ai_event(AiEnableResult(1, "S", "ai-generated-voice", "0", "call-1"), T0)
+    state = sent(fx, "roomState")[0]["state"]
+    assert state["ai"] == {"enabled": True, "connectionPending": False}
+    ai_user = [u for u in state["users"] if u["id"] == "ai"][0]
+    assert ai_user["tracks"]["audio"] == "S/ai-generated-voice"
+    fx = room.on_message("b", msg(type="enableAi"), T0)
+    assert sent(fx, "error")[0]["error"] == "the AI is already enabled"
+
+
+def enabled_room(room) -> Room:
+    room.on_message("a", msg(type="enableAi"), T0)
+    room.on_ai_event(AiEnableResult(room.data.ai.attempt, "S", "ai-generated-voice", "0", "call-1"), T0)
+    return room
+
+
+def test_ai_control_one_at_a_time_and_relinquish_by_holder_only(room):
+    enabled_room(room)
+    fx = room.on_message("a", msg(type="requestAiControl", track={"sessionId": "sa", "trackName": "mic"}), T0)
+    [job] = fx.jobs
+    assert isinstance(job, ControlJob) and job.session_id == "S" and job.track.sessionId == "sa"
+    fx = room.on_message("b", msg(type="requestAiControl", track={"sessionId": "sb", "trackName": "mic"}), T0)
+    assert sent(fx, "error")[0]["error"] == "another control request is under way"
+    fx = room.on_ai_event(AiControlResult(job.attempt, "a"), T0)
+    assert sent(fx, "roomState")[0]["state"]["ai"]["controllingUser"] == "a"
+    fx = room.on_message("b", msg(type="relinquishAiControl"), T0)
+    assert sent(fx, "error") and room.data.ai.controllingUser == "a"
+    fx = room.on_message("a", msg(type="relenquishAiControl"), T0)
+    assert room.data.ai.controllingUser is None and sent(fx, "roomState")
+
+
+def test_ai_failure_is_visible_and_disable_releases(room):
+    room.on_message("a", msg(type="enableAi"), T0)
+    fx = room.on_ai_event(AiEnableResult(1, error="openai realtime/calls: HTTP 401 bad key"), T0)
+    ai = sent(fx, "roomState")[0]["state"]["ai"]
+    assert ai["enabled"] is False and ai["connectionPending"] is False
+    assert ai["error"] == "enableAi failed at openai realtime/calls: HTTP 401 bad key"
+    enabled_room(room)
+    fx = room.on_message("b", msg(type="disableAi"), T0)
+    assert fx.jobs == [ReleaseJob("S", ("0",), "call-1", reason="disableAi")]
+    state = sent(fx, "roomState")[0]["state"]
+    assert state["ai"]["enabled"] is False and all(u["id"] != "ai" for u in state["users"])
+
+
+def test_disable_during_enable_releases_the_late_result(room):
+    room.on_message("a", msg(type="enableAi"), T0)
+    attempt = room.data.ai.attempt
+    room.on_message("a", msg(type="disableAi"), T0)
+    fx = room.on_ai_event(AiEnableResult(attempt, "S2", "ai-generated-voice", "0", "call-2"), T0)
+    assert fx.jobs == [ReleaseJob("S2", ("0",), "call-2", reason="stale enable")]
+    assert room.data.ai.enabled is False
+
+
+def test_restart_during_enable_clears_pending_and_releases(room):
+    room.on_message("a", msg(type="enableAi"), T0)
+    room.on_ai_event(AiProgress(1, {"sessionId": "S", "mid": "0", "step": "openai realtime/calls"}), T0)
+    restarted = Room("r1", room.data.model_copy(deep=True))
+    fx = restarted.on_start(T0 + 1)
+    assert restarted.data.ai.connectionPending is False
+    assert "interrupted at openai realtime/calls" in restarted.data.ai.error
+    assert fx.jobs == [ReleaseJob("S", ("0",), None, reason="enable interrupted by a room restart")]
+
+
+# ---- malformed input: 200 cases, each an error to its sender and no change -----------
+
+_valid_types = ["userUpdate", "directMessage", "muteUser", "enableAi", "requestAiControl",
+                "e2eeMlsMessage", "callsApiHistoryEntry"]
+_json_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
+                          st.text(max_size=20))
+
+malformed = st.one_of(
+    st.text(max_size=50).filter(lambda s: not _is_json(s)),                       # not JSON
+    st.lists(_json_scalars, max_size=4).map(json.dumps),                           # not an object
+    _json_scalars.map(json.dumps),                                                 # scalar
+    st.dictionaries(st.sampled_from(["to", "id", "message"]), _json_scalars, max_size=3).map(json.dumps),  # no type
+    st.text(min_size=1, max_size=30).filter(lambda t: t not in _KNOWN).map(lambda t: json.dumps({"type": t})),
+    st.builds(lambda t, v: json.dumps({"type": t, "to": v, "id": v, "message": v, "user": v,
+                                        "track": v, "payload": v, "instructions": v}),
+              st.sampled_from(_valid_types),
+              st.one_of(st.integers(), st.lists(st.integers(), max_size=2), st.booleans())),   # wrong fields
+    st.sampled_from([t for t in _valid_types if t != "enableAi"]).map(lambda t: json.dumps({"type": t})),  # missing fields
+    st.integers(65 * 1024, 70 * 1024).map(lambda n: json.dumps({"type": "heartbeat", "pad": "x" * n})),  # too large
+)
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+        return True
+    except ValueError:
+        return False
+
+
+_KNOWN = {"userUpdate", "directMessage", "muteUser", "userLeft", "heartbeat", "partyserver-ping",
+          "enableAi", "disableAi", "requestAiControl", "relinquishAiControl",
+          "relenquishAiControl", "callsApiHistoryEntry", "e2eeMlsMessage"}
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                     HealthCheck.too_slow])
+@given(raw=malformed)
+def test_malformed_input_gets_error_and_changes_nothing(room, raw):
+    before = room.data.model_dump()
+    fx = room.on_message("a", raw, T0 + 3)
+    assert [(m.to, m.conn, m.message["type"]) for m in fx.messages] == [("one", "a", "error")]
+    assert isinstance(fx.messages[0].message["error"], str) and len(fx.messages[0].message["error"]) < 400
+    assert not fx.changed and not fx.jobs
+    assert room.data.model_dump() == before
