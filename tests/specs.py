@@ -267,14 +267,25 @@ def validate_openai_response(method: str, url: str, status: int, headers: Header
                        _OPENAI_SERVER)
 
 
+def _request_body(request: httpx.Request) -> bytes:
+    """The request's body, reading a (re-iterable) streamed body such as multipart."""
+    try:
+        return request.content
+    except httpx.RequestNotRead:
+        return request.read()
+
+
 def validate_calls_exchange(response: httpx.Response) -> None:
-    """Validate an ``httpx.Response`` and its ``request`` against the Calls spec.
+    """Validate an ``httpx.Response`` (body read) and its ``request`` against the Calls spec.
+
+    Usable from an ``httpx.AsyncClient`` response event hook (``await response.aread()``
+    first).
 
     Raises:
         SpecViolation: either side does not match.
     """
     req = response.request
-    validate_calls_request(req.method, str(req.url), req.headers, req.content)
+    validate_calls_request(req.method, str(req.url), req.headers, _request_body(req))
     validate_calls_response(req.method, str(req.url), response.status_code, response.headers,
                             response.content)
 
@@ -286,6 +297,6 @@ def validate_openai_exchange(response: httpx.Response) -> None:
         SpecViolation: either side does not match.
     """
     req = response.request
-    validate_openai_request(req.method, str(req.url), req.headers, req.content)
+    validate_openai_request(req.method, str(req.url), req.headers, _request_body(req))
     validate_openai_response(req.method, str(req.url), response.status_code, response.headers,
                              response.content)

@@ -754,3 +754,57 @@ def test_contract_helper_rejects_what_the_spec_forbids() -> None:
     with pytest.raises(SpecViolation):
         validate_openai_request("POST", "http://x/v1/realtime?model=gpt-realtime",
                                 {"content-type": "application/sdp"}, OFFER_SDP)
+
+
+# -- against the local emulators (bridges.local), as the rooms will use them -----------
+
+@pytest.fixture(scope="module")
+def emulators() -> Any:
+    """Both aiortc emulators on loopback, for the module."""
+    local = pytest.importorskip("bridges.local")
+    with local.start_emulators() as emu:
+        yield emu
+
+
+async def test_ai_flow_against_the_emulators(emulators: Any) -> None:
+    """enableAi's calls, then cleanup, against the emulators; every exchange spec-checked."""
+    from tests.specs import validate_calls_exchange, validate_openai_exchange
+
+    checked: list[str] = []
+
+    async def check(response: httpx.Response) -> None:
+        await response.aread()
+        if response.is_success:  # error answers are checked by the emulator's own tests
+            if "/realtime/" in response.request.url.path:
+                validate_openai_exchange(response)
+            else:
+                validate_calls_exchange(response)
+            checked.append(f"{response.request.method} {response.request.url.path}")
+
+    async with httpx.AsyncClient(event_hooks={"response": [check]}) as http:
+        c = CallsClient(emulators.app_id, emulators.app_secret,
+                        base_url=emulators.calls_base_url, client=http, **FAST)
+        o = RealtimeClient(emulators.api_key, base_url=emulators.openai_base_url,
+                           client=http, **FAST)
+        session_id, _ = await c.new_session(thirdparty=True, correlation_id="meeting-1")
+        tracks = await c.new_tracks(session_id, [TrackObject(
+            location="local", trackName="ai-generated-voice", bidirectionalMediaStream=True,
+            kind="audio")])
+        assert tracks.requiresImmediateRenegotiation and tracks.sessionDescription is not None
+        call = await o.create_call(tracks.sessionDescription, model="gpt-realtime",
+                                   instructions="Answer briefly.", voice="marin")
+        await c.renegotiate(session_id, call.answer)
+        state = await c.get_session(session_id)
+        assert [t.trackName for t in state.tracks] == ["ai-generated-voice"]
+        mid = tracks.tracks[0].mid
+        assert mid is not None
+        await c.close_tracks(session_id, [mid])
+        again = await c.close_tracks(session_id, [mid])  # already closed: tolerated
+        assert again.tracks[0].errorCode == "close_track_error"
+        await o.hangup(call.call_id)
+        with pytest.raises(OpenAIError) as info:
+            await o.hangup(call.call_id)
+        assert info.value.status == 404 and not info.value.retryable
+        await c.aclose()  # an injected client stays open
+        assert not http.is_closed
+    assert len(checked) == 8
