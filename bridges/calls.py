@@ -349,6 +349,8 @@ class CallsClient:
                 retryable=is_retryable_status(status) or code in CALLS_RETRYABLE_CODES,
                 retry_after=parse_retry_after(response.headers.get("retry-after")),
             )
+        if body is None and not response.content.strip():
+            body = {}  # an empty 2xx answer: nothing to report (e.g. renegotiate)
         if not isinstance(body, dict):
             raise InvalidAnswer(
                 f"HTTP {status} without a JSON object: "
