@@ -1,0 +1,204 @@
+"""Identity for the gateway: HMAC-signed tokens (JWT, HS256) naming a user.
+
+A token is a JSON Web Token (RFC 7519) signed with HMAC-SHA256 (RFC 7518 section 3.2)
+whose ``sub`` claim is the user's name and whose ``exp`` claim bounds its life. The
+gateway takes it from the ``token`` query parameter (WebSocket clients such as
+partysocket can only send query parameters) or from an ``Authorization: Bearer``
+header, and the room gets the name from it, never from a message body (DESIGN.md
+"The room protocol").
+
+================================  ==============================================  =========
+variable                          meaning                                         default
+================================  ==============================================  =========
+``ROOMS_TOKEN_SECRET``            the HMAC key (at least 32 bytes); never logged  unset
+``ROOMS_DEV_AUTH``                development mode: also accept ``?username=``    ``false``
+================================  ==============================================  =========
+
+Errors: :class:`AuthError` (a :class:`ValueError`) says *why* a credential was refused
+(missing, malformed, bad signature, expired, bad name); it never carries the token or
+the secret.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Mapping
+
+import jwt
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = [
+    "ALGORITHM",
+    "AuthError",
+    "AuthSettings",
+    "MIN_SECRET_BYTES",
+    "authenticate",
+    "issue_token",
+    "validate_user_name",
+    "verify_token",
+]
+
+ALGORITHM = "HS256"
+"""The only signature algorithm issued and accepted (HMAC with SHA-256)."""
+
+MIN_SECRET_BYTES = 32
+"""RFC 7518 section 3.2: an HS256 key must be at least as long as the hash (32 bytes)."""
+
+MAX_NAME_CHARS = 64
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class AuthError(ValueError):
+    """A credential was missing or refused; ``str(error)`` says why (no secrets)."""
+
+
+class AuthSettings(BaseSettings):
+    """The gateway's authentication settings, from ``ROOMS_TOKEN_SECRET`` and
+    ``ROOMS_DEV_AUTH``.
+
+    Attributes:
+        token_secret: the HMAC key as a :class:`pydantic.SecretStr` (its ``repr`` and
+            ``str`` print ``**********``), or ``None`` when unset (then only dev mode
+            can admit anyone).
+        dev_auth: accept a plain ``?username=`` (or ``X-Rooms-User`` header) without a
+            token. For development only.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="ROOMS_", extra="ignore")
+
+    token_secret: SecretStr | None = None
+    dev_auth: bool = False
+
+
+def _key(secret: str | SecretStr) -> bytes:
+    raw = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
+    if not isinstance(raw, str):
+        raise TypeError("the token secret must be a str or SecretStr")
+    key = raw.encode("utf-8")
+    if len(key) < MIN_SECRET_BYTES:
+        raise ValueError(
+            f"the token secret must be at least {MIN_SECRET_BYTES} bytes (RFC 7518 3.2)"
+        )
+    return key
+
+
+def validate_user_name(name: object) -> str:
+    """Return ``name`` if it is a usable user name, else raise :class:`AuthError`.
+
+    A user name is 1-64 characters, not all blank, with no control characters.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise AuthError("the user name is empty")
+    if len(name) > MAX_NAME_CHARS:
+        raise AuthError(f"the user name is longer than {MAX_NAME_CHARS} characters")
+    if _CONTROL.search(name):
+        raise AuthError("the user name has control characters")
+    return name
+
+
+def issue_token(name: str, secret: str | SecretStr, ttl_s: float = 3600.0) -> str:
+    """Sign a token for user ``name``.
+
+    Args:
+        name: the user's name (the ``sub`` claim); see :func:`validate_user_name`.
+        secret: the HMAC key, at least :data:`MIN_SECRET_BYTES` bytes.
+        ttl_s: seconds until the token expires (the ``exp`` claim), > 0.
+
+    Returns:
+        The compact JWT (``header.payload.signature``, base64url).
+
+    Raises:
+        AuthError: the name is not usable.
+        ValueError: the secret is too short or ``ttl_s`` is not positive.
+    """
+    validate_user_name(name)
+    if not ttl_s > 0:
+        raise ValueError("ttl_s must be > 0 seconds")
+    now = int(time.time())
+    claims = {"sub": name, "iat": now, "exp": now + max(1, int(round(ttl_s)))}
+    return jwt.encode(claims, _key(secret), algorithm=ALGORITHM)
+
+
+def verify_token(token: str, secret: str | SecretStr, *, leeway_s: float = 5.0) -> str:
+    """Check a token's signature and expiry and return the user name it carries.
+
+    Args:
+        token: a compact JWT made by :func:`issue_token` (or any HS256 JWT with ``sub``
+            and ``exp``).
+        secret: the HMAC key it must be signed with.
+        leeway_s: seconds of clock skew tolerated on ``exp``/``iat``.
+
+    Returns:
+        The ``sub`` claim (the user's name).
+
+    Raises:
+        AuthError: the token is malformed, signed with another key or algorithm,
+            expired, lacks ``sub``/``exp``, or names an unusable user.
+        ValueError: the secret is too short.
+    """
+    key = _key(secret)
+    if not isinstance(token, str) or not token:
+        raise AuthError("no token")
+    try:
+        claims = jwt.decode(
+            token,
+            key,
+            algorithms=[ALGORITHM],
+            options={"require": ["sub", "exp"]},
+            leeway=leeway_s,
+        )
+    except jwt.ExpiredSignatureError:
+        raise AuthError("the token has expired") from None
+    except jwt.InvalidSignatureError:
+        raise AuthError("the token's signature does not match") from None
+    except jwt.InvalidAlgorithmError:
+        raise AuthError(f"the token is not signed with {ALGORITHM}") from None
+    except jwt.MissingRequiredClaimError as error:
+        raise AuthError(f"the token lacks the {error.claim!r} claim") from None
+    except jwt.DecodeError:
+        raise AuthError("the token is malformed") from None
+    except jwt.InvalidTokenError as error:  # iat in the future, bad claim types, ...
+        raise AuthError(f"the token is invalid ({type(error).__name__})") from None
+    return validate_user_name(claims.get("sub"))
+
+
+def _bearer(headers: Mapping[str, str]) -> str | None:
+    value = headers.get("authorization")
+    if not value:
+        return None
+    scheme, _, credentials = value.partition(" ")
+    if scheme.lower() != "bearer" or not credentials.strip():
+        raise AuthError("the Authorization header is not 'Bearer <token>'")
+    return credentials.strip()
+
+
+def authenticate(
+    query: Mapping[str, str], headers: Mapping[str, str], settings: AuthSettings
+) -> str:
+    """Return the user name of a request, from its token or (dev mode) its username.
+
+    Args:
+        query: the request's query parameters (``token``, ``username``).
+        headers: the request's headers, lower-case names (``authorization``,
+            ``x-rooms-user``).
+        settings: the secret and the dev flag.
+
+    Returns:
+        The authenticated user name.
+
+    Raises:
+        AuthError: no credential, or a refused one (the caller answers 401).
+    """
+    token = query.get("token") or _bearer(headers)
+    if token:
+        if settings.token_secret is None:
+            raise AuthError("tokens are not accepted: ROOMS_TOKEN_SECRET is not set")
+        return verify_token(token, settings.token_secret)
+    if settings.dev_auth:
+        name = query.get("username") or headers.get("x-rooms-user")
+        if name:
+            return validate_user_name(name)
+        raise AuthError("no token and no username (dev mode)")
+    raise AuthError("no token: send ?token=<jwt> or 'Authorization: Bearer <jwt>'")
