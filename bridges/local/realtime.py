@@ -40,7 +40,7 @@ from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -218,6 +218,7 @@ class RealtimeEmulator:
             self.request_counts[operation] += 1
             try:
                 self._authorize(request)
+                await request.body()  # read (and cache) it before any fault delay
                 fault = self.faults.take(operation, request.url.path)
                 malformed = False
                 if fault is not None:
@@ -231,6 +232,8 @@ class RealtimeEmulator:
                 return await handler(request, malformed)
             except OpenAIHTTPError as exc:
                 return exc.response()
+            except ClientDisconnect:  # the caller gave up (e.g. timed out during a delay)
+                return Response(status_code=499)
 
         return endpoint
 

@@ -51,7 +51,7 @@ from aiortc import RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
 from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -227,6 +227,7 @@ class CallsEmulator:
             self.request_counts[operation] += 1
             try:
                 self._authorize(request)
+                await request.body()  # read (and cache) it before any fault delay
                 fault = self.faults.take(operation, request.url.path)
                 if fault is not None:
                     if fault.delay:
@@ -239,6 +240,8 @@ class CallsEmulator:
                 return JSONResponse(body, status_code=status)
             except CallsHTTPError as exc:
                 return exc.response()
+            except ClientDisconnect:  # the caller gave up (e.g. timed out during a delay)
+                return Response(status_code=499)
 
         return endpoint
 
