@@ -243,10 +243,12 @@ class RoomActor:
             self._arm_alarm(room.alarm_at)
 
     def _die(self, *, restart: bool) -> None:
-        """Leave the process: with ``restart`` Ray restarts the actor from its snapshot."""
+        """Leave the process: with ``restart`` Ray restarts the actor from its snapshot;
+        without, the actor exits for good (a zombie of an older epoch frees its name)."""
         self._hibernating = True
         if restart:
             os._exit(1)
+        self._exit()
 
     # ---- the actor's API (called by gateways, the CLI, the scheduler) --------------
 

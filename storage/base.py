@@ -50,6 +50,9 @@ class StaleEpoch(StorageError):
         self.epoch = epoch
         self.current = current
 
+    def __reduce__(self):  # picklable across Ray processes
+        return (type(self), (self.room_id, self.epoch, self.current))
+
 
 class SnapshotError(StorageError):
     """A stored snapshot of room ``room_id`` cannot be read; it is never silently replaced."""
@@ -57,6 +60,10 @@ class SnapshotError(StorageError):
     def __init__(self, room_id: str, message: str) -> None:
         super().__init__(f"room {room_id!r}: {message}")
         self.room_id = room_id
+        self.message = message
+
+    def __reduce__(self):  # picklable across Ray processes
+        return (type(self), (self.room_id, self.message))
 
 
 class CorruptSnapshot(SnapshotError):

@@ -1,0 +1,153 @@
+"""The room actor's durable-object guarantees, on a real local Ray and a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from actors.config import RoomsConfig
+from actors.room_actor import RoomActor
+from storage import MemoryStore, SqliteStore, StaleEpoch, decode_snapshot
+
+from .conftest import TEST_NAMESPACE
+
+
+@pytest.fixture
+def config(sqlite_url) -> RoomsConfig:
+    return RoomsConfig(namespace=TEST_NAMESPACE, store_url=sqlite_url, idle_timeout=0)
+
+
+def _wait_restarted(ray, handle, old_pid, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            pid = ray.get(handle.pid.remote(), timeout=10)
+            if pid != old_pid:
+                return pid
+        except Exception:  # noqa: BLE001 - restarting
+            pass
+        time.sleep(0.2)
+    raise AssertionError("the room actor did not restart")
+
+
+def test_concurrent_get_or_create_is_one_actor(ray_session, config, unique_room):
+    ray = ray_session
+    from actors.directory import get_room
+
+    @ray.remote(num_cpus=0)
+    def racer(room_id, cfg):
+        handle = get_room(room_id, cfg)
+        return ray.get(handle.pid.remote()), handle._actor_id.hex()
+
+    results = ray.get([racer.remote(unique_room, config) for _ in range(20)])
+    assert len({actor_id for _, actor_id in results}) == 1
+    assert len({pid for pid, _ in results}) == 1
+    assert ray.get_actor(f"room:{unique_room}", namespace=TEST_NAMESPACE)
+
+
+@pytest.mark.parametrize("how", ["ray.kill", "SIGKILL"])
+def test_restart_keeps_last_acknowledged_turn(ray_session, config, unique_room, how):
+    ray = ray_session
+    from actors.directory import get_room
+
+    room = get_room(unique_room, config)
+    ray.get(room.connect.remote("a", "alice"))
+    ray.get(room.connect.remote("b", "bob"))
+    update = {"type": "userUpdate", "user": {
+        "id": "a", "name": "ignored", "raisedHand": True, "speaking": False, "joined": True,
+        "tracks": {"audioUnavailable": False, "audio": "sess-a/mic", "audioEnabled": True}}}
+    ray.get(room.message.remote("a", json.dumps(update)))
+    ray.get(room.message.remote("b", json.dumps({"type": "userLeft"})))
+    acknowledged = ray.get(room.state.remote())
+    info = ray.get(room.info.remote())
+    old_pid = info["pid"]
+
+    if how == "ray.kill":
+        ray.kill(room, no_restart=False)
+    else:
+        os.kill(old_pid, signal.SIGKILL)
+    _wait_restarted(ray, room, old_pid)
+
+    assert ray.get(room.state.remote()) == acknowledged
+    after = ray.get(room.info.remote())
+    assert after["epoch"] == info["epoch"] + 1
+    assert after["seq"] >= info["seq"]
+    # the room goes on: the outbox sequence continues where it was
+    seq = ray.get(room.message.remote("a", json.dumps({"type": "partyserver-ping"})))
+    assert seq == after["seq"] + 1
+    polled = ray.get(room.poll.remote(after["seq"], 5))
+    assert [json.loads(e["data"]) for e in polled["entries"]] == [{"type": "partyserver-pong"}]
+
+
+def test_stale_epoch_write_is_refused(ray_session, config, unique_room, sqlite_url):
+    ray = ray_session
+    from actors.directory import get_room
+
+    room = get_room(unique_room, config)
+    ray.get(room.connect.remote("a", "alice"))
+    path = sqlite_url.removeprefix("sqlite:///")
+    store = SqliteStore("/" + path if not path.startswith("/") else path)
+
+    async def newer_activation():
+        before = await store.load(unique_room)
+        epoch = await store.claim_epoch(unique_room)  # a newer activation claims the room
+        return before, epoch
+
+    before, epoch = asyncio.run(newer_activation())
+    with pytest.raises(ray.exceptions.RayError):
+        ray.get(room.message.remote("a", json.dumps({"type": "heartbeat"})), timeout=30)
+    after = asyncio.run(store.load(unique_room))
+    assert after == before  # the zombie wrote nothing
+    assert decode_snapshot(unique_room, after).epoch < epoch
+
+    async def direct_stale_save():
+        with pytest.raises(StaleEpoch):
+            await store.save(unique_room, after, epoch=epoch - 1)
+
+    asyncio.run(direct_stale_save())
+
+
+class DelayedStore(MemoryStore):
+    """A memory store whose saves take ``delay`` seconds and are observable."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+        self.saved_versions: list[bytes] = []
+
+    async def save(self, room_id, data, *, epoch, alarm_at=None):
+        await asyncio.sleep(self.delay)
+        await super().save(room_id, data, epoch=epoch, alarm_at=alarm_at)
+        self.saved_versions.append(data)
+
+
+async def test_output_gate_holds_messages_until_snapshot_is_durable():
+    store = DelayedStore(0.3)
+    actor = RoomActor("gate", RoomsConfig(idle_timeout=0), store=store)
+    await actor.poll(None, 0)
+    start = actor._released_seq
+
+    turn = asyncio.ensure_future(actor.connect("a", "alice"))
+    # while the save is under way, nothing may leave the outbox
+    early = await actor.poll(start, 0.15)
+    assert early["entries"] == [] and not turn.done()
+    saves_before = len(store.saved_versions)
+    result = await actor.poll(start, 2.0)
+    assert len(store.saved_versions) == saves_before + 1
+    [entry] = result["entries"]
+    state = json.loads(entry["data"])["state"]
+    assert [u["id"] for u in state["users"]] == ["a"]
+    # the snapshot saved before the release already holds what the message says
+    saved = decode_snapshot("gate", store.saved_versions[-1])
+    assert list(saved.state["room"]["users"]) == ["a"]
+    await turn
+
+    # group commit: turns arriving during one save share the next one
+    saves_before = len(store.saved_versions)
+    await asyncio.gather(*(actor.message(c, json.dumps({"type": "heartbeat"})) for c in ["a"] * 5))
+    assert len(store.saved_versions) - saves_before <= 2
