@@ -81,13 +81,28 @@ def get_room(room_id: str, config: RoomsConfig | None = None) -> "ray.actor.Acto
 
 def list_room_actors(namespace: str = "rooms") -> list[dict[str, Any]]:
     """Return ``[{"room", "name", "state", "pid", "node_id"}]`` for every room actor that
-    Ray knows in ``namespace`` (alive, restarting or dead), from the state API."""
-    from ray.util.state import list_actors
+    Ray knows in ``namespace``.
 
+    Uses Ray's state API (alive, restarting and dead actors, with pids) when the
+    dashboard runs; otherwise the GCS's list of named actors (live ones only, state
+    ``"ALIVE"``, no pid).
+    """
     rows = []
-    for actor in list_actors(filters=[("ray_namespace", "=", namespace)], limit=10_000):
-        name = actor.name or ""
-        if name.startswith(ACTOR_PREFIX):
-            rows.append({"room": name[len(ACTOR_PREFIX):], "name": name,
-                         "state": actor.state, "pid": actor.pid, "node_id": actor.node_id})
+    try:
+        from ray.util.state import list_actors
+
+        actors = list_actors(filters=[("ray_namespace", "=", namespace)], limit=10_000,
+                             raise_on_missing_output=False)
+        for actor in actors:
+            name = actor.name or ""
+            if name.startswith(ACTOR_PREFIX):
+                rows.append({"room": name[len(ACTOR_PREFIX):], "name": name,
+                             "state": actor.state, "pid": actor.pid, "node_id": actor.node_id})
+    except Exception:  # noqa: BLE001 - no dashboard: fall back to the GCS
+        rows = []
+        for entry in ray.util.list_named_actors(all_namespaces=True):
+            name = entry["name"]
+            if entry["namespace"] == namespace and name.startswith(ACTOR_PREFIX):
+                rows.append({"room": name[len(ACTOR_PREFIX):], "name": name,
+                             "state": "ALIVE", "pid": None, "node_id": None})
     return sorted(rows, key=lambda r: r["room"])

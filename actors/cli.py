@@ -1,0 +1,127 @@
+"""The ``rooms`` command line.
+
+``rooms ls``                         the rooms: stored snapshots and live actors
+``rooms show ROOM``                  a room's state (``RoomState`` JSON) and its actor facts
+``rooms send ROOM --as CONN 'JSON'`` send a protocol message to a room as a connection
+``rooms serve``                      start (or join) Ray, deploy the gateway, start the
+                                     local emulators when no credentials are configured
+``rooms demo``                       a scripted meeting with real clients and media
+
+``--address`` names a running Ray cluster (``auto`` for the local one); by default the
+commands join a local Ray if one runs, or start one. Settings come from ``ROOMS_*``
+environment variables (see :mod:`actors.config`); secrets are never printed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Optional
+
+import typer
+
+from .config import RoomsConfig
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Chat rooms as Ray actors (ray-rooms).")
+
+AddressOption = typer.Option(
+    None, "--address", help="Ray cluster address (default: join a local Ray or start one)."
+)
+
+
+def _init_ray(address: str | None, config: RoomsConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs = {"namespace": config.namespace, "configure_logging": False,
+              "log_to_driver": False}
+    if address:
+        ray.init(address=address, **kwargs)
+        return
+    try:
+        ray.init(address="auto", **kwargs)
+    except (ConnectionError, RuntimeError):
+        ray.init(include_dashboard=False, **kwargs)
+
+
+def _print_json(value) -> None:
+    typer.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+@app.command("ls")
+def ls(address: Optional[str] = AddressOption) -> None:
+    """List rooms: those with a stored snapshot and those with a live actor."""
+    import asyncio
+
+    from storage import open_store
+
+    from .directory import list_room_actors
+
+    config = RoomsConfig()
+    _init_ray(address, config)
+
+    async def stored() -> list[str]:
+        store = open_store(config.store_url)
+        try:
+            return await store.list_rooms()
+        finally:
+            await store.close()
+
+    rooms = {room: {"room": room, "stored": True, "actor": None} for room in asyncio.run(stored())}
+    for row in list_room_actors(config.namespace):
+        rooms.setdefault(row["room"], {"room": row["room"], "stored": False})["actor"] = row["state"]
+    if not rooms:
+        typer.echo("no rooms")
+        return
+    typer.echo(f"{'ROOM':40} {'STORED':7} ACTOR")
+    for row in sorted(rooms.values(), key=lambda r: r["room"]):
+        typer.echo(f"{row['room']:40} {'yes' if row['stored'] else 'no':7} {row['actor'] or '-'}")
+
+
+@app.command("show")
+def show(room: str, address: Optional[str] = AddressOption) -> None:
+    """Print ROOM's state (RoomState JSON) and its actor facts (epoch, seq, counts)."""
+    import ray
+
+    from .directory import get_room
+
+    config = RoomsConfig()
+    _init_ray(address, config)
+    handle = get_room(room, config)
+    state, info = ray.get([handle.state.remote(), handle.info.remote()])
+    _print_json({"state": state, "actor": info})
+
+
+@app.command("send")
+def send(
+    room: str,
+    message: str = typer.Argument(..., help="the protocol message, as JSON text"),
+    conn: str = typer.Option(..., "--as", help="the connection id to send as"),
+    address: Optional[str] = AddressOption,
+) -> None:
+    """Send one protocol MESSAGE to ROOM as connection CONN and print the replies."""
+    import ray
+
+    from .directory import get_room
+
+    config = RoomsConfig()
+    _init_ray(address, config)
+    handle = get_room(room, config)
+    start = ray.get(handle.poll.remote(None, 0))["cursor"]
+    seq = ray.get(handle.message.remote(conn, message))
+    polled = ray.get(handle.poll.remote(start, 0)) if seq > start else {"entries": []}
+    replies = [
+        json.loads(e["data"]) for e in polled["entries"]
+        if e["data"] and (e["to"] == "all" or (e["to"] == "one" and e["conn"] == conn)
+                          or (e["to"] == "except" and e["conn"] != conn))
+    ]
+    _print_json({"seq": seq, "replies": replies})
+    if any(r.get("type") == "error" for r in replies):
+        sys.exit(1)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    """Run the ``rooms`` command line."""
+    app()
