@@ -1,0 +1,421 @@
+"""The room's AI agent end to end: a real room actor on Ray, the real httpx bridges, the
+local Calls SFU and OpenAI Realtime emulators over loopback HTTP, and real aiortc media.
+
+The emulators run in this test process (their own threads); the room actors run in Ray
+worker processes and reach them over 127.0.0.1. Faults are armed from here on
+``emu.calls.faults`` / ``emu.openai.faults``. What a room created in the emulators is
+found by difference (:class:`Ledger`): sessions and calls that appeared during a test.
+
+Follows DESIGN.md "The AI agent" and the specs in ``shared/specs/`` (Calls
+``sessions/new``, ``tracks/new``, ``renegotiate``, ``tracks/close``; OpenAI
+``realtime/calls``, ``hangup``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any, Callable
+
+import pytest
+
+from actors.config import RoomsConfig, ServiceEndpoints
+from bridges.local import Emulators, start_emulators
+from bridges.local.participant import Participant
+
+from .conftest import TEST_NAMESPACE
+
+pytestmark = [pytest.mark.ray, pytest.mark.media]
+
+AI_TRACK = "ai-generated-voice"
+APP_ID, APP_SECRET, API_KEY = "e2e-app", "e2e-app-secret", "sk-e2e-test-key"
+
+
+@pytest.fixture(scope="module")
+def emu() -> Emulators:
+    """Both emulators, started once for this module in the test process."""
+    emulators = start_emulators(app_id=APP_ID, app_secret=APP_SECRET, api_key=API_KEY)
+    yield emulators
+    emulators.stop()
+
+
+@pytest.fixture
+def make_room(ray_session, emu: Emulators, sqlite_url: str, unique_room: str):
+    """``make_room(timeout=2.0, retries=1, api_key=API_KEY) -> actor handle``.
+
+    Creates this test's room actor (SQLite store in the test's tmp dir, no hibernation)
+    wired to the emulators; at teardown clears the faults and kills the actor for good.
+    """
+    made = []
+
+    def make(*, timeout: float = 2.0, retries: int = 1, api_key: str = API_KEY):
+        from actors.directory import get_room
+
+        config = RoomsConfig(
+            namespace=TEST_NAMESPACE, store_url=sqlite_url, idle_timeout=0,
+            services=ServiceEndpoints(
+                calls_base_url=emu.calls_base_url, calls_app_id=APP_ID,
+                calls_app_secret=APP_SECRET, openai_base_url=emu.openai_base_url,
+                openai_api_key=api_key, timeout=timeout, retries=retries,
+            ),
+        )
+        room = get_room(unique_room, config)
+        made.append(room)
+        return room
+
+    yield make
+    emu.calls.faults.clear()
+    emu.openai.faults.clear()
+    for room in made:
+        ray_session.kill(room, no_restart=True)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+class Ledger:
+    """What the emulators held when it was made, to tell what a test's room created.
+
+    Args:
+        emu: the running emulators.
+    """
+
+    def __init__(self, emu: Emulators) -> None:
+        self.emu = emu
+        self.sessions = set(dict.copy(emu.calls.sessions))
+        self.calls = set(dict.copy(emu.openai.calls))
+        self.calls_counts = dict.copy(emu.calls.request_counts)
+        self.openai_counts = dict.copy(emu.openai.request_counts)
+
+    def new_sessions(self) -> set[str]:
+        """Calls session ids created since the ledger was made."""
+        return set(dict.copy(self.emu.calls.sessions)) - self.sessions
+
+    def new_calls(self) -> set[str]:
+        """OpenAI call ids created since the ledger was made."""
+        return set(dict.copy(self.emu.openai.calls)) - self.calls
+
+    def requests(self, operation: str, service: str = "calls") -> int:
+        """How many ``operation`` requests the emulator received since the ledger was made."""
+        counts = self.emu.calls.request_counts if service == "calls" else self.emu.openai.request_counts
+        before = self.calls_counts if service == "calls" else self.openai_counts
+        return counts.get(operation, 0) - before.get(operation, 0)
+
+    def left_open(self, exclude: set[str] = frozenset()) -> dict[str, list]:
+        """What the room created and did not release: open Calls sessions, active Calls
+        tracks (``(sessionId, mid, trackName, location)``) and active OpenAI calls."""
+        mine = self.new_sessions() - set(exclude)
+        calls = self.new_calls()
+        return {
+            "sessions": sorted(s for s in self.emu.calls.open_sessions() if s in mine),
+            "tracks": sorted((t for t in self.emu.calls.active_tracks() if t[0] in mine),
+                             key=str),
+            "calls": sorted(c for c in self.emu.openai.active_calls() if c in calls),
+        }
+
+    async def wait_released(self, exclude: set[str] = frozenset(),
+                            timeout: float = 10.0) -> dict[str, list]:
+        """Wait (bounded) until nothing the room created is open; return the leftovers."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = self.left_open(exclude)
+            if not any(left.values()) or time.monotonic() > deadline:
+                return left
+            await asyncio.sleep(0.05)
+
+
+async def wait_state(room, predicate: Callable[[dict[str, Any]], bool],
+                     timeout: float = 15.0) -> dict[str, Any]:
+    """Poll ``room.state`` until ``predicate(state)``; return it (AssertionError on timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = await room.state.remote()
+        if predicate(state):
+            return state
+        if time.monotonic() > deadline:
+            raise AssertionError(f"room state never matched; last: {state}")
+        await asyncio.sleep(0.05)
+
+
+def settled(state: dict[str, Any]) -> bool:
+    """The AI is not being enabled and no control request is under way (public view)."""
+    return not state["ai"].get("connectionPending")
+
+
+async def send(room, conn: str, message: dict[str, Any]) -> list[dict[str, Any]]:
+    """Send ``message`` as ``conn``; return the messages the turn addressed to ``conn`` alone."""
+    cursor = (await room.poll.remote(None, 0))["cursor"]
+    await room.message.remote(conn, json.dumps(message))
+    polled = await room.poll.remote(cursor, 0)
+    return [json.loads(e["data"]) for e in polled["entries"]
+            if e["to"] == "one" and e["conn"] == conn and e["data"]]
+
+
+def ai_user(state: dict[str, Any]) -> dict[str, Any] | None:
+    """The virtual user ``ai`` of a RoomState, or ``None``."""
+    return next((u for u in state["users"] if u["id"] == "ai"), None)
+
+
+def assert_clean_failure(state: dict[str, Any], *fragments: str) -> str:
+    """The AI ended disabled, not pending, with an error containing every fragment."""
+    ai = state["ai"]
+    assert ai["enabled"] is False and ai.get("connectionPending") is False, ai
+    assert ai_user(state) is None, state["users"]
+    error = ai.get("error") or ""
+    for fragment in fragments:
+        assert fragment in error, (fragment, error)
+    assert API_KEY not in error and APP_SECRET not in error
+    return error
+
+
+ENABLE = {"type": "enableAi", "instructions": "Repeat what you hear.", "voice": "marin"}
+
+
+# ---------------------------------------------------------------- 1. end to end, real media
+
+
+async def test_ai_end_to_end_with_real_media(emu: Emulators, make_room) -> None:
+    creds = (emu.calls_base_url, APP_ID, APP_SECRET)
+    ledger = Ledger(emu)
+    room = make_room()
+    async with Participant(*creds, freq_hz=440) as alice, \
+            Participant(*creds, freq_hz=660) as bob:
+        a_sid, a_track = await alice.publish()
+        await room.connect.remote("alice", "Alice")
+        await room.connect.remote("bob", "Bob")
+
+        assert await send(room, "alice", ENABLE) == []
+        state = await wait_state(room, settled)
+        assert state["ai"]["enabled"] is True and "error" not in state["ai"], state["ai"]
+        ai = ai_user(state)
+        assert ai is not None
+        ai_sid, ai_track = ai["tracks"]["audio"].split("/")
+        assert ai_track == AI_TRACK
+        # the room's Calls session is thirdparty and correlated with the meeting
+        info = emu.calls.session_info(ai_sid)
+        assert info["thirdparty"] is True and info["correlationId"] == state["meetingId"]
+        assert ai_sid in emu.calls.open_sessions()
+        [call_id] = ledger.new_calls()
+        session = emu.openai.calls[call_id].session
+        assert session["instructions"] == ENABLE["instructions"]
+        assert session["audio"]["output"]["voice"] == "marin"
+
+        # alice takes control: her microphone feeds the AI; she hears its voice
+        track = {"sessionId": a_sid, "trackName": a_track}
+        assert await send(room, "alice", {"type": "requestAiControl", "track": track}) == []
+        state = await wait_state(room, lambda s: s["ai"].get("controllingUser") == "alice")
+        await alice.pull(ai_sid, ai_track)
+        assert abs(await alice.wait_for_frequency(440, timeout=8) - 440) < 15
+
+        # bob publishes; until he takes control, the AI still hears alice
+        b_sid, b_track = await bob.publish()
+        await asyncio.sleep(0.8)
+        freq, level = alice.heard(0.4)
+        assert level >= 300 and abs(freq - 440) < 15, (freq, level)
+
+        track = {"sessionId": b_sid, "trackName": b_track}
+        assert await send(room, "bob", {"type": "requestAiControl", "track": track}) == []
+        await wait_state(room, lambda s: s["ai"].get("controllingUser") == "bob")
+        assert abs(await alice.wait_for_frequency(660, timeout=8) - 660) < 15
+
+        # only the controller may relinquish
+        [reply] = await send(room, "alice", {"type": "relinquishAiControl"})
+        assert reply["type"] == "error" and "control" in reply["error"]
+        assert (await room.state.remote())["ai"]["controllingUser"] == "bob"
+        assert await send(room, "bob", {"type": "relinquishAiControl"}) == []
+        state = await room.state.remote()
+        assert "controllingUser" not in state["ai"] and state["ai"]["enabled"] is True
+
+        # disableAi releases the AI's Calls track and hangs up the OpenAI call
+        assert await send(room, "alice", {"type": "disableAi"}) == []
+        state = await room.state.remote()
+        assert state["ai"]["enabled"] is False and ai_user(state) is None
+        left = await ledger.wait_released(exclude={a_sid, b_sid})
+        assert left == {"sessions": [], "tracks": [], "calls": []}
+        assert ai_sid not in emu.calls.open_sessions()
+        assert call_id not in emu.openai.active_calls()
+        assert ledger.requests("hangup", "openai") == 1
+
+
+# ---------------------------------------------------------------- 2. failure modes
+
+
+async def test_calls_5xx_once_is_retried(emu: Emulators, make_room) -> None:
+    ledger = Ledger(emu)
+    room = make_room(retries=1)
+    await room.connect.remote("alice", "Alice")
+    emu.calls.faults.set("sessions/new", status=503, times=1)
+    await send(room, "alice", ENABLE)
+    state = await wait_state(room, settled)
+    assert state["ai"]["enabled"] is True and "error" not in state["ai"], state["ai"]
+    assert ledger.requests("sessions/new") == 2  # the 503, then the retry
+    assert len(ledger.new_sessions()) == 1  # the 503 created nothing
+    await send(room, "alice", {"type": "disableAi"})
+    state = await room.state.remote()
+    assert state["ai"] == {"enabled": False, "connectionPending": False}
+    assert await ledger.wait_released() == {"sessions": [], "tracks": [], "calls": []}
+
+
+async def test_calls_4xx_on_tracks_new(emu: Emulators, make_room) -> None:
+    ledger = Ledger(emu)
+    room = make_room()
+    await room.connect.remote("alice", "Alice")
+    emu.calls.faults.set("tracks/new", status=400, times=1,
+                         error_code="invalid_request_error", error_message="no good")
+    await send(room, "alice", ENABLE)
+    state = await wait_state(room, settled)
+    assert_clean_failure(state, "calls tracks/new", "400", "no good")
+    assert ledger.requests("tracks/new") == 1  # a 4xx is not retried
+    assert ledger.requests("realtime/calls", "openai") == 0
+    assert await ledger.wait_released() == {"sessions": [], "tracks": [], "calls": []}
+
+
+async def test_openai_401_releases_calls_tracks(emu: Emulators, make_room) -> None:
+    ledger = Ledger(emu)
+    room = make_room(api_key="sk-wrong-key-for-this-test")
+    await room.connect.remote("alice", "Alice")
+    await send(room, "alice", ENABLE)
+    state = await wait_state(room, settled)
+    error = assert_clean_failure(state, "openai realtime/calls", "401")
+    assert "sk-wrong-key-for-this-test" not in error
+    assert ledger.requests("realtime/calls", "openai") == 1  # a 401 is not retried
+    assert ledger.requests("tracks/new") == 1 and ledger.requests("tracks/close") == 1
+    assert len(ledger.new_sessions()) == 1
+    assert await ledger.wait_released() == {"sessions": [], "tracks": [], "calls": []}
+
+
+async def test_openai_timeout(emu: Emulators, make_room) -> None:
+    ledger = Ledger(emu)
+    room = make_room(timeout=0.5, retries=1)
+    await room.connect.remote("alice", "Alice")
+    # Both attempts stall past the client's timeout. The emulator then fails them
+    # (status), so it never creates a call whose id nobody received.
+    emu.openai.faults.set("realtime/calls", delay=1.5, status=500, times=2)
+    started = time.monotonic()
+    await send(room, "alice", ENABLE)
+    state = await wait_state(room, settled)
+    assert time.monotonic() - started < 6
+    assert_clean_failure(state, "openai realtime/calls", "no answer within 0.5 s")
+    assert ledger.requests("realtime/calls", "openai") == 2
+    assert ledger.requests("tracks/close") == 1
+    assert await ledger.wait_released() == {"sessions": [], "tracks": [], "calls": []}
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "bug in bridges/openai.py RealtimeClient.create_call: when the answer is not SDP it "
+    "raises InvalidAnswer after reading the call id from Location but never hangs that "
+    "call up, and the enable flow never learns the id: the OpenAI call leaks"))
+async def test_openai_malformed_answer_sdp(emu: Emulators, make_room) -> None:
+    ledger = Ledger(emu)
+    room = make_room()
+    await room.connect.remote("alice", "Alice")
+    emu.openai.faults.set("realtime/calls", malformed_answer=True, times=1)
+    await send(room, "alice", ENABLE)
+    state = await wait_state(room, settled)
+    assert_clean_failure(state, "openai realtime/calls", "not SDP")
+    assert ledger.requests("renegotiate") == 0 and ledger.requests("tracks/close") == 1
+    # the flow released before it reported: a short bound suffices
+    assert await ledger.wait_released(timeout=2) == {"sessions": [], "tracks": [], "calls": []}
+
+
+@pytest.mark.parametrize("operation", ["realtime/calls", "renegotiate"],
+                         ids=["openai-realtime-calls", "calls-renegotiate"])
+async def test_room_killed_during_enable(ray_session, emu: Emulators, make_room,
+                                         operation: str) -> None:
+    ray = ray_session
+    ledger = Ledger(emu)
+    room = make_room(timeout=10.0)
+    await room.connect.remote("alice", "Alice")
+    if operation == "realtime/calls":
+        # stall, then fail: the emulator creates no call for a caller that is gone
+        emu.openai.faults.set(operation, delay=4.0, status=503, times=1)
+    else:
+        emu.calls.faults.set(operation, delay=4.0, times=1)
+    emulator = emu.openai if operation == "realtime/calls" else emu.calls
+    before = dict.copy(emulator.request_counts).get(operation, 0)
+    await send(room, "alice", ENABLE)
+    # wait until the enable job is stalled inside ``operation``
+    deadline = time.monotonic() + 10
+    while emulator.request_counts.get(operation, 0) == before:
+        assert time.monotonic() < deadline, "the enable never reached " + operation
+        await asyncio.sleep(0.02)
+    info = await room.info.remote()
+    assert info["ai"]["connectionPending"] is True and info["jobs"] >= 1
+    old_pid = info["pid"]
+
+    ray.kill(room, no_restart=False)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            info = await asyncio.wait_for(room.info.remote(), 10)
+            if info["pid"] != old_pid:
+                break
+        except (ray.exceptions.RayError, asyncio.TimeoutError):
+            pass
+        assert time.monotonic() < deadline, "the room actor did not restart"
+        await asyncio.sleep(0.1)
+
+    state = await room.state.remote()
+    error = assert_clean_failure(state, "interrupted", f"enable interrupted at "
+                                 f"{'openai realtime/calls' if operation != 'renegotiate' else 'calls renegotiate'}")
+    assert "restart" in error
+    assert len(ledger.new_sessions()) == 1
+    assert await ledger.wait_released(timeout=10) == {"sessions": [], "tracks": [], "calls": []}
+    if operation == "renegotiate":
+        assert len(ledger.new_calls()) == 1 and ledger.requests("hangup", "openai") == 1
+    # the room works again: a fresh enable succeeds
+    await send(room, "alice", ENABLE)
+    state = await wait_state(room, settled)
+    assert state["ai"]["enabled"] is True and "error" not in state["ai"], state["ai"]
+    await send(room, "alice", {"type": "disableAi"})
+    assert await ledger.wait_released() == {"sessions": [], "tracks": [], "calls": []}
+
+
+# ---------------------------------------------------------------- 3. guards on the actor
+
+
+async def test_second_enable_while_pending_is_refused(emu: Emulators, make_room) -> None:
+    ledger = Ledger(emu)
+    room = make_room()
+    await room.connect.remote("alice", "Alice")
+    await room.connect.remote("bob", "Bob")
+    emu.calls.faults.set("tracks/new", delay=1.0, times=1)  # keep the first enable pending
+    assert await send(room, "alice", ENABLE) == []
+    assert (await room.info.remote())["ai"]["connectionPending"] is True
+    [reply] = await send(room, "bob", ENABLE)
+    assert reply == {"type": "error", "error": "the AI is already being enabled"}
+    state = await wait_state(room, settled)
+    assert state["ai"]["enabled"] is True, state["ai"]
+    [reply] = await send(room, "bob", ENABLE)
+    assert reply == {"type": "error", "error": "the AI is already enabled"}
+    assert ledger.requests("sessions/new") == 1 and len(ledger.new_sessions()) == 1
+    assert ledger.requests("realtime/calls", "openai") == 1
+    await send(room, "alice", {"type": "disableAi"})
+    assert await ledger.wait_released() == {"sessions": [], "tracks": [], "calls": []}
+
+
+async def test_disable_while_pending_releases_the_late_result(emu: Emulators,
+                                                              make_room) -> None:
+    ledger = Ledger(emu)
+    room = make_room()
+    await room.connect.remote("alice", "Alice")
+    emu.calls.faults.set("renegotiate", delay=1.0, times=1)
+    await send(room, "alice", ENABLE)
+    deadline = time.monotonic() + 10
+    while not ledger.new_calls():  # the OpenAI call exists; renegotiate is stalled
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    assert await send(room, "alice", {"type": "disableAi"}) == []
+    state = await room.state.remote()
+    assert state["ai"] == {"enabled": False, "connectionPending": False}
+    # the enable job finishes late (its renegotiate fails or succeeds): its result is
+    # stale, never shown, and what it created is released
+    deadline = time.monotonic() + 10
+    while (await room.info.remote())["jobs"]:
+        assert time.monotonic() < deadline, "the stale enable job never finished"
+        await asyncio.sleep(0.05)
+    assert await ledger.wait_released(timeout=10) == {"sessions": [], "tracks": [], "calls": []}
+    assert ledger.requests("hangup", "openai") >= 1
+    state = await room.state.remote()
+    assert state["ai"] == {"enabled": False, "connectionPending": False}
