@@ -122,6 +122,48 @@ def send(
         sys.exit(1)
 
 
+@app.command("serve")
+def serve_cmd(
+    address: Optional[str] = AddressOption,
+    host: str = typer.Option("127.0.0.1", help="the gateway's listen address"),
+    port: int = typer.Option(8000, help="the gateway's port (0: any free port)"),
+    replicas: int = typer.Option(1, help="gateway replicas"),
+    dev: bool = typer.Option(False, "--dev", help="accept ?username= without a token"),
+) -> None:
+    """Start (or join) Ray, deploy the gateway, and start the local Calls and OpenAI
+    emulators when no credentials are configured; print the URLs and wait (Ctrl-C stops)."""
+    import signal
+    import threading
+
+    from .system import start_system
+
+    typer.echo("starting…")
+    system = start_system(address=address, host=host, port=port, replicas=replicas, dev=dev)
+    for what, url in system.urls.items():
+        typer.echo(f"{what:16} {url}")
+    typer.echo("identity: signed tokens (ROOMS_TOKEN_SECRET)" + (", or ?username= (--dev)" if dev else ""))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        typer.echo("stopping…")
+        system.stop()
+
+
+@app.command("demo")
+def demo(address: Optional[str] = AddressOption) -> None:
+    """Run a scripted meeting with real clients and media against a fresh local system;
+    print a timeline and a summary; exit 1 if a step fails."""
+    from .demo import run_demo
+
+    if not run_demo(address=address, echo=typer.echo):
+        raise typer.Exit(1)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     """Run the ``rooms`` command line."""
     app()

@@ -1,0 +1,144 @@
+"""Start the whole system on this machine: Ray, the emulators if needed, the gateway.
+
+Used by ``rooms serve`` (which then waits) and ``rooms demo`` (which then runs a meeting).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import SecretStr
+
+from .config import RoomsConfig, ServiceEndpoints
+
+__all__ = ["LocalSystem", "free_port", "start_system"]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port that is free on ``host`` right now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class LocalSystem:
+    """A running system: the gateway URL, the config rooms get, the emulators if any.
+
+    Attributes:
+        gateway_url: ``http://host:port`` of the gateway.
+        config: the :class:`RoomsConfig` rooms are created with.
+        emulators: the running :class:`bridges.local.Emulators`, or ``None`` when real
+            Cloudflare Calls and OpenAI credentials are configured.
+        token_secret: the HMAC secret of identity tokens (never printed).
+    """
+
+    gateway_url: str
+    config: RoomsConfig
+    emulators: Any = None
+    token_secret: SecretStr | None = None
+    started_ray: bool = False
+    urls: dict[str, str] = field(default_factory=dict)
+
+    def stop(self) -> None:
+        """Delete the gateway, stop the emulators, and shut down Ray if we started it."""
+        import ray
+
+        from .gateway import shutdown_gateway
+
+        try:
+            shutdown_gateway(None)
+        finally:
+            if self.emulators is not None:
+                self.emulators.stop()
+            if self.started_ray:
+                ray.shutdown()
+
+
+def start_system(
+    *,
+    address: str | None = None,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    replicas: int = 1,
+    dev: bool = False,
+    config: RoomsConfig | None = None,
+    token_secret: SecretStr | None = None,
+) -> LocalSystem:
+    """Start (or join, with ``address``) Ray, the local emulators when no credentials are
+    configured, and the gateway.
+
+    Args:
+        address: a Ray cluster address, ``"local"`` to start a new local Ray, or
+            ``None`` to join a local Ray or start one.
+        host: the gateway's listen address.
+        port: the gateway's port (default ``ROOMS_PORT`` or 8000; 0 picks a free one).
+        replicas: gateway replicas.
+        dev: accept ``?username=`` without a token.
+        config: the room settings (default: from the environment).
+        token_secret: the token HMAC secret (default ``ROOMS_TOKEN_SECRET``, else a
+            random one for this run).
+
+    Returns:
+        The running :class:`LocalSystem`.
+
+    Raises:
+        TimeoutError: the gateway did not become ready.
+    """
+    import secrets
+
+    import ray
+
+    from bridges.config import CallsSettings, OpenAISettings
+
+    from .auth import AuthSettings
+    from .gateway import deploy_gateway
+
+    config = (config or RoomsConfig()).model_copy(deep=True)
+    started_ray = False
+    if not ray.is_initialized():
+        kwargs = {"namespace": config.namespace, "configure_logging": False,
+                  "log_to_driver": False}
+        if address:
+            ray.init(address=address, **kwargs)
+            started_ray = address == "local"
+        else:
+            try:
+                ray.init(address="auto", **kwargs)
+            except (ConnectionError, RuntimeError):
+                ray.init(address="local", **kwargs)
+                started_ray = True
+    emulators = None
+    urls: dict[str, str] = {}
+    if not (CallsSettings().configured and OpenAISettings().configured):
+        from bridges.local import start_emulators
+
+        app_secret, api_key = secrets.token_urlsafe(16), "sk-local-" + secrets.token_urlsafe(8)
+        emulators = start_emulators(host="127.0.0.1", app_id="local-app",
+                                    app_secret=app_secret, api_key=api_key)
+        config.services = ServiceEndpoints(
+            calls_base_url=emulators.calls_base_url, calls_app_id="local-app",
+            calls_app_secret=SecretStr(app_secret), openai_base_url=emulators.openai_base_url,
+            openai_api_key=SecretStr(api_key), timeout=config.services.timeout,
+            retries=config.services.retries,
+        )
+        urls["calls emulator"] = emulators.calls_base_url
+        urls["openai emulator"] = emulators.openai_base_url
+    if port is None:
+        port = int(os.environ.get("ROOMS_PORT", "8000"))
+    if port == 0:
+        port = free_port(host)
+    auth = AuthSettings()
+    if token_secret is not None:
+        auth.token_secret = token_secret
+    if auth.token_secret is None:
+        auth.token_secret = SecretStr(secrets.token_urlsafe(32))
+    gateway_url = deploy_gateway(config, host=host, port=port, replicas=replicas, dev=dev,
+                                 auth=auth)
+    urls["gateway"] = gateway_url
+    urls["websocket"] = gateway_url.replace("http", "ws", 1) + "/parties/rooms/{room}?_pk={id}"
+    return LocalSystem(gateway_url=gateway_url, config=config, emulators=emulators,
+                       token_secret=auth.token_secret, started_ray=started_ray, urls=urls)
