@@ -1,0 +1,859 @@
+"""The gateway: a Ray Serve deployment (FastAPI ingress) between clients and room actors.
+
+Routes (DESIGN.md "Gateway"):
+
+=====================================  =================================================
+``WS  /parties/rooms/{room}``          a partysocket connection; connection id = ``_pk``
+``POST /rooms/{room}/messages``        one protocol message (JSON body) -> ``{"seq": n}``
+``GET  /rooms/{room}``                 the room's ``RoomState``
+``GET  /rooms``                        the room actors Ray knows, with their actor state
+``GET  /healthz``                      ``{"ok": true, "replica": id}`` (no auth)
+=====================================  =================================================
+
+Every route but ``/healthz`` needs an identity (:mod:`actors.auth`): a token in
+``?token=`` or ``Authorization: Bearer``; in dev mode also ``?username=``. Without one,
+HTTP answers 401 and a WebSocket handshake is refused with HTTP 401.
+
+Sockets live here, never in a room actor. Each replica keeps, per room it serves, one
+:class:`RoomChannel`: the room's sockets in this replica and ONE long-poll task over
+the room's outbox (``RoomActor.poll``), which fans every released entry out to the
+sockets it is addressed to, in sequence order, once. The poll starts (``cursor=None``)
+before the replica's first ``connect`` to the room, so nothing released after that is
+missed; on ``gap`` the channel sends ``roomState`` to all its sockets; on
+``hibernating`` it stops polling the actor, keeps its cursor, and resumes when a frame
+reactivates the room through :func:`actors.directory.get_room` (or when another
+replica has reactivated it: it looks the actor up every ``wake_check_s``).
+
+WebSocket close codes sent by the gateway:
+
+=====  ===========================================================================
+1008   policy violation: sustained rate-limit abuse (``"rate limit abuse"``)
+1011   the room could not be reached after retries (``"room unavailable"``)
+1013   try again later: the room is full in this replica (``"room full"``), or the
+       client reads too slowly (``"client too slow"``)
+other  codes the room asks for (e.g. 1000 ``"User left"``, 1011 heartbeat timeout)
+=====  ===========================================================================
+
+Errors sent as ``{"type": "error", "error": "..."}`` without closing: a frame over
+``max_message_bytes`` (``"message too large ..."``, the room is not called), a frame
+over the rate limit (``"rate limit exceeded ..."``), a room briefly unavailable.
+
+Timeouts: Serve 2.60's proxy applies ``HTTPOptions.request_timeout_s`` end to end to
+*every* request it proxies, WebSocket connections included (the proxy's response
+generator is given a deadline from the request's start, and cancels the replica call
+when it passes; a client's ``x-request-timeout-seconds`` header overrides it per
+request). A WebSocket lives for hours, so :func:`deploy_gateway` leaves
+``request_timeout_s`` unset (``None``: no deadline). Long HTTP calls are bounded by the
+room instead (``RoomsConfig.poll_timeout``, bridge timeouts).
+
+Settings (:class:`GatewayLimits`, environment ``ROOMS_GATEWAY_*``): see its fields.
+"""
+
+# No ``from __future__ import annotations`` here: Serve's ingress rebuilds the route
+# methods, and FastAPI must see real ``WebSocket``/``Request`` annotations.
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from typing import Any, Awaitable, Callable, Optional
+
+import httpx
+import ray
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.responses import JSONResponse
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from ray import serve
+from ray.exceptions import RayActorError
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from .auth import AuthError, AuthSettings, authenticate
+from .config import RoomsConfig
+from .directory import (InvalidRoomId, actor_name, get_room, list_room_actors,
+                        validate_room_id)
+from .room_actor import RoomHibernating
+
+__all__ = [
+    "CLOSE_POLICY",
+    "CLOSE_ROOM_UNAVAILABLE",
+    "CLOSE_TRY_AGAIN",
+    "Gateway",
+    "GatewayLimits",
+    "GatewayServer",
+    "RoomChannel",
+    "RoomRef",
+    "RoomUnavailable",
+    "TokenBucket",
+    "app",
+    "deploy_gateway",
+    "shutdown_gateway",
+]
+
+# A child of Serve's logger, so that lines land in the replica's Serve log.
+log = logging.getLogger("ray.serve.ray_rooms.gateway")
+
+CLOSE_POLICY = 1008
+"""WebSocket close code for sustained rate-limit abuse (RFC 6455 policy violation)."""
+CLOSE_ROOM_UNAVAILABLE = 1011
+"""WebSocket close code when the room cannot be reached (RFC 6455 internal error)."""
+CLOSE_TRY_AGAIN = 1013
+"""WebSocket close code for a full room or a too-slow client (try again later)."""
+
+MAX_CONN_ID_CHARS = 128
+REPLICA_HEADER = "x-rooms-replica"
+
+
+class GatewayLimits(BaseSettings):
+    """Per-replica limits and timings of the gateway (environment ``ROOMS_GATEWAY_*``).
+
+    Attributes:
+        rate_per_s: messages per second a connection may send, sustained (token bucket
+            refill rate).
+        burst: messages a connection may send at once (token bucket size).
+        abuse_strikes: rate-limited frames tolerated (refilled at one per second)
+            before the socket is closed with 1008.
+        max_connections_per_room: sockets of one room *in one replica*; the next is
+            closed with 1013 ``room full`` (the cluster-wide cap is this times the
+            number of replicas).
+        send_queue: messages queued for one socket before it is closed with 1013
+            ``client too slow``.
+        poll_timeout: seconds one long-poll waits in the room (``None``: the room's
+            ``RoomsConfig.poll_timeout``).
+        call_attempts: attempts of one room call across actor deaths and hibernation.
+        backoff_s: first back-off between attempts, doubled up to ``max_backoff_s``.
+        max_backoff_s: longest back-off, seconds.
+        wake_check_s: seconds between looks for a reactivated actor while hibernating.
+        max_ongoing_requests: Serve's concurrency cap per replica; every open WebSocket
+            counts as one ongoing request.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="ROOMS_GATEWAY_", extra="ignore")
+
+    rate_per_s: float = Field(20.0, gt=0)
+    burst: int = Field(40, ge=1)
+    abuse_strikes: int = Field(20, ge=1)
+    max_connections_per_room: int = Field(1000, ge=1)
+    send_queue: int = Field(1024, ge=1)
+    poll_timeout: float | None = Field(None, gt=0)
+    call_attempts: int = Field(8, ge=1)
+    backoff_s: float = Field(0.05, gt=0)
+    max_backoff_s: float = Field(2.0, gt=0)
+    wake_check_s: float = Field(1.0, gt=0)
+    max_ongoing_requests: int = Field(10_000, ge=1)
+
+
+class RoomUnavailable(RuntimeError):
+    """A room call failed on every attempt (actor dead, restarting or hibernating)."""
+
+
+class TokenBucket:
+    """A token bucket: ``burst`` tokens, refilled at ``rate`` tokens per second.
+
+    Args:
+        rate: tokens per second (> 0).
+        burst: the bucket's size; it starts full.
+        clock: monotonic seconds (default :func:`time.monotonic`).
+    """
+
+    def __init__(self, rate: float, burst: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = float(rate)
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self._clock = clock
+        self._at = clock()
+
+    def take(self, n: float = 1.0) -> bool:
+        """Take ``n`` tokens if there are that many; return whether they were taken."""
+        now = self._clock()
+        self.tokens = min(self.burst, self.tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self.tokens >= n:
+            self.tokens -= n
+            return True
+        return False
+
+
+def _error(text: str) -> str:
+    return json.dumps({"type": "error", "error": text}, separators=(",", ":"))
+
+
+def _actor_id(handle: Any) -> str | None:
+    try:
+        return handle._actor_id.hex()
+    except Exception:  # noqa: BLE001 - private API; only used to compare activations
+        return None
+
+
+class RoomRef:
+    """A replica's reference to one room actor: resolves it with ``get_room`` and
+    retries calls across actor deaths and hibernation.
+
+    Args:
+        room_id: a valid room id.
+        config: the settings a new room actor is created with.
+        limits: attempts and back-off.
+    """
+
+    def __init__(self, room_id: str, config: RoomsConfig, limits: GatewayLimits) -> None:
+        self.room_id = room_id
+        self.config = config
+        self.limits = limits
+        self.handle: Any = None
+        self.on_activation: Callable[[], None] | None = None
+
+    async def resolve(self) -> Any:
+        """Return the room's actor handle, getting or creating the actor if needed
+        (reactivating a hibernated room)."""
+        if self.handle is None:
+            self.handle = await asyncio.to_thread(get_room, self.room_id, self.config)
+        return self.handle
+
+    def forget(self, handle: Any) -> None:
+        """Drop ``handle`` (it failed) so that the next call resolves the room again."""
+        if self.handle is handle:
+            self.handle = None
+
+    async def call(self, method: str, *args: Any) -> Any:
+        """Call ``method`` of the room actor with ``args`` and return its result.
+
+        Retries, with exponential back-off, when the actor is dead or unavailable
+        (``RayActorError``) or hibernating (:class:`RoomHibernating`), resolving the
+        room again each time (which reactivates it).
+
+        Raises:
+            RoomUnavailable: every attempt failed that way.
+            Exception: any other error the room raised (not retried).
+        """
+        delay = self.limits.backoff_s
+        for attempt in range(self.limits.call_attempts):
+            handle = await self.resolve()
+            try:
+                result = await getattr(handle, method).remote(*args)
+            except (RayActorError, RoomHibernating) as error:
+                log.info("room %s: %s failed (%s), attempt %d", self.room_id, method,
+                         type(error).__name__, attempt + 1)
+                self.forget(handle)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.limits.max_backoff_s)
+                continue
+            if self.on_activation is not None:
+                self.on_activation()
+            return result
+        raise RoomUnavailable(f"room {self.room_id!r} is unavailable")
+
+
+class _Socket:
+    """One accepted WebSocket and its ordered send queue (one writer task)."""
+
+    def __init__(self, conn: str, ws: WebSocket, queue_size: int) -> None:
+        self.conn = conn
+        self.ws = ws
+        self.queue: asyncio.Queue[Any] = asyncio.Queue(queue_size)
+        self.done = asyncio.Event()
+        self.closing = False
+        self.task = asyncio.ensure_future(self._writer())
+
+    def send(self, text: str) -> None:
+        if self.closing:
+            return
+        try:
+            self.queue.put_nowait(text)
+        except asyncio.QueueFull:
+            self._overflow()
+
+    def close(self, code: int, reason: str = "") -> None:
+        if self.closing:
+            return
+        self.closing = True
+        try:
+            self.queue.put_nowait((code, reason))
+        except asyncio.QueueFull:
+            self.closing = False
+            self._overflow()
+
+    def _overflow(self) -> None:
+        log.warning("socket %s reads too slowly; closing it", self.conn[:64])
+        self.closing = True
+        self.task.cancel()
+        asyncio.ensure_future(self._close_now(CLOSE_TRY_AGAIN, "client too slow"))
+
+    async def _close_now(self, code: int, reason: str) -> None:
+        try:
+            if self.ws.application_state == WebSocketState.CONNECTED:
+                await self.ws.close(code, reason[:120])
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+        finally:
+            self.done.set()
+
+    async def _writer(self) -> None:
+        try:
+            while True:
+                item = await self.queue.get()
+                if isinstance(item, tuple):
+                    await self._close_now(*item)
+                    return
+                await self.ws.send_text(item)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - the client went away
+            self.done.set()
+
+    def stop(self) -> None:
+        self.closing = True
+        if not self.task.done():
+            self.task.cancel()
+        self.done.set()
+
+
+class RoomChannel:
+    """The sockets of one room in one replica, and the one long-poll that feeds them.
+
+    Args:
+        ref: the room's reference.
+        limits: timings.
+        on_empty: called when the last socket left (the replica forgets the channel).
+    """
+
+    def __init__(self, ref: RoomRef, limits: GatewayLimits,
+                 on_empty: Callable[["RoomChannel"], None]) -> None:
+        self.ref = ref
+        self.limits = limits
+        self.sockets: dict[str, set[_Socket]] = {}
+        self.cursor: int | None = None
+        self.sleeping = False
+        self._on_empty = on_empty
+        self._ready: asyncio.Future | None = None
+        self._task: asyncio.Task | None = None
+        self._wake = asyncio.Event()
+        self._asleep_actor: str | None = None
+        ref.on_activation = self._activated
+        self.stats = {"entries": 0, "gaps": 0, "polls": 0, "hibernations": 0}
+
+    def count(self) -> int:
+        """Return the number of sockets of the room in this replica."""
+        return sum(len(s) for s in self.sockets.values())
+
+    def add(self, sock: _Socket) -> None:
+        """Register ``sock`` (before its ``connect`` turn, so it gets that broadcast)."""
+        self.sockets.setdefault(sock.conn, set()).add(sock)
+        if self._task is None:
+            self._ready = asyncio.get_running_loop().create_future()
+            self._task = asyncio.ensure_future(self._run())
+
+    def remove(self, sock: _Socket) -> bool:
+        """Unregister ``sock``; return whether another socket of the same connection id
+        remains here. Stops the poll when the channel is empty."""
+        group = self.sockets.get(sock.conn)
+        if group is not None:
+            group.discard(sock)
+            if not group:
+                del self.sockets[sock.conn]
+        if not self.sockets:
+            self.stop()
+            self._on_empty(self)
+        return bool(self.sockets.get(sock.conn))
+
+    async def ready(self) -> None:
+        """Wait until the poll holds a cursor (so a following ``connect`` is seen)."""
+        assert self._ready is not None
+        await asyncio.shield(self._ready)
+
+    def stop(self) -> None:
+        """Cancel the poll task."""
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    def _activated(self) -> None:
+        if self.sleeping:
+            self._wake.set()
+
+    # ---- the long-poll ---------------------------------------------------------------
+
+    async def _run(self) -> None:
+        delay = self.limits.backoff_s
+        timeout = self.limits.poll_timeout or self.ref.config.poll_timeout
+        while self.sockets:
+            if self.sleeping:
+                await self._sleep()
+                continue
+            handle = None
+            try:
+                handle = await self.ref.resolve()
+                first = self.cursor is None
+                self.stats["polls"] += 1
+                result = await handle.poll.remote(self.cursor, 0 if first else timeout)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - back off, resolve again
+                log.info("room %s: poll failed (%s); retrying", self.ref.room_id,
+                         type(error).__name__)
+                if handle is not None:
+                    self.ref.forget(handle)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.limits.max_backoff_s)
+                continue
+            delay = self.limits.backoff_s
+            if result["hibernating"]:
+                # A room that hibernates before we hold a cursor: resolve (reactivate)
+                # and ask again; otherwise sleep with the cursor kept.
+                self.ref.forget(handle)
+                if self.cursor is None:
+                    await asyncio.sleep(delay)
+                    continue
+                self.stats["hibernations"] += 1
+                self.sleeping = True
+                self._asleep_actor = _actor_id(handle)
+                self._wake.clear()
+                continue
+            if self.cursor is None:
+                self.cursor = result["cursor"]
+                if self._ready is not None and not self._ready.done():
+                    self._ready.set_result(None)
+                continue
+            if result["gap"]:
+                self.stats["gaps"] += 1
+                await self._send_state()
+            for entry in result["entries"]:
+                self._deliver(entry)
+            self.cursor = result["cursor"]
+
+    async def _sleep(self) -> None:
+        """Wait for a frame to reactivate the room, or for another replica to have
+        done it (a live actor with a new id under the room's name)."""
+        try:
+            await asyncio.wait_for(self._wake.wait(), self.limits.wake_check_s)
+        except asyncio.TimeoutError:
+            try:
+                handle = await asyncio.to_thread(
+                    ray.get_actor, actor_name(self.ref.room_id), self.ref.config.namespace)
+            except ValueError:  # no actor: still hibernating
+                return
+            if _actor_id(handle) == self._asleep_actor:
+                return  # the hibernating actor is still exiting
+        self.sleeping = False
+
+    async def _send_state(self) -> None:
+        try:
+            state = await self.ref.call("state")
+        except Exception as error:  # noqa: BLE001 - the next gap or broadcast repairs it
+            log.warning("room %s: state after a gap failed (%s)", self.ref.room_id,
+                        type(error).__name__)
+            return
+        text = json.dumps({"type": "roomState", "state": state}, separators=(",", ":"))
+        for group in list(self.sockets.values()):
+            for sock in group:
+                sock.send(text)
+
+    def _deliver(self, entry: dict[str, Any]) -> None:
+        self.stats["entries"] += 1
+        to, conn, data, close = entry["to"], entry.get("conn"), entry.get("data"), entry.get("close")
+        if to == "one":
+            targets = list(self.sockets.get(conn, ()))
+        elif to == "except":
+            targets = [s for c, g in self.sockets.items() if c != conn for s in g]
+        else:
+            targets = [s for g in self.sockets.values() for s in g]
+        if data is not None:
+            for sock in targets:
+                sock.send(data)
+        if close:
+            code, reason = close
+            for sock in list(self.sockets.get(conn, ())):
+                sock.close(int(code), str(reason))
+
+
+def _unauthorized(error: AuthError) -> JSONResponse:
+    return JSONResponse({"error": f"unauthorized: {error}"}, status_code=401,
+                        headers={"WWW-Authenticate": "Bearer"})
+
+
+class GatewayServer:
+    """The gateway's logic in one replica (plain class; :class:`Gateway` wraps it).
+
+    Args:
+        config: the room runtime's settings (namespace, store, message size limit).
+        auth: the token secret and dev flag (default: from the replica's environment).
+        limits: rate, size and timing limits (default: from the replica's environment).
+    """
+
+    def __init__(self, config: RoomsConfig, auth: AuthSettings | None = None,
+                 limits: GatewayLimits | None = None) -> None:
+        self.config = config
+        self.auth = auth or AuthSettings()
+        self.limits = limits or GatewayLimits()
+        self.channels: dict[str, RoomChannel] = {}
+        self._refs: dict[str, RoomRef] = {}
+        try:
+            self.replica = serve.get_replica_context().replica_id.unique_id
+        except Exception:  # noqa: BLE001 - outside Serve
+            self.replica = uuid.uuid4().hex[:8]
+
+    # ---- helpers -----------------------------------------------------------------------
+
+    def _ref(self, room_id: str) -> RoomRef:
+        channel = self.channels.get(room_id)
+        if channel is not None:
+            return channel.ref
+        ref = self._refs.get(room_id)
+        if ref is None:
+            if len(self._refs) >= 1024:
+                self._refs.pop(next(iter(self._refs)))
+            ref = self._refs[room_id] = RoomRef(room_id, self.config, self.limits)
+        return ref
+
+    def _channel(self, room_id: str) -> RoomChannel:
+        channel = self.channels.get(room_id)
+        if channel is None:
+            ref = self._refs.pop(room_id, None) or RoomRef(room_id, self.config, self.limits)
+            channel = self.channels[room_id] = RoomChannel(ref, self.limits, self._drop)
+        return channel
+
+    def close(self) -> None:
+        """Stop every room's poll (the replica is shutting down)."""
+        for channel in list(self.channels.values()):
+            channel.stop()
+        self.channels.clear()
+
+    def _drop(self, channel: RoomChannel) -> None:
+        if self.channels.get(channel.ref.room_id) is channel:
+            del self.channels[channel.ref.room_id]
+
+    def _identify(self, request: Request) -> str:
+        return authenticate(request.query_params, request.headers, self.auth)
+
+    async def _guard(self, request: Request, room: str | None,
+                     work: Callable[[str], Awaitable[Any]]) -> Any:
+        try:
+            name = self._identify(request)
+        except AuthError as error:
+            return _unauthorized(error)
+        if room is not None:
+            try:
+                validate_room_id(room)
+            except InvalidRoomId as error:
+                return JSONResponse({"error": str(error)}, status_code=400)
+        try:
+            return await work(name)
+        except RoomUnavailable as error:
+            return JSONResponse({"error": str(error)}, status_code=503,
+                                headers={"Retry-After": "1"})
+
+    # ---- HTTP --------------------------------------------------------------------------
+
+    async def healthz(self) -> dict[str, Any]:
+        """Liveness: ``{"ok": true, "replica": str, "rooms": int, "sockets": int}``."""
+        return {"ok": True, "replica": self.replica, "rooms": len(self.channels),
+                "sockets": sum(c.count() for c in self.channels.values())}
+
+    async def rooms(self, request: Request) -> Any:
+        """``{"rooms": [{"room", "name", "state", "pid", "node_id"}]}``: every room actor
+        in the namespace with its Ray actor state (ALIVE, RESTARTING, DEAD, ...)."""
+
+        async def work(name: str) -> Any:
+            return {"rooms": await asyncio.to_thread(_list_rooms, self.config.namespace)}
+
+        return await self._guard(request, None, work)
+
+    async def room_state(self, room: str, request: Request) -> Any:
+        """The room's ``RoomState`` JSON object (what ``roomState`` carries)."""
+
+        async def work(name: str) -> Any:
+            return await self._ref(room).call("state")
+
+        return await self._guard(request, room, work)
+
+    async def post_message(self, room: str, request: Request) -> Any:
+        """Hand one protocol message (the JSON body) to the room as connection
+        ``?conn=`` (default ``http:<name>``). Returns ``{"seq": n}``, the outbox
+        sequence number after the turn (its replies go out through the sockets);
+        413 if the body exceeds ``max_message_bytes``, 400 if it is not UTF-8."""
+
+        async def work(name: str) -> Any:
+            body = await request.body()
+            limit = self.config.max_message_bytes
+            if len(body) > limit:
+                return JSONResponse(
+                    {"error": f"message too large ({len(body)} > {limit} bytes)"},
+                    status_code=413)
+            try:
+                text = body.decode("utf-8")
+            except UnicodeDecodeError:
+                return JSONResponse({"error": "the body is not UTF-8"}, status_code=400)
+            conn = request.query_params.get("conn") or f"http:{name}"
+            if len(conn) > MAX_CONN_ID_CHARS:
+                return JSONResponse({"error": "conn is too long"}, status_code=400)
+            return {"seq": await self._ref(room).call("message", conn, text)}
+
+        return await self._guard(request, room, work)
+
+    # ---- WebSocket ---------------------------------------------------------------------
+
+    async def websocket(self, ws: WebSocket, room: str) -> None:
+        """A partysocket connection to ``room`` as connection ``?_pk=`` (see the module
+        docstring for the close codes)."""
+        query = ws.query_params
+        try:
+            name = authenticate(query, ws.headers, self.auth)
+        except AuthError as error:
+            await _deny(ws, _unauthorized(error))
+            return
+        try:
+            validate_room_id(room)
+        except InvalidRoomId as error:
+            await _deny(ws, JSONResponse({"error": str(error)}, status_code=400))
+            return
+        conn = query.get("_pk") or uuid.uuid4().hex
+        if len(conn) > MAX_CONN_ID_CHARS:
+            await _deny(ws, JSONResponse({"error": "_pk is too long"}, status_code=400))
+            return
+        channel = self._channel(room)
+        await ws.accept(headers=[(REPLICA_HEADER.encode(), self.replica.encode())])
+        if channel.count() >= self.limits.max_connections_per_room:
+            await ws.close(CLOSE_TRY_AGAIN, "room full")
+            if not channel.sockets:
+                channel.stop()
+                self._drop(channel)
+            return
+        sock = _Socket(conn, ws, self.limits.send_queue)
+        channel.add(sock)
+        code, reason, connected = 1006, "", False
+        try:
+            await channel.ready()
+            await channel.ref.call("connect", conn, name)
+            connected = True
+            code, reason = await self._relay(ws, sock, channel)
+        except RoomUnavailable:
+            sock.close(CLOSE_ROOM_UNAVAILABLE, "room unavailable")
+            code, reason = CLOSE_ROOM_UNAVAILABLE, "room unavailable"
+            await _wait(sock.done, 2.0)
+        except (WebSocketDisconnect, asyncio.CancelledError) as error:
+            code = getattr(error, "code", 1006)
+        except Exception:  # noqa: BLE001 - never let one socket take the replica down
+            log.exception("room %s: socket %s failed", room, conn[:64])
+            sock.close(CLOSE_ROOM_UNAVAILABLE, "gateway error")
+            await _wait(sock.done, 2.0)
+        finally:
+            others = channel.remove(sock)
+            sock.stop()
+            if connected and not others:
+                # Orange's onClose; shielded so a cancelled handler still tells the room.
+                task = asyncio.ensure_future(channel.ref.call("close", conn, code, reason))
+                task.add_done_callback(_log_failure)
+                try:
+                    await asyncio.shield(task)
+                except BaseException:  # noqa: BLE001 - logged by the callback
+                    pass
+
+    async def _relay(self, ws: WebSocket, sock: _Socket,
+                     channel: RoomChannel) -> tuple[int, str]:
+        """Relay the socket's frames to the room until it closes; returns the close
+        ``(code, reason)``."""
+        limit = self.config.max_message_bytes
+        bucket = TokenBucket(self.limits.rate_per_s, self.limits.burst)
+        strikes = TokenBucket(1.0, self.limits.abuse_strikes)
+        closed = asyncio.ensure_future(sock.done.wait())
+        try:
+            while True:
+                receive = asyncio.ensure_future(ws.receive())
+                done, _ = await asyncio.wait({receive, closed},
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if receive not in done:
+                    receive.cancel()
+                    return 1000, "closed by the server"
+                message = receive.result()
+                if message["type"] == "websocket.disconnect":
+                    return int(message.get("code") or 1005), str(message.get("reason") or "")
+                text = message.get("text")
+                data: str | bytes | None = text if text is not None else message.get("bytes")
+                if data is None:
+                    continue
+                size = len(data.encode("utf-8")) if isinstance(data, str) else len(data)
+                if size > limit:
+                    sock.send(_error(f"message too large ({size} > {limit} bytes)"))
+                    continue
+                if not bucket.take():
+                    if not strikes.take():
+                        sock.close(CLOSE_POLICY, "rate limit abuse")
+                        continue
+                    sock.send(_error(
+                        f"rate limit exceeded ({self.limits.rate_per_s:g} messages/s)"))
+                    continue
+                try:
+                    await channel.ref.call("message", sock.conn, data)
+                except RoomUnavailable:
+                    sock.send(_error("the room is unavailable; try again"))
+        finally:
+            closed.cancel()
+
+
+async def _deny(ws: WebSocket, response: JSONResponse) -> None:
+    """Refuse a WebSocket handshake with an HTTP response (ASGI websocket denial
+    response), or close 1008 if the server cannot send one."""
+    log.info("websocket refused: HTTP %d %s", response.status_code, response.body[:200])
+    try:
+        await ws.send_denial_response(response)
+    except RuntimeError:
+        await ws.close(CLOSE_POLICY, "unauthorized" if response.status_code == 401 else "refused")
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+    except asyncio.TimeoutError:
+        pass
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("telling the room about a closed socket failed (%s)",
+                    type(task.exception()).__name__)
+
+
+def _list_rooms(namespace: str) -> list[dict[str, Any]]:
+    """``list_room_actors``; without the dashboard's state API, the live named actors."""
+    try:
+        return list_room_actors(namespace)
+    except Exception as error:  # noqa: BLE001 - no state API (no dashboard)
+        log.info("state API unavailable (%s); listing named actors", type(error).__name__)
+    prefix = actor_name("")
+    rows = []
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        if entry.get("namespace") == namespace and entry.get("name", "").startswith(prefix):
+            rows.append({"room": entry["name"][len(prefix):], "name": entry["name"],
+                         "state": "ALIVE", "pid": None, "node_id": None})
+    return sorted(rows, key=lambda r: r["room"])
+
+
+app = FastAPI(title="ray-rooms gateway", description="WebSocket and HTTP access to rooms.")
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=10_000)
+@serve.ingress(app)
+class Gateway:
+    """The Serve deployment: routes of :data:`app`, each handled by a
+    :class:`GatewayServer` (Serve copies this class by value into its replicas, so it
+    stays thin and the logic lives in the importable :class:`GatewayServer`).
+
+    Args:
+        config, auth, limits: as :class:`GatewayServer`.
+    """
+
+    def __init__(self, config: RoomsConfig, auth: Optional[AuthSettings] = None,
+                 limits: Optional[GatewayLimits] = None) -> None:
+        self.server = GatewayServer(config, auth, limits)
+
+    @app.get("/healthz")
+    async def healthz(self) -> Any:
+        """See :meth:`GatewayServer.healthz`."""
+        return await self.server.healthz()
+
+    @app.get("/rooms")
+    async def rooms(self, request: Request) -> Any:
+        """See :meth:`GatewayServer.rooms`."""
+        return await self.server.rooms(request)
+
+    @app.get("/rooms/{room}")
+    async def room_state(self, room: str, request: Request) -> Any:
+        """See :meth:`GatewayServer.room_state`."""
+        return await self.server.room_state(room, request)
+
+    @app.post("/rooms/{room}/messages")
+    async def post_message(self, room: str, request: Request) -> Any:
+        """See :meth:`GatewayServer.post_message`."""
+        return await self.server.post_message(room, request)
+
+    @app.websocket("/parties/rooms/{room}")
+    async def websocket(self, ws: WebSocket, room: str) -> None:
+        """See :meth:`GatewayServer.websocket`."""
+        await self.server.websocket(ws, room)
+
+    def __del__(self) -> None:
+        self.server.close()
+
+
+# ---- deployment ------------------------------------------------------------------------
+
+
+def deploy_gateway(
+    config: RoomsConfig,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    replicas: int = 1,
+    dev: bool = False,
+    name: str = "rooms-gateway",
+    auth: AuthSettings | None = None,
+    limits: GatewayLimits | None = None,
+    ready_timeout_s: float = 60.0,
+) -> str:
+    """Start Serve's HTTP proxy and run the gateway application; return its base URL.
+
+    Args:
+        config: the room runtime settings handed to every replica.
+        host: the proxy's listen address (loopback by default).
+        port: the proxy's TCP port.
+        replicas: number of gateway replicas.
+        dev: also accept ``?username=`` without a token (development only).
+        name: the Serve application name.
+        auth: the token secret (default: ``ROOMS_TOKEN_SECRET`` read *here*, in the
+            driver, and handed to the replicas as a ``SecretStr``).
+        limits: rate/size/timing limits (default: ``ROOMS_GATEWAY_*`` read here).
+        ready_timeout_s: seconds to wait for ``GET /healthz`` to answer 200.
+
+    Returns:
+        ``"http://<host>:<port>"``.
+
+    Raises:
+        ValueError: neither a token secret nor dev mode is configured.
+        TimeoutError: the gateway did not answer within ``ready_timeout_s``.
+
+    Serve's ``request_timeout_s`` is left unset because the proxy applies it to
+    WebSocket connections too (see the module docstring). If Serve is already running
+    with other HTTP options, Serve keeps its own.
+    """
+    auth = (auth or AuthSettings()).model_copy()
+    if dev:
+        auth.dev_auth = True
+    if auth.token_secret is None and not auth.dev_auth:
+        raise ValueError("set ROOMS_TOKEN_SECRET (or pass auth=) or deploy with dev=True")
+    limits = limits or GatewayLimits()
+    serve.start(http_options={"host": host, "port": port, "request_timeout_s": None})
+    deployment = Gateway.options(
+        num_replicas=replicas,
+        max_ongoing_requests=limits.max_ongoing_requests,
+        ray_actor_options={"num_cpus": 0},
+    )
+    serve.run(deployment.bind(config, auth, limits), name=name, route_prefix="/",
+              blocking=False)
+    url = f"http://{host}:{port}"
+    deadline = time.monotonic() + ready_timeout_s
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2.0).status_code == 200:
+                return url
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the gateway at {url} did not become ready")
+        time.sleep(0.2)
+
+
+def shutdown_gateway(name: str | None = "rooms-gateway") -> None:
+    """Delete the gateway application ``name``; shut Serve down when no application is
+    left (or when ``name`` is ``None``). Room actors are not touched."""
+    if name is not None:
+        try:
+            serve.delete(name)
+        except Exception:  # noqa: BLE001 - not running
+            pass
+        try:
+            if serve.status().applications:
+                return
+        except Exception:  # noqa: BLE001
+            pass
+    serve.shutdown()

@@ -1,0 +1,315 @@
+"""The gateway over real Ray Serve on loopback, with real WebSocket clients.
+
+One gateway (two replicas) is deployed for the module; a second, single-replica app with
+tight limits (`/small`) tests the room-full and rate-limit closes. Every test uses its
+own room ids in an isolated namespace with a SQLite store in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from actors.auth import AuthError, AuthSettings, issue_token, verify_token
+from actors.config import RoomsConfig
+from actors.gateway import (CLOSE_POLICY, CLOSE_TRY_AGAIN, Gateway, GatewayLimits,
+                            TokenBucket, deploy_gateway, shutdown_gateway)
+
+pytestmark = pytest.mark.ray
+
+SECRET = "test-secret-" + "k" * 32
+JS_DIR = Path(__file__).parent / "js"
+APP = "rooms-gateway-test"
+SMALL_APP = "rooms-gateway-test-small"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def gateway(ray_session, tmp_path_factory):
+    """Deploy the gateway (2 replicas) and a small one (1 replica, tight limits) once;
+    yield ``{"url", "ws", "small_ws", "config"}``."""
+    from ray import serve
+
+    store = tmp_path_factory.mktemp("gateway") / "rooms.sqlite3"
+    config = RoomsConfig(namespace=f"rooms-gw-{uuid.uuid4().hex[:8]}",
+                         store_url=f"sqlite:///{store}", max_message_bytes=4096,
+                         idle_timeout=0, poll_timeout=5.0)
+    auth = AuthSettings(token_secret=SECRET)
+    port = _free_port()
+    url = deploy_gateway(config, port=port, replicas=2, name=APP, auth=auth,
+                         limits=GatewayLimits(rate_per_s=50, burst=100))
+    small = GatewayLimits(rate_per_s=5, burst=5, abuse_strikes=3, max_connections_per_room=2)
+    serve.run(Gateway.options(num_replicas=1, ray_actor_options={"num_cpus": 0})
+              .bind(config, auth, small), name=SMALL_APP, route_prefix="/small",
+              blocking=False)
+    ws = url.replace("http://", "ws://")
+    yield {"url": url, "ws": ws, "small_ws": ws + "/small", "config": config,
+           "host": url.removeprefix("http://")}
+    shutdown_gateway(SMALL_APP)
+    shutdown_gateway(APP)
+
+
+def token(name: str = "alice") -> str:
+    return issue_token(name, SECRET, ttl_s=600)
+
+
+def room_id() -> str:
+    return f"gw-{uuid.uuid4().hex[:12]}"
+
+
+def ws_url(base: str, room: str, conn: str, name: str | None = "alice", **query) -> str:
+    params = {"_pk": conn, **query}
+    if name is not None:
+        params["token"] = token(name)
+    return f"{base}/parties/rooms/{room}?" + "&".join(f"{k}={v}" for k, v in params.items())
+
+
+class Client:
+    """A websockets client that collects every message it receives."""
+
+    def __init__(self, ws) -> None:
+        self.ws = ws
+        self.messages: list[dict] = []
+        self.closed = asyncio.Event()
+        self.task = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        try:
+            async for frame in self.ws:
+                self.messages.append(json.loads(frame))
+        except ConnectionClosed:
+            pass
+        finally:
+            self.closed.set()
+
+    async def wait_for(self, predicate, what: str, timeout: float = 15.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for message in self.messages:
+                if predicate(message):
+                    return message
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"timed out waiting for {what}; got {self.messages[-5:]}")
+
+    def send(self, message: dict) -> asyncio.Future:
+        return asyncio.ensure_future(self.ws.send(json.dumps(message)))
+
+
+async def open_client(url: str) -> Client:
+    return Client(await connect(url, open_timeout=20, max_size=None))
+
+
+def _user(state: dict, conn: str) -> dict | None:
+    return next((u for u in state["users"] if u["id"] == conn), None)
+
+
+# ---- auth (plain functions: microseconds) ------------------------------------------------
+
+
+def test_tokens_round_trip_and_refusals():
+    good = issue_token("alice", SECRET, ttl_s=60)
+    assert verify_token(good, SECRET) == "alice"
+    with pytest.raises(AuthError, match="signature"):
+        verify_token(good, "another-secret-" + "x" * 32)
+    with pytest.raises(AuthError, match="expired"):
+        verify_token(jwt.encode({"sub": "bob", "exp": int(time.time()) - 60}, SECRET,
+                                algorithm="HS256"), SECRET)
+    with pytest.raises(AuthError, match="lacks the 'exp'"):
+        verify_token(jwt.encode({"sub": "bob"}, SECRET, algorithm="HS256"), SECRET)
+    with pytest.raises(AuthError, match="HS256"):
+        verify_token(jwt.encode({"sub": "bob", "exp": int(time.time()) + 60}, SECRET,
+                                algorithm="HS512"), SECRET)
+    with pytest.raises(AuthError, match="malformed"):
+        verify_token("not.a.jwt", SECRET)
+    with pytest.raises(ValueError, match="32 bytes"):
+        issue_token("alice", "short")
+    # the secret never shows up in settings' repr
+    assert SECRET not in repr(AuthSettings(token_secret=SECRET))
+
+
+def test_token_bucket_refills_at_its_rate():
+    now = [0.0]
+    bucket = TokenBucket(rate=2.0, burst=3, clock=lambda: now[0])
+    assert [bucket.take() for _ in range(4)] == [True, True, True, False]
+    now[0] = 0.5  # one token back
+    assert bucket.take() and not bucket.take()
+
+
+# ---- HTTP ----------------------------------------------------------------------------------
+
+
+async def test_http_routes_need_a_token_and_work_with_one(gateway):
+    url, room = gateway["url"], room_id()
+    bearer = {"Authorization": f"Bearer {token('carol')}"}
+    async with httpx.AsyncClient(timeout=20) as http:
+        assert (await http.get(f"{url}/healthz")).json()["ok"] is True
+        for request in (http.get(f"{url}/rooms/{room}"), http.get(f"{url}/rooms"),
+                        http.post(f"{url}/rooms/{room}/messages", content=b"{}")):
+            response = await request
+            assert response.status_code == 401, response.text
+            assert response.headers["www-authenticate"] == "Bearer"
+        bad = {"Authorization": "Bearer " + issue_token("x", "other-secret-" + "y" * 32)}
+        assert (await http.get(f"{url}/rooms/{room}", headers=bad)).status_code == 401
+
+        sent = await http.post(f"{url}/rooms/{room}/messages?conn=h1", headers=bearer,
+                               json={"type": "heartbeat"})
+        assert sent.status_code == 200 and isinstance(sent.json()["seq"], int)
+        state = (await http.get(f"{url}/rooms/{room}", headers=bearer)).json()
+        assert set(state) >= {"users", "ai"}
+        too_big = await http.post(f"{url}/rooms/{room}/messages", headers=bearer,
+                                  content=b"x" * 5000)
+        assert too_big.status_code == 413
+        rooms = (await http.get(f"{url}/rooms", params={"token": token()})).json()["rooms"]
+        assert any(r["room"] == room and r["state"] == "ALIVE" for r in rooms)
+        assert (await http.get(f"{url}/rooms/bad%20id", headers=bearer)).status_code == 400
+
+
+# ---- WebSocket -----------------------------------------------------------------------------
+
+
+async def test_websocket_without_a_valid_token_is_refused_with_401(gateway):
+    room = room_id()
+    for url in (ws_url(gateway["ws"], room, "c1", name=None),
+                ws_url(gateway["ws"], room, "c1", name=None, token="garbage"),
+                ws_url(gateway["ws"], room, "c1", name=None, username="mallory")):
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(url, open_timeout=20)
+        assert refused.value.response.status_code == 401
+
+
+async def test_valid_token_connects_and_oversized_frame_is_refused_room_goes_on(gateway):
+    room = room_id()
+    client = await open_client(ws_url(gateway["ws"], room, "c1", name="dave"))
+    try:
+        first = await client.wait_for(lambda m: m["type"] == "roomState", "roomState")
+        assert _user(first["state"], "c1")["name"] == "dave"
+        await client.ws.send("x" * 5000)  # over max_message_bytes=4096
+        error = await client.wait_for(lambda m: m["type"] == "error", "the size error")
+        assert error["error"].startswith("message too large")
+        client.send({"type": "partyserver-ping"})
+        await client.wait_for(lambda m: m["type"] == "partyserver-pong", "pong")
+        # the oversized frame never reached the room: the only error is the gateway's
+        assert [m for m in client.messages if m["type"] == "error"] == [error]
+    finally:
+        await client.ws.close()
+
+
+async def test_closing_a_socket_tells_the_room(gateway):
+    import ray
+
+    from actors.directory import get_room
+
+    room, config = room_id(), gateway["config"]
+    a = await open_client(ws_url(gateway["ws"], room, "a", name="ann"))
+    b = await open_client(ws_url(gateway["ws"], room, "b", name="ben"))
+    await a.wait_for(lambda m: m["type"] == "roomState" and len(m["state"]["users"]) == 2,
+                     "both users")
+    handle = get_room(room, config)
+    assert (await handle.info.remote())["connections"] == 2
+    await b.ws.close(1000, "bye")
+    deadline = time.monotonic() + 15
+    while (await handle.info.remote())["connections"] != 1:
+        assert time.monotonic() < deadline, "the room never heard of the close"
+        await asyncio.sleep(0.05)
+    # and a direct message to the gone connection is refused by the room
+    a.send({"type": "directMessage", "to": "b", "message": "hi"})
+    await a.wait_for(lambda m: m["type"] == "error" and "'b'" in m["error"], "error")
+    await a.ws.close()
+    assert ray.is_initialized()
+
+
+async def test_fifty_sockets_two_replicas_every_broadcast_once_in_order(gateway):
+    room, n, updates = room_id(), 50, 20
+    clients = await asyncio.gather(*[
+        open_client(ws_url(gateway["ws"], room, f"s{i:02d}", name=f"user{i}"))
+        for i in range(n)])
+    try:
+        replicas = {c.ws.response.headers["x-rooms-replica"] for c in clients}
+        assert len(replicas) == 2, f"sockets landed on {replicas}"
+        for c in clients:
+            await c.wait_for(lambda m: m["type"] == "roomState" and len(m["state"]["users"]) == n,
+                             "all users", timeout=60)
+        sender = clients[0]
+        for k in range(updates):
+            await sender.ws.send(json.dumps({"type": "userUpdate", "user": {
+                "id": "s00", "name": "x", "tracks": {"audio": f"sess/{k}"}}}))
+
+        def audio(m: dict) -> str | None:
+            if m["type"] != "roomState":
+                return None
+            user = _user(m["state"], "s00")
+            return user["tracks"].get("audio") if user else None
+
+        last = f"sess/{updates - 1}"
+        await asyncio.gather(*[c.wait_for(lambda m: audio(m) == last, "the last update",
+                                          timeout=60) for c in clients])
+        sequences = []
+        for c in clients:
+            states = [m for m in c.messages if m["type"] == "roomState"]
+            start = next(i for i, m in enumerate(states) if audio(m) == "sess/0")
+            sequences.append([json.dumps(m, sort_keys=True) for m in states[start:]])
+            seen = [audio(m) for m in states[start:]]
+            # every update once, in order (an alarm may repeat a state: not here, < 15 s)
+            assert seen == [f"sess/{k}" for k in range(updates)], seen
+        assert all(s == sequences[0] for s in sequences)
+    finally:
+        await asyncio.gather(*[c.ws.close() for c in clients], return_exceptions=True)
+
+
+async def test_room_full_closes_1013_and_rate_abuse_closes_1008(gateway):
+    room = room_id()
+    base = gateway["small_ws"]
+    first = await open_client(ws_url(base, room, "f1"))
+    second = await open_client(ws_url(base, room, "f2"))
+    third = await open_client(ws_url(base, room, "f3"))
+    await asyncio.wait_for(third.closed.wait(), 15)
+    assert third.ws.close_code == CLOSE_TRY_AGAIN and third.ws.close_reason == "room full"
+    await second.ws.close()
+    await first.wait_for(lambda m: m["type"] == "roomState", "roomState")
+    for _ in range(30):  # burst 5, 5/s, 3 strikes
+        first.send({"type": "heartbeat"})
+    await asyncio.wait_for(first.closed.wait(), 15)
+    assert any(m["type"] == "error" and m["error"].startswith("rate limit exceeded")
+               for m in first.messages)
+    assert first.ws.close_code == CLOSE_POLICY
+
+
+async def test_partysocket_client_speaks_orange_through_the_gateway(gateway):
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("node/npm are not installed: the partysocket client cannot run")
+    if not (JS_DIR / "node_modules" / "partysocket").exists():
+        installed = await asyncio.to_thread(
+            subprocess.run, ["npm", "install", "--no-audit", "--no-fund"], cwd=JS_DIR,
+            capture_output=True, text=True, timeout=180)
+        assert installed.returncode == 0, installed.stderr[-2000:]
+    room, conn = room_id(), f"js-{uuid.uuid4().hex[:6]}"
+    process = await asyncio.create_subprocess_exec(
+        "node", "client.mjs", gateway["host"], room, conn, token("erin"), cwd=JS_DIR,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    result = json.loads(out.decode().strip().splitlines()[-1])
+    assert result["ok"], (result, err.decode()[-2000:])
+    steps = result["steps"]
+    assert f"/parties/rooms/{room}?" in steps["connected"]["url"]
+    assert f"_pk={conn}" in steps["connected"]["url"]
+    assert steps["connected"] == {**steps["connected"], "id": conn, "name": "erin"}
+    assert steps["userUpdate"] == {"name": "erin", "audio": "session-1/mic"}
+    assert steps["directMessage"] == {"from": "erin", "message": "hello, me"}
+    assert steps["ping"] is True and steps["error"]
