@@ -33,6 +33,7 @@ its tags set once, so the per-turn cost is two metric records and no allocation.
 
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Any
 
@@ -120,12 +121,8 @@ def _get() -> _Metrics | None:
     global _metrics
     if _metrics is not None:
         return _metrics
-    try:
-        import ray
-
-        if not ray.is_initialized():
-            return None
-    except ImportError:  # pragma: no cover - ray is a dependency
+    ray = sys.modules.get("ray")  # not imported: this process cannot be in Ray
+    if ray is None or not ray.is_initialized():
         return None
     with _lock:
         if _metrics is None:

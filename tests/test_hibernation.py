@@ -217,3 +217,68 @@ def test_alarm_fires_while_the_room_hibernates(ray_session, config, scheduler, s
     # the scheduler's call finds it no longer due, which is fine)
     assert stats["wakes"] >= 2 and stats["ran"] + stats["not_due"] >= 2
     assert stats["failures"] == 0 and stats["gave_up"] == 0
+
+
+def test_metrics_are_exported_from_a_room_process(ray_session):
+    """The room metrics reach the node's Prometheus endpoint, with bounded tags."""
+    import httpx
+
+    ray = ray_session
+
+    @ray.remote(num_cpus=0)
+    def a_room_process(tag: str) -> dict:
+        from actors import metrics
+
+        metrics.room_activated(tag)
+        metrics.turn("heartbeat", 0.0004)
+        metrics.turn(f"client-chosen-{tag}", 0.003)  # unknown types count as "other"
+        metrics.snapshot_saved(1500, 0.0002)
+        metrics.ai_session(tag, True)
+        metrics.ai_error("calls tracks/new: HTTP 503 from the SFU")
+        facts_live = metrics.process_facts()
+        metrics.room_hibernated(tag)
+        return {"live": facts_live, "after": metrics.process_facts()}
+
+    facts = ray.get(a_room_process.remote(uuid.uuid4().hex[:8]))
+    assert facts["live"]["enabled"] and facts["live"]["ai_sessions_active"] >= 1
+    assert facts["after"]["rooms_active"] == facts["live"]["rooms_active"] - 1
+    assert facts["after"]["ai_sessions_active"] == facts["live"]["ai_sessions_active"] - 1
+
+    port = ray.nodes()[0]["MetricsExportPort"]
+    wanted = {
+        "ray_rooms_messages_total": 'type="heartbeat"',
+        "ray_rooms_turn_seconds_bucket": 'le="0.0005"',
+        "ray_rooms_snapshot_bytes_count": "",
+        "ray_rooms_snapshot_save_seconds_count": "",
+        "ray_rooms_activations_total": "",
+        "ray_rooms_hibernations_total": "",
+        "ray_rooms_ai_errors_total": 'step="calls tracks/new"',
+        "ray_rooms_active": "",
+        "ray_rooms_ai_sessions_active": "",
+    }
+
+    def exported():
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        series = [line for line in text.splitlines() if line.startswith("ray_rooms_")]
+        missing = [name for name, label in wanted.items()
+                   if not any(s.startswith(name + "{") and label in s for s in series)]
+        return series if not missing else None
+
+    series = _wait(exported, 30, "the room metrics at the metrics endpoint", interval=0.5)
+    assert any('type="other"' in s for s in series if s.startswith("ray_rooms_messages"))
+    assert not any("client-chosen" in s for s in series)
+
+
+def test_metrics_are_no_ops_outside_ray():
+    import subprocess
+    import sys
+
+    code = ("from actors import metrics; metrics.turn('heartbeat', 0.1); "
+            "metrics.room_activated('r'); metrics.ai_error('x: y'); "
+            "import sys, json; print(json.dumps(metrics.process_facts())); "
+            "sys.exit('ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"enabled": False, "rooms_active": 0,
+                                      "ai_sessions_active": 0}
