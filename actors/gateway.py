@@ -47,6 +47,8 @@ request). A WebSocket lives for hours, so :func:`deploy_gateway` leaves
 room instead (``RoomsConfig.poll_timeout``, bridge timeouts).
 
 Settings (:class:`GatewayLimits`, environment ``ROOMS_GATEWAY_*``): see its fields.
+Every accepted WebSocket's handshake response carries ``x-rooms-replica: <replica id>``
+(which replica serves it; for operators and tests).
 """
 
 # No ``from __future__ import annotations`` here: Serve's ingress rebuilds the route
@@ -254,6 +256,7 @@ class _Socket:
         self.queue: asyncio.Queue[Any] = asyncio.Queue(queue_size)
         self.done = asyncio.Event()
         self.closing = False
+        self.closed_with: tuple[int, str] | None = None
         self.task = asyncio.ensure_future(self._writer())
 
     def send(self, text: str) -> None:
@@ -281,6 +284,7 @@ class _Socket:
         asyncio.ensure_future(self._close_now(CLOSE_TRY_AGAIN, "client too slow"))
 
     async def _close_now(self, code: int, reason: str) -> None:
+        self.closed_with = (code, reason)
         try:
             if self.ws.application_state == WebSocketState.CONNECTED:
                 await self.ws.close(code, reason[:120])
@@ -664,7 +668,7 @@ class GatewayServer:
                                              return_when=asyncio.FIRST_COMPLETED)
                 if receive not in done:
                     receive.cancel()
-                    return 1000, "closed by the server"
+                    return sock.closed_with or (1006, "connection lost")
                 message = receive.result()
                 if message["type"] == "websocket.disconnect":
                     return int(message.get("code") or 1005), str(message.get("reason") or "")

@@ -22,14 +22,14 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from actors.auth import AuthError, AuthSettings, issue_token, verify_token
+from actors.auth import AuthError, AuthSettings, authenticate, issue_token, verify_token
 from actors.config import RoomsConfig
 from actors.gateway import (CLOSE_POLICY, CLOSE_TRY_AGAIN, Gateway, GatewayLimits,
                             TokenBucket, deploy_gateway, shutdown_gateway)
 
 pytestmark = pytest.mark.ray
 
-SECRET = "test-secret-" + "k" * 32
+SECRET = "test-secret-" + "k" * 64
 JS_DIR = Path(__file__).parent / "js"
 APP = "rooms-gateway-test"
 SMALL_APP = "rooms-gateway-test-small"
@@ -144,6 +144,22 @@ def test_tokens_round_trip_and_refusals():
     assert SECRET not in repr(AuthSettings(token_secret=SECRET))
 
 
+def test_authenticate_takes_query_token_bearer_header_or_dev_username():
+    strict = AuthSettings(token_secret=SECRET)
+    dev = AuthSettings(token_secret=SECRET, dev_auth=True)
+    assert authenticate({"token": token("ann")}, {}, strict) == "ann"
+    assert authenticate({}, {"authorization": f"Bearer {token('bo')}"}, strict) == "bo"
+    with pytest.raises(AuthError, match="no token"):
+        authenticate({"username": "eve"}, {}, strict)
+    with pytest.raises(AuthError, match="Bearer"):
+        authenticate({}, {"authorization": "Basic abc"}, strict)
+    assert authenticate({"username": "eve"}, {}, dev) == "eve"
+    with pytest.raises(AuthError, match="signature"):  # dev mode still checks tokens
+        authenticate({"token": issue_token("x", "z" * 40), "username": "eve"}, {}, dev)
+    with pytest.raises(AuthError, match="control"):
+        authenticate({"username": "a\nb"}, {}, dev)
+
+
 def test_token_bucket_refills_at_its_rate():
     now = [0.0]
     bucket = TokenBucket(rate=2.0, burst=3, clock=lambda: now[0])
@@ -233,6 +249,31 @@ async def test_closing_a_socket_tells_the_room(gateway):
     await a.wait_for(lambda m: m["type"] == "error" and "'b'" in m["error"], "error")
     await a.ws.close()
     assert ray.is_initialized()
+
+
+async def test_hibernated_room_is_reactivated_by_the_next_frame(gateway):
+    from ray.exceptions import RayActorError
+
+    from actors.directory import get_room
+
+    room, config = room_id(), gateway["config"]
+    client = await open_client(ws_url(gateway["ws"], room, "h1", name="hana"))
+    await client.wait_for(lambda m: m["type"] == "roomState", "roomState")
+    handle = get_room(room, config)
+    before = await handle.info.remote()
+    try:
+        await handle.hibernate.remote()
+    except RayActorError:
+        pass  # the actor exits while answering
+    await asyncio.sleep(0.5)
+    client.send({"type": "partyserver-ping"})
+    await client.wait_for(lambda m: m["type"] == "partyserver-pong", "pong after wake-up")
+    client.send({"type": "directMessage", "to": "h1", "message": "still here"})
+    await client.wait_for(lambda m: m["type"] == "directMessage", "direct message")
+    after = await get_room(room, config).info.remote()
+    assert after["epoch"] > before["epoch"]  # a new activation, from the snapshot
+    assert after["seq"] > before["seq"]  # the outbox sequence went on
+    await client.ws.close()
 
 
 async def test_fifty_sockets_two_replicas_every_broadcast_once_in_order(gateway):
