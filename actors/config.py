@@ -47,7 +47,7 @@ class ServiceEndpoints(BaseSettings):
     openai_api_key: SecretStr | None = None
     openai_model: str | None = None
     timeout: float = Field(10.0, gt=0, description="seconds per service call")
-    retries: int = Field(3, ge=1, description="attempts per retryable service call")
+    retries: int = Field(3, ge=0, description="times a retryable service call is repeated (attempts = retries + 1)")
 
 
 class RoomsConfig(BaseSettings):

@@ -178,8 +178,15 @@ class RealtimeClient:
         response = await self._request("POST", "realtime/calls", "realtime/calls",
                                        files=files, accept="application/sdp")
         call_id = call_id_from_location(response.headers.get("location"))
-        answer = validate_sdp(response.text, expected_type="answer", service=SERVICE,
-                              operation="realtime/calls")
+        try:
+            answer = validate_sdp(response.text, expected_type="answer", service=SERVICE,
+                                  operation="realtime/calls")
+        except InvalidAnswer:
+            try:  # the call exists but is unusable, and the caller never learns its id
+                await self.hangup(call_id)
+            except Exception as error:  # noqa: BLE001 - best effort
+                log.warning("openai hangup of an unusable call failed: %s", error)
+            raise
         return RealtimeCall(call_id=call_id, answer=SessionDescription(sdp=answer,
                                                                         type="answer"))
 
