@@ -219,6 +219,59 @@ def test_alarm_fires_while_the_room_hibernates(ray_session, config, scheduler, s
     assert stats["failures"] == 0 and stats["gave_up"] == 0
 
 
+def test_a_failing_wake_is_retried_and_the_alarm_kept(ray_session, config, unique_room,
+                                                      sqlite_url):
+    """At least once: a room that cannot wake (its snapshot is unreadable) is retried with
+    backoff, its alarm stays in the store, and it runs once it can wake again."""
+    ray = ray_session
+    from actors.scheduler import ensure_scheduler
+
+    due = time.time() - 1.0
+
+    async def write(data: bytes | None):
+        """Save ``data`` (as an operator would: claiming an epoch) with the alarm ``due``,
+        or only read; return the due alarms."""
+        store = open_store(sqlite_url)
+        try:
+            if data is not None:
+                epoch = await store.claim_epoch(unique_room)
+                await store.save(unique_room, data, epoch=epoch, alarm_at=due)
+            return await store.due_alarms(time.time())
+        finally:
+            await store.close()
+
+    assert (unique_room, due) in asyncio.run(write(b"\xc1 not a snapshot"))
+    name = f"alarm-scheduler-test-{uuid.uuid4().hex[:8]}"
+    handle = ensure_scheduler(config, name=name, poll_interval=0.3, grace=0.0,
+                              max_attempts=2, retry_max_wait=1.0)
+    try:
+        def retried_after_giving_up():
+            stats = ray.get(handle.stats.remote())
+            return stats if stats["gave_up"] >= 2 else None
+
+        stats = _wait(retried_after_giving_up, 30, "two rounds of failed wakes")
+        assert stats["failures"] >= 2 and stats["ran"] == 0
+        assert "CorruptSnapshot" in stats["last_error"] or "RayTaskError" in stats["last_error"]
+        assert (unique_room, due) in asyncio.run(write(None))  # the alarm is kept
+
+        # repaired (an operator restores a good snapshot): the next round runs the alarm
+        good = Snapshot(unique_room, 0, 0, {"room": {"alarmAt": due}, "outbox": []})
+        asyncio.run(write(encode_snapshot(good)))
+        # the room actor that failed to activate stays failed (see the report): replace it
+        ray.kill(ray.get_actor(actor_name(unique_room), namespace=TEST_NAMESPACE),
+                 no_restart=True)
+
+        def ran():
+            stats = ray.get(handle.stats.remote())
+            return stats if stats["ran"] + stats["not_due"] >= 1 else None
+
+        _wait(ran, 30, "the repaired room's alarm to run")
+        snap = _load(sqlite_url, unique_room)
+        assert snap.epoch >= 1 and snap.state["room"].get("alarmAt") is None
+    finally:
+        ray.kill(handle, no_restart=True)
+
+
 def test_metrics_are_exported_from_a_room_process(ray_session):
     """The room metrics reach the node's Prometheus endpoint, with bounded tags."""
     import httpx
