@@ -3,7 +3,9 @@
 A room persists one atomic, versioned record (its snapshot) per room id. Each
 activation of a room claims a new *epoch*; a save carries the epoch of the activation
 that made it, and a save from an older epoch than the newest claimed one is refused
-(fencing), so a zombie actor can never overwrite a newer state.
+(fencing), so a zombie actor can never overwrite a newer state. A save/delete with an
+epoch at or above the newest claimed one is accepted; a room that never claimed an
+epoch counts as epoch 0.
 
 Exception hierarchy::
 
