@@ -534,3 +534,14 @@ def test_package_reexports():
         "SnapshotError", "CorruptSnapshot", "UnknownSchemaVersion", "SnapshotStore",
     ]:
         assert name in storage.__all__ and hasattr(storage, name)
+
+
+def test_storage_errors_survive_pickling():
+    """Ray ships exceptions between processes by pickling them."""
+    import pickle
+
+    stale = pickle.loads(pickle.dumps(StaleEpoch(ROOM, 1, 2)))
+    assert (type(stale), stale.room_id, stale.epoch, stale.current) == (StaleEpoch, ROOM, 1, 2)
+    for cls in (CorruptSnapshot, UnknownSchemaVersion):
+        err = pickle.loads(pickle.dumps(cls(ROOM, "bad")))
+        assert type(err) is cls and err.room_id == ROOM and str(err) == str(cls(ROOM, "bad"))
