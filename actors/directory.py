@@ -100,6 +100,7 @@ def list_room_actors(namespace: str = "rooms") -> list[dict[str, Any]]:
                              "state": actor.state, "pid": actor.pid, "node_id": actor.node_id})
     except Exception:  # noqa: BLE001 - no dashboard: fall back to the GCS
         rows = []
+    if not rows:
         for entry in ray.util.list_named_actors(all_namespaces=True):
             name = entry["name"]
             if entry["namespace"] == namespace and name.startswith(ACTOR_PREFIX):

@@ -41,6 +41,7 @@ from rooms.state import ControlJob, EnableJob, Job, ReleaseJob
 from storage import SnapshotStore, StaleEpoch, decode_snapshot, encode_snapshot, open_store
 from storage.codec import Snapshot
 
+from . import metrics
 from .config import RoomsConfig
 
 __all__ = ["RoomActor", "RoomHibernating"]
@@ -111,6 +112,7 @@ class RoomActor:
         self._last_turn = time.monotonic()
         self._idle_task: asyncio.Task | None = None
         self._hibernating = False
+        self._ai_active = False
         self._stats = {"turns": 0, "saves": 0, "activated_at": 0.0}
 
     # ---- activation -------------------------------------------------------------------
@@ -121,7 +123,12 @@ class RoomActor:
         if self.room is None:
             if self._activation is None:
                 self._activation = asyncio.ensure_future(self._activate())
-            await asyncio.shield(self._activation)
+            try:
+                await asyncio.shield(self._activation)
+            except Exception:
+                if self._activation.done():  # let the next call try again
+                    self._activation = None
+                raise
         assert self.room is not None
         return self.room
 
@@ -146,6 +153,7 @@ class RoomActor:
         self._stats["activated_at"] = time.time()
         log.info("room %s activated (epoch %d, seq %d)", self.room_id, self.epoch,
                  self._next_seq - 1)
+        metrics.room_activated(self.room_id)
         async with self._gate:
             self.room = room
             fx = room.on_start(self._clock())
@@ -157,13 +165,16 @@ class RoomActor:
 
     # ---- turns ------------------------------------------------------------------------
 
-    async def _turn(self, hook: Callable[[Room, float], Effects]) -> int:
+    async def _turn(self, hook: Callable[[Room, float], Effects], kind: str | None = None) -> int:
         room = await self._ensure_active()
+        started = time.perf_counter()
         async with self._gate:
             fx = hook(room, self._clock())
+            kind = kind or room.last_message_type
             version = self._stage(fx)
         await self._commit_through(version)
         self._after_turn(fx)
+        metrics.turn(kind, time.perf_counter() - started)
         return self._next_seq - 1
 
     def _stage(self, fx: Effects) -> int:
@@ -216,6 +227,7 @@ class RoomActor:
             self._stats["saves"] += 1
             self._stats["last_save_s"] = time.perf_counter() - started
             self._stats["snapshot_bytes"] = len(data)
+            metrics.snapshot_saved(len(data), self._stats["last_save_s"])
             self._durable = version
             self._release()
         finally:
@@ -239,12 +251,18 @@ class RoomActor:
 
     def _after_turn(self, fx: Effects) -> None:
         room = self.room
-        if room is not None and room.alarm_at != self._alarm_at:
+        if room is None:
+            return
+        if room.alarm_at != self._alarm_at:
             self._arm_alarm(room.alarm_at)
+        if room.data.ai.enabled != self._ai_active:
+            self._ai_active = room.data.ai.enabled
+            metrics.ai_session(self.room_id, self._ai_active)
 
     def _die(self, *, restart: bool) -> None:
         """Leave the process: with ``restart`` Ray restarts the actor from its snapshot;
         without, the actor exits for good (a zombie of an older epoch frees its name)."""
+        metrics.room_stopped(self.room_id)
         self._hibernating = True
         if restart:
             os._exit(1)
@@ -261,7 +279,7 @@ class RoomActor:
         Raises:
             RoomHibernating: the actor is exiting; reactivate through ``get_room``.
         """
-        return await self._turn(lambda room, now: room.on_connect(conn, name, now))
+        return await self._turn(lambda room, now: room.on_connect(conn, name, now), "connect")
 
     async def message(self, conn: str, text: str | bytes) -> int:
         """Handle one client frame from ``conn``; returns after its turn is durable.
@@ -274,7 +292,7 @@ class RoomActor:
 
     async def close(self, conn: str, code: int = 1000, reason: str = "") -> int:
         """The socket of ``conn`` closed (Orange's ``onClose``). Returns as ``connect``."""
-        return await self._turn(lambda room, now: room.on_close(conn, code, reason))
+        return await self._turn(lambda room, now: room.on_close(conn, code, reason), "close")
 
     async def alarm(self, *, force: bool = False) -> bool:
         """Run the room's alarm if it is due (or ``force``).
@@ -282,12 +300,17 @@ class RoomActor:
         Returns:
             ``True`` if the alarm ran.
         """
-        room = await self._ensure_active()
-        due = room.alarm_at is not None and room.alarm_at <= self._clock()
-        if not (due or force):
-            return False
-        await self._turn(lambda room, now: room.on_alarm(now))
-        return True
+        ran = False
+
+        def hook(room: Room, now: float) -> Effects:
+            nonlocal ran
+            if not force and (room.alarm_at is None or room.alarm_at > now):
+                return Effects()
+            ran = True
+            return room.on_alarm(now)
+
+        await self._turn(hook, "alarm")
+        return ran
 
     async def poll(self, cursor: int | None, timeout: float | None = None) -> dict[str, Any]:
         """Wait for released messages newer than ``cursor`` (the gateway's long-poll).
@@ -313,7 +336,8 @@ class RoomActor:
         last = self._released_seq
         if cursor is None:
             return {"cursor": last, "entries": [], "gap": False, "hibernating": False}
-        if cursor > last:
+        if cursor > last or (cursor < last and not self._outbox_seqs):
+            # ahead of the outbox, or behind an outbox this activation no longer holds
             return {"cursor": last, "entries": [], "gap": True, "hibernating": False}
         wait = self.config.poll_timeout if timeout is None else timeout
         deadline = time.monotonic() + wait
@@ -377,6 +401,7 @@ class RoomActor:
         wakeup.set()
         await asyncio.sleep(0.05)  # let the pollers' answers leave
         log.info("room %s hibernates", self.room_id)
+        metrics.room_hibernated(self.room_id)
         self._exit()
         return True
 
@@ -446,26 +471,32 @@ class RoomActor:
                 calls, ai = self._get_services()
             except Exception as error:  # noqa: BLE001 - a misconfiguration is an AI error
                 cause = f"configuration: {type(error).__name__}: {error}"
+                metrics.ai_error("configuration")
                 if isinstance(job, EnableJob):
                     result = AiEnableResult(job.attempt, error=cause)
                 elif isinstance(job, ControlJob):
                     result = AiControlResult(job.attempt, job.conn, error=cause)
                 else:
                     raise
-                await self._turn(lambda room, now: room.on_ai_event(result, now))
+                await self._turn(lambda room, now: room.on_ai_event(result, now), "ai")
                 return
             if isinstance(job, EnableJob):
                 async def record(progress):
-                    await self._turn(lambda room, now: room.on_ai_event(progress, now))
+                    await self._turn(lambda room, now: room.on_ai_event(progress, now), "ai")
 
                 model = self.config.services.openai_model or "gpt-realtime"
                 result = await run_enable(job, calls, ai, model=model, record=record)
-                await self._turn(lambda room, now: room.on_ai_event(result, now))
+                if result.error:
+                    metrics.ai_error(result.error)
+                await self._turn(lambda room, now: room.on_ai_event(result, now), "ai")
             elif isinstance(job, ControlJob):
                 result = await run_control(job, calls)
-                await self._turn(lambda room, now: room.on_ai_event(result, now))
+                if result.error:
+                    metrics.ai_error(result.error)
+                await self._turn(lambda room, now: room.on_ai_event(result, now), "ai")
             elif isinstance(job, ReleaseJob):
-                await run_release(job, calls, ai)
+                for failure in await run_release(job, calls, ai):
+                    metrics.ai_error(failure)
         except RoomHibernating:
             pass
         except Exception:  # noqa: BLE001

@@ -138,6 +138,9 @@ def start_system(
         auth.token_secret = SecretStr(secrets.token_urlsafe(32))
     gateway_url = deploy_gateway(config, host=host, port=port, replicas=replicas, dev=dev,
                                  auth=auth)
+    from .scheduler import ensure_scheduler
+
+    ensure_scheduler(config)  # wakes hibernating rooms at their alarm time
     urls["gateway"] = gateway_url
     urls["websocket"] = gateway_url.replace("http", "ws", 1) + "/parties/rooms/{room}?_pk={id}"
     return LocalSystem(gateway_url=gateway_url, config=config, emulators=emulators,

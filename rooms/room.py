@@ -153,6 +153,9 @@ class Room:
         self.max_message_bytes = max_message_bytes
         self._new_id = new_id
         self._fx = Effects()
+        self.last_message_type = "none"
+        """The ``type`` of the last client message handled (``"invalid"`` if it did
+        not parse); for metrics."""
 
     # ---- public views -------------------------------------------------------------
 
@@ -249,11 +252,13 @@ class Room:
         Bad input (see :func:`rooms.messages.parse_client_message`) is answered with an
         ``error`` to ``conn`` alone and changes nothing.
         """
+        self.last_message_type = "invalid"
         try:
             message = parse_client_message(raw, max_bytes=self.max_message_bytes)
         except ProtocolError as error:
             self._error(conn, str(error))
             return self._take()
+        self.last_message_type = message.type
         handler = self._handlers[type(message)]
         handler(self, conn, message, now)
         return self._take()
