@@ -1,18 +1,45 @@
-"""Benchmark: the gateway's cost over a bare driver-to-actor call.
+"""Benchmark: the gateway and room actors beside bare Ray baselines, in one run.
 
-Measures, on one local Ray with the gateway on loopback (dev auth, SQLite store in a
-temporary directory):
+Starts its own fresh local Ray (``ray.init(address="local")``, no dashboard), a SQLite
+snapshot store in a temporary directory and the gateway on loopback with dev auth
+(``deploy_gateway(..., dev=True)``), then measures:
 
-1. round trip of ``partyserver-ping`` -> ``partyserver-pong``: a bare
-   ``room.message.remote()`` from the driver (the turn and its durable save) versus a
-   WebSocket through the gateway (frame -> room turn -> outbox -> long-poll -> socket);
-   p50/p99 in milliseconds, and messages per second with ``--clients`` concurrent
-   clients, each waiting for its pong before sending again;
-2. broadcast: one ``userUpdate`` to a room of ``--sockets`` sockets; the time until
-   every socket has the new ``roomState`` (p50/p99, ms).
+1. **Round trip** with ``--clients`` concurrent clients, each sending its next message
+   when the previous one's reply is back:
 
-Run: ``python -m benchmarks.gateway [--clients 8] [--sockets 50] [--seconds 5]``.
-Prints one table and the ratios gateway / bare.
+   * ``bare actor call``: a trivial async Ray actor method (the baseline);
+   * ``room.message (driver)``: ``room.message.remote()`` of a ``userUpdate`` from the
+     driver, each client its own room (the turn changes state and is saved to SQLite
+     before it returns);
+   * ``websocket userUpdate``: the same ``userUpdate`` over a WebSocket through the
+     gateway, each client its own room: frame -> proxy -> replica -> room turn -> SQLite
+     save -> outbox -> long-poll -> replica -> proxy -> socket; the reply is the
+     ``roomState`` broadcast carrying the update (the room's only socket is the
+     sender's);
+   * ``websocket ping``: ``partyserver-ping`` -> ``partyserver-pong`` (no state change,
+     no save) over the same sockets.
+
+   p50/p99 in milliseconds and messages per second (also with one client, for the
+   unloaded latency).
+2. **Broadcast**: one ``userUpdate`` in a room of ``--sockets`` sockets; the time until
+   every socket has the ``roomState`` carrying it (p50/p99) and deliveries per second
+   (sockets x rounds / total time).
+3. **Cold activation**: a room hibernated with ``room.hibernate.remote()`` (its actor
+   exits); the time of ``get_room(...)`` + the first ``userUpdate`` until its reply
+   (the turn's durable return), beside creating a trivial Ray actor and calling one
+   method; p50 over ``--activations`` of each, interleaved.
+4. **Memory**: PSS (and USS = private pages) from ``/proc/<pid>/smaps_rollup`` of one
+   live room actor's worker after a few turns, beside a bare Ray actor's worker.
+
+The gateway's per-connection rate limit (20 messages/s by default) is raised for the
+run (``GatewayLimits(rate_per_s=1e6, burst=10**6)``): the benchmark measures the path,
+not the policy. Targets printed beside the results: WebSocket round trip p50 within
+2.5x of the bare actor call; >= 2,000 messages/s through one gateway; room actor PSS
+within 1.2x of a bare actor. All clients run in the driver process on the same
+machine, so they share its CPUs with Ray.
+
+Run: ``python -m benchmarks.gateway [--clients 8] [--sockets 50] [--seconds 4]
+[--rounds 20] [--activations 10]``.
 """
 
 from __future__ import annotations
@@ -20,13 +47,57 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import socket
 import statistics
 import tempfile
 import time
 import uuid
+from typing import Any, Awaitable, Callable
+
+import ray
 
 PING = json.dumps({"type": "partyserver-ping"})
+TARGET_P50_RATIO = 2.5
+TARGET_RATE = 2000.0
+TARGET_PSS_RATIO = 1.2
+
+
+@ray.remote(num_cpus=0)
+class Bare:
+    """The baseline: an async actor with a trivial method, in its own worker."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    async def call(self, conn: str, text: str) -> int:
+        """Count one call; ``conn``/``text`` are ignored (same arguments as a room's
+        ``message``). Returns the number of calls so far."""
+        self.n += 1
+        return self.n
+
+    def pid(self) -> int:
+        """Return the worker's process id."""
+        return os.getpid()
+
+
+def update(conn: str, k: int) -> str:
+    """Return a ``userUpdate`` frame of user ``conn`` whose audio track is ``bench/<k>``
+    (the marker the reply is recognised by)."""
+    return json.dumps({"type": "userUpdate", "user": {
+        "id": conn, "name": conn, "tracks": {"audio": f"bench/{k}", "audioEnabled": True}}})
+
+
+def _marker(message: dict[str, Any], conn: str) -> int | None:
+    """Return ``k`` of ``conn``'s ``bench/<k>`` audio in a ``roomState``, else None."""
+    if message.get("type") != "roomState":
+        return None
+    for user in message["state"]["users"]:
+        if user["id"] == conn:
+            audio = user.get("tracks", {}).get("audio") or ""
+            if audio.startswith("bench/"):
+                return int(audio.split("/")[1])
+    return None
 
 
 def _free_port() -> int:
@@ -36,138 +107,309 @@ def _free_port() -> int:
 
 
 def _pct(values: list[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` (seconds), in milliseconds."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-async def _bare(handle, clients: int, seconds: float) -> tuple[list[float], float]:
-    """Driver -> actor ``message`` calls: per-call latencies (s) and calls per second."""
+def _progress(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def _smaps(pid: int) -> dict[str, int]:
+    """``/proc/<pid>/smaps_rollup`` fields in kB (``Pss``, ``Private_Dirty``, ...)."""
+    fields = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) == 3 and parts[2] == "kB":
+                fields[parts[0].rstrip(":")] = int(parts[1])
+    return fields
+
+
+async def _loop(clients: int, seconds: float,
+                one: Callable[[int, int], Awaitable[None]]) -> tuple[list[float], float]:
+    """Run ``one(client, k)`` back to back in ``clients`` tasks for ``seconds``.
+
+    Returns per-call latencies (s) and completed calls per second."""
     latencies: list[float] = []
     deadline = time.perf_counter() + seconds
 
-    async def one(i: int) -> None:
+    async def client(i: int) -> None:
+        k = 0
         while time.perf_counter() < deadline:
+            k += 1
             started = time.perf_counter()
-            await handle.message.remote(f"bare-{i}", PING)
+            await one(i, k)
             latencies.append(time.perf_counter() - started)
 
     started = time.perf_counter()
-    await asyncio.gather(*[one(i) for i in range(clients)])
+    await asyncio.gather(*[client(i) for i in range(clients)])
     return latencies, len(latencies) / (time.perf_counter() - started)
 
 
-async def _websocket(base: str, room: str, clients: int,
-                     seconds: float) -> tuple[list[float], float]:
-    """Ping/pong round trips over WebSockets through the gateway."""
+async def round_trips(base: str, config: Any, clients: int,
+                      seconds: float) -> dict[str, tuple[list[float], float]]:
+    """Section 1: bare call, driver room turn, WebSocket userUpdate and ping."""
     from websockets.asyncio.client import connect
 
-    latencies: list[float] = []
-    sockets = [await connect(f"{base}/parties/rooms/{room}?_pk=ws-{i}&username=u{i}")
+    from actors.directory import get_room
+
+    results: dict[str, tuple[list[float], float]] = {}
+    bare = Bare.remote()
+    await bare.call.remote("warm", PING)
+
+    # driver -> room actor, each client its own (connected) room
+    tag = uuid.uuid4().hex[:6]
+    rooms = [get_room(f"bench-d-{tag}-{i}", config) for i in range(clients)]
+    await asyncio.gather(*[r.connect.remote(f"d-{i}", f"d{i}") for i, r in enumerate(rooms)])
+
+    async def bare_one(i: int, k: int) -> None:
+        await bare.call.remote(f"c-{i}", PING)
+
+    async def room_one(i: int, k: int) -> None:
+        await rooms[i].message.remote(f"d-{i}", update(f"d-{i}", k))
+
+    # websocket clients, each its own room
+    sockets = [await connect(f"{base}/parties/rooms/bench-w-{tag}-{i}"
+                             f"?_pk=w-{i}&username=w{i}", max_size=None)
                for i in range(clients)]
-    for ws in sockets:  # drain the connect broadcasts
-        await ws.recv()
-    await asyncio.sleep(0.5)
-    deadline = time.perf_counter() + seconds
+    for ws in sockets:  # the connect's roomState
+        while json.loads(await ws.recv())["type"] != "roomState":
+            pass
 
-    async def one(ws) -> None:
-        while time.perf_counter() < deadline:
-            started = time.perf_counter()
-            await ws.send(PING)
-            while json.loads(await ws.recv())["type"] != "partyserver-pong":
-                pass
-            latencies.append(time.perf_counter() - started)
+    async def ws_update(i: int, k: int) -> None:
+        ws = sockets[i]
+        await ws.send(update(f"w-{i}", k))
+        while _marker(json.loads(await ws.recv()), f"w-{i}") != k:
+            pass
 
-    started = time.perf_counter()
-    await asyncio.gather(*[one(ws) for ws in sockets])
-    rate = len(latencies) / (time.perf_counter() - started)
+    async def ws_ping(i: int, k: int) -> None:
+        ws = sockets[i]
+        await ws.send(PING)
+        while json.loads(await ws.recv())["type"] != "partyserver-pong":
+            pass
+
+    for name, one in [("bare", bare_one), ("room", room_one), ("ws", ws_update)]:
+        await _loop(clients, 0.5, one)  # warm-up
+        results[f"{name}1"] = await _loop(1, seconds / 2, one)
+        results[name] = await _loop(clients, seconds, one)
+        _progress(f"  {name}: {results[name][1]:.0f}/s with {clients} clients, "
+                  f"p50 {_pct(results[name][0], .5):.2f} ms")
+    results["ping"] = await _loop(clients, seconds / 2, ws_ping)
+    _progress(f"  ping: {results['ping'][1]:.0f}/s")
     for ws in sockets:
         await ws.close()
-    return latencies, rate
+    ray.kill(bare)
+    return results
 
 
-async def _broadcast(base: str, room: str, n: int, rounds: int) -> list[float]:
-    """Time from one ``userUpdate`` until all ``n`` sockets have its ``roomState``."""
+async def broadcast(base: str, n: int, rounds: int) -> tuple[list[float], float]:
+    """Section 2: per round, the time from one ``userUpdate`` until all ``n`` sockets
+    have its ``roomState``; and deliveries per second over all rounds."""
     from websockets.asyncio.client import connect
 
-    sockets = await asyncio.gather(*[
-        connect(f"{base}/parties/rooms/{room}?_pk=b-{i}&username=b{i}", max_size=None)
-        for i in range(n)])
+    room = f"bench-b-{uuid.uuid4().hex[:8]}"
+    sockets = []
+    for i in range(n):  # sequential connects keep the proxy's handshakes orderly
+        sockets.append(await connect(f"{base}/parties/rooms/{room}?_pk=b-{i}&username=b{i}",
+                                     max_size=None))
     marks: dict[int, asyncio.Event] = {}
     counts: dict[int, int] = {}
+    seen_all = asyncio.Event()
+    full = [0]
 
     async def read(ws) -> None:
+        reached = False
         async for frame in ws:
             message = json.loads(frame)
             if message["type"] != "roomState":
                 continue
-            for user in message["state"]["users"]:
-                audio = user["tracks"].get("audio") or ""
-                if user["id"] == "b-0" and audio.startswith("bench/"):
-                    k = int(audio.split("/")[1])
-                    counts[k] = counts.get(k, 0) + 1
-                    if counts[k] == n:
-                        marks[k].set()
+            if not reached and len(message["state"]["users"]) >= n:
+                reached = True
+                full[0] += 1
+                if full[0] == n:
+                    seen_all.set()
+            k = _marker(message, "b-0")
+            if k is not None and k in marks:
+                counts[k] = counts.get(k, 0) + 1
+                if counts[k] == n:
+                    marks[k].set()
 
     readers = [asyncio.ensure_future(read(ws)) for ws in sockets]
-    await asyncio.sleep(2.0)
+    await asyncio.wait_for(seen_all.wait(), 60)  # every socket saw all n users
+    await asyncio.sleep(0.5)
     times = []
     for k in range(rounds):
         marks[k] = asyncio.Event()
         started = time.perf_counter()
-        await sockets[0].send(json.dumps({"type": "userUpdate", "user": {
-            "id": "b-0", "name": "b0", "tracks": {"audio": f"bench/{k}"}}}))
+        await sockets[0].send(update("b-0", k))
         await asyncio.wait_for(marks[k].wait(), 30)
         times.append(time.perf_counter() - started)
     for task in readers:
         task.cancel()
     for ws in sockets:
         await ws.close()
-    return times
+    return times, n * rounds / sum(times)
 
 
-async def main(clients: int, sockets: int, seconds: float, rounds: int) -> None:
-    import ray
+def cold_activation(config: Any, count: int) -> tuple[list[float], list[float]]:
+    """Section 3: ``get_room`` + first ``userUpdate`` of a hibernated room, and a bare
+    actor's creation + one call; ``count`` of each, interleaved. Returns seconds."""
+    from actors.directory import actor_name, get_room
 
-    from actors.config import RoomsConfig
+    room_id = f"bench-c-{uuid.uuid4().hex[:8]}"
+    ray.get(get_room(room_id, config).connect.remote("c-0", "c0"))
+    warm = Bare.remote()  # export the class once
+    ray.get(warm.call.remote("c", PING))
+    ray.kill(warm)
+    rooms: list[float] = []
+    bares: list[float] = []
+    for k in range(count):
+        handle = get_room(room_id, config)
+        ray.get(handle.message.remote("c-0", update("c-0", 1000 + k)))
+        try:
+            ray.get(handle.hibernate.remote(), timeout=30)
+        except ray.exceptions.RayActorError:
+            pass  # the actor exited while answering: expected
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # until the name is free
+            try:
+                ray.get_actor(actor_name(room_id), namespace=config.namespace)
+            except ValueError:
+                break
+            time.sleep(0.01)
+        time.sleep(0.3)  # let Ray's worker pool refill, alike for both
+        started = time.perf_counter()
+        handle = get_room(room_id, config)
+        ray.get(handle.message.remote("c-0", update("c-0", k)))
+        rooms.append(time.perf_counter() - started)
+
+        time.sleep(0.3)
+        started = time.perf_counter()
+        bare = Bare.remote()
+        ray.get(bare.call.remote("c", PING))
+        bares.append(time.perf_counter() - started)
+        ray.kill(bare)
+    ray.kill(get_room(room_id, config))
+    return rooms, bares
+
+
+def memory(config: Any) -> tuple[dict[str, int], dict[str, int]]:
+    """Section 4: smaps_rollup (kB) of one live room actor after a few turns and of a
+    bare actor after a few calls."""
     from actors.directory import get_room
-    from actors.gateway import deploy_gateway, shutdown_gateway
 
-    namespace = f"rooms-bench-{uuid.uuid4().hex[:6]}"
-    ray.init(namespace=namespace, include_dashboard=False, configure_logging=False,
-             log_to_driver=False)
-    store = tempfile.mkdtemp(prefix="rooms-bench-")
-    config = RoomsConfig(namespace=namespace, store_url=f"sqlite:///{store}/rooms.sqlite3",
-                         idle_timeout=0)
-    url = deploy_gateway(config, port=_free_port(), dev=True, name="rooms-bench")
-    base = url.replace("http://", "ws://")
-    try:
-        room = f"bench-{uuid.uuid4().hex[:8]}"
-        handle = get_room(room, config)
-        await handle.message.remote("warm", PING)
-        bare, bare_rate = await _bare(handle, clients, seconds)
-        ws, ws_rate = await _websocket(base, room, clients, seconds)
-        fan = await _broadcast(base, f"bench-b-{uuid.uuid4().hex[:8]}", sockets, rounds)
-    finally:
-        shutdown_gateway("rooms-bench")
-        ray.shutdown()
-    rows = [
-        ("bare actor call", _pct(bare, .5), _pct(bare, .99), bare_rate),
-        ("websocket via gateway", _pct(ws, .5), _pct(ws, .99), ws_rate),
-        (f"broadcast to {sockets} sockets", _pct(fan, .5), _pct(fan, .99), None),
-    ]
-    print(f"{'':32} {'p50 ms':>9} {'p99 ms':>9} {'msgs/s':>9}   ({clients} clients)")
-    for name, p50, p99, rate in rows:
-        print(f"{name:32} {p50:9.2f} {p99:9.2f} {'' if rate is None else f'{rate:9.0f}'}")
-    print(f"ratio websocket/bare: p50 x{_pct(ws, .5) / _pct(bare, .5):.2f}, "
-          f"throughput x{ws_rate / bare_rate:.2f}; broadcast p50 / bare p50 "
-          f"x{statistics.median(fan) / statistics.median(bare):.2f}")
+    room = get_room(f"bench-m-{uuid.uuid4().hex[:8]}", config)
+    ray.get(room.connect.remote("m-0", "m0"))
+    ray.get(room.connect.remote("m-1", "m1"))
+    for k in range(20):
+        ray.get(room.message.remote(f"m-{k % 2}", update(f"m-{k % 2}", k)))
+    ray.get(room.message.remote("m-0", PING))
+    ray.get(room.info.remote())
+    bare = Bare.remote()
+    for _ in range(20):
+        ray.get(bare.call.remote("m", PING))
+    time.sleep(1.0)
+    room_pid, bare_pid = ray.get(room.pid.remote()), ray.get(bare.pid.remote())
+    result = _smaps(room_pid), _smaps(bare_pid)
+    ray.kill(bare)
+    ray.kill(room)
+    return result
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """Run all four sections and print the table, ratios and targets."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--sockets", type=int, default=50)
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--activations", type=int, default=10)
     args = parser.parse_args()
-    asyncio.run(main(args.clients, args.sockets, args.seconds, args.rounds))
+
+    from actors.config import RoomsConfig
+    from actors.gateway import GatewayLimits, deploy_gateway, shutdown_gateway
+
+    begun = time.perf_counter()
+    namespace = f"rooms-bench-{uuid.uuid4().hex[:6]}"
+    _progress("starting a local Ray and the gateway...")
+    ray.init(address="local", namespace=namespace, include_dashboard=False,
+             configure_logging=False, log_to_driver=False)
+    store = tempfile.mkdtemp(prefix="rooms-bench-")
+    config = RoomsConfig(namespace=namespace, store_url=f"sqlite:///{store}/rooms.sqlite3",
+                         idle_timeout=0)
+    limits = GatewayLimits(rate_per_s=1e6, burst=10**6, abuse_strikes=10**6)
+    try:
+        url = deploy_gateway(config, port=_free_port(), dev=True, name="rooms-bench",
+                             limits=limits)
+        base = url.replace("http://", "ws://")
+        _progress(f"gateway at {url}; 1. round trips ({args.clients} clients, "
+                  f"{args.seconds:g} s each)")
+        rt = asyncio.run(round_trips(base, config, args.clients, args.seconds))
+        _progress(f"2. broadcast to {args.sockets} sockets, {args.rounds} rounds")
+        fan, fan_rate = asyncio.run(broadcast(base, args.sockets, args.rounds))
+        _progress(f"3. cold activation, {args.activations} of each")
+        cold_room, cold_bare = cold_activation(config, args.activations)
+        _progress("4. memory")
+        mem_room, mem_bare = memory(config)
+    finally:
+        shutdown_gateway("rooms-bench")
+        ray.shutdown()
+
+    c = args.clients
+    print()
+    print(f"{'':38} {'p50 ms':>9} {'p99 ms':>9} {'per s':>9}")
+    rows = [
+        ("bare actor call, 1 client", rt["bare1"]),
+        ("room.message userUpdate, 1 client", rt["room1"]),
+        ("websocket userUpdate, 1 client", rt["ws1"]),
+        (f"bare actor call, {c} clients", rt["bare"]),
+        (f"room.message userUpdate, {c} clients", rt["room"]),
+        (f"websocket userUpdate, {c} clients", rt["ws"]),
+        (f"websocket ping, {c} clients", rt["ping"]),
+        (f"broadcast to {args.sockets} sockets", (fan, fan_rate)),
+        ("cold: get_room + first userUpdate", (cold_room, None)),
+        ("cold: bare actor create + call", (cold_bare, None)),
+    ]
+    for name, (values, rate) in rows:
+        shown = "" if rate is None else f"{rate:9.0f}"
+        print(f"{name:38} {_pct(values, .5):9.2f} {_pct(values, .99):9.2f} {shown}")
+    print(f"{'':38} {'PSS MiB':>9} {'USS MiB':>9}")
+    for name, m in [("room actor worker", mem_room), ("bare actor worker", mem_bare)]:
+        uss = m.get("Private_Clean", 0) + m.get("Private_Dirty", 0)
+        print(f"{name:38} {m['Pss'] / 1024:9.1f} {uss / 1024:9.1f}")
+    print("(broadcast 'per s' = socket deliveries/s; round trips: messages/s)")
+
+    p50 = lambda key: _pct(rt[key][0], .5)  # noqa: E731
+    ratio_p50 = p50("ws") / p50("bare")
+    ratio_pss = mem_room["Pss"] / mem_bare["Pss"]
+    rate = rt["ws"][1]
+
+    def verdict(ok: bool) -> str:
+        return "MET" if ok else "NOT MET"
+
+    print()
+    print("ratios:")
+    print(f"  websocket userUpdate / bare call, p50 ({c} clients): x{ratio_p50:.2f}   "
+          f"target <= x{TARGET_P50_RATIO}: {verdict(ratio_p50 <= TARGET_P50_RATIO)}")
+    print(f"  websocket userUpdate / bare call, p50 (1 client):   "
+          f"x{p50('ws1') / p50('bare1'):.2f}")
+    print(f"  websocket userUpdate throughput: {rate:.0f} messages/s "
+          f"(x{rate / rt['bare'][1]:.2f} of bare)   target >= {TARGET_RATE:.0f}/s: "
+          f"{verdict(rate >= TARGET_RATE)}")
+    print(f"  room.message (driver) / bare call, p50 ({c} clients): "
+          f"x{p50('room') / p50('bare'):.2f}; websocket / room.message: "
+          f"x{p50('ws') / p50('room'):.2f}")
+    print(f"  websocket ping / userUpdate p50: x{p50('ping') / p50('ws'):.2f}")
+    print(f"  broadcast p50 / websocket userUpdate p50 (1 client): "
+          f"x{_pct(fan, .5) / p50('ws1'):.2f}")
+    print(f"  cold activation / bare actor creation, p50: "
+          f"x{statistics.median(cold_room) / statistics.median(cold_bare):.2f}")
+    print(f"  room actor PSS / bare actor PSS: x{ratio_pss:.2f}   "
+          f"target <= x{TARGET_PSS_RATIO}: {verdict(ratio_pss <= TARGET_PSS_RATIO)}")
+    print(f"total {time.perf_counter() - begun:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
