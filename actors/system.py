@@ -99,17 +99,18 @@ def start_system(
 
     config = (config or RoomsConfig()).model_copy(deep=True)
     started_ray = False
+    context = None
     if not ray.is_initialized():
         kwargs = {"namespace": config.namespace, "configure_logging": False,
                   "log_to_driver": False}
         if address:
-            ray.init(address=address, **kwargs)
+            context = ray.init(address=address, **kwargs)
             started_ray = address == "local"
         else:
             try:
-                ray.init(address="auto", **kwargs)
+                context = ray.init(address="auto", **kwargs)
             except (ConnectionError, RuntimeError):
-                ray.init(address="local", **kwargs)
+                context = ray.init(address="local", **kwargs)
                 started_ray = True
     emulators = None
     urls: dict[str, str] = {}
@@ -141,6 +142,15 @@ def start_system(
     from .scheduler import ensure_scheduler
 
     ensure_scheduler(config)  # wakes hibernating rooms at their alarm time
+    try:
+        dashboard = getattr(context, "dashboard_url", None)
+        if dashboard:
+            urls["dashboard"] = dashboard if dashboard.startswith("http") else f"http://{dashboard}"
+        node = next(n for n in ray.nodes() if n.get("Alive"))
+        urls["metrics"] = (f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}"
+                           "/metrics  (ray_rooms_*)")
+    except Exception:  # noqa: BLE001 - informational only
+        pass
     urls["gateway"] = gateway_url
     urls["websocket"] = gateway_url.replace("http", "ws", 1) + "/parties/rooms/{room}?_pk={id}"
     return LocalSystem(gateway_url=gateway_url, config=config, emulators=emulators,
