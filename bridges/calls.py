@@ -38,6 +38,7 @@ from rooms.ports import (
     TracksResult,
 )
 
+from .http import HttpBridge
 from .errors import (
     CALLS_RETRYABLE_CODES,
     CallsError,
@@ -61,7 +62,7 @@ CLOSE_TRACK_ERROR = "close_track_error"
 log = logging.getLogger(__name__)
 
 
-class CallsClient:
+class CallsClient(HttpBridge):
     """A Cloudflare Calls (Realtime SFU) client for one app: a :class:`MediaBridge`.
 
     Args:
@@ -95,27 +96,11 @@ class CallsClient:
             raise ValueError("app_id is empty")
         self.app_id = app_id
         self._secret = app_secret
-        self.base_url = base_url.rstrip("/")
-        self.timeout = timeout
-        self.retries = retries
-        self.backoff = backoff
-        self.max_backoff = max_backoff
-        self._owns_client = client is None
-        self._client = client if client is not None else httpx.AsyncClient()
+        super().__init__(base_url=base_url, timeout=timeout, retries=retries,
+                         backoff=backoff, max_backoff=max_backoff, client=client)
 
     def __repr__(self) -> str:
         return f"CallsClient(app_id={self.app_id!r}, base_url={self.base_url!r})"
-
-    async def __aenter__(self) -> CallsClient:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the HTTP client if this bridge made it (an injected one stays open)."""
-        if self._owns_client:
-            await self._client.aclose()
 
     # -- operations (the spec's paths under /apps/{appId}/sessions) -------------------
 

@@ -31,6 +31,7 @@ import httpx
 
 from rooms.ports import InvalidAnswer, RealtimeCall, SessionDescription
 
+from .http import HttpBridge
 from .errors import (
     OpenAIError,
     is_retryable_status,
@@ -97,7 +98,7 @@ def call_id_from_location(location: str | None) -> str:
     return match.group(1)
 
 
-class RealtimeClient:
+class RealtimeClient(HttpBridge):
     """An OpenAI Realtime API client for WebRTC calls: an :class:`AiService`.
 
     Args:
@@ -126,27 +127,11 @@ class RealtimeClient:
         client: httpx.AsyncClient | None = None,
     ) -> None:
         self._key = api_key
-        self.base_url = base_url.rstrip("/")
-        self.timeout = timeout
-        self.retries = retries
-        self.backoff = backoff
-        self.max_backoff = max_backoff
-        self._owns_client = client is None
-        self._client = client if client is not None else httpx.AsyncClient()
+        super().__init__(base_url=base_url, timeout=timeout, retries=retries,
+                         backoff=backoff, max_backoff=max_backoff, client=client)
 
     def __repr__(self) -> str:
         return f"RealtimeClient(base_url={self.base_url!r})"
-
-    async def __aenter__(self) -> RealtimeClient:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the HTTP client if this bridge made it (an injected one stays open)."""
-        if self._owns_client:
-            await self._client.aclose()
 
     async def create_call(
         self, offer: SessionDescription, *, model: str,
