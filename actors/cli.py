@@ -130,7 +130,7 @@ def serve_cmd(
     replicas: int = typer.Option(1, help="gateway replicas"),
     dev: bool = typer.Option(False, "--dev", help="accept ?username= without a token"),
 ) -> None:
-    """Start (or join) Ray, deploy the gateway, and start the local Calls and OpenAI
+    """Start Ray (or join one with --address), deploy the gateway, and start the local Calls and OpenAI
     emulators when no credentials are configured; print the URLs and wait (Ctrl-C stops)."""
     import signal
     import threading
@@ -138,7 +138,9 @@ def serve_cmd(
     from .system import start_system
 
     typer.echo("starting…")
-    system = start_system(address=address, host=host, port=port, replicas=replicas, dev=dev)
+    # a new local Ray unless told to join one (--address auto joins the local cluster)
+    system = start_system(address=address or "local", host=host, port=port,
+                          replicas=replicas, dev=dev)
     for what, url in system.urls.items():
         typer.echo(f"{what:16} {url}")
     typer.echo("identity: signed tokens (ROOMS_TOKEN_SECRET)" + (", or ?username= (--dev)" if dev else ""))
