@@ -247,3 +247,13 @@ def test_malformed_input_gets_error_and_changes_nothing(room, raw):
     assert isinstance(fx.messages[0].message["error"], str) and len(fx.messages[0].message["error"]) < 400
     assert not fx.changed and not fx.jobs
     assert room.data.model_dump() == before
+
+
+def test_rooms_package_imports_no_ray_httpx_or_aiortc():
+    import subprocess
+    import sys
+
+    code = ("import sys, rooms, rooms.ai, rooms.ports; "
+            "print(sorted(m for m in ('ray', 'httpx', 'aiortc') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
