@@ -33,7 +33,6 @@ from .messages import (
     ProtocolError,
     RelinquishAiControl,
     RequestAiControl,
-    RoomState,
     User,
     UserLeft,
     UserTracks,

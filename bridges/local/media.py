@@ -25,6 +25,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame
 
 __all__ = [
+    "PacedAudioTrack",
     "AudioRecorder",
     "ToneTrack",
     "TrackSwitch",
@@ -36,7 +37,53 @@ __all__ = [
 FRAME_SECONDS = 0.020
 
 
-class ToneTrack(MediaStreamTrack):
+class PacedAudioTrack(MediaStreamTrack):
+    """Base of the emulators' audio sources: 20 ms ``s16`` mono frames at real-time pace.
+
+    Subclasses implement ``recv()`` as ``await self._pace()`` then
+    ``return self._frame(samples)`` with ``self._samples_per_frame`` int16 samples.
+
+    Args:
+        sample_rate: samples per second (Hz).
+    """
+
+    kind = "audio"
+
+    def __init__(self, sample_rate: int = 48000) -> None:
+        super().__init__()
+        self.sample_rate = int(sample_rate)
+        self._samples_per_frame = int(round(self.sample_rate * FRAME_SECONDS))
+        self._time_base = fractions.Fraction(1, self.sample_rate)
+        self._start: float | None = None
+        self._timestamp = 0  # samples produced so far
+
+    async def _pace(self) -> int:
+        """Sleep until the next frame is due; return its timestamp in samples.
+
+        Raises: ``MediaStreamError`` when the track has been stopped.
+        """
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+        else:
+            self._timestamp += self._samples_per_frame
+            wait = self._start + self._timestamp / self.sample_rate - now
+            if wait > 0:
+                await asyncio.sleep(wait)
+        return self._timestamp
+
+    def _frame(self, samples: np.ndarray) -> AudioFrame:
+        """Wrap int16 mono ``samples`` as the frame at the current timestamp."""
+        frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = self.sample_rate
+        frame.pts = self._timestamp
+        frame.time_base = self._time_base
+        return frame
+
+
+class ToneTrack(PacedAudioTrack):
     """An audio track producing a sine tone: 20 ms ``s16`` mono frames at real-time pace.
 
     Args:
@@ -50,14 +97,9 @@ class ToneTrack(MediaStreamTrack):
     kind = "audio"
 
     def __init__(self, freq_hz: float, sample_rate: int = 48000, amplitude: float = 0.3) -> None:
-        super().__init__()
+        super().__init__(sample_rate)
         self.freq_hz = float(freq_hz)
-        self.sample_rate = int(sample_rate)
         self.amplitude = float(amplitude)
-        self._samples_per_frame = int(round(self.sample_rate * FRAME_SECONDS))
-        self._time_base = fractions.Fraction(1, self.sample_rate)
-        self._start: float | None = None
-        self._timestamp = 0  # samples produced so far
         self._phase = 0.0  # radians, kept continuous across frequency changes
 
     async def recv(self) -> AudioFrame:
@@ -66,26 +108,12 @@ class ToneTrack(MediaStreamTrack):
         Returns: an ``AudioFrame`` (format ``s16``, layout ``mono``, ``pts`` in samples).
         Raises: ``MediaStreamError`` when the track has been stopped.
         """
-        if self.readyState != "live":
-            raise MediaStreamError
-        now = time.monotonic()
-        if self._start is None:
-            self._start = now
-        else:
-            self._timestamp += self._samples_per_frame
-            wait = self._start + self._timestamp / self.sample_rate - now
-            if wait > 0:
-                await asyncio.sleep(wait)
+        await self._pace()
         n = self._samples_per_frame
         step = 2.0 * np.pi * self.freq_hz / self.sample_rate
         phases = self._phase + step * np.arange(n)
         self._phase = float((self._phase + step * n) % (2.0 * np.pi))
-        data = (self.amplitude * 32767.0 * np.sin(phases)).astype(np.int16)
-        frame = AudioFrame.from_ndarray(data.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = self.sample_rate
-        frame.pts = self._timestamp
-        frame.time_base = self._time_base
-        return frame
+        return self._frame((self.amplitude * 32767.0 * np.sin(phases)).astype(np.int16))
 
 
 def frame_to_mono(frame: AudioFrame) -> np.ndarray:

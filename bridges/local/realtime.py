@@ -28,7 +28,6 @@ import collections
 import contextlib
 import email.parser
 import email.policy
-import fractions
 import json
 import secrets
 import time
@@ -46,7 +45,7 @@ from starlette.routing import Route
 
 from .faults import MALFORMED_SDP, Faults, fault_routes
 from .ice import loopback_peer_connection
-from .media import frame_to_mono
+from .media import PacedAudioTrack, frame_to_mono
 
 __all__ = ["EchoTrack", "OpenAIHTTPError", "RealtimeEmulator"]
 
@@ -69,7 +68,7 @@ class OpenAIHTTPError(Exception):
         return JSONResponse(self.body, status_code=self.status)
 
 
-class EchoTrack(MediaStreamTrack):
+class EchoTrack(PacedAudioTrack):
     """An audio track that plays back what ``source`` delivered ``delay`` seconds earlier.
 
     Produces 20 ms ``s16`` mono 48 kHz frames at real-time pace; silence when nothing is
@@ -81,16 +80,13 @@ class EchoTrack(MediaStreamTrack):
 
     def __init__(self, source: MediaStreamTrack | None, delay: float = 0.2,
                  sample_rate: int = 48000, max_buffer: float = 2.0) -> None:
-        super().__init__()
+        super().__init__(sample_rate)
         self.source = source
         self.delay = float(delay)
-        self.sample_rate = sample_rate
         self.max_buffer = max_buffer
-        self._n = sample_rate // 50
+        self._n = self._samples_per_frame
         self._chunks: collections.deque[tuple[float, np.ndarray]] = collections.deque()
         self._held = 0
-        self._start: float | None = None
-        self._timestamp = 0
         self._task: asyncio.Task | None = None
         self.frames_heard = 0
 
@@ -118,16 +114,7 @@ class EchoTrack(MediaStreamTrack):
 
         Raises: ``MediaStreamError`` once stopped.
         """
-        if self.readyState != "live":
-            raise MediaStreamError
-        now = time.monotonic()
-        if self._start is None:
-            self._start = now
-        else:
-            self._timestamp += self._n
-            wait = self._start + self._timestamp / self.sample_rate - now
-            if wait > 0:
-                await asyncio.sleep(wait)
+        await self._pace()
         out = np.zeros(self._n)
         filled = 0
         now = time.monotonic()
@@ -141,12 +128,7 @@ class EchoTrack(MediaStreamTrack):
             else:
                 self._chunks[0] = (due, chunk[take:])
             self._held -= take
-        data = np.clip(out, -32768, 32767).astype(np.int16).reshape(1, -1)
-        frame = AudioFrame.from_ndarray(data, format="s16", layout="mono")
-        frame.sample_rate = self.sample_rate
-        frame.pts = self._timestamp
-        frame.time_base = fractions.Fraction(1, self.sample_rate)
-        return frame
+        return self._frame(np.clip(out, -32768, 32767).astype(np.int16))
 
     def stop(self) -> None:
         """End the track and stop consuming the source."""
