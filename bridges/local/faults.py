@@ -36,6 +36,7 @@ Over HTTP (from another process, e.g. a Ray worker), on the emulator's root URL:
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import itertools
 import threading
@@ -173,6 +174,21 @@ class Faults:
                             self._faults.remove(fault)
                     return Fault(**asdict(fault))
         return None
+
+    async def before(self, operation: str, request) -> Fault | None:
+        """What an emulator endpoint does before handling a request: read (and cache)
+        the body, take the matching fault (see :meth:`take`) and sleep its ``delay``.
+
+        Args:
+            operation: the emulator's operation name.
+            request: the Starlette request.
+        Returns: the fault to apply further (status, malformed answer), or ``None``.
+        """
+        await request.body()  # read it before any delay, so a caller that gives up is seen
+        fault = self.take(operation, request.url.path)
+        if fault is not None and fault.delay:
+            await asyncio.sleep(fault.delay)
+        return fault
 
 
 #: SDP text the emulators answer when a fault asks for a malformed answer.

@@ -200,12 +200,9 @@ class RealtimeEmulator:
             self.request_counts[operation] += 1
             try:
                 self._authorize(request)
-                await request.body()  # read (and cache) it before any fault delay
-                fault = self.faults.take(operation, request.url.path)
+                fault = await self.faults.before(operation, request)
                 malformed = False
                 if fault is not None:
-                    if fault.delay:
-                        await asyncio.sleep(fault.delay)
                     if fault.status is not None:
                         type_ = "server_error" if fault.status >= 500 else "invalid_request_error"
                         raise OpenAIHTTPError(fault.status, fault.error_message or "fault injected by the emulator",

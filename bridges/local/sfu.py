@@ -227,13 +227,9 @@ class CallsEmulator:
             self.request_counts[operation] += 1
             try:
                 self._authorize(request)
-                await request.body()  # read (and cache) it before any fault delay
-                fault = self.faults.take(operation, request.url.path)
-                if fault is not None:
-                    if fault.delay:
-                        await asyncio.sleep(fault.delay)
-                    if fault.status is not None:
-                        return self._fault_response(fault)
+                fault = await self.faults.before(operation, request)
+                if fault is not None and fault.status is not None:
+                    return self._fault_response(fault)
                 status, body = await handler(request)
                 if fault is not None and fault.malformed_answer and "sessionDescription" in body:
                     body["sessionDescription"] = {**body["sessionDescription"], "sdp": MALFORMED_SDP}
