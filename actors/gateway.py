@@ -59,6 +59,7 @@ import json
 import logging
 import time
 import uuid
+from collections import deque
 from typing import Any, Awaitable, Callable, Optional
 
 import httpx
@@ -129,6 +130,10 @@ class GatewayLimits(BaseSettings):
         wake_check_s: seconds between looks for a reactivated actor while hibernating.
         max_ongoing_requests: Serve's concurrency cap per replica; every open WebSocket
             counts as one ongoing request.
+        max_batch: frames of one room sent in one ``RoomActor.deliver`` call.
+        room_queue: frames of one room waiting in one replica for the next
+            ``deliver`` call; past it, the sockets of the room are not read until the
+            room catches up (TCP back-pressure on the clients).
     """
 
     model_config = SettingsConfigDict(env_prefix="ROOMS_GATEWAY_", extra="ignore")
@@ -144,6 +149,8 @@ class GatewayLimits(BaseSettings):
     max_backoff_s: float = Field(2.0, gt=0)
     wake_check_s: float = Field(1.0, gt=0)
     max_ongoing_requests: int = Field(10_000, ge=1)
+    max_batch: int = Field(256, ge=1)
+    room_queue: int = Field(4096, ge=1)
 
 
 class RoomUnavailable(RuntimeError):
@@ -257,6 +264,9 @@ class _Socket:
         self.done = asyncio.Event()
         self.closing = False
         self.closed_with: tuple[int, str] | None = None
+        self.pending = 0  # frames queued for or in a deliver call
+        self.drained = asyncio.Event()
+        self.drained.set()
         self.task = asyncio.ensure_future(self._writer())
 
     def send(self, text: str) -> None:
@@ -314,28 +324,50 @@ class _Socket:
 
 
 class RoomChannel:
-    """The sockets of one room in one replica, and the one long-poll that feeds them.
+    """The sockets of one room in one replica, the frames they send, and the one
+    long-poll that feeds them.
+
+    Frames go to the room in batches: one ``RoomActor.deliver`` call at a time per
+    channel, carrying every frame that arrived while the previous call was under way
+    (at most ``max_batch``), in arrival order. The call returns the released outbox
+    entries, which are fanned out here at once; the long-poll (``RoomActor.poll``)
+    brings the rest (turns of other replicas, alarms, AI results). The room does not
+    wake this channel's poll for entries its ``deliver`` returns (the channel's
+    ``poller`` id claims them), so a message whose only reader is its own replica
+    costs one Ray call. Entries from both paths are delivered once each, in sequence
+    order: entries after a hole wait in ``held`` until the ``deliver`` under way
+    fills it; a hole nothing can fill any more is a gap (``roomState`` is resent).
 
     Args:
         ref: the room's reference.
-        limits: timings.
+        limits: timings and batch sizes.
         on_empty: called when the last socket left (the replica forgets the channel).
+        replica: the replica's id (the poller id is derived from it).
     """
 
     def __init__(self, ref: RoomRef, limits: GatewayLimits,
-                 on_empty: Callable[["RoomChannel"], None]) -> None:
+                 on_empty: Callable[["RoomChannel"], None], replica: str = "") -> None:
         self.ref = ref
         self.limits = limits
+        self.poller = f"{replica}:{uuid.uuid4().hex[:8]}"
         self.sockets: dict[str, set[_Socket]] = {}
         self.cursor: int | None = None
+        self.held: dict[int, dict[str, Any]] = {}
         self.sleeping = False
         self._on_empty = on_empty
         self._ready: asyncio.Future | None = None
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()
         self._asleep_actor: str | None = None
+        self._frames: deque[tuple[_Socket, str | bytes]] = deque()
+        self._sender: asyncio.Task | None = None
+        self._in_flight = False
+        self._room_caught_up = asyncio.Event()
+        self._room_caught_up.set()
+        self._accepting = asyncio.Lock()
         ref.on_activation = self._activated
-        self.stats = {"entries": 0, "gaps": 0, "polls": 0, "hibernations": 0}
+        self.stats = {"entries": 0, "gaps": 0, "polls": 0, "hibernations": 0,
+                      "batches": 0, "frames": 0}
 
     def count(self) -> int:
         """Return the number of sockets of the room in this replica."""
@@ -367,7 +399,7 @@ class RoomChannel:
         await asyncio.shield(self._ready)
 
     def stop(self) -> None:
-        """Cancel the poll task."""
+        """Cancel the poll task (frames already queued are still sent)."""
         if self._task is not None:
             self._task.cancel()
             self._task = None
@@ -375,6 +407,90 @@ class RoomChannel:
     def _activated(self) -> None:
         if self.sleeping:
             self._wake.set()
+
+    # ---- frames to the room ----------------------------------------------------------
+
+    async def submit(self, sock: _Socket, data: str | bytes) -> None:
+        """Queue one frame of ``sock`` for the room; returns at once unless
+        ``room_queue`` frames are already waiting (then when the room has caught up).
+        Errors come back to ``sock`` as ``error`` frames."""
+        while len(self._frames) >= self.limits.room_queue:
+            self._room_caught_up.clear()
+            await self._room_caught_up.wait()
+        self._frames.append((sock, data))
+        sock.pending += 1
+        sock.drained.clear()
+        if self._sender is None:
+            self._sender = asyncio.ensure_future(self._send_frames())
+
+    async def _send_frames(self) -> None:
+        try:
+            while self._frames:
+                batch = [self._frames.popleft()
+                         for _ in range(min(self.limits.max_batch, len(self._frames)))]
+                if len(self._frames) < self.limits.room_queue:
+                    self._room_caught_up.set()
+                self.stats["batches"] += 1
+                self.stats["frames"] += len(batch)
+                frames = [(sock.conn, data) for sock, data in batch]
+                self._in_flight = True
+                try:
+                    result = await self.ref.call("deliver", frames, self.cursor, self.poller)
+                except RoomUnavailable:
+                    for sock, _ in batch:
+                        sock.send(_error("the room is unavailable; try again"))
+                    result = None
+                except Exception as error:  # noqa: BLE001 - tell the senders, go on
+                    log.warning("room %s: deliver failed (%s)", self.ref.room_id,
+                                type(error).__name__)
+                    for sock, _ in batch:
+                        sock.send(_error("the room could not handle the message"))
+                    result = None
+                finally:
+                    self._in_flight = False
+                await self.accept(result)
+                for sock, _ in batch:
+                    sock.pending -= 1
+                    if sock.pending == 0:
+                        sock.drained.set()
+        finally:
+            self._sender = None
+            self._room_caught_up.set()
+
+    # ---- entries from the room -------------------------------------------------------
+
+    async def accept(self, result: dict[str, Any] | None) -> None:
+        """Fan out the entries of a ``poll`` or ``deliver`` result (``None``: a failed
+        ``deliver``), each once and in sequence order; resend ``roomState`` on a gap
+        or on a hole no ``deliver`` under way can fill."""
+        async with self._accepting:
+            if result is not None:
+                if self.cursor is None:
+                    self.cursor = result["cursor"]
+                    return
+                if result["gap"]:
+                    self.stats["gaps"] += 1
+                    await self._send_state()
+                    entries = result["entries"]
+                    cursor = entries[0]["seq"] - 1 if entries else result["cursor"]
+                    if cursor < self.cursor:  # the room's outbox is behind us: follow it
+                        self.held.clear()
+                    self.cursor = cursor
+                for entry in result["entries"]:
+                    if entry["seq"] > self.cursor:
+                        self.held[entry["seq"]] = entry
+                while self.cursor + 1 in self.held:
+                    self.cursor += 1
+                    self._deliver(self.held.pop(self.cursor))
+                if not self.held and not result["entries"]:
+                    self.cursor = max(self.cursor, result["cursor"])
+            if self.held and not self._in_flight:
+                # the entries before the oldest held one will not come: state heals it
+                self.stats["gaps"] += 1
+                await self._send_state()
+                for seq in sorted(self.held):
+                    self._deliver(self.held.pop(seq))
+                    self.cursor = seq
 
     # ---- the long-poll ---------------------------------------------------------------
 
@@ -390,7 +506,8 @@ class RoomChannel:
                 handle = await self.ref.resolve()
                 first = self.cursor is None
                 self.stats["polls"] += 1
-                result = await handle.poll.remote(self.cursor, 0 if first else timeout)
+                result = await handle.poll.remote(self.cursor, 0 if first else timeout,
+                                                  self.poller)
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # noqa: BLE001 - back off, resolve again
@@ -414,17 +531,9 @@ class RoomChannel:
                 self._asleep_actor = _actor_id(handle)
                 self._wake.clear()
                 continue
-            if self.cursor is None:
-                self.cursor = result["cursor"]
-                if self._ready is not None and not self._ready.done():
-                    self._ready.set_result(None)
-                continue
-            if result["gap"]:
-                self.stats["gaps"] += 1
-                await self._send_state()
-            for entry in result["entries"]:
-                self._deliver(entry)
-            self.cursor = result["cursor"]
+            await self.accept(result)
+            if self._ready is not None and not self._ready.done():
+                self._ready.set_result(None)
 
     async def _sleep(self) -> None:
         """Wait for a frame to reactivate the room, or for another replica to have
@@ -514,7 +623,8 @@ class GatewayServer:
         channel = self.channels.get(room_id)
         if channel is None:
             ref = self._refs.pop(room_id, None) or RoomRef(room_id, self.config, self.limits)
-            channel = self.channels[room_id] = RoomChannel(ref, self.limits, self._drop)
+            channel = self.channels[room_id] = RoomChannel(ref, self.limits, self._drop,
+                                                           self.replica)
         return channel
 
     def close(self) -> None:
@@ -550,9 +660,16 @@ class GatewayServer:
     # ---- HTTP --------------------------------------------------------------------------
 
     async def healthz(self) -> dict[str, Any]:
-        """Liveness: ``{"ok": true, "replica": str, "rooms": int, "sockets": int}``."""
+        """Liveness and load: ``{"ok": true, "replica": str, "rooms": int, "sockets":
+        int, "channels": {stat: int}}``; ``channels`` sums the live rooms' counters
+        (``polls``, ``entries``, ``gaps``, ``hibernations``, ``batches``, ``frames``)."""
+        totals: dict[str, int] = {}
+        for channel in self.channels.values():
+            for key, value in channel.stats.items():
+                totals[key] = totals.get(key, 0) + value
         return {"ok": True, "replica": self.replica, "rooms": len(self.channels),
-                "sockets": sum(c.count() for c in self.channels.values())}
+                "sockets": sum(c.count() for c in self.channels.values()),
+                "channels": totals}
 
     async def rooms(self, request: Request) -> Any:
         """``{"rooms": [{"room", "name", "state", "pid", "node_id"}]}``: every room actor
@@ -645,54 +762,67 @@ class GatewayServer:
             others = channel.remove(sock)
             sock.stop()
             if connected and not others:
-                # Orange's onClose; shielded so a cancelled handler still tells the room.
-                task = asyncio.ensure_future(channel.ref.call("close", conn, code, reason))
+                # Orange's onClose, after the socket's last frames; shielded so a
+                # cancelled handler still tells the room.
+                task = asyncio.ensure_future(self._close_after(sock, channel, code, reason))
                 task.add_done_callback(_log_failure)
                 try:
                     await asyncio.shield(task)
                 except BaseException:  # noqa: BLE001 - logged by the callback
                     pass
 
+    async def _close_after(self, sock: _Socket, channel: RoomChannel, code: int,
+                           reason: str) -> None:
+        """Tell the room that ``sock`` closed, once its queued frames have been handled
+        (at most ``max_backoff_s`` * 4 seconds later)."""
+        await _wait(sock.drained, self.limits.max_backoff_s * 4)
+        await channel.ref.call("close", sock.conn, code, reason)
+
     async def _relay(self, ws: WebSocket, sock: _Socket,
                      channel: RoomChannel) -> tuple[int, str]:
-        """Relay the socket's frames to the room until it closes; returns the close
-        ``(code, reason)``."""
-        limit = self.config.max_message_bytes
-        bucket = TokenBucket(self.limits.rate_per_s, self.limits.burst)
-        strikes = TokenBucket(1.0, self.limits.abuse_strikes)
+        """Relay the socket's frames to the room until the client closes it or the
+        gateway does (``sock.done``); returns the close ``(code, reason)``."""
+        reader = asyncio.ensure_future(self._read(ws, sock, channel))
         closed = asyncio.ensure_future(sock.done.wait())
         try:
-            while True:
-                receive = asyncio.ensure_future(ws.receive())
-                done, _ = await asyncio.wait({receive, closed},
-                                             return_when=asyncio.FIRST_COMPLETED)
-                if receive not in done:
-                    receive.cancel()
-                    return sock.closed_with or (1006, "connection lost")
-                message = receive.result()
-                if message["type"] == "websocket.disconnect":
-                    return int(message.get("code") or 1005), str(message.get("reason") or "")
-                text = message.get("text")
-                data: str | bytes | None = text if text is not None else message.get("bytes")
-                if data is None:
-                    continue
+            done, _ = await asyncio.wait({reader, closed},
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if reader in done:
+                return reader.result()
+            return sock.closed_with or (1006, "connection lost")
+        finally:
+            reader.cancel()
+            closed.cancel()
+
+    async def _read(self, ws: WebSocket, sock: _Socket,
+                    channel: RoomChannel) -> tuple[int, str]:
+        """Read frames, apply the size and rate limits, queue the rest for the room;
+        returns the client's close ``(code, reason)``."""
+        limit = self.config.max_message_bytes
+        quick = limit // 4  # a str of at most this many characters fits in UTF-8
+        bucket = TokenBucket(self.limits.rate_per_s, self.limits.burst)
+        strikes = TokenBucket(1.0, self.limits.abuse_strikes)
+        while True:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return int(message.get("code") or 1005), str(message.get("reason") or "")
+            text = message.get("text")
+            data: str | bytes | None = text if text is not None else message.get("bytes")
+            if data is None:
+                continue
+            if isinstance(data, bytes) or len(data) > quick:
                 size = len(data.encode("utf-8")) if isinstance(data, str) else len(data)
                 if size > limit:
                     sock.send(_error(f"message too large ({size} > {limit} bytes)"))
                     continue
-                if not bucket.take():
-                    if not strikes.take():
-                        sock.close(CLOSE_POLICY, "rate limit abuse")
-                        continue
-                    sock.send(_error(
-                        f"rate limit exceeded ({self.limits.rate_per_s:g} messages/s)"))
+            if not bucket.take():
+                if not strikes.take():
+                    sock.close(CLOSE_POLICY, "rate limit abuse")
                     continue
-                try:
-                    await channel.ref.call("message", sock.conn, data)
-                except RoomUnavailable:
-                    sock.send(_error("the room is unavailable; try again"))
-        finally:
-            closed.cancel()
+                sock.send(_error(
+                    f"rate limit exceeded ({self.limits.rate_per_s:g} messages/s)"))
+                continue
+            await channel.submit(sock, data)
 
 
 async def _deny(ws: WebSocket, response: JSONResponse) -> None:
@@ -783,6 +913,10 @@ class Gateway:
 # ---- deployment ------------------------------------------------------------------------
 
 
+SERVE_INGRESS_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+"""Serve's throughput-optimized ingress: HAProxy in front, direct ingress to replicas."""
+
+
 def deploy_gateway(
     config: RoomsConfig,
     *,
@@ -794,6 +928,7 @@ def deploy_gateway(
     auth: AuthSettings | None = None,
     limits: GatewayLimits | None = None,
     ready_timeout_s: float = 60.0,
+    ingress: str = "haproxy",
 ) -> str:
     """Start Serve's HTTP proxy and run the gateway application; return its base URL.
 
@@ -826,11 +961,13 @@ def deploy_gateway(
     if auth.token_secret is None and not auth.dev_auth:
         raise ValueError("set ROOMS_TOKEN_SECRET (or pass auth=) or deploy with dev=True")
     limits = limits or GatewayLimits()
-    serve.start(http_options={"host": host, "port": port, "request_timeout_s": None})
+    env = SERVE_INGRESS_ENV if ingress == "haproxy" else {}
+    serve.start(http_options={"host": host, "port": port, "request_timeout_s": None},
+                controller_options={"runtime_env": {"env_vars": dict(env)}})
     deployment = Gateway.options(
         num_replicas=replicas,
         max_ongoing_requests=limits.max_ongoing_requests,
-        ray_actor_options={"num_cpus": 0},
+        ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": dict(env)}},
     )
     serve.run(deployment.bind(config, auth, limits), name=name, route_prefix="/",
               blocking=False)

@@ -105,6 +105,8 @@ class RoomActor:
         self._outbox: deque[dict[str, Any]] = deque(maxlen=self.config.outbox_size)
         self._outbox_seqs: deque[int] = deque(maxlen=self.config.outbox_size)
         self._wakeup = asyncio.Event()
+        # poller id -> the newest seq an in-flight ``deliver`` of that poller will return
+        self._claimed: dict[str, int] = {}
         # timers and jobs
         self._alarm_task: asyncio.Task | None = None
         self._alarm_at: float | None = None
@@ -169,6 +171,8 @@ class RoomActor:
         room = await self._ensure_active()
         started = time.perf_counter()
         async with self._gate:
+            if self._hibernating:  # hibernate() took the gate first
+                raise RoomHibernating(f"room {self.room_id!r} is hibernating")
             fx = hook(room, self._clock())
             kind = kind or room.last_message_type
             version = self._stage(fx)
@@ -290,6 +294,72 @@ class RoomActor:
         """
         return await self._turn(lambda room, now: room.on_message(conn, text, now))
 
+    async def deliver(self, frames: list[tuple[str, str | bytes]], cursor: int | None,
+                      poller: str | None = None) -> dict[str, Any]:
+        """Handle a batch of client frames, in order, and return the released outbox
+        entries after ``cursor`` (the gateway's batched path).
+
+        Each frame is its own turn (one at a time through the input gate); the batch
+        shares one save (group commit), and the call returns once that save is
+        durable, so every entry it returns is released.
+
+        Args:
+            frames: ``[(conn, text)]``: the frames of one room as a replica received
+                them; each is what :meth:`message` takes.
+            cursor: the last sequence number the caller has delivered (``None``: return
+                no entries, only the cursor).
+            poller: the caller's poller id (one per room per gateway replica). The
+                entries this call returns are *claimed* for it: that poller's
+                :meth:`poll` does not wake for them (they reach it here), which saves a
+                Ray call per message when the sender's replica is the only reader.
+
+        Returns:
+            The :meth:`poll` result shape: ``{"cursor", "entries", "gap",
+            "hibernating": False}``; entries may repeat ones the caller already has
+            from a poll (the caller deduplicates by ``seq``).
+
+        Raises:
+            RoomHibernating: the actor is exiting; reactivate through ``get_room`` and
+                send the batch again (no frame of it was handled).
+        """
+        room = await self._ensure_active()
+        started = time.perf_counter()
+        kinds: list[str] = []
+        effects: list[Effects] = []
+        async with self._gate:
+            if self._hibernating:
+                raise RoomHibernating(f"room {self.room_id!r} is hibernating")
+            version = self._version
+            for conn, text in frames:
+                fx = room.on_message(conn, text, self._clock())
+                kinds.append(room.last_message_type)
+                effects.append(fx)
+                version = self._stage(fx)
+            if poller is not None:
+                self._claimed[poller] = self._next_seq - 1
+        await self._commit_through(version)
+        for fx in effects:
+            self._after_turn(fx)
+        elapsed = (time.perf_counter() - started) / max(1, len(frames))
+        for kind in kinds:
+            metrics.turn(kind, elapsed)
+        if cursor is None:
+            return {"cursor": self._released_seq, "entries": [], "gap": False,
+                    "hibernating": False}
+        return self._since(cursor)
+
+    def _since(self, cursor: int) -> dict[str, Any]:
+        """The released entries after ``cursor``, as :meth:`poll` returns them."""
+        last = self._released_seq
+        if cursor > last or (cursor < last and not self._outbox_seqs):
+            return {"cursor": last, "entries": [], "gap": True, "hibernating": False}
+        if not self._outbox_seqs or self._outbox_seqs[-1] <= cursor:
+            return {"cursor": cursor, "entries": [], "gap": False, "hibernating": False}
+        start = bisect.bisect_right(self._outbox_seqs, cursor)
+        entries = [self._outbox[i] for i in range(start, len(self._outbox))]
+        return {"cursor": entries[-1]["seq"], "entries": entries,
+                "gap": entries[0]["seq"] != cursor + 1, "hibernating": False}
+
     async def close(self, conn: str, code: int = 1000, reason: str = "") -> int:
         """The socket of ``conn`` closed (Orange's ``onClose``). Returns as ``connect``."""
         return await self._turn(lambda room, now: room.on_close(conn, code, reason), "close")
@@ -312,7 +382,8 @@ class RoomActor:
         await self._turn(hook, "alarm")
         return ran
 
-    async def poll(self, cursor: int | None, timeout: float | None = None) -> dict[str, Any]:
+    async def poll(self, cursor: int | None, timeout: float | None = None,
+                   poller: str | None = None) -> dict[str, Any]:
         """Wait for released messages newer than ``cursor`` (the gateway's long-poll).
 
         Args:
@@ -320,6 +391,10 @@ class RoomActor:
                 current end of the outbox.
             timeout: seconds to wait when there is nothing new (default: the configured
                 poll timeout).
+            poller: the caller's poller id; entries claimed by an in-flight
+                :meth:`deliver` of the same poller do not wake this poll (that call
+                returns them), so the result may skip over them: the caller holds
+                later entries until the :meth:`deliver` result fills the hole.
 
         Returns:
             ``{"cursor": int, "entries": [entry], "gap": bool, "hibernating": bool}``;
@@ -336,20 +411,22 @@ class RoomActor:
         last = self._released_seq
         if cursor is None:
             return {"cursor": last, "entries": [], "gap": False, "hibernating": False}
-        if cursor > last or (cursor < last and not self._outbox_seqs):
-            # ahead of the outbox, or behind an outbox this activation no longer holds
-            return {"cursor": last, "entries": [], "gap": True, "hibernating": False}
+        result = self._since(cursor)
+        if result["gap"]:
+            return result
         wait = self.config.poll_timeout if timeout is None else timeout
         deadline = time.monotonic() + wait
         while True:
             if self._hibernating:
                 return {"cursor": cursor, "entries": [], "gap": False, "hibernating": True}
-            if self._outbox_seqs and self._outbox_seqs[-1] > cursor:
-                start = bisect.bisect_right(self._outbox_seqs, cursor)
-                entries = [self._outbox[i] for i in range(start, len(self._outbox))]
-                gap = entries[0]["seq"] != cursor + 1
-                return {"cursor": entries[-1]["seq"], "entries": entries, "gap": gap,
-                        "hibernating": False}
+            claimed = self._claimed.get(poller, 0) if poller is not None else 0
+            if self._outbox_seqs and self._outbox_seqs[-1] > max(cursor, claimed):
+                result = self._since(cursor)
+                if claimed > cursor:  # skip what the poller's deliver returns
+                    result["entries"] = [e for e in result["entries"] if e["seq"] > claimed]
+                    result["gap"] = False
+                if result["entries"] or result["gap"]:
+                    return result
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return {"cursor": cursor, "entries": [], "gap": False, "hibernating": False}
