@@ -1,0 +1,457 @@
+"""The gateway's batched path: ``RoomActor.deliver``, claims, and ``RoomChannel.accept``.
+
+Three layers, fastest first:
+
+1. a plain :class:`actors.room_actor.RoomActor` (no Ray) with a real store: one
+   ``deliver`` call handles a batch of frames as separate turns, shares one save
+   (group commit), returns the released entries, claims them for its poller (whose
+   ``poll`` then does not wake for them), and refuses to run on a hibernating room;
+2. :meth:`actors.gateway.RoomChannel.accept` fed poll and deliver results by hand, with
+   recording sockets: every entry goes out once, in sequence order, and entries after a
+   hole wait in ``held`` while a deliver is in flight (the one path that resends
+   ``roomState`` runs against a real room actor on Ray);
+3. the real gateway (one replica, Ray Serve on loopback) with real WebSocket clients:
+   200 pipelined frames come back as 200 replies in order with fewer ``deliver`` calls
+   than frames, and a socket's close reaches the room after its queued frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from actors.config import RoomsConfig
+from actors.gateway import GatewayLimits, RoomChannel, RoomRef, deploy_gateway, shutdown_gateway
+from actors.room_actor import RoomActor, RoomHibernating
+from storage import MemoryStore, decode_snapshot
+
+APP = "rooms-batching-test"
+
+
+# ---- helpers -----------------------------------------------------------------------------
+
+
+def update(conn: str, k: int, *, enabled: bool = True) -> str:
+    """A ``userUpdate`` frame of ``conn`` whose audio track ``batch/<k>`` marks it."""
+    return json.dumps({"type": "userUpdate", "user": {
+        "id": conn, "name": conn, "tracks": {"audio": f"batch/{k}", "audioEnabled": enabled}}})
+
+
+def marker(message: dict[str, Any], conn: str) -> int | None:
+    """``k`` of ``conn``'s ``batch/<k>`` audio track in a ``roomState`` message, else None."""
+    if message.get("type") != "roomState":
+        return None
+    for user in message["state"]["users"]:
+        if user["id"] == conn:
+            audio = (user.get("tracks") or {}).get("audio") or ""
+            if audio.startswith("batch/"):
+                return int(audio.split("/", 1)[1])
+    return None
+
+
+def audio_enabled(message: dict[str, Any], conn: str) -> bool | None:
+    """``conn``'s ``tracks.audioEnabled`` in a ``roomState`` message (None if absent)."""
+    for user in message.get("state", {}).get("users", []):
+        if user["id"] == conn:
+            return (user.get("tracks") or {}).get("audioEnabled")
+    return None
+
+
+def stop_timers(actor: RoomActor) -> None:
+    """Cancel a plain actor's alarm timer (the room arms one 15 s after a connect)."""
+    if actor._alarm_task is not None:
+        actor._alarm_task.cancel()
+
+
+async def connected_actor(config: RoomsConfig, store=None,
+                          conns: tuple[str, ...] = ("one", "two")) -> RoomActor:
+    """A plain room actor with ``conns`` connected (each under its own name)."""
+    actor = RoomActor(f"batch-{uuid.uuid4().hex[:8]}", config, store=store)
+    for conn in conns:
+        await actor.connect(conn, conn)
+    return actor
+
+
+# ---- 1. RoomActor.deliver, no Ray ------------------------------------------------------
+
+
+async def test_deliver_handles_a_batch_in_order_with_one_group_commit(sqlite_url):
+    """50 frames of 2 connections: 50 replies in one result, consecutive seqs, in frame
+    order, and one or two snapshot saves instead of 50."""
+    actor = await connected_actor(RoomsConfig(idle_timeout=0, store_url=sqlite_url))
+    try:
+        before = await actor.info()
+        cursor = before["seq"]
+        frames = [("one" if k % 2 == 0 else "two", update("one" if k % 2 == 0 else "two", k))
+                  for k in range(50)]
+        result = await actor.deliver(frames, cursor)
+        after = await actor.info()
+
+        assert result["gap"] is False and result["hibernating"] is False
+        entries = result["entries"]
+        assert [e["seq"] for e in entries] == list(range(cursor + 1, cursor + 51))
+        assert result["cursor"] == cursor + 50 == after["seq"]
+        messages = [json.loads(e["data"]) for e in entries]
+        assert all(e["to"] == "all" for e in entries)
+        # reply k carries frame k's marker for its sender
+        assert [marker(m, frames[k][0]) for k, m in enumerate(messages)] == list(range(50))
+        assert after["turns"] - before["turns"] == 50
+        assert 1 <= after["saves"] - before["saves"] <= 2, (before["saves"], after["saves"])
+        # the durable snapshot holds the last frame of each connection
+        last = json.loads(entries[-1]["data"])["state"]
+        assert {u["id"]: u["tracks"]["audio"] for u in last["users"]} == {
+            "one": "batch/48", "two": "batch/49"}
+
+        # cursor=None: handled, but nothing returned but the cursor
+        quiet = await actor.deliver([("one", update("one", 50))], None)
+        assert quiet == {"cursor": cursor + 51, "entries": [], "gap": False,
+                         "hibernating": False}
+    finally:
+        stop_timers(actor)
+
+
+async def test_a_bad_frame_in_a_batch_gets_one_error_to_its_sender_and_the_rest_go_on():
+    """A malformed frame mid-batch: exactly one ``error`` entry to its sender alone; the
+    frames after it are still handled."""
+    actor = await connected_actor(RoomsConfig(idle_timeout=0), MemoryStore())
+    try:
+        cursor = (await actor.info())["seq"]
+        frames = [("one", update("one", 0)), ("two", update("two", 1)),
+                  ("two", "{this is not json"), ("one", update("one", 3)),
+                  ("two", update("two", 4))]
+        result = await actor.deliver(frames, cursor, "P")
+        entries = result["entries"]
+        assert [e["seq"] for e in entries] == list(range(cursor + 1, cursor + 6))
+        errors = [e for e in entries if json.loads(e["data"])["type"] == "error"]
+        assert len(errors) == 1
+        [error] = errors
+        assert error["to"] == "one" and error["conn"] == "two"
+        assert entries.index(error) == 2  # in its frame's place
+        states = [json.loads(e["data"]) for e in entries if e is not error]
+        assert [m["type"] for m in states] == ["roomState"] * 4
+        assert marker(states[-2], "one") == 3 and marker(states[-1], "two") == 4
+        assert (await actor.state())["users"][1]["tracks"]["audio"] == "batch/4"
+    finally:
+        stop_timers(actor)
+
+
+async def test_deliver_claims_its_entries_from_its_own_pollers_poll():
+    """A poll of poller P does not wake for what P's deliver returns; Q's poll does and
+    gets the same entries; a turn not from a deliver wakes P with only the new ones."""
+    actor = await connected_actor(RoomsConfig(idle_timeout=0, poll_timeout=5), MemoryStore())
+    try:
+        cursor = (await actor.info())["seq"]
+        p_poll = asyncio.ensure_future(actor.poll(cursor, 5.0, "P"))
+        q_poll = asyncio.ensure_future(actor.poll(cursor, 5.0, "Q"))
+        await asyncio.sleep(0.05)
+        assert not p_poll.done() and not q_poll.done()
+
+        frames = [("one", update("one", k)) for k in range(5)]
+        delivered = await actor.deliver(frames, cursor, "P")
+        assert [e["seq"] for e in delivered["entries"]] == list(range(cursor + 1, cursor + 6))
+        q_result = await asyncio.wait_for(q_poll, 2.0)
+        assert q_result["entries"] == delivered["entries"]
+        assert q_result["cursor"] == delivered["cursor"] and not q_result["gap"]
+        await asyncio.sleep(0.2)
+        assert not p_poll.done(), "P's poll woke for entries its own deliver returned"
+
+        await actor.connect("three", "three")  # a turn that is not a deliver
+        p_result = await asyncio.wait_for(p_poll, 2.0)
+        [entry] = p_result["entries"]
+        assert entry["seq"] == delivered["cursor"] + 1 == p_result["cursor"]
+        assert p_result["gap"] is False
+        state = json.loads(entry["data"])["state"]
+        assert {u["id"] for u in state["users"]} == {"one", "two", "three"}
+    finally:
+        stop_timers(actor)
+
+
+async def test_deliver_on_a_hibernating_room_raises_and_handles_no_frame():
+    """A deliver that finds the room hibernating (before or inside the input gate)
+    raises RoomHibernating and leaves state, outbox and snapshot untouched."""
+    store = MemoryStore()
+    actor = await connected_actor(RoomsConfig(idle_timeout=0), store)
+    room_id = actor.room_id
+    seq = (await actor.info())["seq"]
+    turns = actor._stats["turns"]
+
+    # hibernate() takes the gate while a deliver is waiting for it
+    await actor._gate.acquire()
+    hibernating = asyncio.ensure_future(actor.hibernate())
+    await asyncio.sleep(0.01)
+    waiting = asyncio.ensure_future(actor.deliver([("one", update("one", 1))], seq, "P"))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    actor._gate.release()
+    with pytest.raises(RoomHibernating):
+        await waiting
+    assert await hibernating is True
+    # and a deliver after the fact is refused before it reaches the gate
+    with pytest.raises(RoomHibernating):
+        await actor.deliver([("two", update("two", 2))], seq, "P")
+
+    assert actor._stats["turns"] == turns
+    assert actor._next_seq - 1 == seq and actor._released_seq == seq
+    saved = decode_snapshot(room_id, await store.load(room_id))
+    assert saved.seq == seq
+    assert all(u.get("tracks", {}).get("audio") is None
+               for u in saved.state["room"]["users"].values())
+    # the next activation sees the same room: no frame of either batch was handled
+    again = RoomActor(room_id, RoomsConfig(idle_timeout=0), store=store)
+    try:
+        assert (await again.info())["seq"] == seq
+        assert all(u["tracks"].get("audio") is None for u in (await again.state())["users"])
+    finally:
+        stop_timers(again)
+
+
+# ---- 2. RoomChannel.accept, no Ray --------------------------------------------------------
+
+
+class RecordingSocket:
+    """A stand-in for the gateway's ``_Socket``: records what the channel sends it."""
+
+    def __init__(self, conn: str) -> None:
+        self.conn = conn
+        self.sent: list[str] = []
+        self.closed: list[tuple[int, str]] = []
+
+    def send(self, text: str) -> None:
+        """Record one text frame."""
+        self.sent.append(text)
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Record a close ``(code, reason)``."""
+        self.closed.append((code, reason))
+
+
+def entry(seq: int, to: str = "all", conn: str | None = None,
+          close: list | None = None) -> dict[str, Any]:
+    """An outbox entry as the room returns it; its data names its seq."""
+    return {"seq": seq, "to": to, "conn": conn,
+            "data": json.dumps({"type": "partyserver-pong", "n": seq}), "close": close}
+
+
+def result(entries: list[dict[str, Any]], cursor: int | None = None,
+           gap: bool = False) -> dict[str, Any]:
+    """A poll/deliver result holding ``entries``."""
+    if cursor is None:
+        cursor = entries[-1]["seq"] if entries else 0
+    return {"cursor": cursor, "entries": entries, "gap": gap, "hibernating": False}
+
+
+def seqs(sock: RecordingSocket) -> list[int]:
+    """The ``n`` of every entry frame ``sock`` received (roomState frames as 0)."""
+    return [json.loads(t).get("n", 0) for t in sock.sent]
+
+
+def make_channel(config: RoomsConfig | None = None, room_id: str = "unit",
+                 cursor: int | None = 5) -> tuple[RoomChannel, dict[str, RecordingSocket]]:
+    """A channel (no poll task started) with recording sockets ``a`` and ``b``."""
+    limits = GatewayLimits()
+    channel = RoomChannel(RoomRef(room_id, config or RoomsConfig(), limits), limits,
+                          on_empty=lambda c: None, replica="t")
+    socks = {c: RecordingSocket(c) for c in ("a", "b")}
+    for conn, sock in socks.items():
+        channel.sockets[conn] = {sock}
+    channel.cursor = cursor
+    return channel, socks
+
+
+async def test_accept_holds_entries_after_a_hole_until_the_deliver_fills_it():
+    """Poll brings 7, 8 while a deliver is in flight (cursor 5): held; the deliver's
+    6, 7, 8 then go out once each, in order; repeats deliver nothing."""
+    channel, socks = make_channel()
+    channel._in_flight = True
+    await channel.accept(result([entry(7), entry(8)]))
+    assert socks["a"].sent == [] and socks["b"].sent == []
+    assert sorted(channel.held) == [7, 8] and channel.cursor == 5
+
+    channel._in_flight = False
+    await channel.accept(result([entry(6), entry(7), entry(8)]))
+    assert seqs(socks["a"]) == [6, 7, 8] and seqs(socks["b"]) == [6, 7, 8]
+    assert channel.held == {} and channel.cursor == 8
+
+    # the same results again (a late poll, a repeated deliver): nothing twice
+    await channel.accept(result([entry(6), entry(7), entry(8)]))
+    await channel.accept(result([entry(7), entry(8)]))
+    await channel.accept(result([], cursor=8))
+    assert seqs(socks["a"]) == [6, 7, 8] and seqs(socks["b"]) == [6, 7, 8]
+    assert channel.stats["entries"] == 3 and channel.stats["gaps"] == 0
+
+
+async def test_accept_merges_interleaved_results_and_addresses_each_entry():
+    """Overlapping poll and deliver results, in any order, come out as one in-order
+    stream; ``one``/``except`` entries and closes reach only their sockets."""
+    channel, socks = make_channel(cursor=10)
+    channel._in_flight = True
+    await channel.accept(result([entry(11), entry(12, "one", "a")]))  # no hole: at once
+    await channel.accept(result([entry(14, "except", "a"), entry(15)]))  # hole at 13: held
+    assert seqs(socks["a"]) == [11, 12] and seqs(socks["b"]) == [11]
+    await channel.accept(result([entry(12, "one", "a"), entry(13, "one", "b", [1000, "bye"]),
+                                 entry(14, "except", "a")]))
+    channel._in_flight = False
+    await channel.accept(result([entry(15), entry(16)]))
+    assert seqs(socks["a"]) == [11, 12, 15, 16]
+    assert seqs(socks["b"]) == [11, 13, 14, 15, 16]
+    assert socks["b"].closed == [(1000, "bye")] and socks["a"].closed == []
+    assert channel.cursor == 16 and channel.held == {}
+
+    # an empty result moves the cursor on (the room's cursor is never behind ours)
+    await channel.accept(result([], cursor=20))
+    assert channel.cursor == 20
+    # a channel without a cursor takes the first result's cursor and delivers nothing
+    fresh, fresh_socks = make_channel(cursor=None)
+    await fresh.accept(result([entry(3)], cursor=3))
+    assert fresh.cursor == 3 and fresh_socks["a"].sent == []
+
+
+# ---- the real gateway, on Ray -----------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def gateway(ray_session, tmp_path_factory):
+    """One single-replica gateway (dev auth, generous rate limits) for the module;
+    yields ``{"url", "ws", "config"}``."""
+    store = tmp_path_factory.mktemp("batching") / "rooms.sqlite3"
+    config = RoomsConfig(namespace=f"rooms-batch-{uuid.uuid4().hex[:8]}",
+                         store_url=f"sqlite:///{store}", idle_timeout=0, poll_timeout=5.0)
+    url = deploy_gateway(config, port=_free_port(), replicas=1, name=APP, dev=True,
+                         limits=GatewayLimits(rate_per_s=1000, burst=1000))
+    yield {"url": url, "ws": url.replace("http://", "ws://"), "config": config}
+    shutdown_gateway(APP)
+
+
+class Client:
+    """A WebSocket client that records every message it receives, in order."""
+
+    def __init__(self, ws) -> None:
+        self.ws = ws
+        self.messages: list[dict[str, Any]] = []
+        self.task = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        try:
+            async for frame in self.ws:
+                self.messages.append(json.loads(frame))
+        except ConnectionClosed:
+            pass
+
+    async def wait_for(self, predicate, what: str, timeout: float = 20.0) -> int:
+        """Wait for a message matching ``predicate``; return its index in ``messages``.
+
+        Raises:
+            AssertionError: none arrived within ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for i, message in enumerate(self.messages):
+                if predicate(message):
+                    return i
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"timed out waiting for {what}; got {self.messages[-3:]}")
+
+
+async def open_client(base: str, room: str, conn: str) -> Client:
+    """Connect ``conn`` (dev auth, user name = conn) to ``room`` through the gateway."""
+    url = f"{base}/parties/rooms/{room}?_pk={conn}&username={conn}"
+    return Client(await connect(url, open_timeout=20, max_size=None))
+
+
+@pytest.mark.ray
+async def test_pipelined_frames_come_back_in_order_in_fewer_deliver_calls(gateway):
+    """200 frames sent without waiting: 200 matching replies in send order, each once,
+    and the replica made fewer ``deliver`` calls than it got frames."""
+    room, n = f"batch-{uuid.uuid4().hex[:10]}", 200
+    client = await open_client(gateway["ws"], room, "p")
+    try:
+        await client.wait_for(lambda m: m["type"] == "roomState", "the connect roomState")
+        for k in range(n):
+            await client.ws.send(update("p", k))
+        await client.wait_for(lambda m: marker(m, "p") == n - 1, "the last reply", 30)
+        await asyncio.sleep(0.2)  # anything duplicated would arrive now
+        seen = [marker(m, "p") for m in client.messages if marker(m, "p") is not None]
+        assert seen == list(range(n))
+        assert not [m for m in client.messages if m["type"] == "error"]
+
+        async with httpx.AsyncClient(timeout=10) as http:
+            health = (await http.get(f"{gateway['url']}/healthz")).json()
+        counters = health["channels"]
+        assert counters["frames"] >= n, counters
+        assert 1 <= counters["batches"] < counters["frames"], counters
+    finally:
+        await client.ws.close()
+
+
+@pytest.mark.ray
+async def test_a_close_reaches_the_room_after_the_sockets_queued_frames(gateway):
+    """Socket ``a`` sends 20 updates and a self-mute, then closes at once: ``b`` sees
+    every update, in order, and the mute (which the room only does while ``a`` is
+    connected) before the room lets ``a`` go."""
+    from actors.directory import get_room
+
+    room = f"batch-{uuid.uuid4().hex[:10]}"
+    a = await open_client(gateway["ws"], room, "a")
+    b = await open_client(gateway["ws"], room, "b")
+    try:
+        await a.wait_for(lambda m: m["type"] == "roomState", "a's connect")
+        await b.wait_for(lambda m: m["type"] == "roomState" and len(m["state"]["users"]) == 2,
+                         "both users")
+        for k in range(20):
+            await a.ws.send(update("a", k))
+        await a.ws.send(json.dumps({"type": "muteUser", "id": "a"}))
+        await a.ws.close()
+
+        muted = await b.wait_for(
+            lambda m: marker(m, "a") == 19 and audio_enabled(m, "a") is False,
+            "a's self-mute after its last update")
+        states = [m for m in b.messages if marker(m, "a") is not None]
+        assert [marker(m, "a") for m in states] == list(range(20)) + [19]
+        assert [audio_enabled(m, "a") for m in states] == [True] * 20 + [False]
+
+        handle = get_room(room, gateway["config"])
+        deadline = time.monotonic() + 15
+        while (await handle.info.remote())["connections"] != 1:
+            assert time.monotonic() < deadline, "the room never heard of a's close"
+            await asyncio.sleep(0.05)
+        await b.ws.send(json.dumps({"type": "directMessage", "to": "a", "message": "hi"}))
+        left = await b.wait_for(lambda m: m["type"] == "error" and "'a'" in m["error"],
+                                "the room refusing a message to the gone socket")
+        assert muted < left
+    finally:
+        await asyncio.gather(a.ws.close(), b.ws.close(), return_exceptions=True)
+
+
+@pytest.mark.ray
+async def test_a_hole_no_deliver_can_fill_resends_room_state(gateway):
+    """With no deliver in flight, entries after a hole are a gap: the channel sends the
+    room's real ``roomState`` (from the room actor), then the held entries, in order."""
+    from actors.directory import get_room
+
+    room = f"batch-{uuid.uuid4().hex[:10]}"
+    config = gateway["config"]
+    handle = get_room(room, config)
+    await handle.connect.remote("x", "xena")
+    channel, socks = make_channel(config, room, cursor=5)
+    await channel.accept(result([entry(7), entry(8)]))
+    for sock in socks.values():
+        state, *rest = [json.loads(t) for t in sock.sent]
+        assert state["type"] == "roomState"
+        assert [u["id"] for u in state["state"]["users"]] == ["x"]
+        assert [m["n"] for m in rest] == [7, 8]
+    assert channel.cursor == 8 and channel.held == {} and channel.stats["gaps"] == 1
