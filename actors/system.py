@@ -67,6 +67,7 @@ def start_system(
     dev: bool = False,
     config: RoomsConfig | None = None,
     token_secret: SecretStr | None = None,
+    ingress: str | None = None,
 ) -> LocalSystem:
     """Start (or join, with ``address``) Ray, the local emulators when no credentials are
     configured, and the gateway.
@@ -81,6 +82,8 @@ def start_system(
         config: the room settings (default: from the environment).
         token_secret: the token HMAC secret (default ``ROOMS_TOKEN_SECRET``, else a
             random one for this run).
+        ingress: ``"haproxy"`` or ``"proxy"`` (see :func:`actors.gateway.deploy_gateway`;
+            default ``ROOMS_GATEWAY_INGRESS`` or ``"haproxy"``).
 
     Returns:
         The running :class:`LocalSystem`.
@@ -138,7 +141,7 @@ def start_system(
     if auth.token_secret is None:
         auth.token_secret = SecretStr(secrets.token_urlsafe(32))
     gateway_url = deploy_gateway(config, host=host, port=port, replicas=replicas, dev=dev,
-                                 auth=auth)
+                                 auth=auth, ingress=ingress)
     from .scheduler import ensure_scheduler
 
     ensure_scheduler(config)  # wakes hibernating rooms at their alarm time
