@@ -25,8 +25,8 @@ Ingress (``deploy_gateway(ingress=...)``, environment ``ROOMS_GATEWAY_INGRESS``)
   runtime environment (:data:`SERVE_INGRESS_ENV`); it applies when this call starts
   Serve. Replica ports bind all interfaces (HAProxy on other nodes must reach them).
 * ``proxy``: Serve's Python proxy actor on every node, which relays each WebSocket
-  frame to the replica as a Ray call (about 3x the latency and a quarter of the
-  throughput here; see ``benchmarks/gateway.py --ingress proxy``).
+  frame to the replica as a Ray call (here about twice the round-trip latency and half
+  the throughput of ``haproxy``: ``python -m benchmarks.gateway --ingress proxy``).
 
 Sockets live here, never in a room actor. Each replica keeps, per room it serves, one
 :class:`RoomChannel`: the room's sockets in this replica, the frames they send (sent
