@@ -106,7 +106,8 @@ class RoomActor:
         self._outbox_seqs: deque[int] = deque(maxlen=self.config.outbox_size)
         self._wakeup = asyncio.Event()
         # poller id -> the newest seq an in-flight ``deliver`` of that poller will return
-        self._claimed: dict[str, int] = {}
+        self._claimed: dict[str, float] = {}
+        self._poll_waiters: dict[int, str | None] = {}  # waiting polls -> their poller
         # timers and jobs
         self._alarm_task: asyncio.Task | None = None
         self._alarm_at: float | None = None
@@ -250,8 +251,11 @@ class RoomActor:
         self._outbox.append(entry)
         self._outbox_seqs.append(entry["seq"])
         self._released_seq = entry["seq"]
-        wakeup, self._wakeup = self._wakeup, asyncio.Event()
-        wakeup.set()
+        seq = entry["seq"]
+        # wake the waiting polls, unless each of them has it claimed by a deliver
+        if any(p is None or self._claimed.get(p, 0) < seq for p in self._poll_waiters.values()):
+            wakeup, self._wakeup = self._wakeup, asyncio.Event()
+            wakeup.set()
 
     def _after_turn(self, fx: Effects) -> None:
         room = self.room
@@ -330,13 +334,27 @@ class RoomActor:
             if self._hibernating:
                 raise RoomHibernating(f"room {self.room_id!r} is hibernating")
             version = self._version
-            for conn, text in frames:
-                fx = room.on_message(conn, text, self._clock())
-                kinds.append(room.last_message_type)
-                effects.append(fx)
-                version = self._stage(fx)
+            claimed = self._claimed.pop(poller, 0) if poller is not None else 0
             if poller is not None:
-                self._claimed[poller] = self._next_seq - 1
+                # While the batch is staged, what it releases at once (turns that change
+                # nothing need no save) is this call's to return: no wake for the poll.
+                self._claimed[poller] = float("inf")
+            try:
+                for conn, text in frames:
+                    fx = room.on_message(conn, text, self._clock())
+                    kinds.append(room.last_message_type)
+                    effects.append(fx)
+                    version = self._stage(fx)
+                claimed = self._next_seq - 1
+            except BaseException:  # the poll must see what was released: wake it
+                wakeup, self._wakeup = self._wakeup, asyncio.Event()
+                wakeup.set()
+                raise
+            finally:  # on an error the old claim stays
+                if poller is not None:
+                    self._claimed[poller] = claimed
+                    while len(self._claimed) > 256:  # pollers of replicas long gone
+                        self._claimed.pop(next(iter(self._claimed)))
         await self._commit_through(version)
         for fx in effects:
             self._after_turn(fx)
@@ -430,10 +448,14 @@ class RoomActor:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return {"cursor": cursor, "entries": [], "gap": False, "hibernating": False}
+            token = object()
+            self._poll_waiters[id(token)] = poller
             try:
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
             except asyncio.TimeoutError:
                 pass
+            finally:
+                del self._poll_waiters[id(token)]
 
     async def state(self) -> dict[str, Any]:
         """Return the room's ``RoomState`` JSON object (what ``roomState`` carries)."""
