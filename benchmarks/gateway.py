@@ -9,7 +9,12 @@ Python proxy actor), then measures:
 1. **Round trip** with ``--clients`` concurrent clients, each sending its next message
    when the previous one's reply is back:
 
-   * ``bare actor call``: a trivial async Ray actor method (the baseline);
+   * ``bare actor call``: a trivial async Ray actor method of one actor (the baseline
+     the target is measured against);
+   * ``bare, an actor each``: the same with one bare actor per client, as many
+     processes as the WebSocket run has rooms (the like-for-like baseline: on 2 cores
+     a call into one of 8 mostly idle processes costs about twice the CPU of a call
+     into one busy process);
    * ``room.message (driver)``: ``room.message.remote()`` of a ``userUpdate`` from the
      driver, each client its own room (the turn changes state and is saved to SQLite
      before it returns);
@@ -22,7 +27,7 @@ Python proxy actor), then measures:
      no save) over the same sockets.
 
    p50/p99 in milliseconds and messages per second (also with one client, for the
-   unloaded latency). Then **throughput**: the same sockets, each keeping
+   unloaded latency), over ``--mix-rounds`` interleaved rounds of the three kinds. Then **throughput**: the same sockets, each keeping
    ``--window`` ``userUpdate`` frames in flight (as a busy client or many users
    behind one replica do); messages per second = replies received per second.
 2. **Broadcast**: one ``userUpdate`` in a room of ``--sockets`` sockets; the time until
@@ -44,7 +49,7 @@ within 1.2x of a bare actor. All clients run in the driver process on the same
 machine, so they share its CPUs with Ray.
 
 Run: ``python -m benchmarks.gateway [--clients 8] [--sockets 50] [--seconds 4]
-[--window 32] [--rounds 20] [--activations 10] [--ingress haproxy|proxy]``.
+[--mix-rounds 3] [--window 32] [--rounds 20] [--activations 10] [--ingress haproxy|proxy]``.
 """
 
 from __future__ import annotations
@@ -207,17 +212,20 @@ async def _pipelined(sockets: list[Any], window: int,
 
 
 async def round_trips(base: str, config: Any, clients: int, seconds: float,
-                      window: int) -> dict[str, tuple[list[float], float]]:
-    """Section 1: bare call, driver room turn, WebSocket userUpdate and ping (each
-    client one message at a time), then pipelined WebSocket userUpdates (``window``
-    in flight per client)."""
+                      window: int, rounds: int = 3) -> dict[str, tuple[list[float], float]]:
+    """Section 1: bare call, driver room turn and WebSocket userUpdate (each client one
+    message at a time; ``rounds`` interleaved rounds sharing ``seconds`` per kind),
+    WebSocket ping, then pipelined WebSocket userUpdates (``window`` in flight per
+    client). Returns ``{kind: (latencies in s, messages per s)}``."""
     from websockets.asyncio.client import connect
 
     from actors.directory import get_room
 
-    results: dict[str, tuple[list[float], float]] = {}
+    results: dict[str, Any] = {}
     bare = Bare.remote()
     await bare.call.remote("warm", PING)
+    bares = [Bare.remote() for _ in range(clients)]  # one per client, as the rooms are
+    await asyncio.gather(*[b.call.remote("warm", PING) for b in bares])
 
     # driver -> room actor, each client its own (connected) room
     tag = uuid.uuid4().hex[:6]
@@ -226,6 +234,9 @@ async def round_trips(base: str, config: Any, clients: int, seconds: float,
 
     async def bare_one(i: int, k: int) -> None:
         await bare.call.remote(f"c-{i}", PING)
+
+    async def bares_one(i: int, k: int) -> None:
+        await bares[i].call.remote(f"c-{i}", PING)
 
     async def room_one(i: int, k: int) -> None:
         await rooms[i].message.remote(f"d-{i}", update(f"d-{i}", k))
@@ -251,10 +262,20 @@ async def round_trips(base: str, config: Any, clients: int, seconds: float,
         while json.loads(await ws.recv())["type"] != "partyserver-pong":
             pass
 
-    for name, one in [("bare", bare_one), ("room", room_one), ("ws", ws_update)]:
+    kinds = [("bare", bare_one), ("bares", bares_one), ("room", room_one),
+             ("ws", ws_update)]
+    for _, one in kinds:
         await _loop(clients, 0.5, one)  # warm-up
-        results[f"{name}1"] = await _loop(1, seconds / 2, one)
-        results[name] = await _loop(clients, seconds, one)
+    # interleaved rounds, so that the machine's drift hits every kind alike
+    for r in range(rounds):
+        for name, one in kinds:
+            for key, n, span in [(f"{name}1", 1, seconds / 2), (name, clients, seconds)]:
+                lat, rate = await _loop(n, span / rounds, one)
+                old_lat, old_rates = results.get(key, ([], []))
+                results[key] = (old_lat + lat, old_rates + [rate])
+    for key, (lat, rates) in list(results.items()):
+        results[key] = (lat, statistics.mean(rates))
+    for name, _ in kinds:
         _progress(f"  {name}: {results[name][1]:.0f}/s with {clients} clients, "
                   f"p50 {_pct(results[name][0], .5):.2f} ms")
     results["ping"] = await _loop(clients, seconds / 2, ws_ping)
@@ -266,6 +287,8 @@ async def round_trips(base: str, config: Any, clients: int, seconds: float,
     for ws in sockets:
         await ws.close()
     ray.kill(bare)
+    for b in bares:
+        ray.kill(b)
     return results
 
 
@@ -391,6 +414,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--sockets", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--mix-rounds", type=int, default=3,
+                        help="interleaved rounds of bare / room / websocket round trips")
     parser.add_argument("--window", type=int, default=32,
                         help="frames in flight per client in the pipelined run")
     parser.add_argument("--ingress", choices=["haproxy", "proxy"], default="haproxy",
@@ -418,7 +443,7 @@ def main() -> None:
         _progress(f"gateway at {url}; 1. round trips ({args.clients} clients, "
                   f"{args.seconds:g} s each)")
         rt = asyncio.run(round_trips(base, config, args.clients, args.seconds,
-                                     args.window))
+                                     args.window, args.mix_rounds))
         _progress(f"2. broadcast to {args.sockets} sockets, {args.rounds} rounds")
         fan, fan_rate = asyncio.run(broadcast(base, args.sockets, args.rounds))
         _progress(f"3. cold activation, {args.activations} of each")
@@ -437,6 +462,7 @@ def main() -> None:
         ("room.message userUpdate, 1 client", rt["room1"]),
         ("websocket userUpdate, 1 client", rt["ws1"]),
         (f"bare actor call, {c} clients", rt["bare"]),
+        (f"bare, {c} clients, an actor each", rt["bares"]),
         (f"room.message userUpdate, {c} clients", rt["room"]),
         (f"websocket userUpdate, {c} clients", rt["ws"]),
         (f"websocket ping, {c} clients", rt["ping"]),
@@ -468,6 +494,8 @@ def main() -> None:
           f"target <= x{TARGET_P50_RATIO}: {verdict(ratio_p50 <= TARGET_P50_RATIO)}")
     print(f"  websocket userUpdate / bare call, p50 (1 client):   "
           f"x{p50('ws1') / p50('bare1'):.2f}")
+    print(f"  websocket userUpdate / bare call with an actor per client (as the rooms), "
+          f"p50 ({c} clients): x{p50('ws') / p50('bares'):.2f}")
     print(f"  websocket userUpdate throughput, pipelined ({c} clients x {args.window}): "
           f"{rate:.0f} messages/s (x{rate / rt['bare'][1]:.2f} of the bare calls/s, "
           f"x{rate / rt['ws'][1]:.2f} of one-at-a-time)   target >= {TARGET_RATE:.0f}/s: "
