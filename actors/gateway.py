@@ -40,6 +40,13 @@ missed; on ``gap`` the channel sends ``roomState`` to all its sockets; on
 reactivates the room through :func:`actors.directory.get_room` (or when another
 replica has reactivated it: it looks the actor up every ``wake_check_s``).
 
+Reconnects: every socket gets an id, passed to the room with its ``connect`` and its
+``close`` (with the sequence number of the last entry written to it). A close that a
+reconnect of the same connection id has overtaken is ignored by the room; a reconnect
+is sent again what its connection was owed and did not get, also when the replica that
+served it died without a close (the room knows that replica's last cursor). See
+``RoomActor.connect``.
+
 WebSocket close codes sent by the gateway:
 
 =====  ===========================================================================
@@ -276,11 +283,17 @@ class RoomRef:
 
 
 class _Socket:
-    """One accepted WebSocket and its ordered send queue (one writer task)."""
+    """One accepted WebSocket and its ordered send queue (one writer task).
+
+    ``id`` names this socket to the room (a reconnect of the same ``conn`` is another
+    socket); ``sent_seq`` is the outbox sequence number of the last entry written to
+    it, which its close reports so that a reconnect gets what came after."""
 
     def __init__(self, conn: str, ws: WebSocket, queue_size: int) -> None:
         self.conn = conn
         self.ws = ws
+        self.id = uuid.uuid4().hex
+        self.sent_seq: int | None = None
         self.queue: asyncio.Queue[Any] = asyncio.Queue(queue_size)
         self.done = asyncio.Event()
         self.closing = False
@@ -290,11 +303,11 @@ class _Socket:
         self.drained.set()
         self.task = asyncio.ensure_future(self._writer())
 
-    def send(self, text: str) -> None:
+    def send(self, text: str, seq: int | None = None) -> None:
         if self.closing:
             return
         try:
-            self.queue.put_nowait(text)
+            self.queue.put_nowait((text, seq))
         except asyncio.QueueFull:
             self._overflow()
 
@@ -303,7 +316,7 @@ class _Socket:
             return
         self.closing = True
         try:
-            self.queue.put_nowait((code, reason))
+            self.queue.put_nowait((None, (code, reason)))
         except asyncio.QueueFull:
             self.closing = False
             self._overflow()
@@ -327,11 +340,13 @@ class _Socket:
     async def _writer(self) -> None:
         try:
             while True:
-                item = await self.queue.get()
-                if isinstance(item, tuple):
-                    await self._close_now(*item)
+                text, extra = await self.queue.get()
+                if text is None:
+                    await self._close_now(*extra)
                     return
-                await self.ws.send_text(item)
+                await self.ws.send_text(text)
+                if extra is not None:
+                    self.sent_seq = extra
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - the client went away
@@ -593,8 +608,9 @@ class RoomChannel:
         else:
             targets = [s for g in self.sockets.values() for s in g]
         if data is not None:
+            seq = entry["seq"]
             for sock in targets:
-                sock.send(data)
+                sock.send(data, seq)
         if close:
             code, reason = close
             for sock in list(self.sockets.get(conn, ())):
@@ -766,7 +782,9 @@ class GatewayServer:
         code, reason, connected = 1006, "", False
         try:
             await channel.ready()
-            await channel.ref.call("connect", conn, name)
+            if sock.sent_seq is None:
+                sock.sent_seq = channel.cursor
+            await channel.ref.call("connect", conn, name, channel.poller, sock.id)
             connected = True
             code, reason = await self._relay(ws, sock, channel)
         except RoomUnavailable:
@@ -797,7 +815,7 @@ class GatewayServer:
         """Tell the room that ``sock`` closed, once its queued frames have been handled
         (at most ``max_backoff_s`` * 4 seconds later)."""
         await _wait(sock.drained, self.limits.max_backoff_s * 4)
-        await channel.ref.call("close", sock.conn, code, reason)
+        await channel.ref.call("close", sock.conn, code, reason, sock.id, sock.sent_seq)
 
     async def _relay(self, ws: WebSocket, sock: _Socket,
                      channel: RoomChannel) -> tuple[int, str]:

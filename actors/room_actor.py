@@ -64,6 +64,12 @@ def _entry(seq: int, out: Outgoing) -> dict[str, Any]:
     }
 
 
+def _bounded(table: dict[str, Any], size: int = 4096) -> None:
+    """Forget the oldest keys of ``table`` beyond ``size`` (insertion order)."""
+    while len(table) > size:
+        table.pop(next(iter(table)))
+
+
 class RoomActor:
     """One room, its storage, its outbox, its alarm and its AI jobs.
 
@@ -108,6 +114,11 @@ class RoomActor:
         # poller id -> the newest seq an in-flight ``deliver`` of that poller will return
         self._claimed: dict[str, float] = {}
         self._poll_waiters: dict[int, str | None] = {}  # waiting polls -> their poller
+        # replay on reconnect (this activation only; see connect())
+        self._poller_cursor: dict[str, int] = {}  # poller -> the newest cursor it sent
+        self._conn_poller: dict[str, str] = {}  # conn -> the poller of its last socket
+        self._conn_socket: dict[str, str] = {}  # conn -> the id of its current socket
+        self._conn_delivered: dict[str, int] = {}  # conn -> last seq its closed socket had
         # timers and jobs
         self._alarm_task: asyncio.Task | None = None
         self._alarm_at: float | None = None
@@ -278,8 +289,25 @@ class RoomActor:
 
     # ---- the actor's API (called by gateways, the CLI, the scheduler) --------------
 
-    async def connect(self, conn: str, name: str) -> int:
+    async def connect(self, conn: str, name: str, poller: str | None = None,
+                      socket: str | None = None) -> int:
         """A client connected as connection ``conn`` with the authenticated ``name``.
+
+        When ``conn`` connected before in this activation, the messages it was owed
+        and did not get are sent to it again first (``to: one``, in their order, as new
+        outbox entries), then the connect's own ``roomState``. What it did not get is
+        known from the close of its last socket (``delivered``), or, when that socket's
+        gateway replica died without a close, from the last cursor that replica's
+        poller sent (at-least-once: a message it had just fanned out may come twice).
+        Closes and ``roomState`` broadcasts are not replayed (the connect broadcasts
+        a newer ``roomState``); nor are messages no longer in the outbox.
+
+        Args:
+            conn: the connection id (partysocket's ``_pk``, stable across reconnects).
+            name: the authenticated user name.
+            poller: the gateway poller id that serves this socket.
+            socket: an id unique to this socket; a later :meth:`close` with another
+                socket id is stale and ignored.
 
         Returns:
             The outbox sequence number of the last message released so far.
@@ -287,7 +315,45 @@ class RoomActor:
         Raises:
             RoomHibernating: the actor is exiting; reactivate through ``get_room``.
         """
-        return await self._turn(lambda room, now: room.on_connect(conn, name, now), "connect")
+        def hook(room: Room, now: float) -> Effects:
+            owed = self._owed(conn, poller)
+            if socket is not None:
+                self._conn_socket[conn] = socket
+                _bounded(self._conn_socket)
+            if poller is not None:
+                self._conn_poller[conn] = poller
+                _bounded(self._conn_poller)
+            fx = room.on_connect(conn, name, now)
+            replay = [m for m in (json.loads(e["data"]) for e in owed)
+                      if m.get("type") != "roomState"]  # the connect sends a newer one
+            if replay:
+                fx.messages[:0] = [Outgoing("one", conn, m) for m in replay]
+            return fx
+
+        return await self._turn(hook, "connect")
+
+    def _owed(self, conn: str, poller: str | None) -> list[dict[str, Any]]:
+        """The released entries with data addressed to ``conn`` that its last socket
+        did not get (see :meth:`connect`)."""
+        start = self._conn_delivered.pop(conn, None)
+        if start is None:
+            old = self._conn_poller.get(conn)
+            if old is None or old == poller:
+                return []
+            start = self._poller_cursor.get(old)
+            if start is None:
+                return []
+        if self._outbox_seqs and self._outbox_seqs[0] > start + 1:
+            log.warning("room %s: %s was owed messages no longer in the outbox",
+                        self.room_id, conn[:64])
+        begin = bisect.bisect_right(self._outbox_seqs, start)
+        owed = []
+        for i in range(begin, len(self._outbox)):
+            e = self._outbox[i]
+            to = e["to"]
+            if e["data"] is not None and (to == "all" or (to == "one") == (e["conn"] == conn)):
+                owed.append(e)
+        return owed
 
     async def message(self, conn: str, text: str | bytes) -> int:
         """Handle one client frame from ``conn``; returns after its turn is durable.
@@ -327,6 +393,9 @@ class RoomActor:
                 send the batch again (no frame of it was handled).
         """
         room = await self._ensure_active()
+        if poller is not None and cursor is not None:
+            self._poller_cursor[poller] = cursor
+            _bounded(self._poller_cursor)
         started = time.perf_counter()
         kinds: list[str] = []
         effects: list[Effects] = []
@@ -378,9 +447,32 @@ class RoomActor:
         return {"cursor": entries[-1]["seq"], "entries": entries,
                 "gap": entries[0]["seq"] != cursor + 1, "hibernating": False}
 
-    async def close(self, conn: str, code: int = 1000, reason: str = "") -> int:
-        """The socket of ``conn`` closed (Orange's ``onClose``). Returns as ``connect``."""
-        return await self._turn(lambda room, now: room.on_close(conn, code, reason), "close")
+    async def close(self, conn: str, code: int = 1000, reason: str = "",
+                    socket: str | None = None, delivered: int | None = None) -> int:
+        """The socket of ``conn`` closed (Orange's ``onClose``).
+
+        Args:
+            conn, code, reason: the connection and the close code and reason.
+            socket: the closed socket's id (as given to :meth:`connect`); when ``conn``
+                has connected since with another socket, this close is stale and
+                changes nothing (the new socket stays).
+            delivered: the sequence number of the last message the socket was sent;
+                a reconnect of ``conn`` gets what came after it (see :meth:`connect`).
+
+        Returns:
+            As :meth:`connect`.
+        """
+        def hook(room: Room, now: float) -> Effects:
+            current = self._conn_socket.get(conn)
+            if socket is not None and current is not None and current != socket:
+                return Effects()  # a reconnect overtook this close
+            self._conn_socket.pop(conn, None)
+            if delivered is not None:
+                self._conn_delivered[conn] = delivered
+                _bounded(self._conn_delivered)
+            return room.on_close(conn, code, reason)
+
+        return await self._turn(hook, "close")
 
     async def alarm(self, *, force: bool = False) -> bool:
         """Run the room's alarm if it is due (or ``force``).
@@ -429,6 +521,9 @@ class RoomActor:
         last = self._released_seq
         if cursor is None:
             return {"cursor": last, "entries": [], "gap": False, "hibernating": False}
+        if poller is not None:
+            self._poller_cursor[poller] = cursor
+            _bounded(self._poller_cursor)
         result = self._since(cursor)
         if result["gap"]:
             return result

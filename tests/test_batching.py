@@ -223,11 +223,14 @@ class RecordingSocket:
     def __init__(self, conn: str) -> None:
         self.conn = conn
         self.sent: list[str] = []
+        self.seqs: list[int] = []
         self.closed: list[tuple[int, str]] = []
 
-    def send(self, text: str) -> None:
-        """Record one text frame."""
+    def send(self, text: str, seq: int | None = None) -> None:
+        """Record one text frame (``seq``: its outbox sequence number, if any)."""
         self.sent.append(text)
+        if seq is not None:
+            self.seqs.append(seq)
 
     def close(self, code: int, reason: str = "") -> None:
         """Record a close ``(code, reason)``."""
@@ -455,3 +458,121 @@ async def test_a_hole_no_deliver_can_fill_resends_room_state(gateway):
         assert [u["id"] for u in state["state"]["users"]] == ["x"]
         assert [m["n"] for m in rest] == [7, 8]
     assert channel.cursor == 8 and channel.held == {} and channel.stats["gaps"] == 1
+
+
+# ---- reconnects: replay of owed messages, stale closes ---------------------------------
+
+
+def _data(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [json.loads(e["data"]) for e in entries if e["data"] is not None]
+
+
+async def test_a_reconnect_after_its_replica_died_gets_the_messages_it_was_owed():
+    """``a``'s replica (poller P1) dies without a close; ``b`` sends ``a`` a direct
+    message meanwhile. When ``a`` reconnects through another poller, the direct message
+    is sent to it again, before the connect's ``roomState``; ``b`` gets no replay."""
+    actor = RoomActor(f"batch-{uuid.uuid4().hex[:8]}", RoomsConfig(idle_timeout=0),
+                      store=MemoryStore())
+    try:
+        await actor.connect("a", "a", "P1", "s-a1")
+        await actor.connect("b", "b", "P2", "s-b1")
+        cursor = (await actor.poll(None, 0, "P1"))["cursor"]
+        await actor.poll(cursor, 0, "P1")  # P1 has delivered up to here, then dies
+        await actor.message("b", json.dumps({"type": "directMessage", "to": "a",
+                                             "message": "while you were away"}))
+        before = (await actor.poll(None, 0))["cursor"]
+        await actor.connect("a", "a", "P3", "s-a2")
+        after = _data((await actor.poll(before, 0))["entries"])
+        owed = [m for m in after if m["type"] == "directMessage"]
+        assert owed == [{"type": "directMessage", "from": "b", "message": "while you were away"}]
+        kinds = [m["type"] for m in after]
+        assert kinds.index("directMessage") < kinds.index("roomState")
+        entries = (await actor.poll(before, 0))["entries"]
+        dm = next(e for e in entries if json.loads(e["data"])["type"] == "directMessage")
+        assert dm["to"] == "one" and dm["conn"] == "a"
+
+        # a plain reconnect through the same poller replays nothing
+        before = (await actor.poll(None, 0))["cursor"]
+        await actor.connect("b", "b", "P2", "s-b2")
+        assert "directMessage" not in [m["type"] for m in
+                                       _data((await actor.poll(before, 0))["entries"])]
+    finally:
+        stop_timers(actor)
+
+
+async def test_a_close_reports_what_its_socket_had_and_a_stale_close_changes_nothing():
+    """A close that names an older socket of ``a`` (its reconnect overtook it) leaves
+    ``a`` connected; the close of the current socket removes it, and the next
+    reconnect gets the non-``roomState`` messages after the close's ``delivered``."""
+    actor = RoomActor(f"batch-{uuid.uuid4().hex[:8]}", RoomsConfig(idle_timeout=0),
+                      store=MemoryStore())
+    try:
+        await actor.connect("a", "a", "P1", "s1")
+        await actor.connect("b", "b", "P1", "s-b")
+        await actor.connect("a", "a", "P1", "s2")  # the reconnect overtakes s1's close
+        await actor.close("a", 1006, "", "s1", None)
+        assert (await actor.info())["connections"] == 2  # s2 stays
+        delivered = (await actor.poll(None, 0))["cursor"]
+        # b's message to a, released before s2 closes, that s2 never got
+        await actor.message("b", json.dumps({"type": "directMessage", "to": "a",
+                                             "message": "late"}))
+        await actor.close("a", 1001, "going away", "s2", delivered)
+        assert (await actor.info())["connections"] == 1
+        before = (await actor.poll(None, 0))["cursor"]
+        await actor.connect("a", "a", "P1", "s3")
+        replayed = [m for m in _data((await actor.poll(before, 0))["entries"])
+                    if m["type"] == "directMessage"]
+        assert [m["message"] for m in replayed] == ["late"]
+    finally:
+        stop_timers(actor)
+
+
+def _replica_actor(replica_id: str):
+    """The Serve replica actor whose replica id is ``replica_id``."""
+    import ray
+
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        if entry["name"].endswith(replica_id) and "SERVE_REPLICA" in entry["name"]:
+            return ray.get_actor(entry["name"], namespace=entry["namespace"])
+    raise AssertionError(f"no Serve replica actor {replica_id!r}")
+
+
+@pytest.mark.ray
+async def test_a_replica_restart_loses_no_message_its_client_was_owed(gateway):
+    """The replica serving ``a`` is killed (Serve starts another). While ``a`` is away,
+    ``b`` sends it a direct message; ``a`` reconnects with the same ``_pk``
+    and receives it, then the current ``roomState``."""
+    import ray
+
+    room = f"batch-{uuid.uuid4().hex[:10]}"
+    a = await open_client(gateway["ws"], room, "a")
+    try:
+        await a.wait_for(lambda m: m["type"] == "roomState", "a's connect")
+        replica = a.ws.response.headers["x-rooms-replica"]
+        ray.kill(_replica_actor(replica), no_restart=True)
+        await asyncio.wait_for(a.task, 30)  # the socket dropped with its replica
+        from actors.directory import get_room
+
+        handle = get_room(room, gateway["config"])  # b talks to the room directly
+        await handle.connect.remote("b", "b")
+        await handle.message.remote("b", json.dumps(
+            {"type": "directMessage", "to": "a", "message": "owed"}))
+        deadline = time.monotonic() + 60
+        while True:  # until Serve's new replica takes the reconnect
+            try:
+                again = await open_client(gateway["ws"], room, "a")
+                break
+            except (OSError, Exception) as error:  # noqa: BLE001 - refused or 502/503
+                assert time.monotonic() < deadline, f"no replica took the reconnect: {error}"
+                await asyncio.sleep(0.5)
+        try:
+            dm = await again.wait_for(
+                lambda m: m["type"] == "directMessage" and m["message"] == "owed",
+                "the owed direct message")
+            state = await again.wait_for(lambda m: m["type"] == "roomState", "roomState")
+            assert dm < state
+            assert again.ws.response.headers["x-rooms-replica"] != replica
+        finally:
+            await again.ws.close()
+    finally:
+        await a.ws.close()
