@@ -102,6 +102,7 @@ from .config import RoomsConfig
 from .directory import (InvalidRoomId, actor_name, get_room, list_room_actors,
                         validate_room_id)
 from .room_actor import RoomHibernating
+from .system import free_port
 
 __all__ = [
     "CLOSE_POLICY",
@@ -1069,14 +1070,15 @@ def deploy_gateway(
         raise ValueError(f"ingress must be 'haproxy' or 'proxy', not {ingress!r}")
     env: dict[str, str] = {}
     if ingress == "haproxy":
+        local = host if host not in ("0.0.0.0", "") else "127.0.0.1"
         if not _serve_running():
             reap_orphan_haproxy()
         # HAProxy's own metrics and stats listeners default to fixed ports (9101, 8404)
         # on every interface, which a second Ray on the machine would collide with.
         env = {**SERVE_INGRESS_ENV,
                "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": f"{settings.drain_s:g}",
-               "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port(host)),
-               "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port(host))}
+               "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port(local)),
+               "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port(local))}
     serve.start(http_options={"host": host, "port": port, "request_timeout_s": None},
                 controller_options={"runtime_env": {"env_vars": dict(env)}})
     deployment = Gateway.options(
@@ -1097,15 +1099,6 @@ def deploy_gateway(
         if time.monotonic() > deadline:
             raise TimeoutError(f"the gateway at {url} did not become ready")
         time.sleep(0.2)
-
-
-def _free_port(host: str) -> int:
-    """A TCP port free on ``host`` now (the OS's pick)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind((host if host not in ("0.0.0.0", "") else "127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _serve_running() -> bool:

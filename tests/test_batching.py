@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 import uuid
 from typing import Any
@@ -32,6 +31,7 @@ from websockets.exceptions import ConnectionClosed
 from actors.config import RoomsConfig
 from actors.gateway import GatewayLimits, RoomChannel, RoomRef, deploy_gateway, shutdown_gateway
 from actors.room_actor import RoomActor, RoomHibernating
+from actors.system import free_port
 from storage import MemoryStore, decode_snapshot
 
 APP = "rooms-batching-test"
@@ -321,12 +321,6 @@ async def test_accept_merges_interleaved_results_and_addresses_each_entry():
 # ---- the real gateway, on Ray -----------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def gateway(ray_session, tmp_path_factory):
     """One single-replica gateway (dev auth, generous rate limits) for the module;
@@ -334,7 +328,7 @@ def gateway(ray_session, tmp_path_factory):
     store = tmp_path_factory.mktemp("batching") / "rooms.sqlite3"
     config = RoomsConfig(namespace=f"rooms-batch-{uuid.uuid4().hex[:8]}",
                          store_url=f"sqlite:///{store}", idle_timeout=0, poll_timeout=5.0)
-    url = deploy_gateway(config, port=_free_port(), replicas=1, name=APP, dev=True,
+    url = deploy_gateway(config, port=free_port(), replicas=1, name=APP, dev=True,
                          limits=GatewayLimits(rate_per_s=1000, burst=1000))
     yield {"url": url, "ws": url.replace("http://", "ws://"), "config": config}
     shutdown_gateway(APP)
