@@ -9,12 +9,11 @@ Python proxy actor), then measures:
 1. **Round trip** with ``--clients`` concurrent clients, each sending its next message
    when the previous one's reply is back:
 
-   * ``bare actor call``: a trivial async Ray actor method of one actor (the baseline
-     the target is measured against);
-   * ``bare, an actor each``: the same with one bare actor per client, as many
-     processes as the WebSocket run has rooms (the like-for-like baseline: on 2 cores
-     a call into one of 8 mostly idle processes costs about twice the CPU of a call
-     into one busy process);
+   * ``bare actor call``: a trivial async Ray actor method of one actor, all clients
+     calling it (the baseline of a meeting: all clients in one room);
+   * ``bare, an actor each``: the same with one bare actor per client (the baseline of
+     a room per client: as many processes; on 2 cores a call into one of 8 mostly idle
+     processes costs about twice the CPU of a call into one busy process);
    * ``room.message (driver)``: ``room.message.remote()`` of a ``userUpdate`` from the
      driver, each client its own room (the turn changes state and is saved to SQLite
      before it returns);
@@ -23,11 +22,17 @@ Python proxy actor), then measures:
      (room turn -> SQLite save -> outbox) -> its result -> replica -> HAProxy ->
      socket; the reply is the ``roomState`` broadcast carrying the update (the room's
      only socket is the sender's);
+   * ``websocket, in one room``: the same clients all in one room (a meeting): every
+     ``userUpdate`` is broadcast to all of them, and each waits for the ``roomState``
+     carrying its own;
    * ``websocket ping``: ``partyserver-ping`` -> ``partyserver-pong`` (no state change,
-     no save) over the same sockets.
+     no save) over the per-client sockets.
 
    p50/p99 in milliseconds and messages per second (also with one client, for the
-   unloaded latency), over ``--mix-rounds`` interleaved rounds of the three kinds. Then **throughput**: the same sockets, each keeping
+   unloaded latency), over ``--mix-rounds`` interleaved rounds of the kinds. The
+   target compares like with like: the meeting against the one-actor baseline, the
+   room-per-client run against the actor-per-client baseline (the cross ratio is
+   printed too). Then **throughput**: the per-client sockets, each keeping
    ``--window`` ``userUpdate`` frames in flight (as a busy client or many users
    behind one replica do); messages per second = replies received per second.
 2. **Broadcast**: one ``userUpdate`` in a room of ``--sockets`` sockets; the time until
@@ -248,7 +253,23 @@ async def round_trips(base: str, config: Any, clients: int, seconds: float,
     for ws in sockets:  # the connect's roomState
         while json.loads(await ws.recv())["type"] != "roomState":
             pass
-    beats = asyncio.ensure_future(_heartbeats(sockets))
+    # a meeting: the same number of websocket clients, all in one room; every update
+    # is broadcast to all of them, and each waits for the roomState carrying its own
+    meeting = [await connect(f"{base}/parties/rooms/bench-m-{tag}"
+                             f"?_pk=m-{i}&username=m{i}", max_size=None)
+               for i in range(clients)]
+    for i, ws in enumerate(meeting):  # until each has seen every member
+        while True:
+            message = json.loads(await ws.recv())
+            if message["type"] == "roomState" and len(message["state"]["users"]) == clients:
+                break
+    beats = asyncio.ensure_future(_heartbeats(sockets + meeting))
+
+    async def ws_meeting(i: int, k: int) -> None:
+        ws = meeting[i]
+        await ws.send(update(f"m-{i}", k))
+        while _marker(json.loads(await ws.recv()), f"m-{i}") != k:
+            pass
 
     async def ws_update(i: int, k: int) -> None:
         ws = sockets[i]
@@ -263,13 +284,16 @@ async def round_trips(base: str, config: Any, clients: int, seconds: float,
             pass
 
     kinds = [("bare", bare_one), ("bares", bares_one), ("room", room_one),
-             ("ws", ws_update)]
+             ("ws", ws_update), ("meeting", ws_meeting)]
     for _, one in kinds:
         await _loop(clients, 0.5, one)  # warm-up
     # interleaved rounds, so that the machine's drift hits every kind alike
     for r in range(rounds):
         for name, one in kinds:
-            for key, n, span in [(f"{name}1", 1, seconds / 2), (name, clients, seconds)]:
+            runs = [(f"{name}1", 1, seconds / 2), (name, clients, seconds)]
+            if name == "meeting":  # one client alone would leave the others' queues full
+                runs = runs[1:]
+            for key, n, span in runs:
                 lat, rate = await _loop(n, span / rounds, one)
                 old_lat, old_rates = results.get(key, ([], []))
                 results[key] = (old_lat + lat, old_rates + [rate])
@@ -284,7 +308,7 @@ async def round_trips(base: str, config: Any, clients: int, seconds: float,
     _progress(f"  pipelined: {results['piped'][1]:.0f}/s with {clients} clients x "
               f"{window} in flight")
     beats.cancel()
-    for ws in sockets:
+    for ws in sockets + meeting:
         await ws.close()
     ray.kill(bare)
     for b in bares:
@@ -465,6 +489,7 @@ def main() -> None:
         (f"bare, {c} clients, an actor each", rt["bares"]),
         (f"room.message userUpdate, {c} clients", rt["room"]),
         (f"websocket userUpdate, {c} clients", rt["ws"]),
+        (f"websocket, {c} clients in one room", rt["meeting"]),
         (f"websocket ping, {c} clients", rt["ping"]),
         (f"websocket pipelined, {c}x{args.window}", rt["piped"]),
         (f"broadcast to {args.sockets} sockets", (fan, fan_rate)),
@@ -490,12 +515,18 @@ def main() -> None:
 
     print()
     print("ratios:")
-    print(f"  websocket userUpdate / bare call, p50 ({c} clients): x{ratio_p50:.2f}   "
-          f"target <= x{TARGET_P50_RATIO}: {verdict(ratio_p50 <= TARGET_P50_RATIO)}")
+    ratio_meeting = p50("meeting") / p50("bare")
+    ratio_rooms = p50("ws") / p50("bares")
+    print(f"  {c} websocket clients in one room / {c} clients of one bare actor, p50: "
+          f"x{ratio_meeting:.2f}   target <= x{TARGET_P50_RATIO}: "
+          f"{verdict(ratio_meeting <= TARGET_P50_RATIO)}")
+    print(f"  {c} websocket clients, a room each / {c} clients, a bare actor each, p50: "
+          f"x{ratio_rooms:.2f}   target <= x{TARGET_P50_RATIO}: "
+          f"{verdict(ratio_rooms <= TARGET_P50_RATIO)}")
+    print(f"  (across topologies: {c} rooms / one bare actor, p50: x{ratio_p50:.2f}; "
+          f"{c} bare actors / one bare actor: x{p50('bares') / p50('bare'):.2f})")
     print(f"  websocket userUpdate / bare call, p50 (1 client):   "
           f"x{p50('ws1') / p50('bare1'):.2f}")
-    print(f"  websocket userUpdate / bare call with an actor per client (as the rooms), "
-          f"p50 ({c} clients): x{p50('ws') / p50('bares'):.2f}")
     print(f"  websocket userUpdate throughput, pipelined ({c} clients x {args.window}): "
           f"{rate:.0f} messages/s (x{rate / rt['bare'][1]:.2f} of the bare calls/s, "
           f"x{rate / rt['ws'][1]:.2f} of one-at-a-time)   target >= {TARGET_RATE:.0f}/s: "
