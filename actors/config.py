@@ -60,5 +60,7 @@ class RoomsConfig(BaseSettings):
     idle_timeout: float = Field(60.0, ge=0, description="seconds; 0 disables hibernation")
     max_message_bytes: int = Field(64 * 1024, gt=0)
     outbox_size: int = Field(1024, gt=0)
+    max_connections: int = Field(
+        1000, gt=0, description="connections of one room across all gateway replicas")
     poll_timeout: float = Field(25.0, gt=0)
     services: ServiceEndpoints = Field(default_factory=ServiceEndpoints)

@@ -52,8 +52,9 @@ WebSocket close codes sent by the gateway:
 =====  ===========================================================================
 1008   policy violation: sustained rate-limit abuse (``"rate limit abuse"``)
 1011   the room could not be reached after retries (``"room unavailable"``)
-1013   try again later: the room is full in this replica (``"room full"``), or the
-       client reads too slowly (``"client too slow"``)
+1013   try again later: the room is full (``"room full"``: ``RoomsConfig.max_connections``
+       connections in the room, or ``max_connections_per_room`` sockets of it in this
+       replica), or the client reads too slowly (``"client too slow"``)
 other  codes the room asks for (e.g. 1000 ``"User left"``, 1011 heartbeat timeout)
 =====  ===========================================================================
 
@@ -101,7 +102,7 @@ from .auth import AuthError, AuthSettings, authenticate
 from .config import RoomsConfig
 from .directory import (InvalidRoomId, actor_name, get_room, list_room_actors,
                         validate_room_id)
-from .room_actor import RoomHibernating
+from .room_actor import RoomFull, RoomHibernating
 from .system import free_port
 
 __all__ = [
@@ -147,8 +148,8 @@ class GatewayLimits(BaseSettings):
         abuse_strikes: rate-limited frames tolerated (refilled at one per second)
             before the socket is closed with 1008.
         max_connections_per_room: sockets of one room *in one replica*; the next is
-            closed with 1013 ``room full`` (the cluster-wide cap is this times the
-            number of replicas).
+            closed with 1013 ``room full`` (the room itself caps its connections
+            across replicas at ``RoomsConfig.max_connections``).
         send_queue: messages queued for one socket before it is closed with 1013
             ``client too slow``.
         poll_timeout: seconds one long-poll waits in the room (``None``: the room's
@@ -791,6 +792,10 @@ class GatewayServer:
         except RoomUnavailable:
             sock.close(CLOSE_ROOM_UNAVAILABLE, "room unavailable")
             code, reason = CLOSE_ROOM_UNAVAILABLE, "room unavailable"
+            await _wait(sock.done, 2.0)
+        except RoomFull:  # the room's own cap, across replicas
+            sock.close(CLOSE_TRY_AGAIN, "room full")
+            code, reason = CLOSE_TRY_AGAIN, "room full"
             await _wait(sock.done, 2.0)
         except (WebSocketDisconnect, asyncio.CancelledError) as error:
             code = getattr(error, "code", 1006)

@@ -44,9 +44,14 @@ from storage.codec import Snapshot
 from . import metrics
 from .config import RoomsConfig
 
-__all__ = ["RoomActor", "RoomHibernating"]
+__all__ = ["RoomActor", "RoomFull", "RoomHibernating"]
 
 log = logging.getLogger("ray_rooms.room")
+
+
+class RoomFull(RuntimeError):
+    """The room has ``RoomsConfig.max_connections`` connections; the new one is refused
+    (the gateway closes its socket with 1013 ``room full``)."""
 
 
 class RoomHibernating(RuntimeError):
@@ -313,9 +318,14 @@ class RoomActor:
             The outbox sequence number of the last message released so far.
 
         Raises:
+            RoomFull: ``conn`` is new and the room already has ``max_connections``.
             RoomHibernating: the actor is exiting; reactivate through ``get_room``.
         """
         def hook(room: Room, now: float) -> Effects:
+            connections = room.data.connections
+            if conn not in connections and len(connections) >= self.config.max_connections:
+                raise RoomFull(f"room {self.room_id!r} is full "
+                               f"({self.config.max_connections} connections)")
             owed = self._owed(conn, poller)
             if socket is not None:
                 self._conn_socket[conn] = socket

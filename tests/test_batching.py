@@ -570,3 +570,48 @@ async def test_a_replica_restart_loses_no_message_its_client_was_owed(gateway):
             await again.ws.close()
     finally:
         await a.ws.close()
+
+
+async def test_a_room_refuses_a_connection_past_its_limit_but_not_a_reconnect():
+    """``max_connections=2``: a third connection id is refused with ``RoomFull`` and the
+    room is unchanged; a reconnect of a connected id is still accepted."""
+    from actors.room_actor import RoomFull
+
+    actor = RoomActor(f"batch-{uuid.uuid4().hex[:8]}",
+                      RoomsConfig(idle_timeout=0, max_connections=2), store=MemoryStore())
+    try:
+        await actor.connect("a", "a", "P", "s-a")
+        await actor.connect("b", "b", "P", "s-b")
+        seq = (await actor.poll(None, 0))["cursor"]
+        with pytest.raises(RoomFull, match="full"):
+            await actor.connect("c", "c", "P", "s-c")
+        assert (await actor.info())["connections"] == 2
+        assert (await actor.poll(None, 0))["cursor"] == seq  # nothing was sent
+        await actor.connect("a", "a", "P", "s-a2")
+        assert (await actor.info())["connections"] == 2
+    finally:
+        stop_timers(actor)
+
+
+@pytest.mark.ray
+async def test_the_room_limit_closes_the_next_socket_with_1013(gateway):
+    """A room created with ``max_connections=2``: the third socket through the gateway
+    is closed with 1013 ``room full``; the two others go on."""
+    from actors.directory import get_room
+
+    room = f"batch-{uuid.uuid4().hex[:10]}"
+    small = gateway["config"].model_copy(update={"max_connections": 2})
+    await get_room(room, small).state.remote()  # the room exists with the small limit
+    a = await open_client(gateway["ws"], room, "a")
+    b = await open_client(gateway["ws"], room, "b")
+    try:
+        await b.wait_for(lambda m: m["type"] == "roomState" and len(m["state"]["users"]) == 2,
+                         "both users")
+        c = await open_client(gateway["ws"], room, "c")
+        await asyncio.wait_for(c.task, 20)
+        assert (c.ws.close_code, c.ws.close_reason) == (1013, "room full")
+        assert not [m for m in c.messages if m["type"] == "roomState"]
+        await a.ws.send(json.dumps({"type": "partyserver-ping"}))
+        await a.wait_for(lambda m: m["type"] == "partyserver-pong", "the room going on")
+    finally:
+        await asyncio.gather(a.ws.close(), b.ws.close(), return_exceptions=True)
