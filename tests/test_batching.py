@@ -25,8 +25,9 @@ from typing import Any
 
 import httpx
 import pytest
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+
+from tests.wsclient import Client
+from tests.wsclient import open_client as open_ws
 
 from actors.config import RoomsConfig
 from actors.gateway import GatewayLimits, RoomChannel, RoomRef, deploy_gateway, shutdown_gateway
@@ -334,40 +335,9 @@ def gateway(ray_session, tmp_path_factory):
     shutdown_gateway(APP)
 
 
-class Client:
-    """A WebSocket client that records every message it receives, in order."""
-
-    def __init__(self, ws) -> None:
-        self.ws = ws
-        self.messages: list[dict[str, Any]] = []
-        self.task = asyncio.ensure_future(self._read())
-
-    async def _read(self) -> None:
-        try:
-            async for frame in self.ws:
-                self.messages.append(json.loads(frame))
-        except ConnectionClosed:
-            pass
-
-    async def wait_for(self, predicate, what: str, timeout: float = 20.0) -> int:
-        """Wait for a message matching ``predicate``; return its index in ``messages``.
-
-        Raises:
-            AssertionError: none arrived within ``timeout`` seconds.
-        """
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for i, message in enumerate(self.messages):
-                if predicate(message):
-                    return i
-            await asyncio.sleep(0.02)
-        raise AssertionError(f"timed out waiting for {what}; got {self.messages[-3:]}")
-
-
 async def open_client(base: str, room: str, conn: str) -> Client:
     """Connect ``conn`` (dev auth, user name = conn) to ``room`` through the gateway."""
-    url = f"{base}/parties/rooms/{room}?_pk={conn}&username={conn}"
-    return Client(await connect(url, open_timeout=20, max_size=None))
+    return await open_ws(f"{base}/parties/rooms/{room}?_pk={conn}&username={conn}")
 
 
 @pytest.mark.ray
@@ -377,10 +347,10 @@ async def test_pipelined_frames_come_back_in_order_in_fewer_deliver_calls(gatewa
     room, n = f"batch-{uuid.uuid4().hex[:10]}", 200
     client = await open_client(gateway["ws"], room, "p")
     try:
-        await client.wait_for(lambda m: m["type"] == "roomState", "the connect roomState")
+        await client.wait_index(lambda m: m["type"] == "roomState", "the connect roomState")
         for k in range(n):
             await client.ws.send(update("p", k))
-        await client.wait_for(lambda m: marker(m, "p") == n - 1, "the last reply", 30)
+        await client.wait_index(lambda m: marker(m, "p") == n - 1, "the last reply", 30)
         await asyncio.sleep(0.2)  # anything duplicated would arrive now
         seen = [marker(m, "p") for m in client.messages if marker(m, "p") is not None]
         assert seen == list(range(n))
@@ -406,15 +376,15 @@ async def test_a_close_reaches_the_room_after_the_sockets_queued_frames(gateway)
     a = await open_client(gateway["ws"], room, "a")
     b = await open_client(gateway["ws"], room, "b")
     try:
-        await a.wait_for(lambda m: m["type"] == "roomState", "a's connect")
-        await b.wait_for(lambda m: m["type"] == "roomState" and len(m["state"]["users"]) == 2,
+        await a.wait_index(lambda m: m["type"] == "roomState", "a's connect")
+        await b.wait_index(lambda m: m["type"] == "roomState" and len(m["state"]["users"]) == 2,
                          "both users")
         for k in range(20):
             await a.ws.send(update("a", k))
         await a.ws.send(json.dumps({"type": "muteUser", "id": "a"}))
         await a.ws.close()
 
-        muted = await b.wait_for(
+        muted = await b.wait_index(
             lambda m: marker(m, "a") == 19 and audio_enabled(m, "a") is False,
             "a's self-mute after its last update")
         states = [m for m in b.messages if marker(m, "a") is not None]
@@ -427,7 +397,7 @@ async def test_a_close_reaches_the_room_after_the_sockets_queued_frames(gateway)
             assert time.monotonic() < deadline, "the room never heard of a's close"
             await asyncio.sleep(0.05)
         await b.ws.send(json.dumps({"type": "directMessage", "to": "a", "message": "hi"}))
-        left = await b.wait_for(lambda m: m["type"] == "error" and "'a'" in m["error"],
+        left = await b.wait_index(lambda m: m["type"] == "error" and "'a'" in m["error"],
                                 "the room refusing a message to the gone socket")
         assert muted < left
     finally:
@@ -541,7 +511,7 @@ async def test_a_replica_restart_loses_no_message_its_client_was_owed(gateway):
     room = f"batch-{uuid.uuid4().hex[:10]}"
     a = await open_client(gateway["ws"], room, "a")
     try:
-        await a.wait_for(lambda m: m["type"] == "roomState", "a's connect")
+        await a.wait_index(lambda m: m["type"] == "roomState", "a's connect")
         replica = a.ws.response.headers["x-rooms-replica"]
         ray.kill(_replica_actor(replica), no_restart=True)
         await asyncio.wait_for(a.task, 30)  # the socket dropped with its replica
@@ -560,10 +530,10 @@ async def test_a_replica_restart_loses_no_message_its_client_was_owed(gateway):
                 assert time.monotonic() < deadline, f"no replica took the reconnect: {error}"
                 await asyncio.sleep(0.5)
         try:
-            dm = await again.wait_for(
+            dm = await again.wait_index(
                 lambda m: m["type"] == "directMessage" and m["message"] == "owed",
                 "the owed direct message")
-            state = await again.wait_for(lambda m: m["type"] == "roomState", "roomState")
+            state = await again.wait_index(lambda m: m["type"] == "roomState", "roomState")
             assert dm < state
             assert again.ws.response.headers["x-rooms-replica"] != replica
         finally:
@@ -605,13 +575,13 @@ async def test_the_room_limit_closes_the_next_socket_with_1013(gateway):
     a = await open_client(gateway["ws"], room, "a")
     b = await open_client(gateway["ws"], room, "b")
     try:
-        await b.wait_for(lambda m: m["type"] == "roomState" and len(m["state"]["users"]) == 2,
+        await b.wait_index(lambda m: m["type"] == "roomState" and len(m["state"]["users"]) == 2,
                          "both users")
         c = await open_client(gateway["ws"], room, "c")
         await asyncio.wait_for(c.task, 20)
         assert (c.ws.close_code, c.ws.close_reason) == (1013, "room full")
         assert not [m for m in c.messages if m["type"] == "roomState"]
         await a.ws.send(json.dumps({"type": "partyserver-ping"}))
-        await a.wait_for(lambda m: m["type"] == "partyserver-pong", "the room going on")
+        await a.wait_index(lambda m: m["type"] == "partyserver-pong", "the room going on")
     finally:
         await asyncio.gather(a.ws.close(), b.ws.close(), return_exceptions=True)

@@ -20,7 +20,9 @@ import httpx
 import jwt
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import InvalidStatus
+
+from tests.wsclient import open_client
 
 from actors.auth import AuthError, AuthSettings, authenticate, issue_token, verify_token
 from actors.config import RoomsConfig
@@ -79,41 +81,6 @@ def ws_url(base: str, room: str, conn: str, name: str | None = "alice", **query)
     if name is not None:
         params["token"] = token(name)
     return f"{base}/parties/rooms/{room}?" + "&".join(f"{k}={v}" for k, v in params.items())
-
-
-class Client:
-    """A websockets client that collects every message it receives."""
-
-    def __init__(self, ws) -> None:
-        self.ws = ws
-        self.messages: list[dict] = []
-        self.closed = asyncio.Event()
-        self.task = asyncio.ensure_future(self._read())
-
-    async def _read(self) -> None:
-        try:
-            async for frame in self.ws:
-                self.messages.append(json.loads(frame))
-        except ConnectionClosed:
-            pass
-        finally:
-            self.closed.set()
-
-    async def wait_for(self, predicate, what: str, timeout: float = 15.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for message in self.messages:
-                if predicate(message):
-                    return message
-            await asyncio.sleep(0.02)
-        raise AssertionError(f"timed out waiting for {what}; got {self.messages[-5:]}")
-
-    def send(self, message: dict) -> asyncio.Future:
-        return asyncio.ensure_future(self.ws.send(json.dumps(message)))
-
-
-async def open_client(url: str) -> Client:
-    return Client(await connect(url, open_timeout=20, max_size=None))
 
 
 def _user(state: dict, conn: str) -> dict | None:
