@@ -102,6 +102,17 @@ class Ledger:
         before = self.calls_counts if service == "calls" else self.openai_counts
         return counts.get(operation, 0) - before.get(operation, 0)
 
+    async def wait_requests(self, operation: str, service: str = "calls",
+                            at_least: int = 1, timeout: float = 10.0) -> int:
+        """Wait (bounded) until ``requests(operation, service) >= at_least``; return the
+        count. (A call's peer connection may close, when its Calls side goes, before the
+        hangup request arrives.)"""
+        deadline = time.monotonic() + timeout
+        while self.requests(operation, service) < at_least and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.1)  # a second request would land now
+        return self.requests(operation, service)
+
     def left_open(self, exclude: set[str] = frozenset()) -> dict[str, list]:
         """What the room created and did not release: open Calls sessions, active Calls
         tracks (``(sessionId, mid, trackName, location)``) and active OpenAI calls."""
@@ -235,7 +246,7 @@ async def test_ai_end_to_end_with_real_media(emu: Emulators, make_room) -> None:
         assert left == {"sessions": [], "tracks": [], "calls": []}
         assert ai_sid not in emu.calls.open_sessions()
         assert call_id not in emu.openai.active_calls()
-        assert ledger.requests("hangup", "openai") == 1
+        assert await ledger.wait_requests("hangup", "openai") == 1
 
 
 # ---------------------------------------------------------------- 2. failure modes
@@ -359,7 +370,8 @@ async def test_room_killed_during_enable(ray_session, emu: Emulators, make_room,
     assert len(ledger.new_sessions()) == 1
     assert await ledger.wait_released(timeout=10) == {"sessions": [], "tracks": [], "calls": []}
     if operation == "renegotiate":
-        assert len(ledger.new_calls()) == 1 and ledger.requests("hangup", "openai") == 1
+        assert len(ledger.new_calls()) == 1
+        assert await ledger.wait_requests("hangup", "openai") == 1
     # the room works again: a fresh enable succeeds
     await send(room, "alice", ENABLE)
     state = await wait_state(room, settled)
@@ -412,6 +424,6 @@ async def test_disable_while_pending_releases_the_late_result(emu: Emulators,
         assert time.monotonic() < deadline, "the stale enable job never finished"
         await asyncio.sleep(0.05)
     assert await ledger.wait_released(timeout=10) == {"sessions": [], "tracks": [], "calls": []}
-    assert ledger.requests("hangup", "openai") >= 1
+    assert await ledger.wait_requests("hangup", "openai") >= 1
     state = await room.state.remote()
     assert state["ai"] == {"enabled": False, "connectionPending": False}
