@@ -486,11 +486,13 @@ class RoomChannel:
                     result = None
                 finally:
                     self._in_flight = False
-                await self.accept(result)
-                for sock, _ in batch:
-                    sock.pending -= 1
-                    if sock.pending == 0:
-                        sock.drained.set()
+                try:
+                    await self.accept(result)
+                finally:
+                    for sock, _ in batch:
+                        sock.pending -= 1
+                        if sock.pending == 0:
+                            sock.drained.set()
         finally:
             self._sender = None
             self._room_caught_up.set()
@@ -510,10 +512,12 @@ class RoomChannel:
                     self.stats["gaps"] += 1
                     await self._send_state()
                     entries = result["entries"]
-                    cursor = entries[0]["seq"] - 1 if entries else result["cursor"]
-                    if cursor < self.cursor:  # the room's outbox is behind us: follow it
-                        self.held.clear()
-                    self.cursor = cursor
+                    if entries:  # skip the hole (never back: that would send twice)
+                        self.cursor = max(self.cursor, entries[0]["seq"] - 1)
+                    else:  # the room's end; behind us only after its outbox was lost
+                        if result["cursor"] < self.cursor:
+                            self.held.clear()
+                        self.cursor = result["cursor"]
                 for entry in result["entries"]:
                     if entry["seq"] > self.cursor:
                         self.held[entry["seq"]] = entry

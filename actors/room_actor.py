@@ -432,8 +432,7 @@ class RoomActor:
             finally:  # on an error the old claim stays
                 if poller is not None:
                     self._claimed[poller] = claimed
-                    while len(self._claimed) > 256:  # pollers of replicas long gone
-                        self._claimed.pop(next(iter(self._claimed)))
+                    _bounded(self._claimed, 256)  # pollers of replicas long gone
         await self._commit_through(version)
         for fx in effects:
             self._after_turn(fx)
@@ -534,9 +533,9 @@ class RoomActor:
         if poller is not None:
             self._poller_cursor[poller] = cursor
             _bounded(self._poller_cursor)
-        result = self._since(cursor)
-        if result["gap"]:
-            return result
+        if cursor > last or (cursor < last and not self._outbox_seqs):
+            # ahead of the outbox, or behind an outbox this activation no longer holds
+            return {"cursor": last, "entries": [], "gap": True, "hibernating": False}
         wait = self.config.poll_timeout if timeout is None else timeout
         deadline = time.monotonic() + wait
         while True:

@@ -293,6 +293,27 @@ async def test_accept_holds_entries_after_a_hole_until_the_deliver_fills_it():
     assert channel.stats["entries"] == 3 and channel.stats["gaps"] == 0
 
 
+async def test_a_gap_in_a_stale_deliver_result_sends_nothing_twice():
+    """A deliver sent at cursor 5 comes back with a gap (its older entries left the
+    outbox) after polls took the channel to 10: ``roomState`` is resent, and only 11
+    and 12 go out, not 7 to 10 again. A gap with no entries behind the channel (the
+    room's outbox was lost) makes the channel follow the room's end."""
+    channel, socks = make_channel(cursor=10)
+    resent: list[int] = []
+
+    async def send_state() -> None:  # the room's state call needs Ray: count it here
+        resent.append(channel.cursor)
+
+    channel._send_state = send_state
+    await channel.accept(result([entry(seq) for seq in range(7, 13)], gap=True))
+    assert seqs(socks["a"]) == [11, 12] and channel.cursor == 12 and resent == [10]
+
+    await channel.accept(result([], cursor=3, gap=True))
+    assert channel.cursor == 3 and len(resent) == 2
+    await channel.accept(result([entry(4)]))
+    assert seqs(socks["a"]) == [11, 12, 4]
+
+
 async def test_accept_merges_interleaved_results_and_addresses_each_entry():
     """Overlapping poll and deliver results, in any order, come out as one in-order
     stream; ``one``/``except`` entries and closes reach only their sockets."""
