@@ -1,7 +1,7 @@
 """The Cloudflare Calls client: sessions and tracks of the SFU over HTTP.
 
-Implements :class:`rooms.ports.MediaBridge` against the API specified by
-``shared/specs/cloudflare-realtime-api-2024-05-21.yaml`` (base URL
+Implements :class:`rooms.ports.MediaBridge` against the contract
+``bridges/contracts/calls.yaml`` (from Cloudflare's published ``realtime-api-2024-05-21.yaml``; base URL
 ``https://rtc.live.cloudflare.com/v1`` or a local emulator's), authenticating with the
 app secret as a bearer token (the spec's ``secret`` security scheme).
 

@@ -1,7 +1,7 @@
 """The OpenAI Realtime client: create and hang up WebRTC calls with the voice model.
 
-Implements :class:`rooms.ports.AiService` against the GA endpoints of
-``shared/specs/openai-realtime-openapi-excerpt.yaml``:
+Implements :class:`rooms.ports.AiService` against the GA endpoints of the
+contract ``bridges/contracts/openai_realtime.yaml`` (from OpenAI's published OpenAPI document):
 
 * ``POST {base}/realtime/calls`` (create-realtime-call): ``multipart/form-data`` with a
   ``sdp`` part (``application/sdp``, the offer) and a ``session`` part

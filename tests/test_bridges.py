@@ -5,7 +5,7 @@ module) plays Cloudflare Calls (``/v1/apps/{appId}/...``) and OpenAI Realtime
 (``/v1/realtime/calls...``). It records every request, checks the bearer token, and
 answers either like the spec's examples or with a fault a test injected (error statuses,
 per-track errors, slow answers, malformed SDP). Every request the clients send, and every
-non-fault answer the fake gives, is validated against the spec files (``tests/specs.py``).
+non-fault answer the fake gives, is validated against the spec files (``tests/contracts.py``).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from bridges import (
     validate_sdp,
 )
 from rooms.ports import AiService, MediaBridge, SessionDescription, TrackObject
-from tests.specs import (
+from tests.contracts import (
     SpecViolation,
     openai_schema,
     validate_calls_request,
@@ -768,7 +768,7 @@ def emulators() -> Any:
 
 async def test_ai_flow_against_the_emulators(emulators: Any) -> None:
     """enableAi's calls, then cleanup, against the emulators; every exchange spec-checked."""
-    from tests.specs import validate_calls_exchange, validate_openai_exchange
+    from tests.contracts import validate_calls_exchange, validate_openai_exchange
 
     checked: list[str] = []
 

@@ -1,7 +1,7 @@
 """The local Calls SFU and OpenAI Realtime emulators: spec shapes, errors, faults, real media.
 
 Real HTTP on loopback (httpx), real aiortc peers, every 2xx exchange validated against
-the specs with tests/specs.py; error bodies checked against the services' error shapes.
+the specs with tests/contracts.py; error bodies checked against the services' error shapes.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from bridges.local import Emulators, start_emulators
 from bridges.local.ice import loopback_peer_connection
 from bridges.local.media import AudioRecorder, ToneTrack, dominant_frequency, rms
 from bridges.local.participant import Participant
-from tests.specs import openai_schema, validate_calls_exchange, validate_openai_exchange
+from tests.contracts import openai_schema, validate_calls_exchange, validate_openai_exchange
 
 pytestmark = pytest.mark.media
 

@@ -3,7 +3,7 @@
 It publishes a :class:`~bridges.local.media.ToneTrack` (``sessions/new``, then
 ``tracks/new`` with its own offer), pulls remote tracks (``tracks/new`` remote, then
 ``renegotiate`` with its answer), and reports what it hears (dominant frequency, level).
-It speaks the Calls spec (``shared/specs/cloudflare-realtime-api-2024-05-21.yaml``)
+It speaks the Calls API (contract ``bridges/contracts/calls.yaml``)
 directly with httpx: it is test tooling, not the project's Calls bridge.
 
 ::

@@ -1,5 +1,5 @@
-"""An OpenAI-Realtime-compatible peer on aiortc (the OpenAI spec excerpt,
-``shared/specs/openai-realtime-openapi-excerpt.yaml``).
+"""An OpenAI-Realtime-compatible peer on aiortc (the contract
+``bridges/contracts/openai_realtime.yaml``).
 
 Paths, under ``base_path`` (``/v1``):
 

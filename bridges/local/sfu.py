@@ -1,5 +1,5 @@
-"""A Cloudflare-Calls-compatible SFU emulator on aiortc (the Calls spec,
-``shared/specs/cloudflare-realtime-api-2024-05-21.yaml``).
+"""A Cloudflare-Calls-compatible SFU emulator on aiortc (the contract
+``bridges/contracts/calls.yaml``).
 
 Every Calls session is a real ``RTCPeerConnection`` in the emulator; published tracks
 are relayed (``aiortc.contrib.media.MediaRelay``) to the sessions that pull them, so

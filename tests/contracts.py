@@ -1,22 +1,16 @@
-"""Contract checks against the published API specs, for tests.
+"""Contract checks against the project's API contracts, for tests.
 
-Loads the two OpenAPI files of ``shared/specs/`` and validates HTTP requests and
-responses against them with openapi-core, whatever base URL they were sent to (the real
-services, the local emulators or a loopback test server):
+Loads the two OpenAPI contracts in ``bridges/contracts/`` and validates HTTP requests
+and responses against them with openapi-core, whatever base URL they were sent to (the
+real services, the local emulators or a loopback test server):
 
-* the Cloudflare Calls spec, ``cloudflare-realtime-api-2024-05-21.yaml``: every path
-  from ``/apps/...`` on;
-* the OpenAI excerpt, ``openai-realtime-openapi-excerpt.yaml``: every path from
-  ``/realtime/...`` on (the excerpt's ``$ref``s to schemas that were not copied are
-  stubbed as "any value", and it is given the ``openapi``/``info``/``servers`` header
-  that an excerpt lacks).
-
-The spec directory is ``../shared/specs`` relative to the repository root, or the
-directory named by the environment variable ``ROOMS_SPECS_DIR``.
+* the Cloudflare Calls contract, ``calls.yaml``: every path from ``/apps/...`` on;
+* the OpenAI Realtime contract, ``openai_realtime.yaml``: every path from
+  ``/realtime/...`` on.
 
 Usage::
 
-    from tests.specs import validate_calls_request, validate_calls_response
+    from tests.contracts import validate_calls_request, validate_calls_response
 
     validate_calls_request("POST", url, headers, body)          # raises SpecViolation
     validate_calls_response("POST", url, 201, headers, body)
@@ -31,8 +25,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -43,14 +35,13 @@ import yaml
 from openapi_core import Config, OpenAPI
 from openapi_core.testing import MockRequest, MockResponse
 
+from bridges.contracts import CALLS_CONTRACT, OPENAI_CONTRACT
+
 __all__ = [
-    "CALLS_SPEC_FILE",
-    "OPENAI_SPEC_FILE",
     "SpecViolation",
     "calls_spec",
     "openai_schema",
     "openai_spec",
-    "specs_dir",
     "validate_calls_exchange",
     "validate_calls_request",
     "validate_calls_response",
@@ -58,9 +49,6 @@ __all__ = [
     "validate_openai_request",
     "validate_openai_response",
 ]
-
-CALLS_SPEC_FILE = "cloudflare-realtime-api-2024-05-21.yaml"
-OPENAI_SPEC_FILE = "openai-realtime-openapi-excerpt.yaml"
 
 _CALLS_SERVER = "https://rtc.live.cloudflare.com/v1"
 _OPENAI_SERVER = "https://api.openai.com/v1"
@@ -70,60 +58,30 @@ Headers = Mapping[str, str] | httpx.Headers | None
 
 
 class SpecViolation(AssertionError):
-    """A request or response does not match its API spec (the message lists why)."""
+    """A request or response does not match its API contract (the message lists why)."""
 
 
-def specs_dir() -> Path:
-    """Return the directory holding the spec files.
-
-    ``$ROOMS_SPECS_DIR`` if set, else ``<repo root>/../shared/specs`` (the repo root is
-    the parent of this ``tests/`` folder).
-    """
-    env = os.environ.get("ROOMS_SPECS_DIR")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parent.parent.parent / "shared" / "specs"
-
-
-def _load_yaml(name: str) -> dict[str, Any]:
-    with open(specs_dir() / name, encoding="utf-8") as f:
+def _load_yaml(path: Path) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
         return yaml.safe_load(f)
 
 
 @functools.cache
 def calls_spec() -> OpenAPI:
-    """Return the Cloudflare Calls spec as an openapi-core ``OpenAPI`` (loaded once)."""
-    return OpenAPI.from_dict(_load_yaml(CALLS_SPEC_FILE))
+    """Return the Cloudflare Calls contract as an openapi-core ``OpenAPI`` (loaded once)."""
+    return OpenAPI.from_dict(_load_yaml(CALLS_CONTRACT))
 
 
 @functools.cache
 def _openai_dict() -> dict[str, Any]:
-    raw = _load_yaml(OPENAI_SPEC_FILE)
-    spec: dict[str, Any] = {
-        # The excerpt uses `type: "null"`, i.e. OpenAPI 3.1 schemas.
-        "openapi": "3.1.0",
-        "info": {"title": "OpenAI Realtime (excerpt)", "version": "excerpt"},
-        "servers": [{"url": _OPENAI_SERVER}],
-        "paths": raw["paths"],
-        "components": copy.deepcopy(raw.get("components") or {}),
-    }
-    schemas = spec["components"].setdefault("schemas", {})
-    text = yaml.safe_dump(raw)
-    for name in sorted(set(re.findall(r"#/components/schemas/([A-Za-z0-9_.-]+)", text))):
-        schemas.setdefault(name, {})  # not copied into the excerpt: accept any value
-    return spec
+    return _load_yaml(OPENAI_CONTRACT)
 
 
 @functools.cache
 def openai_spec() -> OpenAPI:
-    """Return the OpenAI Realtime excerpt as an openapi-core ``OpenAPI`` (loaded once).
-
-    The document itself is not checked by openapi-spec-validator: upstream it declares
-    ``default: null`` on a non-nullable object (``audio.input.noise_reduction``), which
-    the spec validator rejects; requests and responses are still validated in full.
-    """
+    """Return the OpenAI Realtime contract as an openapi-core ``OpenAPI`` (loaded once;
+    the document itself is checked by openapi-spec-validator)."""
     config = Config(
-        spec_validator_cls=None,
         extra_media_type_deserializers={"application/sdp": _sdp_loads},
     )
     return OpenAPI.from_dict(_openai_dict(), config=config)
@@ -135,9 +93,9 @@ def _sdp_loads(value: bytes, **parameters: str) -> str:
 
 
 def openai_schema(name: str) -> dict[str, Any]:
-    """Return ``components.schemas[name]`` of the OpenAI excerpt as a JSON Schema dict.
+    """Return ``components.schemas[name]`` of the OpenAI contract as a JSON Schema dict.
 
-    The result carries the excerpt's other schemas under ``components`` so that its
+    The result carries the contract's other schemas under ``components`` so that its
     ``#/components/schemas/...`` references resolve (use with ``jsonschema``'s
     ``Draft202012Validator``).
     """
@@ -211,7 +169,7 @@ def _validate_response(spec: OpenAPI, method: str, url: str, status: int, header
 
 
 def validate_calls_request(method: str, url: str, headers: Headers, body: Body) -> None:
-    """Validate one request against the Calls spec.
+    """Validate one request against the Calls contract.
 
     Args:
         method: the HTTP method, any case.
@@ -228,7 +186,7 @@ def validate_calls_request(method: str, url: str, headers: Headers, body: Body) 
 
 def validate_calls_response(method: str, url: str, status: int, headers: Headers,
                             body: Body) -> None:
-    """Validate one response (status, headers, JSON body) against the Calls spec.
+    """Validate one response (status, headers, JSON body) against the Calls contract.
 
     Args: as :func:`validate_calls_request`, plus ``status`` (the HTTP status code).
 
@@ -240,7 +198,7 @@ def validate_calls_response(method: str, url: str, status: int, headers: Headers
 
 
 def validate_openai_request(method: str, url: str, headers: Headers, body: Body) -> None:
-    """Validate one request against the OpenAI Realtime excerpt.
+    """Validate one request against the OpenAI Realtime contract.
 
     ``POST /realtime/calls`` as ``multipart/form-data`` is decoded part by part (the
     ``session`` part as JSON against ``RealtimeSessionCreateRequestGA``).
@@ -255,7 +213,7 @@ def validate_openai_request(method: str, url: str, headers: Headers, body: Body)
 
 def validate_openai_response(method: str, url: str, status: int, headers: Headers,
                              body: Body) -> None:
-    """Validate one response against the OpenAI Realtime excerpt.
+    """Validate one response against the OpenAI Realtime contract.
 
     Args: as :func:`validate_calls_response`.
 
@@ -276,7 +234,7 @@ def _request_body(request: httpx.Request) -> bytes:
 
 
 def validate_calls_exchange(response: httpx.Response) -> None:
-    """Validate an ``httpx.Response`` (body read) and its ``request`` against the Calls spec.
+    """Validate an ``httpx.Response`` (body read) and its ``request`` against the Calls contract.
 
     Usable from an ``httpx.AsyncClient`` response event hook (``await response.aread()``
     first).
@@ -291,7 +249,7 @@ def validate_calls_exchange(response: httpx.Response) -> None:
 
 
 def validate_openai_exchange(response: httpx.Response) -> None:
-    """Validate an ``httpx.Response`` and its ``request`` against the OpenAI excerpt.
+    """Validate an ``httpx.Response`` and its ``request`` against the OpenAI contract.
 
     Raises:
         SpecViolation: either side does not match.
