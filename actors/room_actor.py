@@ -43,6 +43,7 @@ from storage.codec import Snapshot
 
 from . import metrics
 from .config import RoomsConfig
+from .services import build_services, realtime_model
 
 __all__ = ["RoomActor", "RoomFull", "RoomHibernating"]
 
@@ -658,8 +659,6 @@ class RoomActor:
 
     def _get_services(self) -> tuple[MediaBridge, AiService]:
         if self._services is None:
-            from .services import build_services
-
             self._services = build_services(self.config.services)
         return self._services
 
@@ -687,7 +686,7 @@ class RoomActor:
                 async def record(progress):
                     await self._turn(lambda room, now: room.on_ai_event(progress, now), "ai")
 
-                model = self.config.services.openai_model or "gpt-realtime"
+                model = realtime_model(self.config.services)
                 result = await run_enable(job, calls, ai, model=model, record=record)
                 if result.error:
                     metrics.ai_error(result.error)

@@ -6,7 +6,7 @@ from rooms.ports import AiService, MediaBridge
 
 from .config import ServiceEndpoints
 
-__all__ = ["build_services"]
+__all__ = ["build_services", "realtime_model"]
 
 
 def build_services(endpoints: ServiceEndpoints) -> tuple[MediaBridge, AiService]:
@@ -34,3 +34,14 @@ def build_services(endpoints: ServiceEndpoints) -> tuple[MediaBridge, AiService]
         openai.api_key = endpoints.openai_api_key
     options = {"timeout": endpoints.timeout, "retries": endpoints.retries}
     return calls.client(**options), openai.client(**options)
+
+
+def realtime_model(endpoints: ServiceEndpoints) -> str:
+    """Return the OpenAI Realtime model for new calls: ``endpoints.openai_model`` if
+    given, else ``OPENAI_MODEL`` from this process's environment, else
+    ``"gpt-realtime"`` (see :class:`bridges.config.OpenAISettings`)."""
+    if endpoints.openai_model:
+        return endpoints.openai_model
+    from bridges.config import OpenAISettings
+
+    return OpenAISettings().model

@@ -427,3 +427,30 @@ async def test_disable_while_pending_releases_the_late_result(emu: Emulators,
     assert await ledger.wait_requests("hangup", "openai") >= 1
     state = await room.state.remote()
     assert state["ai"] == {"enabled": False, "connectionPending": False}
+
+
+async def test_openai_model_comes_from_the_environment(emu: Emulators, monkeypatch) -> None:
+    """``OPENAI_MODEL`` in the room's process names the model of the new call (the room
+    used a literal before)."""
+    from actors.room_actor import RoomActor
+    from storage import MemoryStore
+
+    monkeypatch.setenv("OPENAI_MODEL", "gpt-realtime-mini")
+    ledger = Ledger(emu)
+    config = RoomsConfig(
+        namespace=TEST_NAMESPACE, store_url="memory://unused", idle_timeout=0,
+        services=ServiceEndpoints(
+            calls_base_url=emu.calls_base_url, calls_app_id=APP_ID,
+            calls_app_secret=APP_SECRET, openai_base_url=emu.openai_base_url,
+            openai_api_key=API_KEY))
+    room = RoomActor("model-from-env", config, store=MemoryStore())
+    await room.connect("alice", "Alice")
+    await room.message("alice", json.dumps(ENABLE))
+    deadline = time.monotonic() + 15
+    while not settled(state := await room.state()) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert state["ai"]["enabled"] is True, state["ai"]
+    [call_id] = ledger.new_calls()
+    assert emu.openai.calls[call_id].session["model"] == "gpt-realtime-mini"
+    await room.message("alice", json.dumps({"type": "disableAi"}))
+    await ledger.wait_released()
