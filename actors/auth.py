@@ -4,7 +4,7 @@ A token is a JSON Web Token (RFC 7519) signed with HMAC-SHA256 (RFC 7518 section
 whose ``sub`` claim is the user's name and whose ``exp`` claim bounds its life. The
 gateway takes it from the ``token`` query parameter (WebSocket clients such as
 partysocket can only send query parameters) or from an ``Authorization: Bearer``
-header, and the room gets the name from it, never from a message body (DESIGN.md
+header, and the room gets the name from it, never from a message body (docs/protocol.md,
 "The room protocol").
 
 ================================  ==============================================  =========
@@ -14,7 +14,7 @@ variable                          meaning                                       
 ``ROOMS_DEV_AUTH``                development mode: also accept ``?username=``    ``false``
 ================================  ==============================================  =========
 
-Errors: :class:`AuthError` (a :class:`ValueError`) says *why* a credential was refused
+Errors: :class:`~actors.errors.AuthError` (a :class:`ValueError`) says *why* a credential was refused
 (missing, malformed, bad signature, expired, bad name); it never carries the token or
 the secret.
 """
@@ -28,6 +28,8 @@ from typing import Mapping
 import jwt
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import AuthError
 
 __all__ = [
     "ALGORITHM",
@@ -48,10 +50,6 @@ MIN_SECRET_BYTES = 32
 
 MAX_NAME_CHARS = 64
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-class AuthError(ValueError):
-    """A credential was missing or refused; ``str(error)`` says why (no secrets)."""
 
 
 class AuthSettings(BaseSettings):

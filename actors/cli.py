@@ -109,14 +109,10 @@ def send(
     config = RoomsConfig()
     _init_ray(address, config)
     handle = get_room(room, config)
-    start = ray.get(handle.poll.remote(None, 0))["cursor"]
+    start = ray.get(handle.poll.remote(None, 0)).cursor
     seq = ray.get(handle.message.remote(conn, message))
-    polled = ray.get(handle.poll.remote(start, 0)) if seq > start else {"entries": []}
-    replies = [
-        json.loads(e["data"]) for e in polled["entries"]
-        if e["data"] and (e["to"] == "all" or (e["to"] == "one" and e["conn"] == conn)
-                          or (e["to"] == "except" and e["conn"] != conn))
-    ]
+    entries = ray.get(handle.poll.remote(start, 0)).entries if seq > start else ()
+    replies = [json.loads(e.data) for e in entries if e.data and e.reaches(conn)]
     _print_json({"seq": seq, "replies": replies})
     if any(r.get("type") == "error" for r in replies):
         sys.exit(1)

@@ -15,6 +15,7 @@ from typing import Any
 import ray
 
 from .config import RoomsConfig
+from .errors import InvalidRoomId
 from .room_actor import RoomActor
 
 __all__ = ["ACTOR_PREFIX", "InvalidRoomId", "RemoteRoomActor", "actor_name", "get_room",
@@ -25,11 +26,6 @@ _ROOM_ID = re.compile(r"^[A-Za-z0-9._~-]{1,128}$")
 
 RemoteRoomActor = ray.remote(RoomActor)
 """The Ray actor class of :class:`actors.room_actor.RoomActor`."""
-
-
-class InvalidRoomId(ValueError):
-    """A room id is empty, longer than 128 characters, or has characters other than
-    letters, digits and ``. _ ~ -``."""
 
 
 def validate_room_id(room_id: str) -> str:

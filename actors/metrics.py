@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 MESSAGE_TYPES: tuple[str, ...] = (
-    # client messages (DESIGN.md "The room protocol")
+    # client messages (docs/protocol.md)
     "userUpdate", "directMessage", "muteUser", "userLeft", "heartbeat", "partyserver-ping",
     "enableAi", "disableAi", "requestAiControl", "relinquishAiControl",
     "relenquishAiControl", "callsApiHistoryEntry", "e2eeMlsMessage",

@@ -3,7 +3,7 @@
 :class:`RoomActor` is a plain class (testable without Ray); :data:`RemoteRoomActor` is
 its Ray actor class, created by :func:`actors.directory.get_room`.
 
-Guarantees (DESIGN.md "Durable-object semantics on Ray"):
+Guarantees (docs/guarantees.md):
 
 * **Input gate**: the room handles one event at a time (``asyncio.Lock``); an AI job that
   awaits services runs outside the gate and re-enters as a turn with its result.
@@ -13,7 +13,8 @@ Guarantees (DESIGN.md "Durable-object semantics on Ray"):
 * **Fencing**: each activation claims a new epoch; a save refused as stale means a newer
   activation exists, and this one exits without releasing anything.
 * **Outbox**: released messages get consecutive sequence numbers (kept across
-  activations) in a bounded outbox that gateways long-poll with :meth:`RoomActor.poll`.
+  activations) in a bounded :class:`~actors.outbox.Outbox` that gateways read through
+  :meth:`RoomActor.deliver` results and :meth:`RoomActor.poll`.
   Messages produced but not yet released are part of the snapshot, so a crash between
   save and release loses nothing acknowledged.
 * **Alarm**: one persisted alarm, run by a timer while the room is live (and by the
@@ -21,18 +22,23 @@ Guarantees (DESIGN.md "Durable-object semantics on Ray"):
 * **Hibernation**: after ``idle_timeout`` seconds without turns the room saves and
   exits its actor; the next call through :func:`actors.directory.get_room` reactivates
   it from its snapshot.
+
+An activation's lifecycle is one explicit state, :class:`Lifecycle`. Every call that
+runs turns goes through one path, :meth:`RoomActor._turns`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
+import enum
 import json
 import logging
 import os
 import time
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
+
+import ray
 
 from rooms import AiControlResult, AiEnableResult, Effects, Outgoing, Room, RoomData
 from rooms.ai import run_control, run_enable, run_release
@@ -43,37 +49,47 @@ from storage.codec import Snapshot
 
 from . import metrics
 from .config import RoomsConfig
+from .errors import RoomFull, RoomHibernating
+from .outbox import Outbox
 from .services import build_services, realtime_model
+from .wire import Delivery, OutboxEntry
 
-__all__ = ["RoomActor", "RoomFull", "RoomHibernating"]
+__all__ = ["Lifecycle", "RoomActor", "RoomFull", "RoomHibernating"]
 
 log = logging.getLogger("ray_rooms.room")
 
-
-class RoomFull(RuntimeError):
-    """The room has ``RoomsConfig.max_connections`` connections; the new one is refused
-    (the gateway closes its socket with 1013 ``room full``)."""
+Hook = Callable[[Room, float], Effects]
+"""A turn: given the room and the time (UNIX s), return the turn's effects."""
 
 
-class RoomHibernating(RuntimeError):
-    """The room is hibernating (its actor is exiting); call it again through
-    :func:`actors.directory.get_room` to reactivate it."""
+class Lifecycle(enum.Enum):
+    """Where one activation of a room actor is (``RoomActor.lifecycle``)::
+
+        INACTIVE --first call--> ACTIVATING --snapshot loaded--> ACTIVE
+        ACTIVATING --failed--> INACTIVE (the next call tries again)
+        ACTIVE --idle--> HIBERNATING (saves, then the actor exits for good)
+        ACTIVE --stale epoch or failed save--> STOPPED (the actor exits or restarts)
+
+    In ``HIBERNATING`` and ``STOPPED`` every call is refused with
+    :class:`RoomHibernating` (the caller reactivates the room through ``get_room``).
+    """
+
+    INACTIVE = "inactive"
+    ACTIVATING = "activating"
+    ACTIVE = "active"
+    HIBERNATING = "hibernating"
+    STOPPED = "stopped"
 
 
-def _entry(seq: int, out: Outgoing) -> dict[str, Any]:
-    return {
-        "seq": seq,
-        "to": out.to,
-        "conn": out.conn,
-        "data": None if out.message is None else json.dumps(out.message, separators=(",", ":")),
-        "close": list(out.close) if out.close else None,
-    }
+def _entry(seq: int, out: Outgoing) -> OutboxEntry:
+    data = None if out.message is None else json.dumps(out.message, separators=(",", ":"))
+    return OutboxEntry(seq=seq, to=out.to, conn=out.conn, data=data,
+                       close=(int(out.close[0]), str(out.close[1])) if out.close else None)
 
 
-def _bounded(table: dict[str, Any], size: int = 4096) -> None:
-    """Forget the oldest keys of ``table`` beyond ``size`` (insertion order)."""
-    while len(table) > size:
-        table.pop(next(iter(table)))
+def _in_ray_actor() -> bool:
+    """Whether this code runs inside a Ray actor (not a driver or a plain process)."""
+    return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
 
 
 class RoomActor:
@@ -103,52 +119,48 @@ class RoomActor:
         self._services = services
         self._clock = clock
         self._gate = asyncio.Lock()
-        self._activation: asyncio.Task | None = None
-        self.room: Room | None = None
+        self.lifecycle = Lifecycle.INACTIVE
+        self._activation: asyncio.Task | None = None  # while ACTIVATING
+        self.room: Room | None = None  # set when ACTIVE
         self.epoch = 0
         # output gate state
         self._version = 0  # increases with every turn that changed the state
         self._durable = 0  # the newest version known durable
-        self._pending: deque[tuple[int, list[dict[str, Any]], list[Job]]] = deque()
+        self._pending: deque[tuple[int, list[OutboxEntry], list[Job]]] = deque()
         self._next_seq = 1
-        self._released_seq = 0
         self._commit_task: asyncio.Task | None = None
-        # outbox
-        self._outbox: deque[dict[str, Any]] = deque(maxlen=self.config.outbox_size)
-        self._outbox_seqs: deque[int] = deque(maxlen=self.config.outbox_size)
-        self._wakeup = asyncio.Event()
-        # poller id -> the newest seq an in-flight ``deliver`` of that poller will return
-        self._claimed: dict[str, float] = {}
-        self._poll_waiters: dict[int, str | None] = {}  # waiting polls -> their poller
-        # replay on reconnect (this activation only; see connect())
-        self._poller_cursor: dict[str, int] = {}  # poller -> the newest cursor it sent
-        self._conn_poller: dict[str, str] = {}  # conn -> the poller of its last socket
-        self._conn_socket: dict[str, str] = {}  # conn -> the id of its current socket
-        self._conn_delivered: dict[str, int] = {}  # conn -> last seq its closed socket had
+        self.outbox = Outbox(self.config.outbox_size)
         # timers and jobs
         self._alarm_task: asyncio.Task | None = None
         self._alarm_at: float | None = None
         self._jobs: set[asyncio.Task] = set()
         self._last_turn = time.monotonic()
         self._idle_task: asyncio.Task | None = None
-        self._hibernating = False
         self._ai_active = False
         self._stats = {"turns": 0, "saves": 0, "activated_at": 0.0}
 
     # ---- activation -------------------------------------------------------------------
 
-    async def _ensure_active(self) -> Room:
-        if self._hibernating:
+    def _refuse_if_exiting(self) -> None:
+        if self.lifecycle in (Lifecycle.HIBERNATING, Lifecycle.STOPPED):
             raise RoomHibernating(f"room {self.room_id!r} is hibernating")
-        if self.room is None:
+
+    async def _ensure_active(self) -> Room:
+        self._refuse_if_exiting()
+        if self.lifecycle is not Lifecycle.ACTIVE:
             if self._activation is None:
+                self.lifecycle = Lifecycle.ACTIVATING
                 self._activation = asyncio.ensure_future(self._activate())
+            activation = self._activation
             try:
-                await asyncio.shield(self._activation)
+                await asyncio.shield(activation)
             except Exception:
-                if self._activation.done():  # let the next call try again
-                    self._activation = None
+                if activation.done() and self._activation is activation:
+                    self._activation = None  # let the next call try again
+                    if self.lifecycle is Lifecycle.ACTIVATING:
+                        self.lifecycle = Lifecycle.INACTIVE
                 raise
+            self._activation = None
         assert self.room is not None
         return self.room
 
@@ -158,18 +170,18 @@ class RoomActor:
         store = self._store
         self.epoch = await store.claim_epoch(self.room_id)
         raw = await store.load(self.room_id)
-        restored: list[dict[str, Any]] = []
+        restored: list[OutboxEntry] = []
         if raw is None:
             data = RoomData()
         else:
             snapshot = decode_snapshot(self.room_id, raw)
             data = RoomData.model_validate(snapshot.state["room"])
             self._next_seq = snapshot.seq + 1
-            restored = list(snapshot.state.get("outbox", []))
-            self._released_seq = snapshot.seq - len(restored)
+            restored = [OutboxEntry.from_record(r) for r in snapshot.state.get("outbox", [])]
+            self.outbox.released = snapshot.seq - len(restored)
         room = Room(self.room_id, data, max_message_bytes=self.config.max_message_bytes)
         for entry in restored:  # produced, saved, maybe never released: release now
-            self._publish(entry)
+            self.outbox.publish(entry)
         self._stats["activated_at"] = time.time()
         log.info("room %s activated (epoch %d, seq %d)", self.room_id, self.epoch,
                  self._next_seq - 1)
@@ -180,23 +192,51 @@ class RoomActor:
             version = self._stage(fx)
         await self._commit_through(version)
         self._after_turn(fx)
+        self.lifecycle = Lifecycle.ACTIVE
         if self.config.idle_timeout > 0 and self._idle_task is None:
             self._idle_task = asyncio.ensure_future(self._idle_watch())
 
     # ---- turns ------------------------------------------------------------------------
 
-    async def _turn(self, hook: Callable[[Room, float], Effects], kind: str | None = None) -> int:
+    async def _turns(self, hooks: Sequence[tuple[Hook, str | None]],
+                     poller: str | None = None) -> None:
+        """Run ``hooks`` as turns, one at a time through the input gate, and return once
+        the snapshot holding all of them is durable (they share one save).
+
+        Args:
+            hooks: ``[(hook, kind)]``; ``kind`` names the turn for metrics (``None``:
+                the type of the message the room just handled).
+            poller: the gateway poller whose ``deliver`` runs these turns; what they
+                release is claimed for it (see :meth:`Outbox.claiming`).
+
+        Raises:
+            RoomHibernating: the room is exiting; no hook ran.
+            Exception: whatever a hook raised (e.g. :class:`RoomFull`); the hooks
+                before it keep their effects.
+        """
         room = await self._ensure_active()
         started = time.perf_counter()
+        kinds: list[str] = []
+        effects: list[Effects] = []
         async with self._gate:
-            if self._hibernating:  # hibernate() took the gate first
-                raise RoomHibernating(f"room {self.room_id!r} is hibernating")
-            fx = hook(room, self._clock())
-            kind = kind or room.last_message_type
-            version = self._stage(fx)
+            self._refuse_if_exiting()  # hibernate() may have taken the gate first
+            version = self._version
+            with self.outbox.claiming(poller, lambda: self._next_seq - 1):
+                for hook, kind in hooks:
+                    fx = hook(room, self._clock())
+                    kinds.append(kind or room.last_message_type)
+                    effects.append(fx)
+                    version = self._stage(fx)
         await self._commit_through(version)
-        self._after_turn(fx)
-        metrics.turn(kind, time.perf_counter() - started)
+        for fx in effects:
+            self._after_turn(fx)
+        elapsed = (time.perf_counter() - started) / max(1, len(hooks))
+        for kind in kinds:
+            metrics.turn(kind, elapsed)
+
+    async def _turn(self, hook: Hook, kind: str | None = None) -> int:
+        """Run one turn (see :meth:`_turns`); return the newest outbox sequence number."""
+        await self._turns([(hook, kind)])
         return self._next_seq - 1
 
     def _stage(self, fx: Effects) -> int:
@@ -228,7 +268,7 @@ class RoomActor:
             room = self.room
             assert room is not None and self._store is not None
             version = self._version
-            unreleased = [e for _, entries, _ in self._pending for e in entries]
+            unreleased = [e.record() for _, entries, _ in self._pending for e in entries]
             state = {"room": room.data.model_dump(mode="json", exclude_none=True),
                      "outbox": unreleased}
             data = encode_snapshot(Snapshot(self.room_id, self.epoch, self._next_seq - 1, state))
@@ -260,19 +300,9 @@ class RoomActor:
         while self._pending and self._pending[0][0] <= self._durable:
             _, entries, jobs = self._pending.popleft()
             for entry in entries:
-                self._publish(entry)
+                self.outbox.publish(entry)
             for job in jobs:
                 self._start_job(job)
-
-    def _publish(self, entry: dict[str, Any]) -> None:
-        self._outbox.append(entry)
-        self._outbox_seqs.append(entry["seq"])
-        self._released_seq = entry["seq"]
-        seq = entry["seq"]
-        # wake the waiting polls, unless each of them has it claimed by a deliver
-        if any(p is None or self._claimed.get(p, 0) < seq for p in self._poll_waiters.values()):
-            wakeup, self._wakeup = self._wakeup, asyncio.Event()
-            wakeup.set()
 
     def _after_turn(self, fx: Effects) -> None:
         room = self.room
@@ -288,8 +318,8 @@ class RoomActor:
         """Leave the process: with ``restart`` Ray restarts the actor from its snapshot;
         without, the actor exits for good (a zombie of an older epoch frees its name)."""
         metrics.room_stopped(self.room_id)
-        self._hibernating = True
-        if restart:
+        self.lifecycle = Lifecycle.STOPPED
+        if restart and _in_ray_actor():
             os._exit(1)
         self._exit()
 
@@ -301,12 +331,10 @@ class RoomActor:
 
         When ``conn`` connected before in this activation, the messages it was owed
         and did not get are sent to it again first (``to: one``, in their order, as new
-        outbox entries), then the connect's own ``roomState``. What it did not get is
-        known from the close of its last socket (``delivered``), or, when that socket's
-        gateway replica died without a close, from the last cursor that replica's
-        poller sent (at-least-once: a message it had just fanned out may come twice).
-        Closes and ``roomState`` broadcasts are not replayed (the connect broadcasts
-        a newer ``roomState``); nor are messages no longer in the outbox.
+        outbox entries), then the connect's own ``roomState`` (see
+        :meth:`Outbox.connected`). Closes and ``roomState`` broadcasts are not replayed
+        (the connect broadcasts a newer ``roomState``); nor are messages no longer in
+        the outbox.
 
         Args:
             conn: the connection id (partysocket's ``_pk``, stable across reconnects).
@@ -327,15 +355,9 @@ class RoomActor:
             if conn not in connections and len(connections) >= self.config.max_connections:
                 raise RoomFull(f"room {self.room_id!r} is full "
                                f"({self.config.max_connections} connections)")
-            owed = self._owed(conn, poller)
-            if socket is not None:
-                self._conn_socket[conn] = socket
-                _bounded(self._conn_socket)
-            if poller is not None:
-                self._conn_poller[conn] = poller
-                _bounded(self._conn_poller)
+            owed = self.outbox.connected(conn, poller, socket)
             fx = room.on_connect(conn, name, now)
-            replay = [m for m in (json.loads(e["data"]) for e in owed)
+            replay = [m for m in (json.loads(e.data) for e in owed if e.data is not None)
                       if m.get("type") != "roomState"]  # the connect sends a newer one
             if replay:
                 fx.messages[:0] = [Outgoing("one", conn, m) for m in replay]
@@ -343,40 +365,20 @@ class RoomActor:
 
         return await self._turn(hook, "connect")
 
-    def _owed(self, conn: str, poller: str | None) -> list[dict[str, Any]]:
-        """The released entries with data addressed to ``conn`` that its last socket
-        did not get (see :meth:`connect`)."""
-        start = self._conn_delivered.pop(conn, None)
-        if start is None:
-            old = self._conn_poller.get(conn)
-            if old is None or old == poller:
-                return []
-            start = self._poller_cursor.get(old)
-            if start is None:
-                return []
-        if self._outbox_seqs and self._outbox_seqs[0] > start + 1:
-            log.warning("room %s: %s was owed messages no longer in the outbox",
-                        self.room_id, conn[:64])
-        begin = bisect.bisect_right(self._outbox_seqs, start)
-        owed = []
-        for i in range(begin, len(self._outbox)):
-            e = self._outbox[i]
-            to = e["to"]
-            if e["data"] is not None and (to == "all" or (to == "one") == (e["conn"] == conn)):
-                owed.append(e)
-        return owed
-
     async def message(self, conn: str, text: str | bytes) -> int:
         """Handle one client frame from ``conn``; returns after its turn is durable.
 
         Returns:
             The outbox sequence number of the last message released so far (the turn's
             replies included).
+
+        Raises:
+            RoomHibernating: the actor is exiting; reactivate through ``get_room``.
         """
         return await self._turn(lambda room, now: room.on_message(conn, text, now))
 
     async def deliver(self, frames: list[tuple[str, str | bytes]], cursor: int | None,
-                      poller: str | None = None) -> dict[str, Any]:
+                      poller: str | None = None) -> Delivery:
         """Handle a batch of client frames, in order, and return the released outbox
         entries after ``cursor`` (the gateway's batched path).
 
@@ -387,75 +389,27 @@ class RoomActor:
         Args:
             frames: ``[(conn, text)]``: the frames of one room as a replica received
                 them; each is what :meth:`message` takes.
-            cursor: the last sequence number the caller has delivered (``None``: return
-                no entries, only the cursor).
+            cursor: the last sequence number the caller has fanned out (``None``:
+                return no entries, only the cursor).
             poller: the caller's poller id (one per room per gateway replica). The
                 entries this call returns are *claimed* for it: that poller's
                 :meth:`poll` does not wake for them (they reach it here), which saves a
                 Ray call per message when the sender's replica is the only reader.
 
         Returns:
-            The :meth:`poll` result shape: ``{"cursor", "entries", "gap",
-            "hibernating": False}``; entries may repeat ones the caller already has
-            from a poll (the caller deduplicates by ``seq``).
+            A :class:`~actors.wire.Delivery` (never ``hibernating``); its entries may
+            repeat ones the caller already has from a poll (it deduplicates by ``seq``).
 
         Raises:
             RoomHibernating: the actor is exiting; reactivate through ``get_room`` and
                 send the batch again (no frame of it was handled).
         """
-        room = await self._ensure_active()
-        if poller is not None and cursor is not None:
-            self._poller_cursor[poller] = cursor
-            _bounded(self._poller_cursor)
-        started = time.perf_counter()
-        kinds: list[str] = []
-        effects: list[Effects] = []
-        async with self._gate:
-            if self._hibernating:
-                raise RoomHibernating(f"room {self.room_id!r} is hibernating")
-            version = self._version
-            claimed = self._claimed.pop(poller, 0) if poller is not None else 0
-            if poller is not None:
-                # While the batch is staged, what it releases at once (turns that change
-                # nothing need no save) is this call's to return: no wake for the poll.
-                self._claimed[poller] = float("inf")
-            try:
-                for conn, text in frames:
-                    fx = room.on_message(conn, text, self._clock())
-                    kinds.append(room.last_message_type)
-                    effects.append(fx)
-                    version = self._stage(fx)
-                claimed = self._next_seq - 1
-            except BaseException:  # the poll must see what was released: wake it
-                wakeup, self._wakeup = self._wakeup, asyncio.Event()
-                wakeup.set()
-                raise
-            finally:  # on an error the old claim stays
-                if poller is not None:
-                    self._claimed[poller] = claimed
-                    _bounded(self._claimed, 256)  # pollers of replicas long gone
-        await self._commit_through(version)
-        for fx in effects:
-            self._after_turn(fx)
-        elapsed = (time.perf_counter() - started) / max(1, len(frames))
-        for kind in kinds:
-            metrics.turn(kind, elapsed)
+        self.outbox.note_cursor(poller, cursor)
+        await self._turns([(lambda room, now, c=conn, t=text: room.on_message(c, t, now), None)
+                           for conn, text in frames], poller)
         if cursor is None:
-            return {"cursor": self._released_seq, "entries": [], "gap": False,
-                    "hibernating": False}
-        return self._since(cursor)
-
-    def _since(self, cursor: int) -> dict[str, Any]:
-        """The released entries after ``cursor``, as :meth:`poll` returns them."""
-        last = self._released_seq
-        if cursor > last or (cursor < last and not self._outbox_seqs):
-            return {"cursor": last, "entries": [], "gap": True, "hibernating": False}
-        if not self._outbox_seqs or self._outbox_seqs[-1] <= cursor:
-            return {"cursor": cursor, "entries": [], "gap": False, "hibernating": False}
-        start = bisect.bisect_right(self._outbox_seqs, cursor)
-        entries = [self._outbox[i] for i in range(start, len(self._outbox))]
-        return {"cursor": entries[-1]["seq"], "entries": entries,
-                "gap": entries[0]["seq"] != cursor + 1, "hibernating": False}
+            return Delivery(cursor=self.outbox.released)
+        return self.outbox.since(cursor)
 
     async def close(self, conn: str, code: int = 1000, reason: str = "",
                     socket: str | None = None, delivered: int | None = None) -> int:
@@ -473,13 +427,8 @@ class RoomActor:
             As :meth:`connect`.
         """
         def hook(room: Room, now: float) -> Effects:
-            current = self._conn_socket.get(conn)
-            if socket is not None and current is not None and current != socket:
+            if not self.outbox.closed(conn, socket, delivered):
                 return Effects()  # a reconnect overtook this close
-            self._conn_socket.pop(conn, None)
-            if delivered is not None:
-                self._conn_delivered[conn] = delivered
-                _bounded(self._conn_delivered)
             return room.on_close(conn, code, reason)
 
         return await self._turn(hook, "close")
@@ -503,7 +452,7 @@ class RoomActor:
         return ran
 
     async def poll(self, cursor: int | None, timeout: float | None = None,
-                   poller: str | None = None) -> dict[str, Any]:
+                   poller: str | None = None) -> Delivery:
         """Wait for released messages newer than ``cursor`` (the gateway's long-poll).
 
         Args:
@@ -517,50 +466,20 @@ class RoomActor:
                 later entries until the :meth:`deliver` result fills the hole.
 
         Returns:
-            ``{"cursor": int, "entries": [entry], "gap": bool, "hibernating": bool}``;
-            an entry is ``{"seq", "to": "one"|"all"|"except", "conn", "data": str|None,
-            "close": [code, reason]|None}``. ``gap`` means messages after ``cursor`` are
-            no longer in the outbox (or the cursor is ahead of it): the caller should
-            resend the room's state to its sockets. ``hibernating`` means the room is
-            going to sleep: stop polling until the next message reactivates it.
+            A :class:`~actors.wire.Delivery`. ``gap``: messages after ``cursor`` are no
+            longer in the outbox (or the cursor is ahead of it), so the caller resends
+            the room's state to its sockets. ``hibernating``: the room is going to
+            sleep; stop polling until the next message reactivates it.
         """
         try:
             await self._ensure_active()
         except RoomHibernating:
-            return {"cursor": cursor or 0, "entries": [], "gap": False, "hibernating": True}
-        last = self._released_seq
+            return Delivery(cursor=cursor or 0, hibernating=True)
         if cursor is None:
-            return {"cursor": last, "entries": [], "gap": False, "hibernating": False}
-        if poller is not None:
-            self._poller_cursor[poller] = cursor
-            _bounded(self._poller_cursor)
-        if cursor > last or (cursor < last and not self._outbox_seqs):
-            # ahead of the outbox, or behind an outbox this activation no longer holds
-            return {"cursor": last, "entries": [], "gap": True, "hibernating": False}
+            return Delivery(cursor=self.outbox.released)
         wait = self.config.poll_timeout if timeout is None else timeout
-        deadline = time.monotonic() + wait
-        while True:
-            if self._hibernating:
-                return {"cursor": cursor, "entries": [], "gap": False, "hibernating": True}
-            claimed = self._claimed.get(poller, 0) if poller is not None else 0
-            if self._outbox_seqs and self._outbox_seqs[-1] > max(cursor, claimed):
-                result = self._since(cursor)
-                if claimed > cursor:  # skip what the poller's deliver returns
-                    result["entries"] = [e for e in result["entries"] if e["seq"] > claimed]
-                    result["gap"] = False
-                if result["entries"] or result["gap"]:
-                    return result
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return {"cursor": cursor, "entries": [], "gap": False, "hibernating": False}
-            token = object()
-            self._poll_waiters[id(token)] = poller
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except asyncio.TimeoutError:
-                pass
-            finally:
-                del self._poll_waiters[id(token)]
+        return await self.outbox.wait(cursor, wait, poller,
+                                      lambda: self.lifecycle is not Lifecycle.ACTIVE)
 
     async def state(self) -> dict[str, Any]:
         """Return the room's ``RoomState`` JSON object (what ``roomState`` carries)."""
@@ -568,11 +487,13 @@ class RoomActor:
         return room.room_state()
 
     async def info(self) -> dict[str, Any]:
-        """Return operator facts: ids, epoch, sequence, counts, alarm, AI state (no secrets)."""
+        """Return operator facts: ids, lifecycle, epoch, sequence, counts, alarm, AI
+        state (no secrets)."""
         room = await self._ensure_active()
         ai = room.data.ai
         return {
             "room": self.room_id,
+            "lifecycle": self.lifecycle.value,
             "epoch": self.epoch,
             "seq": self._next_seq - 1,
             "durable_version": self._durable,
@@ -589,20 +510,20 @@ class RoomActor:
         }
 
     async def hibernate(self) -> bool:
-        """Save, tell pollers, and exit the actor (no restart) if the room is idle.
+        """Save, tell the pollers, and exit the actor for good if the room is idle.
 
         Returns:
-            ``False`` if the room cannot hibernate now (AI jobs under way); otherwise
-            it does not return: the actor exits.
+            ``False`` if the room cannot hibernate now (AI jobs under way); ``True``
+            once it has saved and its actor is exiting. (Inside Ray the actor exits
+            during this call, so a remote caller sees the actor go away instead.)
         """
         await self._ensure_active()
         if self._jobs:
             return False
         async with self._gate:
-            self._hibernating = True
+            self.lifecycle = Lifecycle.HIBERNATING
         await self._commit_through(self._version)
-        wakeup, self._wakeup = self._wakeup, asyncio.Event()
-        wakeup.set()
+        self.outbox.wake()
         await asyncio.sleep(0.05)  # let the pollers' answers leave
         log.info("room %s hibernates", self.room_id)
         metrics.room_hibernated(self.room_id)
@@ -610,15 +531,13 @@ class RoomActor:
         return True
 
     def _exit(self) -> None:
-        try:
-            import ray
-
+        """End the actor for good (Ray frees its name); outside Ray, stop the timers."""
+        if _in_ray_actor():
             ray.actor.exit_actor()
-        except Exception:  # not in a Ray actor (tests of the plain class)
-            if self._idle_task:
-                self._idle_task.cancel()
-            if self._alarm_task:
-                self._alarm_task.cancel()
+        if self._idle_task:
+            self._idle_task.cancel()
+        if self._alarm_task:
+            self._alarm_task.cancel()
 
     def pid(self) -> int:
         """Return the process id of this actor's worker (for operators and tests)."""
@@ -645,17 +564,14 @@ class RoomActor:
 
     async def _idle_watch(self) -> None:
         timeout = self.config.idle_timeout
-        while not self._hibernating:
+        while self.lifecycle is Lifecycle.ACTIVE:
             await asyncio.sleep(min(timeout, max(0.05, timeout / 4)))
             if time.monotonic() - self._last_turn >= timeout and not self._jobs:
-                try:
-                    import ray
-
+                if _in_ray_actor():  # as an actor call, so it queues like any other
                     ray.get_runtime_context().current_actor.hibernate.remote()
-                    return
-                except Exception:  # not in a Ray actor
+                else:
                     await self.hibernate()
-                    return
+                return
 
     def _get_services(self) -> tuple[MediaBridge, AiService]:
         if self._services is None:

@@ -6,22 +6,16 @@ Used by ``rooms serve`` (which then waits) and ``rooms demo`` (which then runs a
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import SecretStr
 
 from .config import RoomsConfig, ServiceEndpoints
+from .gateway import deploy_gateway, shutdown_gateway
+from .net import free_port
 
-__all__ = ["LocalSystem", "free_port", "start_system"]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port that is free on ``host`` right now."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+__all__ = ["LocalSystem", "start_system"]
 
 
 @dataclass
@@ -46,8 +40,6 @@ class LocalSystem:
     def stop(self) -> None:
         """Delete the gateway, stop the emulators, and shut down Ray if we started it."""
         import ray
-
-        from .gateway import shutdown_gateway
 
         try:
             shutdown_gateway(None)
@@ -98,7 +90,6 @@ def start_system(
     from bridges.config import CallsSettings, OpenAISettings
 
     from .auth import AuthSettings
-    from .gateway import deploy_gateway
 
     config = (config or RoomsConfig()).model_copy(deep=True)
     started_ray = False

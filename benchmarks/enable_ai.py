@@ -83,13 +83,13 @@ async def wait_broadcast(room, cursor: int, predicate, timeout: float = 20.0
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         polled = await room.poll.remote(cursor, 2.0)
-        for entry in polled["entries"]:
-            cursor = entry["seq"]
-            if entry["to"] == "all" and entry["data"]:
-                message = json.loads(entry["data"])
+        for entry in polled.entries:
+            cursor = entry.seq
+            if entry.to == "all" and entry.data:
+                message = json.loads(entry.data)
                 if message.get("type") == "roomState" and predicate(message["state"]):
                     return cursor, message["state"]
-        cursor = max(cursor, polled["cursor"])
+        cursor = max(cursor, polled.cursor)
     raise TimeoutError("no matching roomState broadcast")
 
 
@@ -125,7 +125,7 @@ async def one_enable(emu: Emulators, config: RoomsConfig, run: int) -> dict[str,
                                freq_hz=TONE_HZ) as alice:
             a_sid, a_track = await alice.publish()
             await room.connect.remote("alice", "Alice")
-            cursor = (await room.poll.remote(None, 0))["cursor"]
+            cursor = (await room.poll.remote(None, 0)).cursor
 
             t0 = time.perf_counter()
             await room.message.remote("alice", json.dumps(

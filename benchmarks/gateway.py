@@ -63,7 +63,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import tempfile
 import time
@@ -127,12 +126,6 @@ async def _heartbeats(sockets: list[Any]) -> None:
                 await ws.send(HEARTBEAT)
             except Exception:  # noqa: BLE001 - closing
                 pass
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -450,6 +443,7 @@ def main() -> None:
 
     from actors.config import RoomsConfig
     from actors.gateway import GatewayLimits, deploy_gateway, shutdown_gateway
+    from actors.net import free_port
 
     begun = time.perf_counter()
     namespace = f"rooms-bench-{uuid.uuid4().hex[:6]}"
@@ -461,7 +455,7 @@ def main() -> None:
                          idle_timeout=0)
     limits = GatewayLimits(rate_per_s=1e6, burst=10**6, abuse_strikes=10**6)
     try:
-        url = deploy_gateway(config, port=_free_port(), dev=True, name="rooms-bench",
+        url = deploy_gateway(config, port=free_port(), dev=True, name="rooms-bench",
                              limits=limits, ingress=args.ingress)
         base = url.replace("http://", "ws://")
         _progress(f"gateway at {url}; 1. round trips ({args.clients} clients, "

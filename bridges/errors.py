@@ -8,7 +8,7 @@ a response or a transport error goes through :func:`scrub` first, and no excepti
 a reference to an httpx request (whose headers carry the bearer token), so they can be
 pickled across Ray processes safely.
 
-Exception hierarchy::
+Exception hierarchy (its root is :class:`rooms.errors.RoomsError`)::
 
     BridgeError (rooms.ports)       a call to an outside service failed
     ├── InvalidAnswer (rooms.ports) the answer is not what the protocol promises:

@@ -4,6 +4,7 @@ Plain Python: nothing here imports Ray, httpx or aiortc. The actor (:mod:`actors
 :class:`Room` per room; the bridges (:mod:`bridges`) implement :mod:`rooms.ports`.
 """
 
+from .errors import RoomsError
 from .messages import (
     AI_TRACK_NAME,
     AI_USER_ID,
@@ -28,5 +29,5 @@ __all__ = [
     "AI_TRACK_NAME", "AI_USER_ID", "ALARM_INTERVAL", "DEFAULT_MAX_MESSAGE_BYTES",
     "HEARTBEAT_TIMEOUT", "AiControlResult", "AiEnableResult", "AiProgress", "AiState",
     "ClientMessage", "ControlJob", "Effects", "EnableJob", "Outgoing", "ProtocolError",
-    "ReleaseJob", "Room", "RoomData", "RoomState", "User", "parse_client_message",
+    "ReleaseJob", "Room", "RoomData", "RoomState", "RoomsError", "User", "parse_client_message",
 ]

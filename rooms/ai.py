@@ -6,7 +6,7 @@ through the ports of :mod:`rooms.ports` and report back as
 :class:`~rooms.room.AiProgress` / :class:`~rooms.room.AiEnableResult` /
 :class:`~rooms.room.AiControlResult`, which the actor feeds into the room as turns.
 
-The wire steps follow DESIGN.md "The AI agent" and the specs:
+The wire steps follow docs/ai.md and the contracts in ``bridges/contracts/``:
 
 1. Calls ``POST /apps/{appId}/sessions/new?thirdparty=true&correlationId=<meetingId>``
 2. Calls ``POST .../sessions/{id}/tracks/new`` with one local, bidirectional audio

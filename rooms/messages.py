@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from .errors import RoomsError
+
 __all__ = [
     "AI_TRACK_NAME",
     "AI_USER_ID",
@@ -51,7 +53,7 @@ AI_TRACK_NAME = "ai-generated-voice"
 """The Calls track name of the AI's voice (and of its bidirectional transceiver)."""
 
 
-class ProtocolError(ValueError):
+class ProtocolError(RoomsError, ValueError):
     """A client message is not a valid message of the room protocol.
 
     The message (``str(error)``) is short, names the problem, and is safe to send back

@@ -5,9 +5,9 @@ two services that the AI agent drives, and `bridges/` implements these protocols
 (over httpx against the real services or the local emulators).
 
 * :class:`MediaBridge` is the SFU: Cloudflare Calls, as specified by
-  ``shared/specs/cloudflare-realtime-api-2024-05-21.yaml``.
+  the project's contract ``bridges/contracts/calls.yaml``.
 * :class:`AiService` is the voice model: OpenAI Realtime over WebRTC, as specified by
-  ``shared/specs/openai-realtime-openapi-excerpt.yaml``.
+  the project's contract ``bridges/contracts/openai_realtime.yaml``.
 
 Every failure of a bridge is raised as a :class:`BridgeError` (or a subclass), which
 carries enough to tell a user what failed and why without any secret in it.
@@ -26,6 +26,8 @@ from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .errors import RoomsError
+
 __all__ = [
     "AiService",
     "BridgeError",
@@ -40,7 +42,7 @@ __all__ = [
 ]
 
 
-class BridgeError(Exception):
+class BridgeError(RoomsError):
     """A call to an outside service (Calls or OpenAI) failed.
 
     Attributes:

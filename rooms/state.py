@@ -99,7 +99,7 @@ class Outgoing:
 
 @dataclass(frozen=True, slots=True)
 class EnableJob:
-    """Bring the AI into the call (DESIGN.md "The AI agent", ``enableAi`` steps 1-4)."""
+    """Bring the AI into the call (docs/ai.md, ``enableAi`` steps 1-4)."""
 
     attempt: int
     meeting_id: str | None

@@ -7,7 +7,7 @@ that made it, and a save from an older epoch than the newest claimed one is refu
 epoch at or above the newest claimed one is accepted; a room that never claimed an
 epoch counts as epoch 0.
 
-Exception hierarchy::
+Exception hierarchy (its root is :class:`rooms.errors.RoomsError`)::
 
     StorageError                 any failure of a snapshot store
     ├── StaleEpoch               a save/delete from an epoch older than the newest claimed
@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+from rooms.errors import RoomsError
+
 __all__ = [
     "CorruptSnapshot",
     "SnapshotError",
@@ -30,7 +32,7 @@ __all__ = [
 ]
 
 
-class StorageError(Exception):
+class StorageError(RoomsError):
     """A snapshot store operation failed."""
 
 

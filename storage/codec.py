@@ -1,6 +1,6 @@
 """The msgpack snapshot codec: one versioned record per room.
 
-A snapshot record is a msgpack map with short keys (DESIGN.md, "Snapshots")::
+A snapshot record is a msgpack map with short keys (docs/guarantees.md, "Snapshots")::
 
     {"v": 1, "room": "<room id>", "epoch": <int>, "seq": <int>, "state": {...}}
 

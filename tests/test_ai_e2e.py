@@ -6,7 +6,7 @@ worker processes and reach them over 127.0.0.1. Faults are armed from here on
 ``emu.calls.faults`` / ``emu.openai.faults``. What a room created in the emulators is
 found by difference (:class:`Ledger`): sessions and calls that appeared during a test.
 
-Follows DESIGN.md "The AI agent" and the specs in ``shared/specs/`` (Calls
+Follows docs/ai.md and the contracts in ``bridges/contracts/`` (Calls
 ``sessions/new``, ``tracks/new``, ``renegotiate``, ``tracks/close``; OpenAI
 ``realtime/calls``, ``hangup``).
 """
@@ -156,11 +156,11 @@ def settled(state: dict[str, Any]) -> bool:
 
 async def send(room, conn: str, message: dict[str, Any]) -> list[dict[str, Any]]:
     """Send ``message`` as ``conn``; return the messages the turn addressed to ``conn`` alone."""
-    cursor = (await room.poll.remote(None, 0))["cursor"]
+    cursor = (await room.poll.remote(None, 0)).cursor
     await room.message.remote(conn, json.dumps(message))
     polled = await room.poll.remote(cursor, 0)
-    return [json.loads(e["data"]) for e in polled["entries"]
-            if e["to"] == "one" and e["conn"] == conn and e["data"]]
+    return [json.loads(e.data) for e in polled.entries
+            if e.to == "one" and e.conn == conn and e.data]
 
 
 def ai_user(state: dict[str, Any]) -> dict[str, Any] | None:

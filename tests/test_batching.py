@@ -31,8 +31,9 @@ from tests.wsclient import open_client as open_ws
 
 from actors.config import RoomsConfig
 from actors.gateway import GatewayLimits, RoomChannel, RoomRef, deploy_gateway, shutdown_gateway
+from actors.wire import Delivery, OutboxEntry
 from actors.room_actor import RoomActor, RoomHibernating
-from actors.system import free_port
+from actors.net import free_port
 from storage import MemoryStore, decode_snapshot
 
 APP = "rooms-batching-test"
@@ -97,25 +98,24 @@ async def test_deliver_handles_a_batch_in_order_with_one_group_commit(sqlite_url
         result = await actor.deliver(frames, cursor)
         after = await actor.info()
 
-        assert result["gap"] is False and result["hibernating"] is False
-        entries = result["entries"]
-        assert [e["seq"] for e in entries] == list(range(cursor + 1, cursor + 51))
-        assert result["cursor"] == cursor + 50 == after["seq"]
-        messages = [json.loads(e["data"]) for e in entries]
-        assert all(e["to"] == "all" for e in entries)
+        assert result.gap is False and result.hibernating is False
+        entries = result.entries
+        assert [e.seq for e in entries] == list(range(cursor + 1, cursor + 51))
+        assert result.cursor == cursor + 50 == after["seq"]
+        messages = [json.loads(e.data) for e in entries]
+        assert all(e.to == "all" for e in entries)
         # reply k carries frame k's marker for its sender
         assert [marker(m, frames[k][0]) for k, m in enumerate(messages)] == list(range(50))
         assert after["turns"] - before["turns"] == 50
         assert 1 <= after["saves"] - before["saves"] <= 2, (before["saves"], after["saves"])
         # the durable snapshot holds the last frame of each connection
-        last = json.loads(entries[-1]["data"])["state"]
+        last = json.loads(entries[-1].data)["state"]
         assert {u["id"]: u["tracks"]["audio"] for u in last["users"]} == {
             "one": "batch/48", "two": "batch/49"}
 
         # cursor=None: handled, but nothing returned but the cursor
         quiet = await actor.deliver([("one", update("one", 50))], None)
-        assert quiet == {"cursor": cursor + 51, "entries": [], "gap": False,
-                         "hibernating": False}
+        assert quiet == Delivery(cursor=cursor + 51)
     finally:
         stop_timers(actor)
 
@@ -130,14 +130,14 @@ async def test_a_bad_frame_in_a_batch_gets_one_error_to_its_sender_and_the_rest_
                   ("two", "{this is not json"), ("one", update("one", 3)),
                   ("two", update("two", 4))]
         result = await actor.deliver(frames, cursor, "P")
-        entries = result["entries"]
-        assert [e["seq"] for e in entries] == list(range(cursor + 1, cursor + 6))
-        errors = [e for e in entries if json.loads(e["data"])["type"] == "error"]
+        entries = result.entries
+        assert [e.seq for e in entries] == list(range(cursor + 1, cursor + 6))
+        errors = [e for e in entries if json.loads(e.data)["type"] == "error"]
         assert len(errors) == 1
         [error] = errors
-        assert error["to"] == "one" and error["conn"] == "two"
+        assert error.to == "one" and error.conn == "two"
         assert entries.index(error) == 2  # in its frame's place
-        states = [json.loads(e["data"]) for e in entries if e is not error]
+        states = [json.loads(e.data) for e in entries if e is not error]
         assert [m["type"] for m in states] == ["roomState"] * 4
         assert marker(states[-2], "one") == 3 and marker(states[-1], "two") == 4
         assert (await actor.state())["users"][1]["tracks"]["audio"] == "batch/4"
@@ -158,19 +158,19 @@ async def test_deliver_claims_its_entries_from_its_own_pollers_poll():
 
         frames = [("one", update("one", k)) for k in range(5)]
         delivered = await actor.deliver(frames, cursor, "P")
-        assert [e["seq"] for e in delivered["entries"]] == list(range(cursor + 1, cursor + 6))
+        assert [e.seq for e in delivered.entries] == list(range(cursor + 1, cursor + 6))
         q_result = await asyncio.wait_for(q_poll, 2.0)
-        assert q_result["entries"] == delivered["entries"]
-        assert q_result["cursor"] == delivered["cursor"] and not q_result["gap"]
+        assert q_result.entries == delivered.entries
+        assert q_result.cursor == delivered.cursor and not q_result.gap
         await asyncio.sleep(0.2)
         assert not p_poll.done(), "P's poll woke for entries its own deliver returned"
 
         await actor.connect("three", "three")  # a turn that is not a deliver
         p_result = await asyncio.wait_for(p_poll, 2.0)
-        [entry] = p_result["entries"]
-        assert entry["seq"] == delivered["cursor"] + 1 == p_result["cursor"]
-        assert p_result["gap"] is False
-        state = json.loads(entry["data"])["state"]
+        [entry] = p_result.entries
+        assert entry.seq == delivered.cursor + 1 == p_result.cursor
+        assert p_result.gap is False
+        state = json.loads(entry.data)["state"]
         assert {u["id"] for u in state["users"]} == {"one", "two", "three"}
     finally:
         stop_timers(actor)
@@ -201,7 +201,7 @@ async def test_deliver_on_a_hibernating_room_raises_and_handles_no_frame():
         await actor.deliver([("two", update("two", 2))], seq, "P")
 
     assert actor._stats["turns"] == turns
-    assert actor._next_seq - 1 == seq and actor._released_seq == seq
+    assert actor._next_seq - 1 == seq and actor.outbox.released == seq
     saved = decode_snapshot(room_id, await store.load(room_id))
     assert saved.seq == seq
     assert all(u.get("tracks", {}).get("audio") is None
@@ -219,7 +219,7 @@ async def test_deliver_on_a_hibernating_room_raises_and_handles_no_frame():
 
 
 class RecordingSocket:
-    """A stand-in for the gateway's ``_Socket``: records what the channel sends it."""
+    """A stand-in for the gateway's ``ClientSocket``: records what the channel sends it."""
 
     def __init__(self, conn: str) -> None:
         self.conn = conn
@@ -239,18 +239,18 @@ class RecordingSocket:
 
 
 def entry(seq: int, to: str = "all", conn: str | None = None,
-          close: list | None = None) -> dict[str, Any]:
+          close: tuple[int, str] | None = None) -> OutboxEntry:
     """An outbox entry as the room returns it; its data names its seq."""
-    return {"seq": seq, "to": to, "conn": conn,
-            "data": json.dumps({"type": "partyserver-pong", "n": seq}), "close": close}
+    return OutboxEntry(seq=seq, to=to, conn=conn,
+                       data=json.dumps({"type": "partyserver-pong", "n": seq}), close=close)
 
 
-def result(entries: list[dict[str, Any]], cursor: int | None = None,
-           gap: bool = False) -> dict[str, Any]:
+def result(entries: list[OutboxEntry], cursor: int | None = None,
+           gap: bool = False) -> Delivery:
     """A poll/deliver result holding ``entries``."""
     if cursor is None:
-        cursor = entries[-1]["seq"] if entries else 0
-    return {"cursor": cursor, "entries": entries, "gap": gap, "hibernating": False}
+        cursor = entries[-1].seq if entries else 0
+    return Delivery(cursor=cursor, entries=tuple(entries), gap=gap)
 
 
 def seqs(sock: RecordingSocket) -> list[int]:
@@ -449,7 +449,7 @@ async def test_a_hole_no_deliver_can_fill_resends_room_state(gateway):
 
 
 def _data(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [json.loads(e["data"]) for e in entries if e["data"] is not None]
+    return [json.loads(e.data) for e in entries if e.data is not None]
 
 
 async def test_a_reconnect_after_its_replica_died_gets_the_messages_it_was_owed():
@@ -461,26 +461,26 @@ async def test_a_reconnect_after_its_replica_died_gets_the_messages_it_was_owed(
     try:
         await actor.connect("a", "a", "P1", "s-a1")
         await actor.connect("b", "b", "P2", "s-b1")
-        cursor = (await actor.poll(None, 0, "P1"))["cursor"]
+        cursor = (await actor.poll(None, 0, "P1")).cursor
         await actor.poll(cursor, 0, "P1")  # P1 has delivered up to here, then dies
         await actor.message("b", json.dumps({"type": "directMessage", "to": "a",
                                              "message": "while you were away"}))
-        before = (await actor.poll(None, 0))["cursor"]
+        before = (await actor.poll(None, 0)).cursor
         await actor.connect("a", "a", "P3", "s-a2")
-        after = _data((await actor.poll(before, 0))["entries"])
+        after = _data((await actor.poll(before, 0)).entries)
         owed = [m for m in after if m["type"] == "directMessage"]
         assert owed == [{"type": "directMessage", "from": "b", "message": "while you were away"}]
         kinds = [m["type"] for m in after]
         assert kinds.index("directMessage") < kinds.index("roomState")
-        entries = (await actor.poll(before, 0))["entries"]
-        dm = next(e for e in entries if json.loads(e["data"])["type"] == "directMessage")
-        assert dm["to"] == "one" and dm["conn"] == "a"
+        entries = (await actor.poll(before, 0)).entries
+        dm = next(e for e in entries if json.loads(e.data)["type"] == "directMessage")
+        assert dm.to == "one" and dm.conn == "a"
 
         # a plain reconnect through the same poller replays nothing
-        before = (await actor.poll(None, 0))["cursor"]
+        before = (await actor.poll(None, 0)).cursor
         await actor.connect("b", "b", "P2", "s-b2")
         assert "directMessage" not in [m["type"] for m in
-                                       _data((await actor.poll(before, 0))["entries"])]
+                                       _data((await actor.poll(before, 0)).entries)]
     finally:
         stop_timers(actor)
 
@@ -497,15 +497,15 @@ async def test_a_close_reports_what_its_socket_had_and_a_stale_close_changes_not
         await actor.connect("a", "a", "P1", "s2")  # the reconnect overtakes s1's close
         await actor.close("a", 1006, "", "s1", None)
         assert (await actor.info())["connections"] == 2  # s2 stays
-        delivered = (await actor.poll(None, 0))["cursor"]
+        delivered = (await actor.poll(None, 0)).cursor
         # b's message to a, released before s2 closes, that s2 never got
         await actor.message("b", json.dumps({"type": "directMessage", "to": "a",
                                              "message": "late"}))
         await actor.close("a", 1001, "going away", "s2", delivered)
         assert (await actor.info())["connections"] == 1
-        before = (await actor.poll(None, 0))["cursor"]
+        before = (await actor.poll(None, 0)).cursor
         await actor.connect("a", "a", "P1", "s3")
-        replayed = [m for m in _data((await actor.poll(before, 0))["entries"])
+        replayed = [m for m in _data((await actor.poll(before, 0)).entries)
                     if m["type"] == "directMessage"]
         assert [m["message"] for m in replayed] == ["late"]
     finally:
@@ -573,11 +573,11 @@ async def test_a_room_refuses_a_connection_past_its_limit_but_not_a_reconnect():
     try:
         await actor.connect("a", "a", "P", "s-a")
         await actor.connect("b", "b", "P", "s-b")
-        seq = (await actor.poll(None, 0))["cursor"]
+        seq = (await actor.poll(None, 0)).cursor
         with pytest.raises(RoomFull, match="full"):
             await actor.connect("c", "c", "P", "s-c")
         assert (await actor.info())["connections"] == 2
-        assert (await actor.poll(None, 0))["cursor"] == seq  # nothing was sent
+        assert (await actor.poll(None, 0)).cursor == seq  # nothing was sent
         await actor.connect("a", "a", "P", "s-a2")
         assert (await actor.info())["connections"] == 2
     finally:

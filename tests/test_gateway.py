@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -26,6 +25,7 @@ from tests.wsclient import open_client
 
 from actors.auth import AuthError, AuthSettings, authenticate, issue_token, verify_token
 from actors.config import RoomsConfig
+from actors.net import free_port
 from actors.gateway import (CLOSE_POLICY, CLOSE_TRY_AGAIN, Gateway, GatewayLimits,
                             TokenBucket, deploy_gateway, shutdown_gateway)
 
@@ -35,12 +35,6 @@ SECRET = "test-secret-" + "k" * 64
 JS_DIR = Path(__file__).parent / "js"
 APP = "rooms-gateway-test"
 SMALL_APP = "rooms-gateway-test-small"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +48,7 @@ def gateway(ray_session, tmp_path_factory):
                          store_url=f"sqlite:///{store}", max_message_bytes=4096,
                          idle_timeout=0, poll_timeout=5.0)
     auth = AuthSettings(token_secret=SECRET)
-    port = _free_port()
+    port = free_port()
     url = deploy_gateway(config, port=port, replicas=2, name=APP, auth=auth,
                          limits=GatewayLimits(rate_per_s=50, burst=100))
     small = GatewayLimits(rate_per_s=5, burst=5, abuse_strikes=3, max_connections_per_room=2)

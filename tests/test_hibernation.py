@@ -101,7 +101,7 @@ def test_idle_room_hibernates_and_wakes_with_its_state(ray_session, config, uniq
     # a gateway's long-poll is waiting when the room goes to sleep
     poll = room.poll.remote(info["seq"], 30)
     answer = ray.get(poll, timeout=20)
-    assert answer["hibernating"] is True and answer["entries"] == []
+    assert answer.hibernating is True and answer.entries == ()
 
     _wait(lambda: not _alive(ray, unique_room), 20, "the actor to exit")
     named = ray.util.list_named_actors(all_namespaces=True)
@@ -124,7 +124,7 @@ def test_idle_room_hibernates_and_wakes_with_its_state(ray_session, config, uniq
     assert info2["pid"] != info["pid"]
     assert seq == info["seq"] + 1  # the outbox sequence goes on across activations
     polled = ray.get(woken.poll.remote(info["seq"], 5))
-    assert [json.loads(e["data"]) for e in polled["entries"]] == [{"type": "partyserver-pong"}]
+    assert [json.loads(e.data) for e in polled.entries] == [{"type": "partyserver-pong"}]
 
 
 def test_a_busy_room_does_not_hibernate(ray_session, config, unique_room):

@@ -81,7 +81,7 @@ def test_restart_keeps_last_acknowledged_turn(ray_session, config, unique_room, 
     seq = ray.get(room.message.remote("a", json.dumps({"type": "partyserver-ping"})))
     assert seq == after["seq"] + 1
     polled = ray.get(room.poll.remote(after["seq"], 5))
-    assert [json.loads(e["data"]) for e in polled["entries"]] == [{"type": "partyserver-pong"}]
+    assert [json.loads(e.data) for e in polled.entries] == [{"type": "partyserver-pong"}]
 
 
 def test_stale_epoch_write_is_refused(ray_session, config, unique_room, sqlite_url):
@@ -130,17 +130,17 @@ async def test_output_gate_holds_messages_until_snapshot_is_durable():
     store = DelayedStore(0.3)
     actor = RoomActor("gate", RoomsConfig(idle_timeout=0), store=store)
     await actor.poll(None, 0)
-    start = actor._released_seq
+    start = actor.outbox.released
 
     turn = asyncio.ensure_future(actor.connect("a", "alice"))
     # while the save is under way, nothing may leave the outbox
     early = await actor.poll(start, 0.15)
-    assert early["entries"] == [] and not turn.done()
+    assert early.entries == () and not turn.done()
     saves_before = len(store.saved_versions)
     result = await actor.poll(start, 2.0)
     assert len(store.saved_versions) == saves_before + 1
-    [entry] = result["entries"]
-    state = json.loads(entry["data"])["state"]
+    [entry] = result.entries
+    state = json.loads(entry.data)["state"]
     assert [u["id"] for u in state["users"]] == ["a"]
     # the snapshot saved before the release already holds what the message says
     saved = decode_snapshot("gate", store.saved_versions[-1])

@@ -1,0 +1,49 @@
+"""The room runtime's errors: what a room actor, the directory, the gateway and the
+identity check raise. Their root is :class:`rooms.errors.RoomsError`, whose docstring
+draws the whole tree::
+
+    RoomRuntimeError          the room runtime refused a call or could not make it
+    ├── RoomFull              the room has RoomsConfig.max_connections connections
+    ├── RoomHibernating       the room's actor is exiting; call it again through get_room
+    ├── RoomUnavailable       a room call failed on every attempt (actor dead, restarting)
+    ├── InvalidRoomId         (also ValueError) not 1-128 characters of [A-Za-z0-9._~-]
+    └── AuthError             (also ValueError) a credential was missing or refused
+
+The gateway answers each with one HTTP status and WebSocket close code, from one table
+(:mod:`actors.gateway.errors`). None of them carries a secret; all are picklable (they
+cross Ray processes: a room actor raises, a gateway replica catches).
+"""
+
+from __future__ import annotations
+
+from rooms.errors import RoomsError
+
+__all__ = ["AuthError", "InvalidRoomId", "RoomFull", "RoomHibernating", "RoomRuntimeError",
+           "RoomUnavailable"]
+
+
+class RoomRuntimeError(RoomsError):
+    """The room runtime refused a call or could not make it."""
+
+
+class RoomFull(RoomRuntimeError):
+    """The room has ``RoomsConfig.max_connections`` connections; the new one is refused
+    (the gateway closes its socket with 1013 ``room full``)."""
+
+
+class RoomHibernating(RoomRuntimeError):
+    """The room is hibernating (its actor is exiting); call it again through
+    :func:`actors.directory.get_room` to reactivate it."""
+
+
+class RoomUnavailable(RoomRuntimeError):
+    """A room call failed on every attempt (actor dead, restarting or hibernating)."""
+
+
+class InvalidRoomId(RoomRuntimeError, ValueError):
+    """A room id is empty, longer than 128 characters, or has characters other than
+    letters, digits and ``. _ ~ -``."""
+
+
+class AuthError(RoomRuntimeError, ValueError):
+    """A credential was missing or refused; ``str(error)`` says why (no secrets)."""

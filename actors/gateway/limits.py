@@ -1,0 +1,68 @@
+"""The gateway's limits, timings and close codes (environment ``ROOMS_GATEWAY_*``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["CLOSE_POLICY", "CLOSE_ROOM_UNAVAILABLE", "CLOSE_TRY_AGAIN", "GatewayLimits",
+           "MAX_CONN_ID_CHARS", "REPLICA_HEADER"]
+
+CLOSE_POLICY = 1008
+"""WebSocket close code for a refused identity or sustained rate-limit abuse (RFC 6455
+policy violation)."""
+CLOSE_ROOM_UNAVAILABLE = 1011
+"""WebSocket close code when the room cannot be reached (RFC 6455 internal error)."""
+CLOSE_TRY_AGAIN = 1013
+"""WebSocket close code for a full room or a too-slow client (try again later)."""
+
+MAX_CONN_ID_CHARS = 128
+"""Longest connection id (``_pk`` or ``?conn=``) accepted, in characters."""
+REPLICA_HEADER = "x-rooms-replica"
+"""Response header naming the replica that serves a WebSocket (for operators, tests)."""
+
+
+class GatewayLimits(BaseSettings):
+    """Per-replica limits and timings of the gateway (environment ``ROOMS_GATEWAY_*``).
+
+    Attributes:
+        rate_per_s: messages per second a connection may send, sustained (token bucket
+            refill rate).
+        burst: messages a connection may send at once (token bucket size).
+        abuse_strikes: rate-limited frames tolerated (refilled at one per second)
+            before the socket is closed with 1008.
+        max_connections_per_room: sockets of one room *in one replica*; the next is
+            closed with 1013 ``room full`` (the room itself caps its connections
+            across replicas at ``RoomsConfig.max_connections``).
+        send_queue: messages queued for one socket before it is closed with 1013
+            ``client too slow``.
+        poll_timeout: seconds one long-poll waits in the room (``None``: the room's
+            ``RoomsConfig.poll_timeout``).
+        call_attempts: attempts of one room call across actor deaths and hibernation.
+        backoff_s: first back-off between attempts, doubled up to ``max_backoff_s``.
+        max_backoff_s: longest back-off, seconds.
+        wake_check_s: seconds between looks for a reactivated actor while the room
+            hibernates.
+        max_ongoing_requests: Serve's concurrency cap per replica; every open WebSocket
+            counts as one ongoing request.
+        max_batch: frames of one room sent in one ``RoomActor.deliver`` call.
+        room_queue: frames of one room waiting in one replica for the next
+            ``deliver`` call; past it, the sockets of the room are not read until the
+            room catches up (TCP back-pressure on the clients).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="ROOMS_GATEWAY_", extra="ignore")
+
+    rate_per_s: float = Field(20.0, gt=0)
+    burst: int = Field(40, ge=1)
+    abuse_strikes: int = Field(20, ge=1)
+    max_connections_per_room: int = Field(1000, ge=1)
+    send_queue: int = Field(1024, ge=1)
+    poll_timeout: float | None = Field(None, gt=0)
+    call_attempts: int = Field(8, ge=1)
+    backoff_s: float = Field(0.05, gt=0)
+    max_backoff_s: float = Field(2.0, gt=0)
+    wake_check_s: float = Field(1.0, gt=0)
+    max_ongoing_requests: int = Field(10_000, ge=1)
+    max_batch: int = Field(256, ge=1)
+    room_queue: int = Field(4096, ge=1)

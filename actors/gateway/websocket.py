@@ -1,0 +1,186 @@
+"""One client WebSocket, from handshake to close: identity, limits, relaying its frames
+to the room's channel, and telling the room when it closes.
+
+Close codes the gateway sends (besides those the room asks for, e.g. 1000
+``User left``, 1011 ``heartbeat timeout``):
+
+=====  ===========================================================================
+1008   sustained rate-limit abuse (``"rate limit abuse"``)
+1011   the room could not be reached after retries (``"room unavailable"``)
+1013   the room is full (``"room full"``: ``RoomsConfig.max_connections`` in the
+       room, or ``max_connections_per_room`` sockets of it in this replica), or the
+       client reads too slowly (``"client too slow"``)
+=====  ===========================================================================
+
+A refused handshake (no identity: 401; a bad room id or ``_pk``: 400) is answered with
+an HTTP response, not a close. Frames over ``max_message_bytes`` or the rate limit are
+answered with an ``error`` frame and the socket stays open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+
+from fastapi import WebSocket
+from fastapi.responses import JSONResponse
+from starlette.websockets import WebSocketDisconnect
+
+from ..auth import AuthSettings, authenticate
+from ..directory import validate_room_id
+from ..errors import AuthError, InvalidRoomId, RoomFull, RoomUnavailable
+from .channel import RoomChannel
+from .errors import answer_for, error_frame
+from .limits import (CLOSE_POLICY, CLOSE_ROOM_UNAVAILABLE, CLOSE_TRY_AGAIN, MAX_CONN_ID_CHARS,
+                     REPLICA_HEADER, GatewayLimits)
+from .ratelimit import TokenBucket
+from .registry import RoomRegistry
+from .client_socket import ClientSocket
+
+__all__ = ["serve_websocket"]
+
+log = logging.getLogger("ray.serve.ray_rooms.gateway")
+
+
+async def serve_websocket(ws: WebSocket, room: str, registry: RoomRegistry,
+                          auth: AuthSettings, limits: GatewayLimits) -> None:
+    """Serve one partysocket connection to ``room`` as connection ``?_pk=`` until it
+    closes (see the module docstring for the close codes).
+
+    Args:
+        ws: the WebSocket, not yet accepted.
+        room: the room id from the path.
+        registry: the replica's rooms.
+        auth: the identity settings.
+        limits: the replica's limits.
+    """
+    query = ws.query_params
+    try:
+        name = authenticate(query, ws.headers, auth)
+        validate_room_id(room)
+    except (AuthError, InvalidRoomId) as error:
+        await _deny(ws, answer_for(error).response(error))
+        return
+    conn = query.get("_pk") or uuid.uuid4().hex
+    if len(conn) > MAX_CONN_ID_CHARS:
+        await _deny(ws, JSONResponse({"error": "_pk is too long"}, status_code=400))
+        return
+    channel = registry.channel(room)
+    await ws.accept(headers=[(REPLICA_HEADER.encode(), registry.replica.encode())])
+    if channel.count() >= limits.max_connections_per_room:
+        await ws.close(CLOSE_TRY_AGAIN, "room full")
+        if not channel.sockets:
+            channel.stop()
+            registry.drop(channel)
+        return
+    sock = ClientSocket(conn, ws, limits.send_queue)
+    channel.add(sock)
+    code, reason, connected = 1006, "", False
+    try:
+        await channel.ready()
+        if sock.sent_seq is None:
+            sock.sent_seq = channel.cursor
+        await channel.ref.call("connect", conn, name, channel.poller, sock.id)
+        connected = True
+        code, reason = await _relay(ws, sock, channel, registry.config.max_message_bytes,
+                                    limits)
+    except (RoomUnavailable, RoomFull) as error:  # RoomFull: the room's own cap
+        answer = answer_for(error)
+        sock.close(answer.close, answer.reason)
+        code, reason = answer.close, answer.reason
+        await _wait(sock.closed, 2.0)
+    except (WebSocketDisconnect, asyncio.CancelledError) as error:
+        code = getattr(error, "code", 1006)
+    except Exception:  # noqa: BLE001 - never let one socket take the replica down
+        log.exception("room %s: socket %s failed", room, conn[:64])
+        sock.close(CLOSE_ROOM_UNAVAILABLE, "gateway error")
+        await _wait(sock.closed, 2.0)
+    finally:
+        others = channel.remove(sock)
+        sock.stop()
+        if connected and not others:
+            # Orange's onClose, after the socket's last frames; shielded so a
+            # cancelled handler still tells the room.
+            task = asyncio.ensure_future(_close_after(sock, channel, code, reason, limits))
+            task.add_done_callback(_log_failure)
+            try:
+                await asyncio.shield(task)
+            except BaseException:  # noqa: BLE001 - logged by the callback
+                pass
+
+
+async def _close_after(sock: ClientSocket, channel: RoomChannel, code: int, reason: str,
+                       limits: GatewayLimits) -> None:
+    """Tell the room that ``sock`` closed, once its queued frames have been handled
+    (at most ``max_backoff_s`` * 4 seconds later)."""
+    await _wait(sock.drained, limits.max_backoff_s * 4)
+    await channel.ref.call("close", sock.conn, code, reason, sock.id, sock.sent_seq)
+
+
+async def _relay(ws: WebSocket, sock: ClientSocket, channel: RoomChannel, max_bytes: int,
+                 limits: GatewayLimits) -> tuple[int, str]:
+    """Relay the socket's frames to the room until the client closes it or the gateway
+    does (``sock.closed``); returns the close ``(code, reason)``."""
+    reader = asyncio.ensure_future(_read(ws, sock, channel, max_bytes, limits))
+    closed = asyncio.ensure_future(sock.closed.wait())
+    try:
+        done, _ = await asyncio.wait({reader, closed}, return_when=asyncio.FIRST_COMPLETED)
+        if reader in done:
+            return reader.result()
+        return sock.close_code or (1006, "connection lost")
+    finally:
+        reader.cancel()
+        closed.cancel()
+
+
+async def _read(ws: WebSocket, sock: ClientSocket, channel: RoomChannel, limit: int,
+                limits: GatewayLimits) -> tuple[int, str]:
+    """Read frames, apply the size and rate limits, queue the rest for the room;
+    returns the client's close ``(code, reason)``."""
+    quick = limit // 4  # a str of at most this many characters fits in UTF-8
+    bucket = TokenBucket(limits.rate_per_s, limits.burst)
+    strikes = TokenBucket(1.0, limits.abuse_strikes)
+    while True:
+        message = await ws.receive()
+        if message["type"] == "websocket.disconnect":
+            return int(message.get("code") or 1005), str(message.get("reason") or "")
+        text = message.get("text")
+        data: str | bytes | None = text if text is not None else message.get("bytes")
+        if data is None:
+            continue
+        if isinstance(data, bytes) or len(data) > quick:
+            size = len(data.encode("utf-8")) if isinstance(data, str) else len(data)
+            if size > limit:
+                sock.send(error_frame(f"message too large ({size} > {limit} bytes)"))
+                continue
+        if not bucket.take():
+            if not strikes.take():
+                sock.close(CLOSE_POLICY, "rate limit abuse")
+                continue
+            sock.send(error_frame(f"rate limit exceeded ({limits.rate_per_s:g} messages/s)"))
+            continue
+        await channel.submit(sock, data)
+
+
+async def _deny(ws: WebSocket, response: JSONResponse) -> None:
+    """Refuse a WebSocket handshake with an HTTP response (ASGI websocket denial
+    response), or close 1008 if the server cannot send one."""
+    log.info("websocket refused: HTTP %d %s", response.status_code, response.body[:200])
+    try:
+        await ws.send_denial_response(response)
+    except RuntimeError:
+        await ws.close(CLOSE_POLICY, "unauthorized" if response.status_code == 401 else "refused")
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+    except asyncio.TimeoutError:
+        pass
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("telling the room about a closed socket failed (%s)",
+                    type(task.exception()).__name__)

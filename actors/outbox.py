@@ -1,0 +1,211 @@
+"""A room's outbox: its released messages, in sequence, for the gateways that read them.
+
+A room actor releases each message a turn produced (once the turn's snapshot is durable:
+the output gate) into its :class:`Outbox` with :meth:`Outbox.publish`. Gateway replicas
+read it in two ways, both answered with an :class:`~actors.wire.Delivery`:
+
+* the result of their ``RoomActor.deliver`` call, which carried their frames: the
+  entries after their cursor, at once (:meth:`Outbox.since`);
+* their long-poll, ``RoomActor.poll``, which waits for entries after their cursor
+  (:meth:`Outbox.wait`).
+
+A replica has one *poller* id per room. While a ``deliver`` of that poller is under
+way, the entries it will return are *claimed* for the poller (:meth:`Outbox.claiming`),
+so that poller's long-poll does not wake for them: a message whose readers are all on
+the sender's replica costs one Ray call. This is the same split Ray Serve makes between
+its ``LongPollHost`` and the actors that embed it.
+
+The outbox also keeps what a reconnect is owed: which socket each connection has now
+(so a close that a reconnect overtook is recognised as stale), the last sequence
+number each closed socket was sent, and each poller's newest cursor (for a replica that
+died without closing its sockets). All of it lasts for one activation and is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+import time
+from collections import Counter, deque
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+from .wire import Delivery, OutboxEntry
+
+__all__ = ["Outbox"]
+
+log = logging.getLogger("ray_rooms.room")
+
+_TABLE_SIZE = 4096
+"""Connections (and pollers) remembered for reconnects; the oldest are forgotten."""
+
+
+def _bounded(table: dict, size: int = _TABLE_SIZE) -> None:
+    """Forget the oldest keys of ``table`` beyond ``size`` (insertion order)."""
+    while len(table) > size:
+        table.pop(next(iter(table)))
+
+
+class Outbox:
+    """The released entries of one room (the newest ``size``) and who has read what.
+
+    Args:
+        size: entries kept; a reader further behind gets ``gap`` (it resends state).
+        released: the sequence number released last before this activation (entries
+            up to it are gone with the previous process).
+    """
+
+    def __init__(self, size: int, released: int = 0) -> None:
+        self._entries: deque[OutboxEntry] = deque(maxlen=size)
+        self._seqs: deque[int] = deque(maxlen=size)
+        self.released = released
+        """The sequence number of the newest released entry."""
+        self._wakeup = asyncio.Event()
+        self._waiting: Counter[str | None] = Counter()  # pollers waiting in wait()
+        self._claimed: dict[str, int] = {}  # poller -> newest seq its deliver returned
+        self._claiming: set[str] = set()  # pollers whose deliver is staging turns now
+        self._cursors: dict[str, int] = {}  # poller -> the newest cursor it sent
+        self._conn_poller: dict[str, str] = {}  # conn -> poller of its last socket
+        self._conn_socket: dict[str, str] = {}  # conn -> id of its current socket
+        self._conn_delivered: dict[str, int] = {}  # conn -> last seq its closed socket had
+
+    # ---- writing -----------------------------------------------------------------------
+
+    def publish(self, entry: OutboxEntry) -> None:
+        """Release ``entry`` (the next sequence number) and wake the polls waiting for
+        it, unless each of them has it claimed by a ``deliver``."""
+        self._entries.append(entry)
+        self._seqs.append(entry.seq)
+        self.released = entry.seq
+        if any(p is None or (p not in self._claiming and self._claimed.get(p, 0) < entry.seq)
+               for p in self._waiting):
+            self.wake()
+
+    def wake(self) -> None:
+        """Wake every waiting poll (to return what it finds, or that the room sleeps)."""
+        wakeup, self._wakeup = self._wakeup, asyncio.Event()
+        wakeup.set()
+
+    @contextmanager
+    def claiming(self, poller: str | None, newest: Callable[[], int]) -> Iterator[None]:
+        """While the block stages a ``deliver`` batch, claim for ``poller`` everything
+        released; when it ends, claim up to ``newest()`` (the newest sequence number a
+        turn was given: the call returns all of them). On an error the previous claim
+        stays, and the waiting polls are woken to see what was released."""
+        if poller is None:
+            yield
+            return
+        self._claiming.add(poller)
+        try:
+            yield
+        except BaseException:
+            self.wake()
+            raise
+        else:
+            self._claimed[poller] = newest()
+            _bounded(self._claimed, 256)  # pollers of replicas long gone
+        finally:
+            self._claiming.discard(poller)
+
+    # ---- reading -----------------------------------------------------------------------
+
+    def note_cursor(self, poller: str | None, cursor: int | None) -> None:
+        """Record that ``poller`` holds everything up to ``cursor`` (for reconnects)."""
+        if poller is not None and cursor is not None:
+            self._cursors[poller] = cursor
+            _bounded(self._cursors)
+
+    def since(self, cursor: int) -> Delivery:
+        """The released entries after ``cursor``, at once."""
+        last = self.released
+        if cursor > last or (cursor < last and not self._seqs):
+            return Delivery(cursor=last, gap=True)
+        if not self._seqs or self._seqs[-1] <= cursor:
+            return Delivery(cursor=cursor)
+        start = bisect.bisect_right(self._seqs, cursor)
+        entries = tuple(self._entries[i] for i in range(start, len(self._entries)))
+        return Delivery(cursor=entries[-1].seq, entries=entries,
+                        gap=entries[0].seq != cursor + 1)
+
+    async def wait(self, cursor: int, timeout: float, poller: str | None,
+                   hibernating: Callable[[], bool]) -> Delivery:
+        """Wait up to ``timeout`` seconds for entries after ``cursor`` that ``poller``
+        has not claimed through a ``deliver``; return them (or nothing, at the
+        deadline, or ``hibernating`` once ``hibernating()`` is true)."""
+        self.note_cursor(poller, cursor)
+        last = self.released
+        if cursor > last or (cursor < last and not self._seqs):
+            # ahead of the outbox, or behind an outbox this activation no longer holds
+            return Delivery(cursor=last, gap=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            if hibernating():
+                return Delivery(cursor=cursor, hibernating=True)
+            claimed = self._claimed.get(poller, 0) if poller is not None else 0
+            if self._seqs and self._seqs[-1] > max(cursor, claimed):
+                result = self.since(cursor)
+                if claimed > cursor:  # skip what the poller's deliver returns
+                    result = Delivery(cursor=result.cursor, entries=tuple(
+                        e for e in result.entries if e.seq > claimed))
+                if result.entries or result.gap:
+                    return result
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return Delivery(cursor=cursor)
+            self._waiting[poller] += 1
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                self._waiting[poller] -= 1
+                if not self._waiting[poller]:
+                    del self._waiting[poller]
+
+    # ---- sockets and reconnects -----------------------------------------------------------
+
+    def connected(self, conn: str, poller: str | None, socket: str | None) -> list[OutboxEntry]:
+        """A socket of ``conn`` connected through ``poller``: record it, and return the
+        entries with data addressed to ``conn`` that its previous socket did not get.
+
+        What it did not get is known from the close of its last socket, or, when that
+        socket's replica died without a close, from the last cursor that replica's
+        poller sent (at least once: a message it had just fanned out may come twice).
+        """
+        owed = self._owed(conn, poller)
+        if socket is not None:
+            self._conn_socket[conn] = socket
+            _bounded(self._conn_socket)
+        if poller is not None:
+            self._conn_poller[conn] = poller
+            _bounded(self._conn_poller)
+        return owed
+
+    def closed(self, conn: str, socket: str | None, delivered: int | None) -> bool:
+        """A socket of ``conn`` closed having been sent up to ``delivered``. Returns
+        ``False`` when the close is stale (``conn`` connected since with another
+        socket), which then changes nothing."""
+        current = self._conn_socket.get(conn)
+        if socket is not None and current is not None and current != socket:
+            return False
+        self._conn_socket.pop(conn, None)
+        if delivered is not None:
+            self._conn_delivered[conn] = delivered
+            _bounded(self._conn_delivered)
+        return True
+
+    def _owed(self, conn: str, poller: str | None) -> list[OutboxEntry]:
+        start = self._conn_delivered.pop(conn, None)
+        if start is None:
+            old = self._conn_poller.get(conn)
+            if old is None or old == poller:
+                return []
+            start = self._cursors.get(old)
+            if start is None:
+                return []
+        if self._seqs and self._seqs[0] > start + 1:
+            log.warning("%s was owed messages no longer in the outbox", conn[:64])
+        begin = bisect.bisect_right(self._seqs, start)
+        return [e for e in (self._entries[i] for i in range(begin, len(self._entries)))
+                if e.data is not None and e.reaches(conn)]

@@ -1,0 +1,99 @@
+"""The wire between gateway replicas and room actors, typed once for both sides.
+
+A room releases its messages into a sequenced outbox (:mod:`actors.outbox`); a gateway
+replica receives them as :class:`OutboxEntry` values, either in the result of the
+``RoomActor.deliver`` call that carried its frames or through its long-poll
+(``RoomActor.poll``). Both calls return a :class:`Delivery`. Ray pickles these
+dataclasses across processes; a snapshot stores entries with :meth:`OutboxEntry.record`.
+
+The one rule of who receives an entry is :meth:`OutboxEntry.reaches`; the gateway (fan
+out to its sockets), the room (what a reconnect is owed) and the CLI (which replies
+``rooms send`` prints) all use it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Literal, Mapping, TypeVar
+
+__all__ = ["Delivery", "OutboxEntry", "Recipients"]
+
+T = TypeVar("T")
+
+Recipients = Literal["one", "all", "except"]
+"""Who an entry is for, with its ``conn``: that connection only, everyone, or everyone
+but that connection."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """One released message of a room, or a close of one connection.
+
+    Attributes:
+        seq: the room's outbox sequence number (consecutive, kept across activations).
+        to: ``"one"``, ``"all"`` or ``"except"`` (see :data:`Recipients`).
+        conn: the connection ``to`` refers to (``None`` with ``"all"``).
+        data: the message as JSON text, or ``None`` for a close alone.
+        close: ``(code, reason)`` to close ``conn``'s sockets with after ``data``, or
+            ``None``.
+    """
+
+    seq: int
+    to: Recipients
+    conn: str | None = None
+    data: str | None = None
+    close: tuple[int, str] | None = None
+
+    def reaches(self, conn: str) -> bool:
+        """Whether connection ``conn`` receives this entry's ``data``."""
+        if self.to == "all":
+            return True
+        if self.to == "one":
+            return conn == self.conn
+        return conn != self.conn
+
+    def pick(self, by_conn: Mapping[str, Iterable[T]]) -> list[T]:
+        """Return the items (sockets) of the connections this entry reaches, from a map
+        of connection id to items (the rule of :meth:`reaches`, without a scan for
+        ``"one"``)."""
+        if self.to == "one":
+            return list(by_conn.get(self.conn, ())) if self.conn is not None else []
+        return [item for conn, items in by_conn.items() if self.reaches(conn)
+                for item in items]
+
+    def record(self) -> dict[str, Any]:
+        """Return the entry as a msgpack/JSON-friendly dict (for snapshots)."""
+        return {"seq": self.seq, "to": self.to, "conn": self.conn, "data": self.data,
+                "close": list(self.close) if self.close else None}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "OutboxEntry":
+        """Rebuild an entry from :meth:`record`'s dict.
+
+        Raises:
+            KeyError, TypeError, ValueError: the dict is not such a record.
+        """
+        close = record.get("close")
+        return cls(seq=int(record["seq"]), to=record["to"], conn=record.get("conn"),
+                   data=record.get("data"),
+                   close=(int(close[0]), str(close[1])) if close else None)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What ``RoomActor.poll`` and ``RoomActor.deliver`` return to a gateway replica.
+
+    Attributes:
+        cursor: the sequence number the caller holds after taking ``entries`` (with no
+            entries: the room's newest released sequence number, or the caller's own).
+        entries: released entries after the caller's cursor, in sequence order.
+        gap: entries after the caller's cursor are no longer in the outbox (or the
+            cursor is ahead of the room's): the caller resends ``roomState``.
+        hibernating: the room is going to sleep; stop polling until a frame
+            reactivates it.
+    """
+
+    cursor: int
+    entries: tuple[OutboxEntry, ...] = field(default_factory=tuple)
+    gap: bool = False
+    hibernating: bool = False
