@@ -3,25 +3,47 @@
 from __future__ import annotations
 
 import json
+import time
 
+import pytest
 from typer.testing import CliRunner
 
 from actors.cli import app
+from bridges.local import start_emulators
 
 from .conftest import TEST_NAMESPACE
 
+APP_SECRET = "cli-app-secret-" + "s" * 16
+API_KEY = "sk-cli-very-secret-value"
 
-def test_send_show_ls(ray_session, unique_room, sqlite_url, monkeypatch):
+
+@pytest.fixture(scope="module")
+def emu():
+    """The local Calls and OpenAI emulators, accepting only this module's secrets."""
+    emulators = start_emulators(app_id="cli-app", app_secret=APP_SECRET, api_key=API_KEY)
+    yield emulators
+    emulators.stop()
+
+
+def test_send_show_ls(ray_session, unique_room, sqlite_url, monkeypatch, emu):
     monkeypatch.setenv("ROOMS_NAMESPACE", TEST_NAMESPACE)
     monkeypatch.setenv("ROOMS_STORE_URL", sqlite_url)
     monkeypatch.setenv("ROOMS_IDLE_TIMEOUT", "0")
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-very-secret-value")
+    # the CLI reads these into the room's config (RoomsConfig.services), so the room
+    # actor it creates holds the secrets: none may reach the CLI's output
+    monkeypatch.setenv("ROOMS_AI_CALLS_BASE_URL", emu.calls_base_url)
+    monkeypatch.setenv("ROOMS_AI_CALLS_APP_ID", "cli-app")
+    monkeypatch.setenv("ROOMS_AI_CALLS_APP_SECRET", APP_SECRET)
+    monkeypatch.setenv("ROOMS_AI_OPENAI_BASE_URL", emu.openai_base_url)
+    monkeypatch.setenv("ROOMS_AI_OPENAI_API_KEY", API_KEY)
     runner = CliRunner()
+    outputs = []
 
     update = {"type": "userUpdate", "user": {"id": "x", "name": "x", "raisedHand": True,
               "speaking": False, "joined": True, "tracks": {"audioUnavailable": False}}}
     result = runner.invoke(app, ["send", unique_room, "--as", "c1", json.dumps(update)])
     assert result.exit_code == 0, result.output
+    outputs.append(result.output)
     out = json.loads(result.output)
     [state] = [r["state"] for r in out["replies"] if r["type"] == "roomState"]
     assert state["users"][0]["raisedHand"] is True and state["users"][0]["id"] == "c1"
@@ -32,6 +54,7 @@ def test_send_show_ls(ray_session, unique_room, sqlite_url, monkeypatch):
 
     result = runner.invoke(app, ["show", unique_room])
     assert result.exit_code == 0, result.output
+    outputs.append(result.output)
     shown = json.loads(result.output)
     assert shown["state"] == state and shown["actor"]["room"] == unique_room
 
@@ -39,5 +62,24 @@ def test_send_show_ls(ray_session, unique_room, sqlite_url, monkeypatch):
     assert result.exit_code == 0
     line = next(l for l in result.output.splitlines() if l.startswith(unique_room))
     assert line.split()[1:] == ["yes", "ALIVE"]
-    for output in (result.output, shown.__repr__()):
-        assert "sk-very-secret-value" not in output
+    outputs.append(result.output)
+
+    # the room uses the secrets it was given: the AI comes into the call through the
+    # emulators, which refuse any other key
+    result = runner.invoke(app, ["send", unique_room, "--as", "c1", '{"type":"enableAi"}'])
+    assert result.exit_code == 0, result.output
+    outputs.append(result.output)
+    deadline = time.monotonic() + 20
+    while True:
+        result = runner.invoke(app, ["show", unique_room])
+        outputs.append(result.output)
+        shown = json.loads(result.output)
+        if not shown["state"]["ai"].get("connectionPending") or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert shown["state"]["ai"]["enabled"] is True, shown["state"]["ai"]
+    result = runner.invoke(app, ["send", unique_room, "--as", "c1", '{"type":"disableAi"}'])
+    assert result.exit_code == 0, result.output
+    outputs.append(result.output)
+    for output in outputs:
+        assert APP_SECRET not in output and API_KEY not in output
