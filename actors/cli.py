@@ -168,3 +168,7 @@ def demo(address: Optional[str] = AddressOption) -> None:
 def main() -> None:  # pragma: no cover - console entry point
     """Run the ``rooms`` command line."""
     app()
+
+
+if __name__ == "__main__":  # python -m actors.cli
+    main()

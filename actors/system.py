@@ -15,7 +15,20 @@ from .config import RoomsConfig, ServiceEndpoints
 from .gateway import deploy_gateway, shutdown_gateway
 from .net import free_port
 
-__all__ = ["LocalSystem", "start_system"]
+__all__ = ["DASHBOARD_TOKEN_HINT", "LocalSystem", "dashboard_needs_token", "start_system"]
+
+DASHBOARD_TOKEN_HINT = "it asks for a token: `ray get-auth-token` prints it"
+"""What ``rooms serve`` says beside the Dashboard URL when Ray's token auth is on."""
+
+
+def dashboard_needs_token() -> bool:
+    """Whether the connected Ray protects its Dashboard with a token (Ray 2.60's
+    default, ``RAY_AUTH_MODE=token``; ``RAY_AUTH_MODE=disabled`` turns it off)."""
+    try:
+        from ray._private.authentication.authentication_utils import is_token_auth_enabled
+    except ImportError:  # a Ray without token auth
+        return False
+    return is_token_auth_enabled()
 
 
 @dataclass
@@ -140,6 +153,8 @@ def start_system(
         dashboard = getattr(context, "dashboard_url", None)
         if dashboard:
             urls["dashboard"] = dashboard if dashboard.startswith("http") else f"http://{dashboard}"
+            if dashboard_needs_token():
+                urls["dashboard"] += f"  ({DASHBOARD_TOKEN_HINT})"
         node = next(n for n in ray.nodes() if n.get("Alive"))
         urls["metrics"] = (f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}"
                            "/metrics  (ray_rooms_*)")

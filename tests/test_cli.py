@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -83,3 +87,37 @@ def test_send_show_ls(ray_session, unique_room, sqlite_url, monkeypatch, emu):
     outputs.append(result.output)
     for output in outputs:
         assert APP_SECRET not in output and API_KEY not in output
+
+
+def test_serve_tells_how_to_reach_the_dashboard_and_stops_quietly(tmp_path):
+    """``rooms serve`` as a user runs it (its own Ray, in a subprocess): it prints the
+    Dashboard URL with how to get past Ray's token prompt, and a SIGTERM stops it
+    without Ray's "graceful_shutdown failed ... killed by ray.kill" complaint."""
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0",
+           "ROOMS_STORE_URL": f"sqlite:///{tmp_path / 'rooms.sqlite3'}"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen([sys.executable, "-m", "actors.cli", "serve", "--port", "0",
+                             "--dev"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env, cwd=tmp_path)
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("identity:"):
+                break
+        dashboard = [l for l in lines if l.startswith("dashboard")]
+        assert dashboard, "".join(lines)
+        assert "ray get-auth-token" in dashboard[0], dashboard[0]
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    output = "".join(lines) + rest
+    assert proc.returncode == 0, output
+    assert "stopping" in output
+    assert "graceful_shutdown failed" not in output and "killed by `ray.kill`" not in output, output

@@ -155,15 +155,47 @@ def deploy_gateway(
         time.sleep(0.2)
 
 
-def _serve_running() -> bool:
-    """Whether a Serve controller runs in the connected Ray cluster."""
+def _serve_controller() -> Optional["ray.actor.ActorHandle"]:
+    """The Serve controller of the connected Ray cluster, or ``None``."""
     from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 
     try:
-        ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
-        return True
+        return ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
     except ValueError:
-        return False
+        return None
+
+
+def _serve_running() -> bool:
+    """Whether a Serve controller runs in the connected Ray cluster."""
+    return _serve_controller() is not None
+
+
+def _stop_serve(timeout_s: float = 30.0) -> None:
+    """Shut Serve down without a task in flight when its controller exits.
+
+    ``serve.shutdown()`` waits in ``ServeController.graceful_shutdown`` until the
+    controller kills itself, so Ray reports that task as failed ("killed by
+    ``ray.kill``") on every stop. Here the controller is only told to shut down
+    (``wait=False``), we wait for it to be gone, and ``serve.shutdown()`` then just
+    drops the driver's cached client (its two INFO lines saying the controller is gone
+    are held back: that is what we waited for).
+    """
+    controller = _serve_controller()
+    if controller is not None:
+        try:
+            ray.get(controller.graceful_shutdown.remote(False), timeout=timeout_s)
+        except ray.exceptions.RayActorError:
+            pass  # already exiting
+        deadline = time.monotonic() + timeout_s
+        while _serve_controller() is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+    serve_log = logging.getLogger("ray.serve")
+    level = serve_log.level
+    serve_log.setLevel(logging.WARNING)
+    try:
+        serve.shutdown()
+    finally:
+        serve_log.setLevel(level)
 
 
 def shutdown_gateway(name: str | None = "rooms-gateway") -> None:
@@ -179,4 +211,4 @@ def shutdown_gateway(name: str | None = "rooms-gateway") -> None:
                 return
         except Exception:  # noqa: BLE001
             pass
-    serve.shutdown()
+    _stop_serve()
