@@ -1,6 +1,7 @@
 """Snapshot stores for rooms: the protocol, the msgpack codec and the backends.
 
-Use ``open_store(url)`` (``memory://``, ``memory://name``, ``sqlite:///path.db``) or
+Use ``open_store(url)`` (``memory://``, ``memory://name``, ``sqlite:///path.db``,
+``postgresql://user@host:port/db``) or
 ``open_store(DEFAULT_STORE_URL)``; encode room state with ``encode_snapshot`` and read
 it back with ``decode_snapshot``. See :mod:`storage.base` for the fencing rules.
 """
@@ -11,11 +12,13 @@ from storage.base import (
     SnapshotStore,
     StaleEpoch,
     StorageError,
+    StorageUnavailable,
     UnknownSchemaVersion,
 )
 from storage.codec import SCHEMA_VERSION, Snapshot, decode_snapshot, encode_snapshot
-from storage.factory import DEFAULT_STORE_URL, default_store_url, open_store
+from storage.factory import DEFAULT_STORE_URL, default_store_url, is_shared_store, open_store
 from storage.memory import MemoryStore
+from storage.postgres import PostgresStore
 from storage.sqlite import SqliteStore
 
 __all__ = [
@@ -23,15 +26,18 @@ __all__ = [
     "SCHEMA_VERSION",
     "CorruptSnapshot",
     "MemoryStore",
+    "PostgresStore",
     "Snapshot",
     "SnapshotError",
     "SnapshotStore",
     "SqliteStore",
     "StaleEpoch",
     "StorageError",
+    "StorageUnavailable",
     "UnknownSchemaVersion",
     "decode_snapshot",
     "default_store_url",
     "encode_snapshot",
+    "is_shared_store",
     "open_store",
 ]

@@ -10,6 +10,8 @@ epoch counts as epoch 0.
 Exception hierarchy (its root is :class:`rooms.errors.RoomsError`)::
 
     StorageError                 any failure of a snapshot store
+    ├── StorageUnavailable       the store cannot be reached now (a networked store's
+    │                            server is down or restarting); trying later may work
     ├── StaleEpoch               a save/delete from an epoch older than the newest claimed
     └── SnapshotError            a stored snapshot cannot be read
         ├── CorruptSnapshot      not a msgpack snapshot record
@@ -28,12 +30,19 @@ __all__ = [
     "SnapshotStore",
     "StaleEpoch",
     "StorageError",
+    "StorageUnavailable",
     "UnknownSchemaVersion",
 ]
 
 
 class StorageError(RoomsError):
     """A snapshot store operation failed."""
+
+
+class StorageUnavailable(StorageError):
+    """The store cannot be reached now (its server is down, restarting or unreachable)
+    even after the store's own retries; the operation did not happen, or its outcome is
+    unknown. Trying later may succeed."""
 
 
 class StaleEpoch(StorageError):

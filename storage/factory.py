@@ -13,6 +13,12 @@ Supported URLs:
     directory; ``~`` is expanded; the directory is created). Options may follow as a
     query string: ``?synchronous=FULL`` and ``?busy_timeout=<seconds>``. The path is
     used as written (no percent-decoding); it may not contain ``?``.
+``postgresql://user[:password]@host:port/db`` (or ``postgres://``)
+    a :class:`~storage.postgres.PostgresStore`: the store for a Ray cluster of more
+    than one node (options in its module docstring).
+
+SQLite and memory stores live on one machine (:func:`is_shared_store` is false for
+them): a room that moves to another node would not find its snapshot there.
 
 :data:`DEFAULT_STORE_URL` is the value of the environment variable ``ROOMS_STORE_URL``
 when set and non-empty, else ``sqlite:///<home>/.local/share/ray-rooms/rooms.sqlite3``.
@@ -29,9 +35,11 @@ from urllib.parse import parse_qsl
 
 from storage.base import SnapshotStore
 from storage.memory import MemoryStore
+from storage.postgres import PostgresStore
 from storage.sqlite import SqliteStore
 
-__all__ = ["DEFAULT_STORE_URL", "STORE_URL_ENV", "default_store_url", "open_store"]
+__all__ = ["DEFAULT_STORE_URL", "STORE_URL_ENV", "default_store_url", "is_shared_store",
+           "open_store"]
 
 STORE_URL_ENV = "ROOMS_STORE_URL"
 """The environment variable that overrides :data:`DEFAULT_STORE_URL`."""
@@ -83,7 +91,8 @@ def open_store(url: str) -> SnapshotStore:
     """Open the snapshot store named by ``url`` (forms in the module docstring).
 
     Args:
-        url: ``memory://``, ``memory://<name>``, ``sqlite:///abs/path.db`` or
+        url: ``memory://``, ``memory://<name>``, ``postgresql://user@host:port/db``,
+            ``sqlite:///abs/path.db`` or
             ``sqlite://relative/path.db`` (optionally ``?synchronous=FULL`` and/or
             ``?busy_timeout=<seconds>``).
 
@@ -97,7 +106,8 @@ def open_store(url: str) -> SnapshotStore:
     scheme, sep, rest = url.partition("://")
     if not sep:
         raise ValueError(
-            f"store URL {url!r} has no scheme; use memory://[name] or sqlite:///path"
+            f"store URL {url!r} has no scheme; use memory://[name], sqlite:///path or "
+            "postgresql://user@host:port/db"
         )
     scheme = scheme.lower()
     if scheme == "memory":
@@ -113,7 +123,15 @@ def open_store(url: str) -> SnapshotStore:
         if not path:
             raise ValueError(f"store URL {url!r} names no database file")
         return SqliteStore(path, **_sqlite_options(url, query))  # type: ignore[arg-type]
+    if scheme in ("postgresql", "postgres"):
+        return PostgresStore(url)
     raise ValueError(
-        f"unknown store URL scheme {scheme!r} in {url!r}; "
-        "supported: memory://[name], sqlite:///abs/path.db, sqlite://relative.db"
+        f"unknown store URL scheme {scheme!r}; supported: memory://[name], "
+        "sqlite:///abs/path.db, sqlite://relative.db, postgresql://user@host:port/db"
     )
+
+
+def is_shared_store(url: str) -> bool:
+    """Whether the store ``url`` names is reachable from every node of a cluster
+    (PostgreSQL), as opposed to one machine's file or one process's memory."""
+    return url.partition("://")[0].lower() in ("postgresql", "postgres")

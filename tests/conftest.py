@@ -12,6 +12,8 @@ import uuid
 
 import pytest
 
+from storage.pgserver import ThrowawayPostgres
+
 TEST_NAMESPACE = "rooms-test"
 
 
@@ -43,3 +45,19 @@ def unique_room(request) -> str:
 def sqlite_url(tmp_path) -> str:
     """A SQLite store URL in this test's temporary directory."""
     return f"sqlite:///{tmp_path / 'rooms.sqlite3'}"
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throwaway PostgreSQL server for the whole session (the machine's PostgreSQL
+    binaries; ``.ci/run`` installs Debian's ``postgresql`` where they are missing).
+    Fails, never skips, when there are none."""
+    server = ThrowawayPostgres(database="rooms_test").start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """The URL of a new, empty database on the session's PostgreSQL server."""
+    return postgres_server.create_database(f"t_{uuid.uuid4().hex[:12]}")

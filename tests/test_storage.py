@@ -1,6 +1,7 @@
 """Tests of storage/: the msgpack codec, MemoryStore, SqliteStore and open_store.
 
-The store contract (storage/base.py) is tested against both backends; the SQLite
+The store contract (storage/base.py) is tested against every backend (memory, SQLite,
+PostgreSQL on a throwaway server); the SQLite
 backend is also tested with two connections on one file, with a second *process*
 (multiprocessing, spawn) and with a held write lock.
 """
@@ -25,6 +26,7 @@ from storage import (
     SCHEMA_VERSION,
     CorruptSnapshot,
     MemoryStore,
+    PostgresStore,
     Snapshot,
     SnapshotError,
     SnapshotStore,
@@ -44,13 +46,15 @@ ROOM = "room-x"
 # --------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 async def store(request, tmp_path):
     """Yield an empty store of each backend; closed afterwards."""
     if request.param == "memory":
         s: SnapshotStore = MemoryStore()
-    else:
+    elif request.param == "sqlite":
         s = SqliteStore(tmp_path / "rooms.sqlite3")
+    else:
+        s = PostgresStore(request.getfixturevalue("postgres_url"))
     yield s
     await s.close()
 
