@@ -52,7 +52,8 @@ def _print_json(value) -> None:
 
 @app.command("ls")
 def ls(address: Optional[str] = AddressOption) -> None:
-    """List rooms: those with a stored snapshot and those with a live actor."""
+    """List rooms: those with a stored snapshot and those with a live actor, with the
+    node each live one runs on (cluster-wide)."""
     import asyncio
 
     from storage import open_store
@@ -69,15 +70,18 @@ def ls(address: Optional[str] = AddressOption) -> None:
         finally:
             await store.close()
 
-    rooms = {room: {"room": room, "stored": True, "actor": None} for room in asyncio.run(stored())}
+    rooms = {room: {"room": room, "stored": True, "actor": None, "node": None}
+             for room in asyncio.run(stored())}
     for row in list_room_actors(config.namespace):
-        rooms.setdefault(row["room"], {"room": row["room"], "stored": False})["actor"] = row["state"]
+        entry = rooms.setdefault(row["room"], {"room": row["room"], "stored": False})
+        entry.update(actor=row["state"], node=row["node"])
     if not rooms:
         typer.echo("no rooms")
         return
-    typer.echo(f"{'ROOM':40} {'STORED':7} ACTOR")
+    typer.echo(f"{'ROOM':40} {'STORED':7} {'ACTOR':11} NODE")
     for row in sorted(rooms.values(), key=lambda r: r["room"]):
-        typer.echo(f"{row['room']:40} {'yes' if row['stored'] else 'no':7} {row['actor'] or '-'}")
+        typer.echo(f"{row['room']:40} {'yes' if row['stored'] else 'no':7} "
+                   f"{row['actor'] or '-':11} {row.get('node') or '-'}")
 
 
 @app.command("show")
@@ -134,12 +138,17 @@ def serve_cmd(
     import signal
     import threading
 
+    from .errors import StoreNotShared
     from .system import start_system
 
     typer.echo("starting…")
     # a new local Ray unless told to join one (--address auto joins the local cluster)
-    system = start_system(address=address or "local", host=host, port=port,
-                          replicas=replicas, dev=dev, ingress=ingress)
+    try:
+        system = start_system(address=address or "local", host=host, port=port,
+                              replicas=replicas, dev=dev, ingress=ingress)
+    except StoreNotShared as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
     for what, url in system.urls.items():
         typer.echo(f"{what:16} {url}")
     typer.echo("identity: signed tokens (ROOMS_TOKEN_SECRET)" + (", or ?username= (--dev)" if dev else ""))

@@ -5,12 +5,16 @@ variable                          meaning                                    def
 ================================  =========================================  ===========
 ``ROOMS_NAMESPACE``               Ray namespace of the room actors           ``rooms``
 ``ROOMS_STORE_URL``               snapshot store (``sqlite:///path``,        SQLite file
-                                  ``memory://name``)                         (see below)
+                                  ``memory://name``,                         (see below)
+                                  ``postgresql://user@host:port/db``)
 ``ROOMS_IDLE_TIMEOUT``            seconds without turns before a room        ``60``
                                   hibernates (0 disables hibernation)
 ``ROOMS_MAX_MESSAGE_BYTES``       client message size limit, bytes           ``65536``
 ``ROOMS_OUTBOX_SIZE``             outgoing messages a room keeps for polls   ``1024``
 ``ROOMS_POLL_TIMEOUT``            seconds a gateway long-poll waits          ``25``
+``ROOMS_STORE_RETRY_S``           seconds a room retries a failed snapshot   ``10``
+                                  save before its turns fail with
+                                  ``storage unavailable``
 ================================  =========================================  ===========
 
 The default store is ``storage.factory.DEFAULT_STORE_URL``: a SQLite file under
@@ -63,4 +67,7 @@ class RoomsConfig(BaseSettings):
     max_connections: int = Field(
         1000, gt=0, description="connections of one room across all gateway replicas")
     poll_timeout: float = Field(25.0, gt=0)
+    store_retry_s: float = Field(
+        10.0, gt=0, description="seconds a room retries a failed save before its turns "
+                                "fail with storage unavailable")
     services: ServiceEndpoints = Field(default_factory=ServiceEndpoints)

@@ -75,13 +75,17 @@ def get_room(room_id: str, config: RoomsConfig | None = None) -> "ray.actor.Acto
     return RemoteRoomActor.options(**room_actor_options(room_id, config)).remote(room_id, config)
 
 
-def list_room_actors(namespace: str = "rooms") -> list[dict[str, Any]]:
-    """Return ``[{"room", "name", "state", "pid", "node_id"}]`` for every room actor that
-    Ray knows in ``namespace``.
+def list_room_actors(namespace: str = "rooms", *,
+                     timeout_s: float = 5.0) -> list[dict[str, Any]]:
+    """Return ``[{"room", "name", "state", "pid", "node_id", "node"}]`` for every room
+    actor that Ray knows in ``namespace``, on every node of the cluster.
 
-    Uses Ray's state API (alive, restarting and dead actors, with pids) when the
-    dashboard runs; otherwise the GCS's list of named actors (live ones only, state
-    ``"ALIVE"``, no pid).
+    Uses Ray's state API (alive, restarting and dead actors) when the dashboard runs;
+    otherwise the GCS's list of named actors (live ones only, state ``"ALIVE"``). A live
+    actor whose node the listing lacks is asked (``RoomActor.where``, which does not
+    activate the room; at most ``timeout_s`` seconds for all). ``node`` is
+    ``"<node address>/<first 8 hex digits of the node id>"`` (nodes may share an
+    address), or ``None`` when unknown.
     """
     rows = []
     try:
@@ -102,4 +106,29 @@ def list_room_actors(namespace: str = "rooms") -> list[dict[str, Any]]:
             if entry["namespace"] == namespace and name.startswith(ACTOR_PREFIX):
                 rows.append({"room": name[len(ACTOR_PREFIX):], "name": name,
                              "state": "ALIVE", "pid": None, "node_id": None})
+    _locate(rows, namespace, timeout_s)
     return sorted(rows, key=lambda r: r["room"])
+
+
+def _locate(rows: list[dict[str, Any]], namespace: str, timeout_s: float) -> None:
+    """Fill in ``node_id``/``pid`` of live rows that lack them, and ``node`` of all."""
+    asked = {}
+    for row in rows:
+        if row["node_id"] is None and row["state"] == "ALIVE":
+            try:
+                handle = ray.get_actor(row["name"], namespace=namespace)
+            except ValueError:  # gone meanwhile
+                continue
+            asked[handle.where.remote()] = row
+    if asked:
+        ready, _ = ray.wait(list(asked), num_returns=len(asked), timeout=timeout_s)
+        for ref in ready:
+            try:
+                where = ray.get(ref)
+            except ray.exceptions.RayError:  # died or exiting meanwhile
+                continue
+            asked[ref].update(node_id=where["node_id"], pid=where["pid"])
+    addresses = {node["NodeID"]: node.get("NodeManagerAddress", "?") for node in ray.nodes()}
+    for row in rows:
+        node_id = row.get("node_id")
+        row["node"] = f"{addresses.get(node_id, '?')}/{node_id[:8]}" if node_id else None

@@ -7,7 +7,8 @@ draws the whole tree::
     ├── RoomHibernating       the room's actor is exiting; call it again through get_room
     ├── RoomUnavailable       a room call failed on every attempt (actor dead, restarting)
     ├── InvalidRoomId         (also ValueError) not 1-128 characters of [A-Za-z0-9._~-]
-    └── AuthError             (also ValueError) a credential was missing or refused
+    ├── AuthError             (also ValueError) a credential was missing or refused
+    └── StoreNotShared        ROOMS_STORE_URL is SQLite or memory on a multi-node cluster
 
 The gateway answers each with one HTTP status and WebSocket close code, from one table
 (:mod:`actors.gateway.errors`). None of them carries a secret; all are picklable (they
@@ -19,7 +20,7 @@ from __future__ import annotations
 from rooms.errors import RoomsError
 
 __all__ = ["AuthError", "InvalidRoomId", "RoomFull", "RoomHibernating", "RoomRuntimeError",
-           "RoomUnavailable"]
+           "RoomUnavailable", "StoreNotShared"]
 
 
 class RoomRuntimeError(RoomsError):
@@ -47,3 +48,14 @@ class InvalidRoomId(RoomRuntimeError, ValueError):
 
 class AuthError(RoomRuntimeError, ValueError):
     """A credential was missing or refused; ``str(error)`` says why (no secrets)."""
+
+
+class StoreNotShared(RoomRuntimeError):
+    """``ROOMS_STORE_URL`` names a store on one machine (SQLite, memory) while the Ray
+    cluster has more than one alive node; the message says what to set."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
+    def __reduce__(self):  # picklable across Ray processes
+        return (type(self), (str(self),))

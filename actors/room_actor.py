@@ -44,10 +44,12 @@ from rooms import AiControlResult, AiEnableResult, Effects, Outgoing, Room, Room
 from rooms.ai import run_control, run_enable, run_release
 from rooms.ports import AiService, MediaBridge
 from rooms.state import ControlJob, EnableJob, Job, ReleaseJob
-from storage import SnapshotStore, StaleEpoch, decode_snapshot, encode_snapshot, open_store
+from storage import (SnapshotStore, StaleEpoch, StorageError, StorageUnavailable,
+                     decode_snapshot, encode_snapshot, open_store)
 from storage.codec import Snapshot
 
 from . import metrics
+from .cluster import check_store_fits_cluster
 from .config import RoomsConfig
 from .errors import RoomFull, RoomHibernating
 from .outbox import Outbox
@@ -126,6 +128,7 @@ class RoomActor:
         # output gate state
         self._version = 0  # increases with every turn that changed the state
         self._durable = 0  # the newest version known durable
+        self._durable_state: tuple[dict[str, Any], int] = ({}, 0)  # its room state, seq
         self._pending: deque[tuple[int, list[OutboxEntry], list[Job]]] = deque()
         self._next_seq = 1
         self._commit_task: asyncio.Task | None = None
@@ -138,6 +141,7 @@ class RoomActor:
         self._idle_task: asyncio.Task | None = None
         self._ai_active = False
         self._stats = {"turns": 0, "saves": 0, "activated_at": 0.0}
+        self._save_seconds: deque[float] = deque(maxlen=1024)  # the newest saves' times
 
     # ---- activation -------------------------------------------------------------------
 
@@ -166,6 +170,7 @@ class RoomActor:
 
     async def _activate(self) -> None:
         if self._store is None:
+            check_store_fits_cluster(self.config.store_url)
             self._store = open_store(self.config.store_url)
         store = self._store
         self.epoch = await store.claim_epoch(self.room_id)
@@ -179,6 +184,8 @@ class RoomActor:
             self._next_seq = snapshot.seq + 1
             restored = [OutboxEntry.from_record(r) for r in snapshot.state.get("outbox", [])]
             self.outbox.released = snapshot.seq - len(restored)
+        self._durable_state = (data.model_dump(mode="json", exclude_none=True),
+                               self._next_seq - 1)
         room = Room(self.room_id, data, max_message_bytes=self.config.max_message_bytes)
         for entry in restored:  # produced, saved, maybe never released: release now
             self.outbox.publish(entry)
@@ -263,37 +270,77 @@ class RoomActor:
                 self._commit_task = asyncio.ensure_future(self._commit())
             await asyncio.shield(self._commit_task)
 
+    def _snapshot(self) -> tuple[int, bytes, dict[str, Any], int]:
+        """The state to save now: (version, encoded record, room state, sequence)."""
+        room = self.room
+        assert room is not None
+        unreleased = [e.record() for _, entries, _ in self._pending for e in entries]
+        state = {"room": room.data.model_dump(mode="json", exclude_none=True),
+                 "outbox": unreleased}
+        seq = self._next_seq - 1
+        data = encode_snapshot(Snapshot(self.room_id, self.epoch, seq, state))
+        return self._version, data, state["room"], seq
+
     async def _commit(self) -> None:
+        """Save the newest state (every turn staged so far) and release what it makes
+        durable. A store that fails is retried with back-off for ``store_retry_s``
+        seconds, taking in the turns staged meanwhile; past that the room rolls back to
+        its last durable state and every waiting turn fails with
+        :class:`StorageUnavailable` (nothing of them was released)."""
+        assert self._store is not None
         try:
-            room = self.room
-            assert room is not None and self._store is not None
-            version = self._version
-            unreleased = [e.record() for _, entries, _ in self._pending for e in entries]
-            state = {"room": room.data.model_dump(mode="json", exclude_none=True),
-                     "outbox": unreleased}
-            data = encode_snapshot(Snapshot(self.room_id, self.epoch, self._next_seq - 1, state))
-            started = time.perf_counter()
-            try:
-                await self._store.save(self.room_id, data, epoch=self.epoch,
-                                       alarm_at=room.alarm_at)
-            except StaleEpoch:
-                log.error("room %s: epoch %d is stale; a newer activation exists, exiting",
-                          self.room_id, self.epoch)
-                self._die(restart=False)
-                raise
-            except Exception:
-                log.exception("room %s: snapshot save failed; restarting from the last "
-                              "durable snapshot", self.room_id)
-                self._die(restart=True)
-                raise
+            deadline = time.monotonic() + self.config.store_retry_s
+            delay = 0.05
+            while True:
+                started = time.perf_counter()
+                try:
+                    version, data, room_state, seq = self._snapshot()
+                    alarm_at = self.room.alarm_at if self.room is not None else None
+                    await self._store.save(self.room_id, data, epoch=self.epoch,
+                                           alarm_at=alarm_at)
+                    break
+                except StaleEpoch:
+                    log.error("room %s: epoch %d is stale; a newer activation exists, "
+                              "exiting", self.room_id, self.epoch)
+                    self._die(restart=False)
+                    raise
+                except StorageError as error:
+                    if time.monotonic() + delay > deadline:
+                        log.error("room %s: the store failed for %.0f s (%s); back to the "
+                                  "last durable state", self.room_id,
+                                  self.config.store_retry_s, error)
+                        self._roll_back()
+                        raise StorageUnavailable(
+                            f"room {self.room_id!r}: storage unavailable") from None
+                    log.warning("room %s: snapshot save failed (%s); retrying in %.2f s",
+                                self.room_id, error, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+                except Exception:
+                    log.exception("room %s: snapshot save failed; restarting from the "
+                                  "last durable snapshot", self.room_id)
+                    self._die(restart=True)
+                    raise
             self._stats["saves"] += 1
             self._stats["last_save_s"] = time.perf_counter() - started
+            self._save_seconds.append(self._stats["last_save_s"])
             self._stats["snapshot_bytes"] = len(data)
             metrics.snapshot_saved(len(data), self._stats["last_save_s"])
             self._durable = version
+            self._durable_state = (room_state, seq)
             self._release()
         finally:
             self._commit_task = None
+
+    def _roll_back(self) -> None:
+        """Drop every turn that is not durable: the room's state, its sequence number
+        and its held messages and jobs go back to the last durable snapshot."""
+        room_state, seq = self._durable_state
+        self.room = Room(self.room_id, RoomData.model_validate(room_state),
+                         max_message_bytes=self.config.max_message_bytes)
+        self._pending.clear()
+        self._version = self._durable
+        self._next_seq = seq + 1
 
     def _release(self) -> None:
         """Release, in order, every queued turn whose snapshot is durable."""
@@ -482,13 +529,20 @@ class RoomActor:
                                       lambda: self.lifecycle is not Lifecycle.ACTIVE)
 
     async def state(self) -> dict[str, Any]:
-        """Return the room's ``RoomState`` JSON object (what ``roomState`` carries)."""
+        """Return the room's ``RoomState`` JSON object (what ``roomState`` carries) as of
+        its last durable snapshot: like every output, a read does not show turns whose
+        snapshot is not durable yet (the output gate)."""
         room = await self._ensure_active()
-        return room.room_state()
+        if self._durable >= self._version:
+            return room.room_state()
+        durable = RoomData.model_validate(self._durable_state[0])
+        return Room(self.room_id, durable,
+                    max_message_bytes=self.config.max_message_bytes).room_state()
 
     async def info(self) -> dict[str, Any]:
         """Return operator facts: ids, lifecycle, epoch, sequence, counts, alarm, AI
-        state (no secrets)."""
+        state, and the durations (seconds) of the newest snapshot saves (at most 1024,
+        ``recent_save_s``). No secrets."""
         room = await self._ensure_active()
         ai = room.data.ai
         return {
@@ -506,6 +560,7 @@ class RoomActor:
                    "controllingUser": ai.controllingUser, "error": ai.error},
             "jobs": len(self._jobs),
             "pid": os.getpid(),
+            "recent_save_s": list(self._save_seconds),
             **self._stats,
         }
 
@@ -513,7 +568,8 @@ class RoomActor:
         """Save, tell the pollers, and exit the actor for good if the room is idle.
 
         Returns:
-            ``False`` if the room cannot hibernate now (AI jobs under way); ``True``
+            ``False`` if the room cannot hibernate now (AI jobs under way, or its last
+            save failed with :class:`StorageUnavailable`); ``True``
             once it has saved and its actor is exiting. (Inside Ray the actor exits
             during this call, so a remote caller sees the actor go away instead.)
         """
@@ -522,11 +578,17 @@ class RoomActor:
             return False
         async with self._gate:
             self.lifecycle = Lifecycle.HIBERNATING
-        await self._commit_through(self._version)
+        try:
+            await self._commit_through(self._version)
+        except StorageUnavailable:
+            self.lifecycle = Lifecycle.ACTIVE  # stay up; the idle watch tries again
+            return False
         self.outbox.wake()
         await asyncio.sleep(0.05)  # let the pollers' answers leave
         log.info("room %s hibernates", self.room_id)
         metrics.room_hibernated(self.room_id)
+        if self._store is not None:
+            await self._store.close()  # a networked store's connection goes with it
         self._exit()
         return True
 
@@ -538,6 +600,12 @@ class RoomActor:
             self._idle_task.cancel()
         if self._alarm_task:
             self._alarm_task.cancel()
+
+    def where(self) -> dict[str, Any]:
+        """Return where this actor runs, without activating the room: ``{"node_id":
+        hex or None (outside Ray), "pid": int, "lifecycle": str}``."""
+        node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+        return {"node_id": node_id, "pid": os.getpid(), "lifecycle": self.lifecycle.value}
 
     def pid(self) -> int:
         """Return the process id of this actor's worker (for operators and tests)."""
@@ -567,11 +635,11 @@ class RoomActor:
         while self.lifecycle is Lifecycle.ACTIVE:
             await asyncio.sleep(min(timeout, max(0.05, timeout / 4)))
             if time.monotonic() - self._last_turn >= timeout and not self._jobs:
+                self._last_turn = time.monotonic()  # if it cannot now, wait another round
                 if _in_ray_actor():  # as an actor call, so it queues like any other
                     ray.get_runtime_context().current_actor.hibernate.remote()
                 else:
                     await self.hibernate()
-                return
 
     def _get_services(self) -> tuple[MediaBridge, AiService]:
         if self._services is None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from .cluster import check_store_fits_cluster
 from .config import RoomsConfig, ServiceEndpoints
 from .gateway import deploy_gateway, shutdown_gateway
 from .net import free_port
@@ -94,6 +95,8 @@ def start_system(
         The running :class:`LocalSystem`.
 
     Raises:
+        StoreNotShared: the Ray cluster has more than one alive node and
+            ``config.store_url`` is SQLite or memory.
         TimeoutError: the gateway did not become ready.
     """
     import secrets
@@ -119,6 +122,7 @@ def start_system(
             except (ConnectionError, RuntimeError):
                 context = ray.init(address="local", **kwargs)
                 started_ray = True
+    check_store_fits_cluster(config.store_url)
     emulators = None
     urls: dict[str, str] = {}
     if not (CallsSettings().configured and OpenAISettings().configured):

@@ -65,7 +65,10 @@ def test_send_show_ls(ray_session, unique_room, sqlite_url, monkeypatch, emu):
     result = runner.invoke(app, ["ls"])
     assert result.exit_code == 0
     line = next(l for l in result.output.splitlines() if l.startswith(unique_room))
-    assert line.split()[1:] == ["yes", "ALIVE"]
+    stored, actor, node = line.split()[1:]
+    assert (stored, actor) == ("yes", "ALIVE")
+    node_id = ray_session.get_runtime_context().get_node_id()
+    assert node.endswith("/" + node_id[:8]), node
     outputs.append(result.output)
 
     # the room uses the secrets it was given: the AI comes into the call through the

@@ -28,6 +28,8 @@ from typing import Any, Callable
 
 import ray
 
+from storage.base import StorageUnavailable
+
 from ..directory import actor_name
 from ..errors import RoomUnavailable
 from ..wire import Delivery, OutboxEntry
@@ -154,6 +156,10 @@ class RoomChannel:
                 except RoomUnavailable:
                     for sock, _ in batch:
                         sock.send(error_frame("the room is unavailable; try again"))
+                    result = None
+                except StorageUnavailable:  # the room kept its last durable state
+                    for sock, _ in batch:
+                        sock.send(error_frame("storage unavailable; try again"))
                     result = None
                 except Exception as error:  # noqa: BLE001 - tell the senders, go on
                     log.warning("room %s: deliver failed (%s)", self.ref.room_id,

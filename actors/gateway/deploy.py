@@ -34,6 +34,7 @@ import ray
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from ray import serve
+from ray.serve.schema import ApplicationStatus
 
 from ..auth import AuthSettings
 from ..config import RoomsConfig
@@ -81,6 +82,8 @@ def deploy_gateway(
     limits: GatewayLimits | None = None,
     ready_timeout_s: float = 60.0,
     ingress: Optional[str] = None,
+    proxy_location: Optional[str] = None,
+    replicas_per_node: Optional[int] = None,
 ) -> str:
     """Start Serve's ingress (HAProxy or the proxy) and run the gateway application;
     return its base URL.
@@ -99,9 +102,15 @@ def deploy_gateway(
         ingress: ``"haproxy"`` or ``"proxy"`` (see the module docstring; default
             ``ROOMS_GATEWAY_INGRESS`` or ``"haproxy"``); applies only when this call
             starts Serve (a running Serve keeps its ingress).
+        proxy_location: where Serve runs its ingress: ``"EveryNode"`` (Serve's
+            default: each node takes clients), ``"HeadOnly"`` (one entry point; tests
+            on ``ray.cluster_utils`` clusters, whose nodes share one IP address).
+        replicas_per_node: at most this many replicas on one node (``1``: a replica
+            per node, so a node's loss takes only its own sockets); ``None``: no cap.
 
     Returns:
-        ``"http://<host>:<port>"``.
+        ``"http://<host>:<port>"``, once Serve reports the application RUNNING (all
+        its replicas up) and ``GET /healthz`` answers 200.
 
     Raises:
         ValueError: neither a token secret nor dev mode is configured, or ``ingress``
@@ -134,11 +143,13 @@ def deploy_gateway(
                "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port(local)),
                "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port(local))}
     serve.start(http_options={"host": host, "port": port, "request_timeout_s": None},
-                controller_options={"runtime_env": {"env_vars": dict(env)}})
+                controller_options={"runtime_env": {"env_vars": dict(env)}},
+                proxy_location=proxy_location)
     deployment = Gateway.options(
         num_replicas=replicas,
         max_ongoing_requests=limits.max_ongoing_requests,
         ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": dict(env)}},
+        **({"max_replicas_per_node": replicas_per_node} if replicas_per_node else {}),
     )
     serve.run(deployment.bind(config, auth, limits), name=name, route_prefix="/",
               blocking=False)
@@ -146,13 +157,20 @@ def deploy_gateway(
     deadline = time.monotonic() + ready_timeout_s
     while True:
         try:
-            if httpx.get(f"{url}/healthz", timeout=2.0).status_code == 200:
+            if (_running(name)
+                    and httpx.get(f"{url}/healthz", timeout=2.0).status_code == 200):
                 return url
         except httpx.HTTPError:
             pass
         if time.monotonic() > deadline:
             raise TimeoutError(f"the gateway at {url} did not become ready")
         time.sleep(0.2)
+
+
+def _running(name: str) -> bool:
+    """Whether Serve reports application ``name`` RUNNING (every replica up)."""
+    app = serve.status().applications.get(name)
+    return app is not None and app.status == ApplicationStatus.RUNNING
 
 
 def _serve_controller() -> Optional["ray.actor.ActorHandle"]:

@@ -9,6 +9,8 @@ error                     HTTP    close  reason sent with the close
 ``RoomFull``              503     1013   ``room full``
 ``RoomUnavailable``       503     1011   ``room unavailable``
 ``RoomHibernating``       503     1011   ``room unavailable``
+``StorageUnavailable``    503     1011   ``storage unavailable``
+``StoreNotShared``        500     1011   ``room error``
 any other ``RoomsError``  500     1011   ``room error``
 ========================  ======  =====  ====================================
 
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from fastapi.responses import JSONResponse
 
 from rooms.errors import RoomsError
+from storage.base import StorageUnavailable
 
 from ..errors import AuthError, InvalidRoomId, RoomFull, RoomHibernating, RoomUnavailable
 from .limits import CLOSE_POLICY, CLOSE_ROOM_UNAVAILABLE, CLOSE_TRY_AGAIN
@@ -64,6 +67,7 @@ _ANSWERS: dict[type[RoomsError], Answer] = {
     RoomFull: Answer(503, CLOSE_TRY_AGAIN, "room full"),
     RoomUnavailable: Answer(503, CLOSE_ROOM_UNAVAILABLE, "room unavailable"),
     RoomHibernating: Answer(503, CLOSE_ROOM_UNAVAILABLE, "room unavailable"),
+    StorageUnavailable: Answer(503, CLOSE_ROOM_UNAVAILABLE, "storage unavailable"),
 }
 _DEFAULT = Answer(500, CLOSE_ROOM_UNAVAILABLE, "room error")
 

@@ -6,7 +6,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["CLOSE_POLICY", "CLOSE_ROOM_UNAVAILABLE", "CLOSE_TRY_AGAIN", "GatewayLimits",
-           "MAX_CONN_ID_CHARS", "REPLICA_HEADER"]
+           "MAX_CONN_ID_CHARS", "NODE_HEADER", "REPLICA_HEADER"]
 
 CLOSE_POLICY = 1008
 """WebSocket close code for a refused identity or sustained rate-limit abuse (RFC 6455
@@ -20,6 +20,8 @@ MAX_CONN_ID_CHARS = 128
 """Longest connection id (``_pk`` or ``?conn=``) accepted, in characters."""
 REPLICA_HEADER = "x-rooms-replica"
 """Response header naming the replica that serves a WebSocket (for operators, tests)."""
+NODE_HEADER = "x-rooms-node"
+"""Response header naming the Ray node (id, hex) of that replica."""
 
 
 class GatewayLimits(BaseSettings):

@@ -21,12 +21,15 @@ class RoomRegistry:
         config: the settings new room actors are created with.
         limits: the replica's limits (handed to every channel and reference).
         replica: the replica's id (poller ids are derived from it).
+        node: the Ray node id (hex) the replica runs on, or ``""`` outside Ray.
     """
 
-    def __init__(self, config: RoomsConfig, limits: GatewayLimits, replica: str) -> None:
+    def __init__(self, config: RoomsConfig, limits: GatewayLimits, replica: str,
+                 node: str = "") -> None:
         self.config = config
         self.limits = limits
         self.replica = replica
+        self.node = node
         self.channels: dict[str, RoomChannel] = {}
         self._refs: dict[str, RoomRef] = {}
 

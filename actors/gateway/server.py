@@ -9,6 +9,7 @@ from typing import Any, Awaitable, Callable
 
 from fastapi import Request, WebSocket
 from fastapi.responses import JSONResponse
+import ray
 from ray import serve
 from ray.serve.exceptions import RayServeException
 
@@ -48,7 +49,8 @@ class GatewayServer:
         self.auth = auth or AuthSettings()
         self.limits = limits or GatewayLimits()
         self.replica = _replica_id()
-        self.registry = RoomRegistry(config, self.limits, self.replica)
+        self.node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+        self.registry = RoomRegistry(config, self.limits, self.replica, self.node)
 
     @property
     def channels(self) -> dict:
@@ -75,14 +77,16 @@ class GatewayServer:
     # ---- HTTP --------------------------------------------------------------------------
 
     async def healthz(self) -> dict[str, Any]:
-        """Liveness and load: ``{"ok": true, "replica": str, "rooms": int, "sockets":
-        int, "channels": {stat: int}}``; ``channels`` sums the live rooms' counters
-        (``polls``, ``entries``, ``gaps``, ``hibernations``, ``batches``, ``frames``)."""
+        """Liveness and load: ``{"ok": true, "replica": str, "node": str, "rooms": int,
+        "sockets": int, "channels": {stat: int}}``; ``channels`` sums the live rooms'
+        counters (``polls``, ``entries``, ``gaps``, ``hibernations``, ``batches``,
+        ``frames``)."""
         totals: dict[str, int] = {}
         for channel in self.channels.values():
             for key, value in channel.stats.items():
                 totals[key] = totals.get(key, 0) + value
-        return {"ok": True, "replica": self.replica, "rooms": len(self.channels),
+        return {"ok": True, "replica": self.replica, "node": self.node,
+                "rooms": len(self.channels),
                 "sockets": sum(c.count() for c in self.channels.values()),
                 "channels": totals}
 

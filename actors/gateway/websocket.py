@@ -27,16 +27,18 @@ from fastapi import WebSocket
 from fastapi.responses import JSONResponse
 from starlette.websockets import WebSocketDisconnect
 
+from rooms.errors import RoomsError
+
 from ..auth import AuthSettings, authenticate
 from ..directory import validate_room_id
-from ..errors import AuthError, InvalidRoomId, RoomFull, RoomUnavailable
+from ..errors import AuthError, InvalidRoomId
 from .channel import RoomChannel
 from .errors import answer_for, error_frame
 from .limits import (CLOSE_POLICY, CLOSE_ROOM_UNAVAILABLE, CLOSE_TRY_AGAIN, MAX_CONN_ID_CHARS,
-                     REPLICA_HEADER, GatewayLimits)
+                     NODE_HEADER, REPLICA_HEADER, GatewayLimits)
+from .client_socket import ClientSocket
 from .ratelimit import TokenBucket
 from .registry import RoomRegistry
-from .client_socket import ClientSocket
 
 __all__ = ["serve_websocket"]
 
@@ -67,7 +69,8 @@ async def serve_websocket(ws: WebSocket, room: str, registry: RoomRegistry,
         await _deny(ws, JSONResponse({"error": "_pk is too long"}, status_code=400))
         return
     channel = registry.channel(room)
-    await ws.accept(headers=[(REPLICA_HEADER.encode(), registry.replica.encode())])
+    await ws.accept(headers=[(REPLICA_HEADER.encode(), registry.replica.encode()),
+                             (NODE_HEADER.encode(), registry.node.encode())])
     if channel.count() >= limits.max_connections_per_room:
         await ws.close(CLOSE_TRY_AGAIN, "room full")
         if not channel.sockets:
@@ -85,7 +88,7 @@ async def serve_websocket(ws: WebSocket, room: str, registry: RoomRegistry,
         connected = True
         code, reason = await _relay(ws, sock, channel, registry.config.max_message_bytes,
                                     limits)
-    except (RoomUnavailable, RoomFull) as error:  # RoomFull: the room's own cap
+    except RoomsError as error:  # RoomFull (the room's own cap), RoomUnavailable, ...
         answer = answer_for(error)
         sock.close(answer.close, answer.reason)
         code, reason = answer.close, answer.reason
