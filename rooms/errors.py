@@ -13,14 +13,16 @@ that raises it), and every one of them derives from :class:`RoomsError`::
     │   ├── BridgeConnectionError       no HTTP answer (refused, reset); BridgeTimeout
     │   └── HTTPStatusError             an error status; CallsError, TrackError, OpenAIError
     ├── StorageError                    (storage.base) a snapshot store failed; its tree
-    │   ├── StaleEpoch                  is drawn in storage/base.py
+    │   ├── StorageUnavailable          is drawn in storage/base.py
+    │   ├── StaleEpoch
     │   └── SnapshotError               CorruptSnapshot, UnknownSchemaVersion
     └── RoomRuntimeError                (actors.errors) the room runtime refused or failed
         ├── RoomFull                    the room has ROOMS_MAX_CONNECTIONS connections
         ├── RoomHibernating             the room's actor is exiting; call it again
         ├── RoomUnavailable             a room call failed on every attempt
         ├── InvalidRoomId               (also ValueError) not 1-128 of [A-Za-z0-9._~-]
-        └── AuthError                   (also ValueError) a credential was refused
+        ├── AuthError                   (also ValueError) a credential was refused
+        └── StoreNotShared              a one-machine store on a multi-node cluster
 
 No error's message holds a secret (tokens, app secrets, API keys): texts from services
 are scrubbed before they enter an exception, and credentials are never formatted in.
