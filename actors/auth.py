@@ -11,8 +11,17 @@ header, and the room gets the name from it, never from a message body (docs/prot
 variable                          meaning                                         default
 ================================  ==============================================  =========
 ``ROOMS_TOKEN_SECRET``            the HMAC key (at least 32 bytes); never logged  unset
-``ROOMS_DEV_AUTH``                development mode: also accept ``?username=``    ``false``
+``ROOMS_OPERATOR_SECRET``         a shared secret that makes a request an         unset
+                                  operator's (header ``X-Rooms-Operator``)
+``ROOMS_DEV_AUTH``                development mode: also accept ``?username=``;   ``false``
+                                  every identity is an operator
 ================================  ==============================================  =========
+
+Operators. Listing rooms and reading any room's state are operator routes. A request is
+an operator's when its token carries the claim ``"operator": true`` (``issue_token(...,
+operator=True)``), or when it sends ``X-Rooms-Operator: <ROOMS_OPERATOR_SECRET>`` (with
+any identity), or in development mode. :func:`identify` returns both facts as an
+:class:`Identity`.
 
 Errors: :class:`~actors.errors.AuthError` (a :class:`ValueError`) says *why* a credential was refused
 (missing, malformed, bad signature, expired, bad name); it never carries the token or
@@ -21,8 +30,10 @@ the secret.
 
 from __future__ import annotations
 
+import hmac
 import re
 import time
+from dataclasses import dataclass
 from typing import Mapping
 
 import jwt
@@ -35,12 +46,18 @@ __all__ = [
     "ALGORITHM",
     "AuthError",
     "AuthSettings",
+    "Identity",
     "MIN_SECRET_BYTES",
+    "OPERATOR_HEADER",
     "authenticate",
+    "identify",
     "issue_token",
     "validate_user_name",
     "verify_token",
 ]
+
+OPERATOR_HEADER = "x-rooms-operator"
+"""The header that carries ``ROOMS_OPERATOR_SECRET`` (lower case, as ASGI gives it)."""
 
 ALGORITHM = "HS256"
 """The only signature algorithm issued and accepted (HMAC with SHA-256)."""
@@ -60,14 +77,30 @@ class AuthSettings(BaseSettings):
         token_secret: the HMAC key as a :class:`pydantic.SecretStr` (its ``repr`` and
             ``str`` print ``**********``), or ``None`` when unset (then only dev mode
             can admit anyone).
+        operator_secret: a shared secret whose presence in ``X-Rooms-Operator`` makes
+            a request an operator's, or ``None``.
         dev_auth: accept a plain ``?username=`` (or ``X-Rooms-User`` header) without a
-            token. For development only.
+            token, and treat every identity as an operator. For development only.
     """
 
     model_config = SettingsConfigDict(env_prefix="ROOMS_", extra="ignore")
 
     token_secret: SecretStr | None = None
+    operator_secret: SecretStr | None = None
     dev_auth: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a request comes from.
+
+    Attributes:
+        name: the user's name (a token's ``sub``, or the dev-mode username).
+        operator: whether the request may use the operator routes.
+    """
+
+    name: str
+    operator: bool = False
 
 
 def _key(secret: str | SecretStr) -> bytes:
@@ -96,13 +129,15 @@ def validate_user_name(name: object) -> str:
     return name
 
 
-def issue_token(name: str, secret: str | SecretStr, ttl_s: float = 3600.0) -> str:
+def issue_token(name: str, secret: str | SecretStr, ttl_s: float = 3600.0, *,
+                operator: bool = False) -> str:
     """Sign a token for user ``name``.
 
     Args:
         name: the user's name (the ``sub`` claim); see :func:`validate_user_name`.
         secret: the HMAC key, at least :data:`MIN_SECRET_BYTES` bytes.
         ttl_s: seconds until the token expires (the ``exp`` claim), > 0.
+        operator: add the claim ``"operator": true`` (the operator routes).
 
     Returns:
         The compact JWT (``header.payload.signature``, base64url).
@@ -115,12 +150,22 @@ def issue_token(name: str, secret: str | SecretStr, ttl_s: float = 3600.0) -> st
     if not ttl_s > 0:
         raise ValueError("ttl_s must be > 0 seconds")
     now = int(time.time())
-    claims = {"sub": name, "iat": now, "exp": now + max(1, int(round(ttl_s)))}
+    claims: dict[str, object] = {"sub": name, "iat": now,
+                                 "exp": now + max(1, int(round(ttl_s)))}
+    if operator:
+        claims["operator"] = True
     return jwt.encode(claims, _key(secret), algorithm=ALGORITHM)
 
 
 def verify_token(token: str, secret: str | SecretStr, *, leeway_s: float = 5.0) -> str:
-    """Check a token's signature and expiry and return the user name it carries.
+    """Check a token's signature and expiry and return the user name it carries (see
+    :func:`verify_claims`, whose errors it raises)."""
+    return validate_user_name(verify_claims(token, secret, leeway_s=leeway_s).get("sub"))
+
+
+def verify_claims(token: str, secret: str | SecretStr, *,
+                  leeway_s: float = 5.0) -> dict[str, object]:
+    """Check a token's signature and expiry and return its claims.
 
     Args:
         token: a compact JWT made by :func:`issue_token` (or any HS256 JWT with ``sub``
@@ -129,7 +174,7 @@ def verify_token(token: str, secret: str | SecretStr, *, leeway_s: float = 5.0) 
         leeway_s: seconds of clock skew tolerated on ``exp``/``iat``.
 
     Returns:
-        The ``sub`` claim (the user's name).
+        The claims (``sub``: the user's name; ``operator`` if set).
 
     Raises:
         AuthError: the token is malformed, signed with another key or algorithm,
@@ -159,7 +204,7 @@ def verify_token(token: str, secret: str | SecretStr, *, leeway_s: float = 5.0) 
         raise AuthError("the token is malformed") from None
     except jwt.InvalidTokenError as error:  # iat in the future, bad claim types, ...
         raise AuthError(f"the token is invalid ({type(error).__name__})") from None
-    return validate_user_name(claims.get("sub"))
+    return claims
 
 
 def _bearer(headers: Mapping[str, str]) -> str | None:
@@ -175,7 +220,15 @@ def _bearer(headers: Mapping[str, str]) -> str | None:
 def authenticate(
     query: Mapping[str, str], headers: Mapping[str, str], settings: AuthSettings
 ) -> str:
-    """Return the user name of a request, from its token or (dev mode) its username.
+    """Return the user name of a request (:func:`identify`'s ``name``; same errors)."""
+    return identify(query, headers, settings).name
+
+
+def identify(
+    query: Mapping[str, str], headers: Mapping[str, str], settings: AuthSettings
+) -> Identity:
+    """Return who a request comes from, from its token or (dev mode) its username, and
+    whether it is an operator's (see the module docstring).
 
     Args:
         query: the request's query parameters (``token``, ``username``).
@@ -184,7 +237,7 @@ def authenticate(
         settings: the secret and the dev flag.
 
     Returns:
-        The authenticated user name.
+        The :class:`Identity`.
 
     Raises:
         AuthError: no credential, or a refused one (the caller answers 401).
@@ -193,10 +246,24 @@ def authenticate(
     if token:
         if settings.token_secret is None:
             raise AuthError("tokens are not accepted: ROOMS_TOKEN_SECRET is not set")
-        return verify_token(token, settings.token_secret)
-    if settings.dev_auth:
+        claims = verify_claims(token, settings.token_secret)
+        name = validate_user_name(claims.get("sub"))
+        operator = claims.get("operator") is True
+    elif settings.dev_auth:
         name = query.get("username") or headers.get("x-rooms-user")
-        if name:
-            return validate_user_name(name)
-        raise AuthError("no token and no username (dev mode)")
-    raise AuthError("no token: send ?token=<jwt> or 'Authorization: Bearer <jwt>'")
+        if not name:
+            raise AuthError("no token and no username (dev mode)")
+        name = validate_user_name(name)
+        operator = False
+    else:
+        raise AuthError("no token: send ?token=<jwt> or 'Authorization: Bearer <jwt>'")
+    return Identity(name, operator or settings.dev_auth or _operator_secret(headers, settings))
+
+
+def _operator_secret(headers: Mapping[str, str], settings: AuthSettings) -> bool:
+    """Whether the request carries the configured operator secret (constant time)."""
+    given = headers.get(OPERATOR_HEADER)
+    if not given or settings.operator_secret is None:
+        return False
+    expected = settings.operator_secret.get_secret_value()
+    return bool(expected) and hmac.compare_digest(given.encode(), expected.encode())

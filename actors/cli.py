@@ -151,7 +151,10 @@ def serve_cmd(
         raise typer.Exit(2) from None
     for what, url in system.urls.items():
         typer.echo(f"{what:16} {url}")
-    typer.echo("identity: signed tokens (ROOMS_TOKEN_SECRET)" + (", or ?username= (--dev)" if dev else ""))
+    typer.echo("identity: signed tokens (ROOMS_TOKEN_SECRET)" + (
+        ", or ?username= (--dev: development mode, every identity is an operator)"
+        if dev else "; operators: a token with \"operator\": true, or the "
+                    "X-Rooms-Operator header with ROOMS_OPERATOR_SECRET"))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:

@@ -8,6 +8,8 @@ draws the whole tree::
     ├── RoomUnavailable       a room call failed on every attempt (actor dead, restarting)
     ├── InvalidRoomId         (also ValueError) not 1-128 characters of [A-Za-z0-9._~-]
     ├── AuthError             (also ValueError) a credential was missing or refused
+    ├── NotOwner              the connection id belongs to another identity
+    ├── OperatorRequired      an operator route called without an operator credential
     └── StoreNotShared        ROOMS_STORE_URL is SQLite or memory on a multi-node cluster
 
 The gateway answers each with one HTTP status and WebSocket close code, from one table
@@ -20,7 +22,7 @@ from __future__ import annotations
 from rooms.errors import RoomsError
 
 __all__ = ["AuthError", "InvalidRoomId", "RoomFull", "RoomHibernating", "RoomRuntimeError",
-           "RoomUnavailable", "StoreNotShared"]
+           "NotOwner", "OperatorRequired", "RoomUnavailable", "StoreNotShared"]
 
 
 class RoomRuntimeError(RoomsError):
@@ -59,3 +61,14 @@ class StoreNotShared(RoomRuntimeError):
 
     def __reduce__(self):  # picklable across Ray processes
         return (type(self), (str(self),))
+
+
+class NotOwner(RoomRuntimeError):
+    """A connection id was used by an identity other than the one that opened it (a
+    socket with another user's ``_pk``, an HTTP message with another user's ``?conn=``);
+    the room is unchanged."""
+
+
+class OperatorRequired(RoomRuntimeError):
+    """An operator route (listing rooms, reading any room) was called without an
+    operator credential."""

@@ -51,7 +51,7 @@ from storage.codec import Snapshot
 from . import metrics
 from .cluster import check_store_fits_cluster
 from .config import RoomsConfig
-from .errors import RoomFull, RoomHibernating
+from .errors import NotOwner, RoomFull, RoomHibernating
 from .outbox import Outbox
 from .services import build_services, realtime_model
 from .wire import Delivery, OutboxEntry
@@ -394,10 +394,14 @@ class RoomActor:
             The outbox sequence number of the last message released so far.
 
         Raises:
+            NotOwner: another identity opened ``conn`` (its seat stays as it is).
             RoomFull: ``conn`` is new and the room already has ``max_connections``.
             RoomHibernating: the actor is exiting; reactivate through ``get_room``.
         """
         def hook(room: Room, now: float) -> Effects:
+            owner = room.owner(conn)
+            if owner is not None and owner != name:
+                raise NotOwner(f"connection {conn[:64]!r} belongs to another user")
             connections = room.data.connections
             if conn not in connections and len(connections) >= self.config.max_connections:
                 raise RoomFull(f"room {self.room_id!r} is full "
@@ -412,17 +416,35 @@ class RoomActor:
 
         return await self._turn(hook, "connect")
 
-    async def message(self, conn: str, text: str | bytes) -> int:
+    async def message(self, conn: str, text: str | bytes, sender: str | None = None) -> int:
         """Handle one client frame from ``conn``; returns after its turn is durable.
+
+        Args:
+            conn: the connection id the frame acts as.
+            text: the frame (a protocol message as JSON text).
+            sender: the authenticated identity that sent it, when the caller has not
+                checked that it owns ``conn`` (the HTTP route): it must own ``conn``, or
+                ``conn`` is ``http:<sender>`` (owned from its first use). ``None``: the
+                caller vouches for it (a socket whose connect was checked; the CLI).
 
         Returns:
             The outbox sequence number of the last message released so far (the turn's
             replies included).
 
         Raises:
+            NotOwner: ``sender`` does not own ``conn``; the room is unchanged.
             RoomHibernating: the actor is exiting; reactivate through ``get_room``.
         """
-        return await self._turn(lambda room, now: room.on_message(conn, text, now))
+        def hook(room: Room, now: float) -> Effects:
+            if sender is not None:
+                owner = room.owner(conn)
+                if owner is None and conn == f"http:{sender}":
+                    room.claim(conn, sender)
+                elif owner != sender:
+                    raise NotOwner(f"connection {conn[:64]!r} is not yours")
+            return room.on_message(conn, text, now)
+
+        return await self._turn(hook)
 
     async def deliver(self, frames: list[tuple[str, str | bytes]], cursor: int | None,
                       poller: str | None = None) -> Delivery:

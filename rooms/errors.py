@@ -22,6 +22,8 @@ that raises it), and every one of them derives from :class:`RoomsError`::
         ├── RoomUnavailable             a room call failed on every attempt
         ├── InvalidRoomId               (also ValueError) not 1-128 of [A-Za-z0-9._~-]
         ├── AuthError                   (also ValueError) a credential was refused
+        ├── NotOwner                    a connection id used by another identity
+        ├── OperatorRequired            an operator route without an operator
         └── StoreNotShared              a one-machine store on a multi-node cluster
 
 No error's message holds a secret (tokens, app secrets, API keys): texts from services

@@ -56,6 +56,7 @@ __all__ = [
     "AiEnableResult",
     "AiProgress",
     "HEARTBEAT_TIMEOUT",
+    "MAX_IDLE_OWNERS",
     "Room",
 ]
 
@@ -64,6 +65,9 @@ ALARM_INTERVAL = 15.0
 
 HEARTBEAT_TIMEOUT = 15.0
 """A user whose last heartbeat is older than this many seconds is removed by the sweep."""
+
+MAX_IDLE_OWNERS = 1024
+"""Owners kept for connection ids with no user and no connection (HTTP senders)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +206,7 @@ class Room:
         """
         data = self.data
         data.connections[conn] = name
+        data.owners.setdefault(conn, name)
         if conn not in data.users:
             data.users[conn] = User(
                 id=conn,
@@ -222,6 +227,23 @@ class Room:
         self._broadcast_state()
         self._log("onConnect", connectionId=conn)
         return self._take()
+
+    def owner(self, conn: str) -> str | None:
+        """The identity that owns connection id ``conn`` (first used it), or ``None``."""
+        return self.data.owners.get(conn)
+
+    def claim(self, conn: str, name: str) -> None:
+        """Record ``name`` as the owner of ``conn`` if nobody owns it (its effects join
+        the next hook's). Owners of connection ids with neither a user nor a connection
+        are forgotten, oldest first, past :data:`MAX_IDLE_OWNERS`."""
+        data = self.data
+        if conn in data.owners:
+            return
+        data.owners[conn] = name
+        self._changed()
+        idle = [c for c in data.owners if c not in data.users and c not in data.connections]
+        for old in idle[:max(0, len(idle) - MAX_IDLE_OWNERS)]:
+            del data.owners[old]
 
     def on_close(self, conn: str, code: int = 1000, reason: str = "") -> Effects:
         """The socket of connection ``conn`` closed (Orange's ``onClose``).
@@ -472,12 +494,13 @@ class Room:
         user = self.data.users.get(conn)
         if user is not None:
             return user.name
-        return self.data.connections.get(conn, conn)
+        return self.data.connections.get(conn) or self.data.owners.get(conn, conn)
 
     def _remove_user(self, conn: str, close: tuple[int, str] | None) -> None:
         data = self.data
         data.users.pop(conn, None)
         data.heartbeats.pop(conn, None)
+        data.owners.pop(conn, None)
         self._fx.messages.append(
             Outgoing("all", None, server_message("userLeftNotification", id=conn))
         )
@@ -509,6 +532,8 @@ class Room:
         self._log("endingMeeting", peakUserCount=self.data.peakUserCount)
         self._release_ai(reason="meeting ended")
         attempt = self.data.ai.attempt + 1
-        self.data = RoomData(connections=self.data.connections)
+        connections = self.data.connections
+        self.data = RoomData(connections=connections, owners={
+            c: o for c, o in self.data.owners.items() if c in connections})
         self.data.ai.attempt = attempt
         self._changed()

@@ -74,6 +74,9 @@ class RoomData(BaseModel):
     users: dict[str, User] = Field(default_factory=dict)
     heartbeats: dict[str, float] = Field(default_factory=dict)
     connections: dict[str, str] = Field(default_factory=dict)
+    owners: dict[str, str] = Field(default_factory=dict)
+    """The identity that first used each connection id (a socket's ``_pk``, or an HTTP
+    sender's ``http:<name>``); kept while its user or connection exists."""
     meetingId: str | None = None
     peakUserCount: int = 0
     alarmAt: float | None = None

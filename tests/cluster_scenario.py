@@ -195,9 +195,9 @@ async def run(pg_url: str) -> dict[str, Any]:
         ray.get(ah.hibernate.remote(), timeout=30)
     except ray.exceptions.RayActorError:
         pass  # the actor exits during the call
-    for _ in range(5):  # soft affinity: Ray may still place it elsewhere; then again
+    for attempt in range(5):  # soft affinity: Ray may still place it elsewhere; again
         scheduler = RemoteAlarmScheduler.options(
-            **scheduler_actor_options(config, "alarm-scheduler"),
+            **scheduler_actor_options(config, f"alarm-scheduler-{attempt}"),
             scheduling_strategy=NodeAffinitySchedulingStrategy(other_worker, soft=True),
         ).remote(config, poll_interval=0.5, grace=0.5)
         ray.get(scheduler.stats.remote(), timeout=60)
@@ -269,6 +269,11 @@ async def run(pg_url: str) -> dict[str, Any]:
             break
         await asyncio.sleep(0.5)
     facts["alarm_fired_after_s"] = fired
+    stats = ray.get(scheduler.stats.remote(), timeout=60)
+    facts["scheduler_after"] = {
+        "running": stats["running"], "wakes": stats["wakes"],
+        "node": ray.get(scheduler.__ray_call__.remote(
+            lambda self: ray.get_runtime_context().get_node_id()), timeout=30)}
 
     # 6. after both losses, every room is still listed, now on the head node
     facts["list_room_actors"] = [{"room": r["room"], "node": r["node"]}

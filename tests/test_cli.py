@@ -115,6 +115,7 @@ def test_serve_tells_how_to_reach_the_dashboard_and_stops_quietly(tmp_path):
         dashboard = [l for l in lines if l.startswith("dashboard")]
         assert dashboard, "".join(lines)
         assert "ray get-auth-token" in dashboard[0], dashboard[0]
+        assert "every identity is an operator" in "".join(lines)  # --dev says so
         proc.send_signal(signal.SIGTERM)
         rest, _ = proc.communicate(timeout=120)
     finally:

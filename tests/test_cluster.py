@@ -76,6 +76,9 @@ def test_alarms_fire_after_losing_the_schedulers_node(facts):
     assert facts["scheduler_node"] in facts["nodes"]["workers"]
     assert facts["alarm_users_before"] == 1
     assert facts["alarm_fired_after_s"] is not None and facts["alarm_fired_after_s"] < 30
+    # the restarted scheduler (now on the head node) woke the room, which ran its alarm
+    after = facts["scheduler_after"]
+    assert after["running"] and after["wakes"] >= 1 and after["node"] == facts["nodes"]["head"]
 
 
 def test_rooms_ls_lists_every_room_with_its_node_cluster_wide(facts):

@@ -62,8 +62,8 @@ def gateway(ray_session, tmp_path_factory):
     shutdown_gateway(APP)
 
 
-def token(name: str = "alice") -> str:
-    return issue_token(name, SECRET, ttl_s=600)
+def token(name: str = "alice", operator: bool = False) -> str:
+    return issue_token(name, SECRET, ttl_s=600, operator=operator)
 
 
 def room_id() -> str:
@@ -145,17 +145,19 @@ async def test_http_routes_need_a_token_and_work_with_one(gateway):
         bad = {"Authorization": "Bearer " + issue_token("x", "other-secret-" + "y" * 32)}
         assert (await http.get(f"{url}/rooms/{room}", headers=bad)).status_code == 401
 
-        sent = await http.post(f"{url}/rooms/{room}/messages?conn=h1", headers=bearer,
+        sent = await http.post(f"{url}/rooms/{room}/messages", headers=bearer,
                                json={"type": "heartbeat"})
         assert sent.status_code == 200 and isinstance(sent.json()["seq"], int)
-        state = (await http.get(f"{url}/rooms/{room}", headers=bearer)).json()
+        operator = {"Authorization": f"Bearer {token('op', operator=True)}"}
+        state = (await http.get(f"{url}/rooms/{room}", headers=operator)).json()
         assert set(state) >= {"users", "ai"}
         too_big = await http.post(f"{url}/rooms/{room}/messages", headers=bearer,
                                   content=b"x" * 5000)
         assert too_big.status_code == 413
-        rooms = (await http.get(f"{url}/rooms", params={"token": token()})).json()["rooms"]
+        rooms = (await http.get(f"{url}/rooms", params={"token": token(operator=True)})
+                 ).json()["rooms"]
         assert any(r["room"] == room and r["state"] == "ALIVE" for r in rooms)
-        assert (await http.get(f"{url}/rooms/bad%20id", headers=bearer)).status_code == 400
+        assert (await http.get(f"{url}/rooms/bad%20id", headers=operator)).status_code == 400
 
 
 # ---- WebSocket -----------------------------------------------------------------------------

@@ -6,6 +6,8 @@ error                     HTTP    close  reason sent with the close
 ========================  ======  =====  ====================================
 ``AuthError``             401     1008   ``unauthorized``
 ``InvalidRoomId``         400     1008   ``invalid room id``
+``NotOwner``              403     1008   ``connection belongs to another user``
+``OperatorRequired``      403     1008   ``operator only``
 ``RoomFull``              503     1013   ``room full``
 ``RoomUnavailable``       503     1011   ``room unavailable``
 ``RoomHibernating``       503     1011   ``room unavailable``
@@ -28,7 +30,8 @@ from fastapi.responses import JSONResponse
 from rooms.errors import RoomsError
 from storage.base import StorageUnavailable
 
-from ..errors import AuthError, InvalidRoomId, RoomFull, RoomHibernating, RoomUnavailable
+from ..errors import (AuthError, InvalidRoomId, NotOwner, OperatorRequired, RoomFull,
+                      RoomHibernating, RoomUnavailable)
 from .limits import CLOSE_POLICY, CLOSE_ROOM_UNAVAILABLE, CLOSE_TRY_AGAIN
 
 __all__ = ["Answer", "answer_for", "error_frame"]
@@ -64,6 +67,8 @@ class Answer:
 _ANSWERS: dict[type[RoomsError], Answer] = {
     AuthError: Answer(401, CLOSE_POLICY, "unauthorized"),
     InvalidRoomId: Answer(400, CLOSE_POLICY, "invalid room id"),
+    NotOwner: Answer(403, CLOSE_POLICY, "connection belongs to another user"),
+    OperatorRequired: Answer(403, CLOSE_POLICY, "operator only"),
     RoomFull: Answer(503, CLOSE_TRY_AGAIN, "room full"),
     RoomUnavailable: Answer(503, CLOSE_ROOM_UNAVAILABLE, "room unavailable"),
     RoomHibernating: Answer(503, CLOSE_ROOM_UNAVAILABLE, "room unavailable"),

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from typing import Any, Awaitable, Callable
 
@@ -15,15 +16,18 @@ from ray.serve.exceptions import RayServeException
 
 from rooms.errors import RoomsError
 
-from ..auth import AuthSettings, authenticate
+from ..auth import AuthSettings, identify
 from ..config import RoomsConfig
 from ..directory import list_room_actors, validate_room_id
+from ..errors import OperatorRequired
 from .errors import answer_for
 from .limits import MAX_CONN_ID_CHARS, GatewayLimits
 from .registry import RoomRegistry
 from .websocket import serve_websocket
 
 __all__ = ["GatewayServer"]
+
+log = logging.getLogger("ray.serve.ray_rooms.gateway")
 
 
 def _replica_id() -> str:
@@ -51,6 +55,9 @@ class GatewayServer:
         self.replica = _replica_id()
         self.node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
         self.registry = RoomRegistry(config, self.limits, self.replica, self.node)
+        if self.auth.dev_auth:
+            log.warning("development mode: ?username= is accepted without a token and "
+                        "every identity is an operator")
 
     @property
     def channels(self) -> dict:
@@ -62,15 +69,24 @@ class GatewayServer:
         self.registry.close()
 
     async def _guard(self, request: Request, room: str | None,
-                     work: Callable[[str], Awaitable[Any]]) -> Any:
-        """Authenticate, validate ``room``, run ``work(name)``; answer a
+                     work: Callable[[str], Awaitable[Any]], *, operator: bool = False) -> Any:
+        """Identify the caller, validate ``room``, run ``work(name)``; answer a
         :class:`~rooms.errors.RoomsError` from the table of
-        :mod:`actors.gateway.errors`."""
+        :mod:`actors.gateway.errors`.
+
+        Args:
+            request: the HTTP request.
+            room: the room id of the path, or ``None``.
+            work: the route's work, given the caller's name.
+            operator: the route is an operator's (403 without an operator credential).
+        """
         try:
-            name = authenticate(request.query_params, request.headers, self.auth)
+            identity = identify(request.query_params, request.headers, self.auth)
+            if operator and not identity.operator:
+                raise OperatorRequired("this route needs an operator credential")
             if room is not None:
                 validate_room_id(room)
-            return await work(name)
+            return await work(identity.name)
         except RoomsError as error:
             return answer_for(error).response(error)
 
@@ -91,27 +107,31 @@ class GatewayServer:
                 "channels": totals}
 
     async def rooms(self, request: Request) -> Any:
-        """``{"rooms": [{"room", "name", "state", "pid", "node_id"}]}``: every room actor
-        in the namespace with its Ray actor state (ALIVE, RESTARTING, DEAD, ...)."""
+        """``{"rooms": [{"room", "name", "state", "pid", "node_id", "node"}]}``: every room
+        actor in the namespace with its Ray actor state (ALIVE, RESTARTING, DEAD, ...).
+        Operators only (403 otherwise)."""
 
         async def work(name: str) -> Any:
             return {"rooms": await asyncio.to_thread(list_room_actors, self.config.namespace)}
 
-        return await self._guard(request, None, work)
+        return await self._guard(request, None, work, operator=True)
 
     async def room_state(self, room: str, request: Request) -> Any:
-        """The room's ``RoomState`` JSON object (what ``roomState`` carries)."""
+        """The room's ``RoomState`` JSON object (what ``roomState`` carries). Operators
+        only (403 otherwise): participants get it over their socket."""
 
         async def work(name: str) -> Any:
             return await self.registry.ref(room).call("state")
 
-        return await self._guard(request, room, work)
+        return await self._guard(request, room, work, operator=True)
 
     async def post_message(self, room: str, request: Request) -> Any:
-        """Hand one protocol message (the JSON body) to the room as connection
-        ``?conn=`` (default ``http:<name>``). Returns ``{"seq": n}``, the outbox
-        sequence number after the turn (its replies go out through the sockets);
-        413 if the body exceeds ``max_message_bytes``, 400 if it is not UTF-8."""
+        """Hand one protocol message (the JSON body) to the room as the caller's own
+        connection: ``http:<name>`` by default, or a ``?conn=`` the caller's identity
+        owns (403 otherwise, and the room is unchanged). Returns ``{"seq": n}``, the
+        outbox sequence number after the turn (its replies go out through the
+        sockets); 413 if the body exceeds ``max_message_bytes``, 400 if it is not
+        UTF-8."""
 
         async def work(name: str) -> Any:
             body = await request.body()
@@ -127,7 +147,7 @@ class GatewayServer:
             conn = request.query_params.get("conn") or f"http:{name}"
             if len(conn) > MAX_CONN_ID_CHARS:
                 return JSONResponse({"error": "conn is too long"}, status_code=400)
-            return {"seq": await self.registry.ref(room).call("message", conn, text)}
+            return {"seq": await self.registry.ref(room).call("message", conn, text, name)}
 
         return await self._guard(request, room, work)
 

@@ -5,7 +5,8 @@ Close codes the gateway sends (besides those the room asks for, e.g. 1000
 ``User left``, 1011 ``heartbeat timeout``):
 
 =====  ===========================================================================
-1008   sustained rate-limit abuse (``"rate limit abuse"``)
+1008   sustained rate-limit abuse (``"rate limit abuse"``); a ``_pk`` that another
+       identity opened (``"connection belongs to another user"``: its seat stays)
 1011   the room could not be reached after retries (``"room unavailable"``)
 1013   the room is full (``"room full"``: ``RoomsConfig.max_connections`` in the
        room, or ``max_connections_per_room`` sockets of it in this replica), or the
@@ -29,7 +30,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from rooms.errors import RoomsError
 
-from ..auth import AuthSettings, authenticate
+from ..auth import AuthSettings, identify
 from ..directory import validate_room_id
 from ..errors import AuthError, InvalidRoomId
 from .channel import RoomChannel
@@ -59,7 +60,7 @@ async def serve_websocket(ws: WebSocket, room: str, registry: RoomRegistry,
     """
     query = ws.query_params
     try:
-        name = authenticate(query, ws.headers, auth)
+        name = identify(query, ws.headers, auth).name
         validate_room_id(room)
     except (AuthError, InvalidRoomId) as error:
         await _deny(ws, answer_for(error).response(error))
