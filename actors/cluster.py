@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import ray
 
-from storage import is_shared_store
-from storage.postgres import redact_url
+from storage import is_shared_store, redact_url
 
 from .errors import StoreNotShared
 

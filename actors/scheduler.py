@@ -34,13 +34,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import ray
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 from tenacity import wait_exponential_jitter
 
-from storage import SnapshotStore, open_store
+from storage import SnapshotStore, open_store, redact_url
 
 from .config import RoomsConfig
 
@@ -54,21 +53,6 @@ SCHEDULER_NAME = "alarm-scheduler"
 
 WakeFn = Callable[[str], Awaitable[bool]]
 """``wake(room_id) -> ran``: make the room run its alarm if due; raise on failure."""
-
-
-def _redact(url: str) -> str:
-    """Return ``url`` without a password (store URLs of networked stores may carry one)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable store URL>"
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, ""))
 
 
 def _retryable(error: BaseException) -> bool:
@@ -194,7 +178,7 @@ class AlarmScheduler:
         now = time.monotonic()
         return {
             "running": self._task is not None and not self._task.done(),
-            "store": _redact(self.config.store_url),
+            "store": redact_url(self.config.store_url),
             "namespace": self.config.namespace,
             "in_flight": sorted(self._in_flight),
             "held": sorted(r for r, until in self._hold.items() if until > now),
@@ -217,7 +201,7 @@ class AlarmScheduler:
 
     async def _run(self) -> None:
         self._wakeup = asyncio.Event()
-        log.info("alarm scheduler watching %s", _redact(self.config.store_url))
+        log.info("alarm scheduler watching %s", redact_url(self.config.store_url))
         while True:
             self._wakeup.clear()
             self._stats["loops"] += 1

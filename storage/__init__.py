@@ -20,6 +20,7 @@ from storage.factory import DEFAULT_STORE_URL, default_store_url, is_shared_stor
 from storage.memory import MemoryStore
 from storage.postgres import PostgresStore
 from storage.sqlite import SqliteStore
+from storage.urls import redact_url
 
 __all__ = [
     "DEFAULT_STORE_URL",
@@ -40,4 +41,5 @@ __all__ = [
     "encode_snapshot",
     "is_shared_store",
     "open_store",
+    "redact_url",
 ]

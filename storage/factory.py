@@ -37,9 +37,10 @@ from storage.base import SnapshotStore
 from storage.memory import MemoryStore
 from storage.postgres import PostgresStore
 from storage.sqlite import SqliteStore
+from storage.urls import redact_url
 
 __all__ = ["DEFAULT_STORE_URL", "STORE_URL_ENV", "default_store_url", "is_shared_store",
-           "open_store"]
+           "open_store", "redact_url"]
 
 STORE_URL_ENV = "ROOMS_STORE_URL"
 """The environment variable that overrides :data:`DEFAULT_STORE_URL`."""
@@ -135,3 +136,4 @@ def is_shared_store(url: str) -> bool:
     """Whether the store ``url`` names is reachable from every node of a cluster
     (PostgreSQL), as opposed to one machine's file or one process's memory."""
     return url.partition("://")[0].lower() in ("postgresql", "postgres")
+

@@ -61,8 +61,9 @@ from tenacity import (AsyncRetrying, retry_if_exception_type, stop_after_delay,
                       wait_exponential)
 
 from storage.base import StaleEpoch, StorageError, StorageUnavailable
+from storage.urls import redact_url
 
-__all__ = ["APPLICATION_NAME", "PostgresStore", "STORE_SCHEMA_VERSION", "redact_url"]
+__all__ = ["APPLICATION_NAME", "PostgresStore", "STORE_SCHEMA_VERSION"]
 
 APPLICATION_NAME = "ray-rooms"
 """The ``application_name`` of the store's connections (``pg_stat_activity`` shows it)."""
@@ -128,18 +129,6 @@ _OPTIONS = {"statement_cache_size": int, "connect_timeout": float,
             "command_timeout": float, "retry_s": float}
 
 T = TypeVar("T")
-
-
-def redact_url(url: str) -> str:
-    """Return ``url`` with its password replaced by ``***`` (for logs and errors)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def _split_options(url: str) -> tuple[str, dict[str, Any]]:

@@ -18,7 +18,8 @@ from actors.room_actor import RoomActor
 from storage import (PostgresStore, StaleEpoch, StorageError, StorageUnavailable,
                      decode_snapshot, open_store)
 from storage.pgserver import ThrowawayPostgres
-from storage.postgres import APPLICATION_NAME, STORE_SCHEMA_VERSION, redact_url
+from storage import redact_url
+from storage.postgres import APPLICATION_NAME, STORE_SCHEMA_VERSION
 
 ROOM = "pg-room"
 
