@@ -35,7 +35,6 @@ from urllib.parse import parse_qsl
 
 from storage.base import SnapshotStore
 from storage.memory import MemoryStore
-from storage.postgres import PostgresStore
 from storage.sqlite import SqliteStore
 from storage.urls import redact_url
 
@@ -125,6 +124,8 @@ def open_store(url: str) -> SnapshotStore:
             raise ValueError(f"store URL {url!r} names no database file")
         return SqliteStore(path, **_sqlite_options(url, query))  # type: ignore[arg-type]
     if scheme in ("postgresql", "postgres"):
+        from storage.postgres import PostgresStore  # asyncpg only where it is used
+
         return PostgresStore(url)
     raise ValueError(
         f"unknown store URL scheme {scheme!r}; supported: memory://[name], "
