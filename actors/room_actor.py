@@ -49,6 +49,7 @@ from storage import (SnapshotStore, StaleEpoch, StorageError, StorageUnavailable
 from storage.codec import Snapshot
 
 from . import metrics
+from .applied import AppliedFrames
 from .cluster import check_store_fits_cluster
 from .config import RoomsConfig
 from .errors import NotOwner, RoomFull, RoomHibernating
@@ -128,7 +129,9 @@ class RoomActor:
         # output gate state
         self._version = 0  # increases with every turn that changed the state
         self._durable = 0  # the newest version known durable
-        self._durable_state: tuple[dict[str, Any], int] = ({}, 0)  # its room state, seq
+        # the last durable snapshot's state: {"room", "applied"} and its sequence number
+        self._durable_state: tuple[dict[str, Any], int] = ({"room": {}, "applied": {}}, 0)
+        self.applied = AppliedFrames()
         self._pending: deque[tuple[int, list[OutboxEntry], list[Job]]] = deque()
         self._next_seq = 1
         self._commit_task: asyncio.Task | None = None
@@ -184,8 +187,9 @@ class RoomActor:
             self._next_seq = snapshot.seq + 1
             restored = [OutboxEntry.from_record(r) for r in snapshot.state.get("outbox", [])]
             self.outbox.released = snapshot.seq - len(restored)
-        self._durable_state = (data.model_dump(mode="json", exclude_none=True),
-                               self._next_seq - 1)
+            self.applied = AppliedFrames(snapshot.state.get("applied"))
+        self._durable_state = ({"room": data.model_dump(mode="json", exclude_none=True),
+                                "applied": self.applied.record()}, self._next_seq - 1)
         room = Room(self.room_id, data, max_message_bytes=self.config.max_message_bytes)
         for entry in restored:  # produced, saved, maybe never released: release now
             self.outbox.publish(entry)
@@ -271,15 +275,16 @@ class RoomActor:
             await asyncio.shield(self._commit_task)
 
     def _snapshot(self) -> tuple[int, bytes, dict[str, Any], int]:
-        """The state to save now: (version, encoded record, room state, sequence)."""
+        """The state to save now: (version, encoded record, state, sequence). The state
+        is ``{"room": RoomData, "outbox": [unreleased entries], "applied": frames}``."""
         room = self.room
         assert room is not None
         unreleased = [e.record() for _, entries, _ in self._pending for e in entries]
         state = {"room": room.data.model_dump(mode="json", exclude_none=True),
-                 "outbox": unreleased}
+                 "outbox": unreleased, "applied": self.applied.record()}
         seq = self._next_seq - 1
         data = encode_snapshot(Snapshot(self.room_id, self.epoch, seq, state))
-        return self._version, data, state["room"], seq
+        return self._version, data, state, seq
 
     async def _commit(self) -> None:
         """Save the newest state (every turn staged so far) and release what it makes
@@ -294,7 +299,7 @@ class RoomActor:
             while True:
                 started = time.perf_counter()
                 try:
-                    version, data, room_state, seq = self._snapshot()
+                    version, data, state, seq = self._snapshot()
                     alarm_at = self.room.alarm_at if self.room is not None else None
                     await self._store.save(self.room_id, data, epoch=self.epoch,
                                            alarm_at=alarm_at)
@@ -327,17 +332,19 @@ class RoomActor:
             self._stats["snapshot_bytes"] = len(data)
             metrics.snapshot_saved(len(data), self._stats["last_save_s"])
             self._durable = version
-            self._durable_state = (room_state, seq)
+            self._durable_state = (state, seq)
             self._release()
         finally:
             self._commit_task = None
 
     def _roll_back(self) -> None:
-        """Drop every turn that is not durable: the room's state, its sequence number
-        and its held messages and jobs go back to the last durable snapshot."""
-        room_state, seq = self._durable_state
-        self.room = Room(self.room_id, RoomData.model_validate(room_state),
+        """Drop every turn that is not durable: the room's state, its sequence number,
+        its applied frames and its held messages and jobs go back to the last durable
+        snapshot."""
+        state, seq = self._durable_state
+        self.room = Room(self.room_id, RoomData.model_validate(state["room"]),
                          max_message_bytes=self.config.max_message_bytes)
+        self.applied = AppliedFrames(state["applied"])
         self._pending.clear()
         self._version = self._durable
         self._next_seq = seq + 1
@@ -416,7 +423,8 @@ class RoomActor:
 
         return await self._turn(hook, "connect")
 
-    async def message(self, conn: str, text: str | bytes, sender: str | None = None) -> int:
+    async def message(self, conn: str, text: str | bytes, sender: str | None = None,
+                      idempotency_key: str | None = None) -> int:
         """Handle one client frame from ``conn``; returns after its turn is durable.
 
         Args:
@@ -426,6 +434,8 @@ class RoomActor:
                 checked that it owns ``conn`` (the HTTP route): it must own ``conn``, or
                 ``conn`` is ``http:<sender>`` (owned from its first use). ``None``: the
                 caller vouches for it (a socket whose connect was checked; the CLI).
+            idempotency_key: the HTTP ``Idempotency-Key``: a message whose key ``conn``
+                sent before is not applied again (the call just returns).
 
         Returns:
             The outbox sequence number of the last message released so far (the turn's
@@ -442,11 +452,17 @@ class RoomActor:
                     room.claim(conn, sender)
                 elif owner != sender:
                     raise NotOwner(f"connection {conn[:64]!r} is not yours")
+            if idempotency_key is not None:
+                if not self.applied.apply_key(f"{conn}\n{idempotency_key}"):
+                    return Effects()  # sent before: applied once already
+                fx = room.on_message(conn, text, now)
+                fx.changed = True  # the key is saved with the turn
+                return fx
             return room.on_message(conn, text, now)
 
         return await self._turn(hook)
 
-    async def deliver(self, frames: list[tuple[str, str | bytes]], cursor: int | None,
+    async def deliver(self, frames: list[tuple], cursor: int | None,
                       poller: str | None = None) -> Delivery:
         """Handle a batch of client frames, in order, and return the released outbox
         entries after ``cursor`` (the gateway's batched path).
@@ -456,8 +472,10 @@ class RoomActor:
         durable, so every entry it returns is released.
 
         Args:
-            frames: ``[(conn, text)]``: the frames of one room as a replica received
-                them; each is what :meth:`message` takes.
+            frames: the frames of one room as a replica received them, in order:
+                ``(conn, text, socket, number)`` (``number`` counts the frames of
+                ``socket`` from 1; a frame already applied is skipped, see
+                :mod:`actors.applied`), or ``(conn, text)`` (not deduplicated).
             cursor: the last sequence number the caller has fanned out (``None``:
                 return no entries, only the cursor).
             poller: the caller's poller id (one per room per gateway replica). The
@@ -474,11 +492,26 @@ class RoomActor:
                 send the batch again (no frame of it was handled).
         """
         self.outbox.note_cursor(poller, cursor)
-        await self._turns([(lambda room, now, c=conn, t=text: room.on_message(c, t, now), None)
-                           for conn, text in frames], poller)
+        await self._turns([(self._frame_hook(*frame), None) for frame in frames], poller)
         if cursor is None:
             return Delivery(cursor=self.outbox.released)
         return self.outbox.since(cursor)
+
+    def _frame_hook(self, conn: str, text: str | bytes, socket: str | None = None,
+                    number: int | None = None) -> Hook:
+        """The turn of one client frame; a numbered frame is applied once (its number
+        is saved with the turn, so the turn always changes the state)."""
+        def hook(room: Room, now: float) -> Effects:
+            if socket is None or number is None:
+                return room.on_message(conn, text, now)
+            if not self.applied.apply_frame(socket, number):
+                self._stats["duplicate_frames"] = self._stats.get("duplicate_frames", 0) + 1
+                return Effects()  # applied before this activation or in an earlier batch
+            fx = room.on_message(conn, text, now)
+            fx.changed = True
+            return fx
+
+        return hook
 
     async def close(self, conn: str, code: int = 1000, reason: str = "",
                     socket: str | None = None, delivered: int | None = None) -> int:
@@ -496,6 +529,8 @@ class RoomActor:
             As :meth:`connect`.
         """
         def hook(room: Room, now: float) -> Effects:
+            if socket is not None:
+                self.applied.forget(socket)  # the gateway sends none of its frames again
             if not self.outbox.closed(conn, socket, delivered):
                 return Effects()  # a reconnect overtook this close
             return room.on_close(conn, code, reason)
@@ -557,7 +592,7 @@ class RoomActor:
         room = await self._ensure_active()
         if self._durable >= self._version:
             return room.room_state()
-        durable = RoomData.model_validate(self._durable_state[0])
+        durable = RoomData.model_validate(self._durable_state[0]["room"])
         return Room(self.room_id, durable,
                     max_message_bytes=self.config.max_message_bytes).room_state()
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid
 from collections import deque
 from typing import Any, Callable
@@ -75,7 +76,7 @@ class RoomChannel:
         self._task: asyncio.Task | None = None
         self._reactivated = asyncio.Event()
         self._hibernated_actor: str | None = None
-        self._frames: deque[tuple[ClientSocket, str | bytes]] = deque()
+        self._frames: deque[tuple[ClientSocket, str | bytes, int]] = deque()
         self._sender: asyncio.Task | None = None
         self._in_flight = False
         self._room_caught_up = asyncio.Event()
@@ -83,7 +84,7 @@ class RoomChannel:
         self._accepting = asyncio.Lock()
         ref.on_activation = self._activated
         self.stats = {"entries": 0, "gaps": 0, "polls": 0, "hibernations": 0,
-                      "batches": 0, "frames": 0}
+                      "batches": 0, "frames": 0, "redeliveries": 0}
 
     def count(self) -> int:
         """Return the number of sockets of the room in this replica."""
@@ -133,7 +134,8 @@ class RoomChannel:
         while len(self._frames) >= self.limits.room_queue:
             self._room_caught_up.clear()
             await self._room_caught_up.wait()
-        self._frames.append((sock, data))
+        sock.frames += 1
+        self._frames.append((sock, data, sock.frames))
         sock.pending += 1
         sock.drained.clear()
         if self._sender is None:
@@ -148,37 +150,48 @@ class RoomChannel:
                     self._room_caught_up.set()
                 self.stats["batches"] += 1
                 self.stats["frames"] += len(batch)
-                frames = [(sock.conn, data) for sock, data in batch]
                 self._in_flight = True
-                result: Delivery | None
                 try:
-                    result = await self.ref.call("deliver", frames, self.cursor, self.poller)
-                except RoomUnavailable:
-                    for sock, _ in batch:
-                        sock.send(error_frame("the room is unavailable; try again"))
-                    result = None
-                except StorageUnavailable:  # the room kept its last durable state
-                    for sock, _ in batch:
-                        sock.send(error_frame("storage unavailable; try again"))
-                    result = None
-                except Exception as error:  # noqa: BLE001 - tell the senders, go on
-                    log.warning("room %s: deliver failed (%s)", self.ref.room_id,
-                                type(error).__name__)
-                    for sock, _ in batch:
-                        sock.send(error_frame("the room could not handle the message"))
-                    result = None
+                    result = await self._deliver_batch(batch)
                 finally:
                     self._in_flight = False
                 try:
                     await self.accept(result)
                 finally:
-                    for sock, _ in batch:
+                    for sock, _, _ in batch:
                         sock.pending -= 1
                         if sock.pending == 0:
                             sock.drained.set()
         finally:
             self._sender = None
             self._room_caught_up.set()
+
+    async def _deliver_batch(self, batch: list[tuple[ClientSocket, str | bytes, int]]
+                             ) -> Delivery | None:
+        """Send ``batch`` until the room acknowledges it (a ``deliver`` result), also
+        across the room's death and restart: each frame goes with its socket's id and
+        number, and the room skips what it applied already (:mod:`actors.applied`).
+        Returns ``None`` after telling the senders why, when the room stays unreachable
+        for ``redeliver_s`` or cannot take the frames."""
+        frames = [(sock.conn, data, sock.id, number) for sock, data, number in batch]
+        deadline = time.monotonic() + self.limits.redeliver_s
+        while True:
+            try:
+                return await self.ref.call("deliver", frames, self.cursor, self.poller)
+            except RoomUnavailable:
+                if time.monotonic() < deadline:
+                    self.stats["redeliveries"] += 1
+                    continue  # the room is restarting: send the same frames again
+                text = "the room is unavailable; try again"
+            except StorageUnavailable:  # the room kept its last durable state
+                text = "storage unavailable; try again"
+            except Exception as error:  # noqa: BLE001 - tell the senders, go on
+                log.warning("room %s: deliver failed (%s)", self.ref.room_id,
+                            type(error).__name__)
+                text = "the room could not handle the message"
+            for sock, _, _ in batch:
+                sock.send(error_frame(text))
+            return None
 
     # ---- entries from the room -------------------------------------------------------
 

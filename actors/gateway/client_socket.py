@@ -55,6 +55,8 @@ class ClientSocket:
             asyncio.Queue(queue_size)
         self.closed = asyncio.Event()
         """Set when the socket reaches CLOSED."""
+        self.frames = 0
+        """Frames of this socket handed to the room so far (each is numbered by it)."""
         self.pending = 0  # frames queued for or in a deliver call
         self.drained = asyncio.Event()
         self.drained.set()

@@ -42,7 +42,11 @@ class GatewayLimits(BaseSettings):
             ``RoomsConfig.poll_timeout``).
         call_attempts: attempts of one room call across actor deaths and hibernation.
         backoff_s: first back-off between attempts, doubled up to ``max_backoff_s``.
-        max_backoff_s: longest back-off, seconds.
+        max_backoff_s: longest back-off, seconds; it bounds how long after a room's
+            reactivation its held frames are sent again.
+        redeliver_s: seconds a batch of frames is sent again while its room is
+            unreachable (its process died and restarts) before its senders get an
+            ``error``; the room applies each frame once, however often it is sent.
         wake_check_s: seconds between looks for a reactivated actor while the room
             hibernates.
         max_ongoing_requests: Serve's concurrency cap per replica; every open WebSocket
@@ -63,7 +67,8 @@ class GatewayLimits(BaseSettings):
     poll_timeout: float | None = Field(None, gt=0)
     call_attempts: int = Field(8, ge=1)
     backoff_s: float = Field(0.05, gt=0)
-    max_backoff_s: float = Field(2.0, gt=0)
+    max_backoff_s: float = Field(0.5, gt=0)
+    redeliver_s: float = Field(60.0, gt=0)
     wake_check_s: float = Field(1.0, gt=0)
     max_ongoing_requests: int = Field(10_000, ge=1)
     max_batch: int = Field(256, ge=1)

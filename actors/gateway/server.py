@@ -131,7 +131,8 @@ class GatewayServer:
         owns (403 otherwise, and the room is unchanged). Returns ``{"seq": n}``, the
         outbox sequence number after the turn (its replies go out through the
         sockets); 413 if the body exceeds ``max_message_bytes``, 400 if it is not
-        UTF-8."""
+        UTF-8. With an ``Idempotency-Key`` header, a retried request (same key, same
+        connection) is applied once."""
 
         async def work(name: str) -> Any:
             body = await request.body()
@@ -147,7 +148,12 @@ class GatewayServer:
             conn = request.query_params.get("conn") or f"http:{name}"
             if len(conn) > MAX_CONN_ID_CHARS:
                 return JSONResponse({"error": "conn is too long"}, status_code=400)
-            return {"seq": await self.registry.ref(room).call("message", conn, text, name)}
+            key = request.headers.get("idempotency-key")
+            if key is not None and not 0 < len(key) <= MAX_CONN_ID_CHARS:
+                return JSONResponse({"error": "Idempotency-Key must be 1-128 characters"},
+                                    status_code=400)
+            return {"seq": await self.registry.ref(room).call("message", conn, text, name,
+                                                              key)}
 
         return await self._guard(request, room, work)
 

@@ -117,8 +117,10 @@ async def serve_websocket(ws: WebSocket, room: str, registry: RoomRegistry,
 async def _close_after(sock: ClientSocket, channel: RoomChannel, code: int, reason: str,
                        limits: GatewayLimits) -> None:
     """Tell the room that ``sock`` closed, once its queued frames have been handled
-    (at most ``max_backoff_s`` * 4 seconds later)."""
-    await _wait(sock.drained, limits.max_backoff_s * 4)
+    (also across a room restart: at most ``redeliver_s`` + ``max_backoff_s`` * 4
+    seconds later). The room then forgets the socket's frame numbers, so none of its
+    frames may still be on the way."""
+    await _wait(sock.drained, limits.redeliver_s + limits.max_backoff_s * 4)
     await channel.ref.call("close", sock.conn, code, reason, sock.id, sock.sent_seq)
 
 
