@@ -132,7 +132,7 @@ class CallsClient(HttpBridge):
             params["correlationId"] = correlation_id
         body = {"sessionDescription": _sd(offer)} if offer is not None else None
         data = await self._request("POST", "sessions/new", "sessions/new",
-                                   params=params, json=body)
+                                   params=params, json=body, creates=True)
         session_id = data.get("sessionId")
         if not isinstance(session_id, str) or not session_id:
             raise InvalidAnswer("the answer has no sessionId", service=SERVICE,
@@ -175,7 +175,7 @@ class CallsClient(HttpBridge):
         if offer is not None:
             body["sessionDescription"] = _sd(offer)
         data = await self._request("POST", f"sessions/{_seg(session_id)}/tracks/new",
-                                   "tracks/new", json=body)
+                                   "tracks/new", json=body, creates=True)
         _raise_track_errors(data, "tracks/new")
         return TracksResult(
             tracks=_tracks(data, "tracks/new"),
@@ -285,11 +285,15 @@ class CallsClient(HttpBridge):
 
     async def _request(self, method: str, path: str, operation: str, *,
                        params: dict[str, str] | None = None,
-                       json: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Send one operation with retries; return the 2xx JSON object without errors."""
+                       json: dict[str, Any] | None = None,
+                       creates: bool = False) -> dict[str, Any]:
+        """Send one operation with retries (for one that ``creates`` something, only the
+        safe ones: :func:`bridges.errors.safe_to_repeat`); return the 2xx JSON object
+        without errors."""
         url = f"{self.base_url}/apps/{_seg(self.app_id)}/{path}"
         data: dict[str, Any] = {}
-        async for attempt in retrying(self.retries, self.backoff, self.max_backoff):
+        async for attempt in retrying(self.retries, self.backoff, self.max_backoff,
+                                      creates=creates):
             with attempt:
                 data = await self._attempt(method, url, operation, params, json)
         return data

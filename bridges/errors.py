@@ -29,7 +29,11 @@ Exception hierarchy (its root is :class:`rooms.errors.RoomsError`)::
 
 What is retryable (:func:`is_retryable_status`, :data:`CALLS_RETRYABLE_CODES`): HTTP 408,
 429 and 5xx, timeouts and connection errors, and Calls' retryable error codes. Any other
-4xx and an invalid answer are not. A :class:`TrackError`'s ``retryable`` reflects its
+4xx and an invalid answer are not. A request that *creates* something (Calls
+``sessions/new`` and ``tracks/new``, OpenAI ``create-realtime-call``) is repeated only
+when it provably did not reach the service or the service said it did nothing
+(:func:`safe_to_repeat`): a blind repeat could leave a second session or a billed call
+behind. A :class:`TrackError`'s ``retryable`` reflects its
 code, but the bridges never repeat a request because of one (that would repeat the
 tracks that succeeded): the caller decides.
 """
@@ -61,6 +65,8 @@ __all__ = [
     "OpenAIError",
     "TrackError",
     "is_retryable_status",
+    "retrying",
+    "safe_to_repeat",
     "scrub",
 ]
 
@@ -114,10 +120,17 @@ class BridgeConnectionError(BridgeError):
     """No HTTP answer arrived: the connection was refused, reset or broken (retryable).
 
     ``status`` is ``None``; ``description`` names the transport failure.
+
+    Attributes (besides :class:`BridgeError`'s):
+        sent: whether the request may have reached the service. ``False`` only when it
+            provably did not: the connection (DNS, TCP, TLS) was never established, or
+            no pooled connection was free.
     """
 
-    def __init__(self, description: str, *, retryable: bool = True, **kwargs) -> None:
+    def __init__(self, description: str, *, retryable: bool = True, sent: bool = True,
+                 **kwargs) -> None:
         super().__init__(description, retryable=retryable, **kwargs)
+        self.sent = sent
 
 
 class BridgeTimeout(BridgeConnectionError):
@@ -198,15 +211,36 @@ def transport_error(exc: httpx.TransportError, *, service: str, operation: str,
     """
     detail = scrub(str(exc), secrets)
     name = type(exc).__name__
+    sent = not isinstance(exc, _NOT_SENT)
     if isinstance(exc, httpx.TimeoutException):
         return BridgeTimeout(
             f"no answer within {timeout:g} s ({name}{': ' + detail if detail else ''})",
-            service=service, operation=operation,
+            service=service, operation=operation, sent=sent,
         )
     return BridgeConnectionError(
         f"no answer: {name}{': ' + detail if detail else ''}",
-        service=service, operation=operation,
+        service=service, operation=operation, sent=sent,
     )
+
+
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout,
+             httpx.UnsupportedProtocol, httpx.ProxyError)
+"""Transport failures before any byte of the request left: DNS, TCP connect, TLS
+handshake (httpx raises those as ConnectError/ConnectTimeout), no free pooled
+connection, a URL httpx cannot send to."""
+
+
+def safe_to_repeat(exc: BaseException) -> bool:
+    """Whether a request that *creates* something (a Calls session or track, an OpenAI
+    call) may be sent again after ``exc``: only when it provably did not reach the
+    service (:attr:`BridgeConnectionError.sent` is false) or the service said it did
+    nothing (HTTP 429, or 503 with ``Retry-After``). After a timeout or another 5xx
+    the first request may have created it: a second would leave one behind whose id
+    nobody learns."""
+    if isinstance(exc, BridgeConnectionError):
+        return not exc.sent
+    status = getattr(exc, "status", None)
+    return status == 429 or (status == 503 and getattr(exc, "retry_after", None) is not None)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -219,7 +253,8 @@ def parse_retry_after(value: str | None) -> float | None:
         return None  # an HTTP-date: ignored, the exponential backoff applies
 
 
-def retrying(retries: int, backoff: float, max_backoff: float) -> AsyncRetrying:
+def retrying(retries: int, backoff: float, max_backoff: float, *,
+             creates: bool = False) -> AsyncRetrying:
     """Return a tenacity policy that repeats only retryable :class:`BridgeError` s.
 
     A :class:`TrackError` is never repeated (see its docstring).
@@ -228,6 +263,8 @@ def retrying(retries: int, backoff: float, max_backoff: float) -> AsyncRetrying:
         retries: how many times to repeat after the first attempt (``0``: never).
         backoff: the first wait in seconds; each further wait doubles.
         max_backoff: the longest wait in seconds (also caps ``Retry-After``).
+        creates: the request creates something: repeat it only when
+            :func:`safe_to_repeat` says so.
 
     Returns:
         an ``AsyncRetrying`` that re-raises the last error once attempts are exhausted.
@@ -244,7 +281,7 @@ def retrying(retries: int, backoff: float, max_backoff: float) -> AsyncRetrying:
 
     retryable: Callable[[BaseException], bool] = (
         lambda exc: isinstance(exc, BridgeError) and exc.retryable
-        and not isinstance(exc, TrackError)
+        and not isinstance(exc, TrackError) and (not creates or safe_to_repeat(exc))
     )
     return AsyncRetrying(
         retry=retry_if_exception(retryable),

@@ -161,7 +161,7 @@ class RealtimeClient(HttpBridge):
                 model, instructions=instructions, voice=voice)), "application/json"),
         }
         response = await self._request("POST", "realtime/calls", "realtime/calls",
-                                       files=files, accept="application/sdp")
+                                       files=files, accept="application/sdp", creates=True)
         call_id = call_id_from_location(response.headers.get("location"))
         try:
             answer = validate_sdp(response.text, expected_type="answer", service=SERVICE,
@@ -193,11 +193,14 @@ class RealtimeClient(HttpBridge):
     # -- HTTP --------------------------------------------------------------------------
 
     async def _request(self, method: str, path: str, operation: str, *,
-                       accept: str, files: dict[str, Any] | None = None) -> httpx.Response:
-        """Send one operation with retries; return the 2xx response."""
+                       accept: str, files: dict[str, Any] | None = None,
+                       creates: bool = False) -> httpx.Response:
+        """Send one operation with retries (for one that ``creates`` something, only the
+        safe ones: :func:`bridges.errors.safe_to_repeat`); return the 2xx response."""
         url = f"{self.base_url}/{path}"
         response: httpx.Response | None = None
-        async for attempt in retrying(self.retries, self.backoff, self.max_backoff):
+        async for attempt in retrying(self.retries, self.backoff, self.max_backoff,
+                                      creates=creates):
             with attempt:
                 response = await self._attempt(method, url, operation, accept, files)
         assert response is not None

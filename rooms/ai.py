@@ -130,15 +130,25 @@ async def run_control(job: ControlJob, calls: MediaBridge) -> AiControlResult:
 async def run_release(job: ReleaseJob, calls: MediaBridge, ai: AiService) -> list[str]:
     """Release what an AI flow created: force-close its Calls tracks, hang up its call.
 
-    Best effort: each release is tried even if another fails.
+    When the flow never learnt its track's mid (``tracks/new`` failed, or timed out
+    after the SFU had added the track), the AI's own session is asked for its tracks
+    (``GET .../sessions/{id}``) and every active one is closed: the session is the
+    room's alone. Best effort: each release is tried even if another fails.
 
     Returns:
         The failures, as ``"<operation>: <cause>"`` strings (empty when all succeeded).
     """
     failures: list[str] = []
-    if job.session_id and job.mids:
+    mids = list(job.mids)
+    if job.session_id and not mids:
         try:
-            await calls.close_tracks(job.session_id, list(job.mids), force=True)
+            state = await calls.get_session(job.session_id)
+            mids = [t.mid for t in state.tracks if t.mid and t.status != "inactive"]
+        except Exception as error:  # noqa: BLE001
+            failures.append(f"calls sessions/get: {_cause(error)}")
+    if job.session_id and mids:
+        try:
+            await calls.close_tracks(job.session_id, mids, force=True)
         except Exception as error:  # noqa: BLE001
             failures.append(f"calls tracks/close: {_cause(error)}")
     if job.call_id:

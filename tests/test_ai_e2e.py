@@ -252,20 +252,50 @@ async def test_ai_end_to_end_with_real_media(emu: Emulators, make_room) -> None:
 # ---------------------------------------------------------------- 2. failure modes
 
 
-async def test_calls_5xx_once_is_retried(emu: Emulators, make_room) -> None:
+async def test_calls_503_with_retry_after_is_retried(emu: Emulators, make_room) -> None:
     ledger = Ledger(emu)
     room = make_room(retries=1)
     await room.connect.remote("alice", "Alice")
-    emu.calls.faults.set("sessions/new", status=503, times=1)
+    emu.calls.faults.set("sessions/new", status=503, retry_after=0, times=1)
     await send(room, "alice", ENABLE)
     state = await wait_state(room, settled)
     assert state["ai"]["enabled"] is True and "error" not in state["ai"], state["ai"]
-    assert ledger.requests("sessions/new") == 2  # the 503, then the retry
+    assert ledger.requests("sessions/new") == 2  # the 503 said "nothing done": again
     assert len(ledger.new_sessions()) == 1  # the 503 created nothing
     await send(room, "alice", {"type": "disableAi"})
     state = await room.state.remote()
     assert state["ai"] == {"enabled": False, "connectionPending": False}
     assert await ledger.wait_released() == {"sessions": [], "tracks": [], "calls": []}
+
+
+@pytest.mark.parametrize("operation,service", [
+    ("sessions/new", "calls"), ("tracks/new", "calls"), ("realtime/calls", "openai")])
+async def test_a_creating_request_answered_too_late_leaves_nothing_open(
+        emu: Emulators, make_room, operation: str, service: str) -> None:
+    """The emulator creates the session, track or call, but answers after the client
+    gave up: the flow fails at that step without sending it again (no second resource),
+    and once it has ended nothing is left open: the AI session's tracks are found and
+    closed (GET session), and a call nobody joins ends as the real service ends it."""
+    ledger = Ledger(emu)
+    room = make_room(timeout=0.5, retries=3)
+    await room.connect.remote("alice", "Alice")
+    emulator = emu.calls if service == "calls" else emu.openai
+    emulator.faults.set(operation, delay=1.0, times=1)  # then handled: it is created
+    expiry = emu.openai.unconnected_timeout_s, emu.calls.unconnected_timeout_s
+    emu.openai.unconnected_timeout_s = emu.calls.unconnected_timeout_s = 3.0
+    try:
+        await send(room, "alice", ENABLE)
+        state = await wait_state(room, settled)
+        step = ("openai " if service == "openai" else "calls ") + operation
+        assert_clean_failure(state, step, "no answer within 0.5 s")
+        assert ledger.requests(operation, service) == 1  # not sent again
+        await asyncio.sleep(1.0)  # the late request has been carried out by now
+        created = ledger.new_calls() if service == "openai" else ledger.new_sessions()
+        assert len(created) == 1
+        assert await ledger.wait_released(timeout=15) == {
+            "sessions": [], "tracks": [], "calls": []}
+    finally:
+        emu.openai.unconnected_timeout_s, emu.calls.unconnected_timeout_s = expiry
 
 
 async def test_calls_4xx_on_tracks_new(emu: Emulators, make_room) -> None:
@@ -300,15 +330,15 @@ async def test_openai_timeout(emu: Emulators, make_room) -> None:
     ledger = Ledger(emu)
     room = make_room(timeout=0.5, retries=1)
     await room.connect.remote("alice", "Alice")
-    # Both attempts stall past the client's timeout. The emulator then fails them
-    # (status), so it never creates a call whose id nobody received.
-    emu.openai.faults.set("realtime/calls", delay=1.5, status=500, times=2)
+    # The attempt stalls past the client's timeout (the emulator then fails it). A
+    # timed-out create-realtime-call is not sent again: it may have created a call.
+    emu.openai.faults.set("realtime/calls", delay=1.5, status=500, times=1)
     started = time.monotonic()
     await send(room, "alice", ENABLE)
     state = await wait_state(room, settled)
     assert time.monotonic() - started < 6
     assert_clean_failure(state, "openai realtime/calls", "no answer within 0.5 s")
-    assert ledger.requests("realtime/calls", "openai") == 2
+    assert ledger.requests("realtime/calls", "openai") == 1
     assert ledger.requests("tracks/close") == 1
     assert await ledger.wait_released() == {"sessions": [], "tracks": [], "calls": []}
 

@@ -444,12 +444,42 @@ async def test_get_session(fake: FakeServices) -> None:
 # -- Calls: failures and retries ---------------------------------------------------------
 
 async def test_5xx_then_success_is_retried(fake: FakeServices) -> None:
-    fake.fault("POST", r"/sessions/new$", Reply(503, text="upstream busy"),
+    fake.fault("GET", r"/sessions/sess1$", Reply(503, text="upstream busy"),
                Reply(502, {"errorCode": "internal_error", "errorDescription": "Backend error"}))
     async with calls(fake) as c:
+        await c.get_session("sess1")
+    assert fake.count("GET", r"/sessions/sess1$") == 3
+
+
+async def test_a_creating_request_is_not_repeated_after_a_5xx_or_a_timeout(
+        fake: FakeServices) -> None:
+    """sessions/new or tracks/new may have created a session or track before the 5xx
+    or the timeout: a repeat would leave one behind whose id nobody learns."""
+    fake.fault("POST", r"/sessions/new$",
+               Reply(502, {"errorCode": "internal_error", "errorDescription": "Backend error"}))
+    async with calls(fake, retries=3) as c:
+        with pytest.raises(CallsError) as info:
+            await c.new_session()
+    assert info.value.status == 502 and fake.count("POST", r"/sessions/new$") == 1
+    fake.fault("POST", r"/tracks/new$", Reply(200, {"tracks": []}, delay=1.0))
+    async with calls(fake, timeout=0.2, retries=3) as c:
+        with pytest.raises(BridgeTimeout) as timeout:
+            await c.new_tracks("sess1", [TrackObject(location="local", trackName="a",
+                                                     kind="audio")])
+    assert timeout.value.sent is True
+    assert fake.count("POST", r"/tracks/new$") == 1
+
+
+async def test_a_creating_request_is_repeated_when_the_service_did_nothing(
+        fake: FakeServices) -> None:
+    """429, and 503 with Retry-After, say the request was not carried out."""
+    fake.fault("POST", r"/sessions/new$",
+               Reply(503, {"errorCode": "service_unavailable", "errorDescription": "later"},
+                     headers={"retry-after": "0"}),
+               Reply(429, {"errorCode": "rate_limited", "errorDescription": "slow down"}))
+    async with calls(fake, retries=3) as c:
         session_id, _ = await c.new_session()
-    assert session_id
-    assert fake.count("POST", r"/sessions/new$") == 3
+    assert session_id and fake.count("POST", r"/sessions/new$") == 3
 
 
 async def test_429_is_retried_honouring_retry_after(fake: FakeServices) -> None:
@@ -515,15 +545,15 @@ async def test_per_track_error_inside_200_raises_track_error(fake: FakeServices)
 
 
 async def test_timeout_raises_bridge_timeout_after_retries(fake: FakeServices) -> None:
-    fake.fault("POST", r"/sessions/new$", Reply(201, {"sessionId": "late"}, delay=1.0),
-               Reply(201, {"sessionId": "late"}, delay=1.0))
+    fake.fault("GET", r"/sessions/sess1$", Reply(200, {"tracks": []}, delay=1.0),
+               Reply(200, {"tracks": []}, delay=1.0))
     async with calls(fake, timeout=0.2, retries=1) as c:
         started = time.monotonic()
         with pytest.raises(BridgeTimeout) as info:
-            await c.new_session()
+            await c.get_session("sess1")
     assert time.monotonic() - started < 0.9
     assert info.value.retryable and info.value.status is None
-    assert fake.count("POST", r"/sessions/new$") == 2
+    assert fake.count("GET", r"/sessions/sess1$") == 2
 
 
 async def test_connection_refused_is_retryable_connection_error() -> None:
@@ -535,6 +565,7 @@ async def test_connection_refused_is_retryable_connection_error() -> None:
         with pytest.raises(BridgeConnectionError) as info:
             await c.get_session("sess1")
     assert info.value.retryable and not isinstance(info.value, BridgeTimeout)
+    assert info.value.sent is False  # refused: provably not sent, safe to repeat
     assert_no_secret(info.value)
 
 
@@ -646,15 +677,32 @@ async def test_openai_401_is_not_retried(fake: FakeServices) -> None:
     assert fake.count("POST", r"/realtime/calls$") == 1
 
 
-async def test_openai_5xx_and_429_are_retried(fake: FakeServices) -> None:
+async def test_openai_503_with_retry_after_and_429_are_retried(fake: FakeServices) -> None:
     fake.fault("POST", r"/realtime/calls$",
-               Reply(500, {"error": {"message": "server", "type": "server_error",
-                                     "code": None, "param": None}}),
+               Reply(503, {"error": {"message": "busy", "type": "server_error",
+                                     "code": None, "param": None}},
+                     headers={"retry-after": "0"}),
                Reply(429, {"error": {"message": "rate", "type": "rate_limit_exceeded",
                                      "code": None, "param": None}}))
     async with openai(fake) as o:
         call = await o.create_call(OFFER, model="gpt-realtime")
     assert call.call_id and fake.count("POST", r"/realtime/calls$") == 3
+
+
+async def test_openai_create_call_is_not_repeated_after_a_500(fake: FakeServices) -> None:
+    """A 500 may come after the call was created (and billed): no second call."""
+    fake.fault("POST", r"/realtime/calls$",
+               Reply(500, {"error": {"message": "server", "type": "server_error",
+                                     "code": None, "param": None}}))
+    async with openai(fake, retries=3) as o:
+        with pytest.raises(OpenAIError) as info:
+            await o.create_call(OFFER, model="gpt-realtime")
+    assert info.value.status == 500 and fake.count("POST", r"/realtime/calls$") == 1
+    fake.fault("POST", r"/hangup$", Reply(500, {"error": {
+        "message": "server", "type": "server_error", "code": None, "param": None}}))
+    async with openai(fake, retries=3) as o:  # hanging up twice is harmless: repeated
+        await o.hangup("rtc_x")
+    assert fake.count("POST", r"/hangup$") == 2
 
 
 async def test_openai_timeout(fake: FakeServices) -> None:

@@ -57,6 +57,7 @@ class FaultSpec(BaseModel):
     times: int | None = Field(default=None, ge=1)
     error_code: str | None = None
     error_message: str | None = None
+    retry_after: float | None = Field(default=None, ge=0.0)
 
     @model_validator(mode="after")
     def _has_effect(self) -> FaultSpec:
@@ -77,6 +78,8 @@ class Fault:
         malformed_answer: replace the SDP of the answer with non-SDP text.
         times: how many more requests it applies to; ``None`` = until cleared.
         error_code / error_message: override the error body's code / message.
+        retry_after: with ``status``, send ``Retry-After: <seconds>`` (the service
+            saying it did nothing and when to come back), or ``None``.
         hits: how many requests it has applied to so far.
     """
 
@@ -88,6 +91,7 @@ class Fault:
     times: int | None = None
     error_code: str | None = None
     error_message: str | None = None
+    retry_after: float | None = None
     hits: int = field(default=0)
 
     def matches(self, operation: str, path: str) -> bool:
@@ -117,6 +121,7 @@ class Faults:
         times: int | None = None,
         error_code: str | None = None,
         error_message: str | None = None,
+        retry_after: float | None = None,
     ) -> Fault:
         """Arm a fault; faults are tried in the order they were armed.
 
@@ -128,6 +133,7 @@ class Faults:
             times: apply to the next ``times`` (>= 1) matching requests only;
                 ``None`` = every matching request until :meth:`clear`.
             error_code / error_message: override the error body's code / message.
+            retry_after: with ``status``, the ``Retry-After`` header (seconds).
         Returns: the armed :class:`Fault`.
         Raises: ``ValueError`` (pydantic ``ValidationError``) for an invalid or
             effect-less fault.
@@ -135,6 +141,7 @@ class Faults:
         spec = FaultSpec(
             match=match, status=status, delay=delay, malformed_answer=malformed_answer,
             times=times, error_code=error_code, error_message=error_message,
+            retry_after=retry_after,
         )
         return self.add(spec)
 

@@ -58,14 +58,17 @@ class OpenAIHTTPError(Exception):
     """An OpenAI API error: HTTP ``status`` with ``{"error": {message, type, code, param}}``."""
 
     def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
-                 code: str | None = None, param: str | None = None) -> None:
+                 code: str | None = None, param: str | None = None,
+                 retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.body = {"error": {"message": message, "type": type_, "code": code, "param": param}}
+        self.retry_after = retry_after
 
     def response(self) -> JSONResponse:
-        """The error as a Starlette JSON response."""
-        return JSONResponse(self.body, status_code=self.status)
+        """The error as a Starlette JSON response (with ``Retry-After`` if set)."""
+        headers = {} if self.retry_after is None else {"Retry-After": f"{self.retry_after:g}"}
+        return JSONResponse(self.body, status_code=self.status, headers=headers)
 
 
 class EchoTrack(PacedAudioTrack):
@@ -156,16 +159,20 @@ class RealtimeEmulator:
         api_key: the bearer API key required on every request (never logged).
         base_path: the API path prefix (``/v1``, as in ``https://api.openai.com/v1``).
         echo_delay: seconds between hearing audio and saying it back.
+        unconnected_timeout_s: seconds after which a call whose peer connection never
+            connected is ended, as the real service ends a call nobody joins (so a
+            call whose answer the caller never received does not stay open for ever).
 
     Serve :attr:`app` with :class:`bridges.local.server.LocalService`; call :meth:`close`
     in the service loop on shutdown. :meth:`active_calls` is safe from any thread.
     """
 
     def __init__(self, api_key: str = "sk-local", base_path: str = "/v1",
-                 echo_delay: float = 0.2) -> None:
+                 echo_delay: float = 0.2, unconnected_timeout_s: float = 30.0) -> None:
         self._api_key = api_key
         self.base_path = base_path.rstrip("/")
         self.echo_delay = echo_delay
+        self.unconnected_timeout_s = unconnected_timeout_s
         self.faults = Faults()
         self.request_counts: collections.Counter[str] = collections.Counter()
         self.calls: dict[str, _Call] = {}
@@ -206,7 +213,8 @@ class RealtimeEmulator:
                     if fault.status is not None:
                         type_ = "server_error" if fault.status >= 500 else "invalid_request_error"
                         raise OpenAIHTTPError(fault.status, fault.error_message or "fault injected by the emulator",
-                                              type_, fault.error_code)
+                                              type_, fault.error_code,
+                                              retry_after=fault.retry_after)
                     malformed = fault.malformed_answer
                 return await handler(request, malformed)
             except OpenAIHTTPError as exc:
@@ -343,9 +351,15 @@ class RealtimeEmulator:
             await pc.close()
             raise OpenAIHTTPError(400, f"Invalid SDP offer: {exc}", param="sdp", code="invalid_offer") from None
         self.calls[call.id] = call
+        asyncio.ensure_future(self._expire_unconnected(call))
         answer = MALFORMED_SDP if malformed else pc.localDescription.sdp
         return Response(answer, status_code=201, media_type="application/sdp",
                         headers={"Location": f"{self.base_path}/realtime/calls/{call.id}"})
+
+    async def _expire_unconnected(self, call: _Call) -> None:
+        await asyncio.sleep(self.unconnected_timeout_s)
+        if not call.hung_up and call.pc.connectionState != "connected":
+            await self._end(call)
 
     async def _hangup(self, request: Request, malformed: bool) -> Response:
         call = self.calls.get(request.path_params["call_id"])

@@ -146,6 +146,9 @@ class CallsEmulator:
         app_secret: the bearer token required on every Calls request (never logged).
         base_path: the path prefix of the API (``/v1``, as in
             ``https://rtc.live.cloudflare.com/v1``).
+        unconnected_timeout_s: seconds after which a session's peer connection that
+            never connected is closed with its tracks (the real service expires
+            unconnected sessions, so tracks whose answer nobody received do not stay).
 
     Serve :attr:`app` with :class:`bridges.local.server.LocalService` (all peer
     connections then live in the service loop) and call :meth:`close` in that loop on
@@ -154,10 +157,11 @@ class CallsEmulator:
     """
 
     def __init__(self, app_id: str = "local-app", app_secret: str = "local-secret",
-                 base_path: str = "/v1") -> None:
+                 base_path: str = "/v1", unconnected_timeout_s: float = 30.0) -> None:
         self.app_id = app_id
         self._secret = app_secret
         self.base_path = base_path.rstrip("/")
+        self.unconnected_timeout_s = unconnected_timeout_s
         self.faults = Faults()
         self.request_counts: collections.Counter[str] = collections.Counter()
         self.sessions: dict[str, _Session] = {}
@@ -244,9 +248,10 @@ class CallsEmulator:
     @staticmethod
     def _fault_response(fault: Fault) -> JSONResponse:
         code = fault.error_code or ("internal_error" if fault.status >= 500 else "fault_injected")
+        headers = {} if fault.retry_after is None else {"Retry-After": f"{fault.retry_after:g}"}
         return JSONResponse(
             {"errorCode": code, "errorDescription": fault.error_message or "fault injected by the emulator"},
-            status_code=fault.status,
+            status_code=fault.status, headers=headers,
         )
 
     def _authorize(self, request: Request) -> None:
@@ -299,7 +304,16 @@ class CallsEmulator:
     def _new_pc(self, session: _Session) -> RTCPeerConnection:
         pc = loopback_peer_connection()
         session.pc = pc
+        asyncio.ensure_future(self._expire_unconnected(session, pc, self.unconnected_timeout_s))
         return pc
+
+    async def _expire_unconnected(self, session: _Session, pc: RTCPeerConnection,
+                                  after: float) -> None:
+        await asyncio.sleep(after)
+        if session.pc is pc and pc.connectionState not in ("connected", "closed"):
+            for track in list(session.tracks):
+                await self._stop_track(track)
+            await pc.close()
 
     async def _ensure_pc(self, session: _Session) -> RTCPeerConnection:
         if session.pc is None or session.pc.connectionState == "closed":
