@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.serve_replicas import kill_replica
 from tests.wsclient import Client
 from tests.wsclient import open_client as open_ws
 
@@ -512,29 +513,17 @@ async def test_a_close_reports_what_its_socket_had_and_a_stale_close_changes_not
         stop_timers(actor)
 
 
-def _replica_actor(replica_id: str):
-    """The Serve replica actor whose replica id is ``replica_id``."""
-    import ray
-
-    for entry in ray.util.list_named_actors(all_namespaces=True):
-        if entry["name"].endswith(replica_id) and "SERVE_REPLICA" in entry["name"]:
-            return ray.get_actor(entry["name"], namespace=entry["namespace"])
-    raise AssertionError(f"no Serve replica actor {replica_id!r}")
-
-
 @pytest.mark.ray
 async def test_a_replica_restart_loses_no_message_its_client_was_owed(gateway):
     """The replica serving ``a`` is killed (Serve starts another). While ``a`` is away,
     ``b`` sends it a direct message; ``a`` reconnects with the same ``_pk``
     and receives it, then the current ``roomState``."""
-    import ray
-
     room = f"batch-{uuid.uuid4().hex[:10]}"
     a = await open_client(gateway["ws"], room, "a")
     try:
         await a.wait_index(lambda m: m["type"] == "roomState", "a's connect")
         replica = a.ws.response.headers["x-rooms-replica"]
-        ray.kill(_replica_actor(replica), no_restart=True)
+        kill_replica(replica)
         await asyncio.wait_for(a.task, 30)  # the socket dropped with its replica
         from actors.directory import get_room
 

@@ -28,6 +28,7 @@ from actors.gateway import GatewayLimits, deploy_gateway, shutdown_gateway
 from actors.net import free_port
 from actors.room_actor import RoomActor
 from storage import SqliteStore
+from tests.serve_replicas import kill_replica, until_reconnected
 from tests.wsclient import open_client
 
 APP = "rooms-exactly-once-test"
@@ -223,23 +224,16 @@ async def test_a_client_that_reconnects_after_its_replica_died_is_applied_once(
     url = f"{gateway['ws']}/parties/rooms/{room}"
     a = await open_client(f"{url}?_pk=a&username=a")
     await a.wait_for(lambda m: m["type"] == "roomState", "a's seat")
-    replica = a.ws.response.headers["x-rooms-replica"]
-    for entry in ray_session.util.list_named_actors(all_namespaces=True):
-        if entry["name"].endswith(replica) and "SERVE_REPLICA" in entry["name"]:
-            ray_session.kill(ray_session.get_actor(entry["name"], namespace=entry["namespace"]),
-                             no_restart=True)
-            break
+    kill_replica(a.ws.response.headers["x-rooms-replica"])
     await asyncio.wait_for(a.closed.wait(), 30)
-    deadline = time.monotonic() + 60
-    while True:  # partysocket's reconnect, until Serve's new replica takes it
-        try:
-            a = await open_client(f"{url}?_pk=a&username=a")
-            b = await open_client(f"{url}?_pk=b&username=b")
-            await b.wait_for(lambda m: m["type"] == "roomState", "b's seat", 10)
-            break
-        except Exception as error:  # noqa: BLE001 - refused while Serve replaces it
-            assert time.monotonic() < deadline, f"no replica took the reconnect: {error}"
-            await asyncio.sleep(0.5)
+
+    async def reconnect():  # partysocket's reconnect, until Serve's new replica takes it
+        again = await open_client(f"{url}?_pk=a&username=a")
+        other = await open_client(f"{url}?_pk=b&username=b")
+        await other.wait_for(lambda m: m["type"] == "roomState", "b's seat", 10)
+        return again, other
+
+    a, b = await until_reconnected(reconnect)
     try:
         for i in range(5):
             await a.ws.send(direct("b", f"again-{i}"))

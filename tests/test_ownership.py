@@ -27,6 +27,7 @@ from actors.net import free_port
 from actors.room_actor import RoomActor
 from storage import MemoryStore
 
+from .serve_replicas import kill_replica, until_reconnected
 from .wsclient import Client
 
 pytestmark = pytest.mark.ray
@@ -224,24 +225,14 @@ async def test_the_owners_reconnect_after_a_replica_restart_works(gateway, ray_s
     room = room_id()
     alice = await join(gateway, room, "alice-pk", "alice")
     await alice.wait_for(lambda m: m["type"] == "roomState", "alice's seat")
-    replica = alice.ws.response.headers["x-rooms-replica"]
-    for entry in ray_session.util.list_named_actors(all_namespaces=True):
-        if entry["name"].endswith(replica) and "SERVE_REPLICA" in entry["name"]:
-            ray_session.kill(ray_session.get_actor(entry["name"], namespace=entry["namespace"]),
-                             no_restart=True)
-            break
-    else:
-        raise AssertionError(f"no replica {replica}")
+    kill_replica(alice.ws.response.headers["x-rooms-replica"])
     await asyncio.wait_for(alice.closed.wait(), 30)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            again = await join(gateway, room, "alice-pk", "alice")
-            state = await again.wait_for(lambda m: m["type"] == "roomState", "reconnect", 10)
-            break
-        except Exception as error:  # noqa: BLE001 - refused while Serve replaces it
-            assert time.monotonic() < deadline, f"no reconnect: {error}"
-            await asyncio.sleep(0.5)
+
+    async def reconnect():
+        client = await join(gateway, room, "alice-pk", "alice")
+        return client, await client.wait_for(lambda m: m["type"] == "roomState", "reconnect", 10)
+
+    again, state = await until_reconnected(reconnect)
     try:
         assert seat(state["state"], "alice-pk")["name"] == "alice"
         code, reason = await refused(gateway, room, "alice-pk", "mallory")
