@@ -26,15 +26,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.serve_replicas import kill_replica
+from tests.gateways import dev_gateway, kill_replica
 from tests.wsclient import Client
 from tests.wsclient import open_client as open_ws
 
 from actors.config import RoomsConfig
-from actors.gateway import GatewayLimits, RoomChannel, RoomRef, deploy_gateway, shutdown_gateway
-from actors.wire import Delivery, OutboxEntry
+from actors.gateway import GatewayLimits, RoomChannel, RoomRef
 from actors.room_actor import RoomActor, RoomHibernating
-from actors.net import free_port
+from actors.wire import Delivery, OutboxEntry
 from storage import MemoryStore, decode_snapshot
 
 APP = "rooms-batching-test"
@@ -348,13 +347,8 @@ async def test_accept_merges_interleaved_results_and_addresses_each_entry():
 def gateway(ray_session, tmp_path_factory):
     """One single-replica gateway (dev auth, generous rate limits) for the module;
     yields ``{"url", "ws", "config"}``."""
-    store = tmp_path_factory.mktemp("batching") / "rooms.sqlite3"
-    config = RoomsConfig(namespace=f"rooms-batch-{uuid.uuid4().hex[:8]}",
-                         store_url=f"sqlite:///{store}", idle_timeout=0, poll_timeout=5.0)
-    url = deploy_gateway(config, port=free_port(), replicas=1, name=APP, dev=True,
-                         limits=GatewayLimits(rate_per_s=1000, burst=1000))
-    yield {"url": url, "ws": url.replace("http://", "ws://"), "config": config}
-    shutdown_gateway(APP)
+    with dev_gateway(APP, tmp_path_factory.mktemp("batching")) as gw:
+        yield gw
 
 
 async def open_client(base: str, room: str, conn: str) -> Client:

@@ -24,11 +24,9 @@ from collections import Counter
 import pytest
 
 from actors.config import RoomsConfig
-from actors.gateway import GatewayLimits, deploy_gateway, shutdown_gateway
-from actors.net import free_port
 from actors.room_actor import RoomActor
 from storage import SqliteStore
-from tests.serve_replicas import kill_replica, until_reconnected
+from tests.gateways import dev_gateway, kill_replica, until_reconnected
 from tests.wsclient import open_client
 
 APP = "rooms-exactly-once-test"
@@ -106,14 +104,10 @@ async def test_an_idempotency_key_is_applied_once(tmp_path):
 
 @pytest.fixture(scope="module")
 def gateway(ray_session, tmp_path_factory):
-    """One single-replica gateway (dev auth, generous rate limits)."""
-    store = tmp_path_factory.mktemp("exactly-once") / "rooms.sqlite3"
-    config = RoomsConfig(namespace=f"rooms-eo-{uuid.uuid4().hex[:8]}",
-                         store_url=f"sqlite:///{store}", idle_timeout=0, poll_timeout=5.0)
-    url = deploy_gateway(config, port=free_port(), replicas=1, name=APP, dev=True,
-                         limits=GatewayLimits(rate_per_s=1000, burst=1000))
-    yield {"url": url, "ws": url.replace("http://", "ws://"), "config": config}
-    shutdown_gateway(APP)
+    """One single-replica gateway (dev auth, generous rate limits) for the module;
+    yields ``{"url", "ws", "config"}``."""
+    with dev_gateway(APP, tmp_path_factory.mktemp("exactly-once")) as gw:
+        yield gw
 
 
 @pytest.mark.ray

@@ -27,7 +27,7 @@ from actors.net import free_port
 from actors.room_actor import RoomActor
 from storage import MemoryStore
 
-from .serve_replicas import kill_replica, until_reconnected
+from .gateways import kill_replica, until_reconnected
 from .wsclient import Client
 
 pytestmark = pytest.mark.ray

@@ -23,10 +23,11 @@ def _tracked() -> list[Path]:
 
 
 def test_nothing_reaches_outside_the_repository():
-    outside = ("../shared", "shared/specs", "shared/DESIGN", "DESIGN.md")
+    shared = "shared"  # spelt in parts, so that this file does not match itself
+    outside = ("../" + shared, shared + "/specs", shared + "/DESIGN", "DESIGN" + ".md")
     found = []
     for path in _tracked():
-        if path == Path(__file__).resolve() or not path.is_file():
+        if not path.is_file():
             continue
         try:
             text = path.read_text(encoding="utf-8")

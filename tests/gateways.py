@@ -1,15 +1,38 @@
-"""Helpers for tests that kill a gateway replica: find its Serve actor, and reconnect
-until Serve's new replica takes the socket."""
+"""Helpers for tests that run a real gateway: deploy a development-mode one, kill one
+of its replicas, and reconnect until Serve's new replica takes the socket."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Awaitable, Callable, TypeVar
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Iterator, TypeVar
 
 import ray
 
+from actors.config import RoomsConfig
+from actors.gateway import GatewayLimits, deploy_gateway, shutdown_gateway
+from actors.net import free_port
+
 T = TypeVar("T")
+
+
+@contextmanager
+def dev_gateway(app: str, tmp_dir: Path, replicas: int = 1) -> Iterator[dict[str, Any]]:
+    """Deploy gateway application ``app`` (development-mode identities, generous rate
+    limits, its own namespace and SQLite store in ``tmp_dir``); yield ``{"url", "ws",
+    "config"}``; delete it afterwards."""
+    config = RoomsConfig(namespace=f"rooms-{app}-{uuid.uuid4().hex[:8]}",
+                         store_url=f"sqlite:///{tmp_dir / 'rooms.sqlite3'}", idle_timeout=0,
+                         poll_timeout=5.0)
+    url = deploy_gateway(config, port=free_port(), replicas=replicas, name=app, dev=True,
+                         limits=GatewayLimits(rate_per_s=1000, burst=1000))
+    try:
+        yield {"url": url, "ws": url.replace("http://", "ws://"), "config": config}
+    finally:
+        shutdown_gateway(app)
 
 
 def replica_actor(replica_id: str):
