@@ -105,7 +105,8 @@ AiEvent = AiProgress | AiEnableResult | AiControlResult
 
 def _room_state_message(data: RoomData) -> dict[str, Any]:
     ai = data.ai
-    users = [user.wire() for user in data.users.values()]
+    # sorted by connection id, as Orange's storage listing returns them
+    users = [data.users[conn].wire() for conn in sorted(data.users)]
     if ai.enabled:
         users.append(
             User(
@@ -396,12 +397,18 @@ class Room:
         self, conn: str, msg: RelinquishAiControl, now: float
     ) -> None:
         ai = self.data.ai
-        if ai.controllingUser != conn:
-            self._error(conn, "you do not hold control of the AI")
-            return
-        ai.controllingUser = None
-        self._changed()
-        self._broadcast_state()
+        if ai.controllingUser == conn:
+            ai.controllingUser = None
+            self._changed()
+            self._broadcast_state()
+        elif ai.controlPending == conn:
+            # A quick push-to-talk tap: released before Calls answered. The request's
+            # result is stale from now on, so control never lands on this user.
+            ai.controlPending = None
+            ai.attempt += 1
+            self._changed()
+        # Anyone else: a quiet no-op. Orange's push-to-talk button sends this from every
+        # participant when it appears and on every release; an error would be noise.
 
     _handlers: dict[type, Callable[..., None]] = {
         UserUpdate: _on_user_update,

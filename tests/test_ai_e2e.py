@@ -230,9 +230,8 @@ async def test_ai_end_to_end_with_real_media(emu: Emulators, make_room) -> None:
         await wait_state(room, lambda s: s["ai"].get("controllingUser") == "bob")
         assert abs(await alice.wait_for_frequency(660, timeout=8) - 660) < 15
 
-        # only the controller may relinquish
-        [reply] = await send(room, "alice", {"type": "relinquishAiControl"})
-        assert reply["type"] == "error" and "control" in reply["error"]
+        # a relinquish from someone who does not hold control is a quiet no-op
+        assert await send(room, "alice", {"type": "relinquishAiControl"}) == []
         assert (await room.state.remote())["ai"]["controllingUser"] == "bob"
         assert await send(room, "bob", {"type": "relinquishAiControl"}) == []
         state = await room.state.remote()
