@@ -121,9 +121,14 @@ async def _meeting(system, room: str, say: Callable[[str], None]) -> dict[str, A
         heard = await carol.peer.wait_for_frequency(440.0, timeout=15)
         say(f"carol hears the AI answer alice: {heard:.0f} Hz")
 
+        # Orange's push-to-talk button sends this from every participant: a quiet no-op
         await bob.send(type="relinquishAiControl")
-        await _until("bob is refused relinquishing what he does not hold",
-                     lambda: any(m.get("type") == "error" for m in bob.others))
+        await bob.send(type="partyserver-ping")  # answered after the relinquish's turn
+        await _until("bob's relinquish of control he does not hold is a quiet no-op",
+                     lambda: any(m.get("type") == "partyserver-pong" for m in bob.others))
+        if (any(m.get("type") == "error" for m in bob.others)
+                or carol.last().get("ai", {}).get("controllingUser") != alice.conn):
+            raise DemoFailed("bob's relinquish of control he does not hold changed something")
         await alice.send(type="relinquishAiControl")
         await _until("alice relinquished",
                      lambda: carol.last().get("ai", {}).get("controllingUser") is None)
