@@ -143,7 +143,7 @@ class RoomActor:
         self._last_turn = time.monotonic()
         self._idle_task: asyncio.Task | None = None
         self._ai_active = False
-        self._stats = {"turns": 0, "saves": 0, "activated_at": 0.0}
+        self._stats = {"turns": 0, "saves": 0, "duplicate_frames": 0, "activated_at": 0.0}
         self._save_seconds: deque[float] = deque(maxlen=1024)  # the newest saves' times
 
     # ---- activation -------------------------------------------------------------------
@@ -453,11 +453,8 @@ class RoomActor:
                 elif owner != sender:
                     raise NotOwner(f"connection {conn[:64]!r} is not yours")
             if idempotency_key is not None:
-                if not self.applied.apply_key(f"{conn}\n{idempotency_key}"):
-                    return Effects()  # sent before: applied once already
-                fx = room.on_message(conn, text, now)
-                fx.changed = True  # the key is saved with the turn
-                return fx
+                first = self.applied.apply_key(f"{conn}\n{idempotency_key}")
+                return self._apply_once(room, conn, text, now, first)
             return room.on_message(conn, text, now)
 
         return await self._turn(hook)
@@ -504,14 +501,22 @@ class RoomActor:
         def hook(room: Room, now: float) -> Effects:
             if socket is None or number is None:
                 return room.on_message(conn, text, now)
-            if not self.applied.apply_frame(socket, number):
-                self._stats["duplicate_frames"] = self._stats.get("duplicate_frames", 0) + 1
-                return Effects()  # applied before this activation or in an earlier batch
-            fx = room.on_message(conn, text, now)
-            fx.changed = True
-            return fx
+            first = self.applied.apply_frame(socket, number)
+            return self._apply_once(room, conn, text, now, first)
 
         return hook
+
+    def _apply_once(self, room: Room, conn: str, text: str | bytes, now: float,
+                    first: bool) -> Effects:
+        """Handle a frame that :attr:`applied` has just recorded (``first``), or skip one
+        it had recorded before (applied by this activation or before its restart). A
+        recorded frame's turn always changes the state: the record is saved with it."""
+        if not first:
+            self._stats["duplicate_frames"] += 1
+            return Effects()
+        fx = room.on_message(conn, text, now)
+        fx.changed = True
+        return fx
 
     async def close(self, conn: str, code: int = 1000, reason: str = "",
                     socket: str | None = None, delivered: int | None = None) -> int:
