@@ -149,14 +149,16 @@ def serve_cmd(
     except StoreNotShared as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
+    # before anything is printed: a SIGTERM right after the URLs must stop cleanly (Ray's
+    # own handler, installed by ray.init, would dump a stack and kill the process)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     for what, url in system.urls.items():
         typer.echo(f"{what:16} {url}")
     typer.echo("identity: signed tokens (ROOMS_TOKEN_SECRET)" + (
         ", or ?username= (--dev: development mode, every identity is an operator)"
         if dev else "; operators: a token with \"operator\": true, or the "
                     "X-Rooms-Operator header with ROOMS_OPERATOR_SECRET"))
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         while not stop.wait(1.0):
             pass
