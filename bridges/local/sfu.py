@@ -55,6 +55,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from .bundle import stable_offer
 from .faults import MALFORMED_SDP, Fault, Faults, fault_routes
 from .ice import loopback_peer_connection
 from .media import TrackSwitch
@@ -530,7 +531,7 @@ class CallsEmulator:
             added = True
         result: dict[str, Any] = {"requiresImmediateRenegotiation": added}
         if added:
-            await pc.setLocalDescription(await pc.createOffer())
+            await pc.setLocalDescription(stable_offer(pc, await pc.createOffer()))
             for track in out:
                 if isinstance(track, _Track):
                     track.mid = track.transceiver.mid
