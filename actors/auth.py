@@ -1,11 +1,24 @@
-"""Identity for the gateway: HMAC-signed tokens (JWT, HS256) naming a user.
+"""Identity for the gateway: who a request comes from, and whether it is an operator.
 
-A token is a JSON Web Token (RFC 7519) signed with HMAC-SHA256 (RFC 7518 section 3.2)
-whose ``sub`` claim is the user's name and whose ``exp`` claim bounds its life. The
-gateway takes it from the ``token`` query parameter (WebSocket clients such as
-partysocket can only send query parameters) or from an ``Authorization: Bearer``
-header, and the room gets the name from it, never from a message body (docs/protocol.md,
-"The room protocol").
+Four sources of a user's name, tried in this order (the first present one decides; a
+present but refused credential is a 401, never a fall-through):
+
+1. **A token**: a JSON Web Token (RFC 7519) signed with HMAC-SHA256 (RFC 7518 section
+   3.2) whose ``sub`` claim is the user's name and whose ``exp`` claim bounds its life,
+   from the ``token`` query parameter (WebSocket clients such as partysocket can only
+   send query parameters) or an ``Authorization: Bearer`` header.
+2. **A trusted proxy header** (``ROOMS_AUTH_PROXY_HEADER``, e.g.
+   ``Cf-Access-Authenticated-User-Email`` set by Cloudflare Access, as Orange Meets
+   reads it): honoured only when that variable is set. Set it only behind a proxy that
+   sets the header itself and strips it from clients' requests; otherwise anyone can
+   name themselves.
+3. **A session cookie** (:data:`SESSION_COOKIE`): a token as in 1, set by ``POST
+   /set-username`` in development mode (Orange's dev flow) and accepted in development
+   mode only, signed with ``ROOMS_SESSION_SECRET``.
+4. **Development mode** only: a plain ``?username=`` or ``X-Rooms-User`` header.
+
+The room gets the name from here, never from a message body (docs/protocol.md, "The
+room protocol").
 
 ================================  ==============================================  =========
 variable                          meaning                                         default
@@ -13,8 +26,14 @@ variable                          meaning                                       
 ``ROOMS_TOKEN_SECRET``            the HMAC key (at least 32 bytes); never logged  unset
 ``ROOMS_OPERATOR_SECRET``         a shared secret that makes a request an         unset
                                   operator's (header ``X-Rooms-Operator``)
-``ROOMS_DEV_AUTH``                development mode: also accept ``?username=``;   ``false``
-                                  every identity is an operator
+``ROOMS_DEV_AUTH``                development mode: also accept ``?username=``    ``false``
+                                  and the session cookie; every identity is an
+                                  operator
+``ROOMS_AUTH_PROXY_HEADER``       a header a trusted proxy sets to the user's     unset
+                                  name (e.g. ``Cf-Access-Authenticated-User-
+                                  Email``)
+``ROOMS_SESSION_SECRET``          the HMAC key of session cookies (at least 32    random per
+                                  bytes)                                          gateway
 ================================  ==============================================  =========
 
 Operators. Listing rooms and reading any room's state are operator routes. A request is
@@ -49,9 +68,11 @@ __all__ = [
     "Identity",
     "MIN_SECRET_BYTES",
     "OPERATOR_HEADER",
+    "SESSION_COOKIE",
     "authenticate",
     "identify",
     "issue_token",
+    "session_cookie",
     "validate_user_name",
     "verify_token",
 ]
@@ -64,6 +85,9 @@ ALGORITHM = "HS256"
 
 MIN_SECRET_BYTES = 32
 """RFC 7518 section 3.2: an HS256 key must be at least as long as the hash (32 bytes)."""
+
+SESSION_COOKIE = "rooms-session"
+"""The name of the development-mode session cookie (a token, see the module docstring)."""
 
 MAX_NAME_CHARS = 64
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -79,8 +103,13 @@ class AuthSettings(BaseSettings):
             can admit anyone).
         operator_secret: a shared secret whose presence in ``X-Rooms-Operator`` makes
             a request an operator's, or ``None``.
-        dev_auth: accept a plain ``?username=`` (or ``X-Rooms-User`` header) without a
-            token, and treat every identity as an operator. For development only.
+        dev_auth: accept a plain ``?username=`` (or ``X-Rooms-User`` header) and the
+            session cookie without a token, and treat every identity as an operator.
+            For development only.
+        auth_proxy_header: the header (any case) a trusted proxy sets to the user's
+            name, or ``None`` (the default: no header names anyone).
+        session_secret: the HMAC key of the session cookie, or ``None`` (then no
+            cookie is issued or accepted; ``rooms serve`` sets a random one per run).
     """
 
     model_config = SettingsConfigDict(env_prefix="ROOMS_", extra="ignore")
@@ -88,6 +117,13 @@ class AuthSettings(BaseSettings):
     token_secret: SecretStr | None = None
     operator_secret: SecretStr | None = None
     dev_auth: bool = False
+    auth_proxy_header: str | None = None
+    session_secret: SecretStr | None = None
+
+    @property
+    def cookies_accepted(self) -> bool:
+        """Whether the session cookie is issued and accepted (dev mode with a secret)."""
+        return self.dev_auth and self.session_secret is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,23 +254,39 @@ def _bearer(headers: Mapping[str, str]) -> str | None:
 
 
 def authenticate(
-    query: Mapping[str, str], headers: Mapping[str, str], settings: AuthSettings
+    query: Mapping[str, str], headers: Mapping[str, str], settings: AuthSettings,
+    cookies: Mapping[str, str] | None = None,
 ) -> str:
     """Return the user name of a request (:func:`identify`'s ``name``; same errors)."""
-    return identify(query, headers, settings).name
+    return identify(query, headers, settings, cookies).name
+
+
+def session_cookie(name: str, settings: AuthSettings, ttl_s: float = 7 * 86400.0) -> str:
+    """Return the value of the session cookie naming user ``name`` (a token signed with
+    ``settings.session_secret``, valid ``ttl_s`` seconds).
+
+    Raises:
+        AuthError: the name is not usable.
+        ValueError: no session secret is configured, or it is too short.
+    """
+    if settings.session_secret is None:
+        raise ValueError("no session secret: set ROOMS_SESSION_SECRET")
+    return issue_token(name, settings.session_secret, ttl_s)
 
 
 def identify(
-    query: Mapping[str, str], headers: Mapping[str, str], settings: AuthSettings
+    query: Mapping[str, str], headers: Mapping[str, str], settings: AuthSettings,
+    cookies: Mapping[str, str] | None = None,
 ) -> Identity:
-    """Return who a request comes from, from its token or (dev mode) its username, and
-    whether it is an operator's (see the module docstring).
+    """Return who a request comes from and whether it is an operator's, from the first
+    credential it carries, in the order of the module docstring.
 
     Args:
         query: the request's query parameters (``token``, ``username``).
-        headers: the request's headers, lower-case names (``authorization``,
-            ``x-rooms-user``).
-        settings: the secret and the dev flag.
+        headers: the request's headers; names are looked up lower-case, as ASGI gives
+            them (``authorization``, the proxy header, ``x-rooms-user``).
+        settings: the secrets, the proxy header and the dev flag.
+        cookies: the request's cookies by name (:data:`SESSION_COOKIE`), or ``None``.
 
     Returns:
         The :class:`Identity`.
@@ -243,12 +295,22 @@ def identify(
         AuthError: no credential, or a refused one (the caller answers 401).
     """
     token = query.get("token") or _bearer(headers)
+    proxied = (headers.get(settings.auth_proxy_header.lower())
+               if settings.auth_proxy_header else None)
+    cookie = (cookies or {}).get(SESSION_COOKIE) if settings.cookies_accepted else None
     if token:
         if settings.token_secret is None:
             raise AuthError("tokens are not accepted: ROOMS_TOKEN_SECRET is not set")
         claims = verify_claims(token, settings.token_secret)
         name = validate_user_name(claims.get("sub"))
         operator = claims.get("operator") is True
+    elif proxied:
+        name = validate_user_name(proxied.strip())
+        operator = False
+    elif cookie:
+        assert settings.session_secret is not None  # cookies_accepted
+        name = validate_user_name(verify_claims(cookie, settings.session_secret).get("sub"))
+        operator = False
     elif settings.dev_auth:
         name = query.get("username") or headers.get("x-rooms-user")
         if not name:
@@ -256,7 +318,9 @@ def identify(
         name = validate_user_name(name)
         operator = False
     else:
-        raise AuthError("no token: send ?token=<jwt> or 'Authorization: Bearer <jwt>'")
+        raise AuthError("no credential: send ?token=<jwt> or 'Authorization: Bearer <jwt>'"
+                        + (f", or come through the proxy that sets {settings.auth_proxy_header}"
+                           if settings.auth_proxy_header else ""))
     return Identity(name, operator or settings.dev_auth or _operator_secret(headers, settings))
 
 

@@ -26,12 +26,13 @@ timeouts).
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from typing import Literal, Optional
 
 import httpx
 import ray
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from ray import serve
 from ray.serve.schema import ApplicationStatus
@@ -42,6 +43,8 @@ from ..net import free_port
 from .app import Gateway
 from .haproxy import reap_orphan_haproxy
 from .limits import GatewayLimits
+from .pages import WebAssets, load_web_assets
+from .partytracks import PartyTracksSettings
 
 __all__ = ["GatewayIngress", "SERVE_INGRESS_ENV", "deploy_gateway", "shutdown_gateway"]
 
@@ -84,6 +87,8 @@ def deploy_gateway(
     ingress: Optional[str] = None,
     proxy_location: Optional[str] = None,
     replicas_per_node: Optional[int] = None,
+    assets: Optional[WebAssets] = None,
+    partytracks: Optional[PartyTracksSettings] = None,
 ) -> str:
     """Start Serve's ingress (HAProxy or the proxy) and run the gateway application;
     return its base URL.
@@ -93,7 +98,9 @@ def deploy_gateway(
         host: the ingress's listen address (loopback by default).
         port: the ingress's TCP port.
         replicas: number of gateway replicas.
-        dev: also accept ``?username=`` without a token (development only).
+        dev: development mode: also accept ``?username=`` and the session cookie of
+            ``POST /set-username`` (signed with ``ROOMS_SESSION_SECRET`` or a random
+            key shared by this deployment's replicas); every identity is an operator.
         name: the Serve application name.
         auth: the token secret (default: ``ROOMS_TOKEN_SECRET`` read *here*, in the
             driver, and handed to the replicas as a ``SecretStr``).
@@ -107,6 +114,11 @@ def deploy_gateway(
             on ``ray.cluster_utils`` clusters, whose nodes share one IP address).
         replicas_per_node: at most this many replicas on one node (``1``: a replica
             per node, so a node's loss takes only its own sockets); ``None``: no cap.
+        assets: the meeting page's built script (default: read here from
+            ``web/dist``, :func:`actors.gateway.pages.load_web_assets`; handed to every
+            replica).
+        partytracks: the ``/partytracks`` proxy's limits and ICE servers (default:
+            ``ROOMS_PARTYTRACKS_*`` read here).
 
     Returns:
         ``"http://<host>:<port>"``, once Serve reports the application RUNNING (all
@@ -124,6 +136,9 @@ def deploy_gateway(
     auth = (auth or AuthSettings()).model_copy()
     if dev:
         auth.dev_auth = True
+    if auth.dev_auth and auth.session_secret is None:
+        # One key for every replica, so a cookie set by one is accepted by all.
+        auth.session_secret = SecretStr(secrets.token_urlsafe(32))
     if auth.token_secret is None and not auth.dev_auth:
         raise ValueError("set ROOMS_TOKEN_SECRET (or pass auth=) or deploy with dev=True")
     limits = limits or GatewayLimits()
@@ -151,7 +166,9 @@ def deploy_gateway(
         ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": dict(env)}},
         **({"max_replicas_per_node": replicas_per_node} if replicas_per_node else {}),
     )
-    serve.run(deployment.bind(config, auth, limits), name=name, route_prefix="/",
+    serve.run(deployment.bind(
+        config, auth, limits, assets if assets is not None else load_web_assets(),
+        partytracks or PartyTracksSettings()), name=name, route_prefix="/",
               blocking=False)
     url = f"http://{host}:{port}"
     deadline = time.monotonic() + ready_timeout_s

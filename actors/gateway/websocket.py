@@ -60,7 +60,7 @@ async def serve_websocket(ws: WebSocket, room: str, registry: RoomRegistry,
     """
     query = ws.query_params
     try:
-        name = identify(query, ws.headers, auth).name
+        name = identify(query, ws.headers, auth, ws.cookies).name
         validate_room_id(room)
     except (AuthError, InvalidRoomId) as error:
         await _deny(ws, answer_for(error).response(error))
