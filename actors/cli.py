@@ -128,7 +128,8 @@ def serve_cmd(
     host: str = typer.Option("127.0.0.1", help="the gateway's listen address"),
     port: int = typer.Option(8000, help="the gateway's port (0: any free port)"),
     replicas: int = typer.Option(1, help="gateway replicas"),
-    dev: bool = typer.Option(False, "--dev", help="accept ?username= without a token"),
+    dev: bool = typer.Option(False, "--dev", help="development mode: accept ?username= and "
+                             "the meeting page's name cookie without a token"),
     ingress: Optional[str] = typer.Option(
         None, help="haproxy (Serve's HAProxy + direct ingress) or proxy (Serve's proxy "
                    "actor); default ROOMS_GATEWAY_INGRESS or haproxy"),
@@ -156,7 +157,8 @@ def serve_cmd(
     for what, url in system.urls.items():
         typer.echo(f"{what:16} {url}")
     typer.echo("identity: signed tokens (ROOMS_TOKEN_SECRET)" + (
-        ", or ?username= (--dev: development mode, every identity is an operator)"
+        ", or ?username= and the meeting page's name cookie (--dev: development mode, "
+        "every identity is an operator)"
         if dev else "; operators: a token with \"operator\": true, or the "
                     "X-Rooms-Operator header with ROOMS_OPERATOR_SECRET"))
     try:
@@ -167,6 +169,24 @@ def serve_cmd(
     finally:
         typer.echo("stopping…")
         system.stop()
+
+
+web = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="The meeting page served by the gateway (GET /, GET /meet/{room}).")
+app.add_typer(web, name="web")
+
+
+@web.command("build")
+def web_build() -> None:
+    """Build the meeting page's script: `npm ci` and esbuild in web/ (needs Node.js and
+    npm). `rooms serve` serves it from web/dist on its next start."""
+    from .webbuild import WebBuildError, build_web
+
+    try:
+        build_web(echo=typer.echo)
+    except WebBuildError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
 
 
 @app.command("demo")

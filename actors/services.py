@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rooms.ports import AiService, MediaBridge
 
 from .config import ServiceEndpoints
 
-__all__ = ["build_services", "realtime_model"]
+if TYPE_CHECKING:
+    from bridges.config import CallsSettings
+
+__all__ = ["build_services", "calls_settings", "realtime_model"]
 
 
 def build_services(endpoints: ServiceEndpoints) -> tuple[MediaBridge, AiService]:
@@ -18,7 +23,23 @@ def build_services(endpoints: ServiceEndpoints) -> tuple[MediaBridge, AiService]
     Raises:
         ValueError: Calls or OpenAI credentials are configured nowhere.
     """
-    from bridges.config import CallsSettings, OpenAISettings
+    from bridges.config import OpenAISettings
+
+    calls = calls_settings(endpoints)
+    openai = OpenAISettings()
+    if endpoints.openai_base_url:
+        openai.base_url = endpoints.openai_base_url
+    if endpoints.openai_api_key is not None:
+        openai.api_key = endpoints.openai_api_key
+    options = {"timeout": endpoints.timeout, "retries": endpoints.retries}
+    return calls.client(**options), openai.client(**options)
+
+
+def calls_settings(endpoints: ServiceEndpoints) -> "CallsSettings":
+    """Return the Cloudflare Calls settings for ``endpoints``: its explicit fields, the
+    rest from this process's environment (``CALLS_*``, :class:`bridges.config.CallsSettings`).
+    Raises nothing; check ``.configured`` before use."""
+    from bridges.config import CallsSettings
 
     calls = CallsSettings()
     if endpoints.calls_base_url:
@@ -27,13 +48,7 @@ def build_services(endpoints: ServiceEndpoints) -> tuple[MediaBridge, AiService]
         calls.app_id = endpoints.calls_app_id
     if endpoints.calls_app_secret is not None:
         calls.app_secret = endpoints.calls_app_secret
-    openai = OpenAISettings()
-    if endpoints.openai_base_url:
-        openai.base_url = endpoints.openai_base_url
-    if endpoints.openai_api_key is not None:
-        openai.api_key = endpoints.openai_api_key
-    options = {"timeout": endpoints.timeout, "retries": endpoints.retries}
-    return calls.client(**options), openai.client(**options)
+    return calls
 
 
 def realtime_model(endpoints: ServiceEndpoints) -> str:

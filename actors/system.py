@@ -165,6 +165,10 @@ def start_system(
     except Exception:  # noqa: BLE001 - informational only
         pass
     urls["gateway"] = gateway_url
+    from .gateway.pages import load_web_assets
+
+    urls["meeting page"] = gateway_url + "/" + (
+        "" if load_web_assets().built else "  (not built: run `rooms web build`)")
     urls["websocket"] = gateway_url.replace("http", "ws", 1) + "/parties/rooms/{room}?_pk={id}"
     return LocalSystem(gateway_url=gateway_url, config=config, emulators=emulators,
                        token_secret=auth.token_secret, started_ray=started_ray, urls=urls)

@@ -8,6 +8,9 @@ Routes:
 ``GET  /rooms/{room}``                 the room's ``RoomState``
 ``GET  /rooms``                        the room actors Ray knows, with their actor state
 ``GET  /healthz``                      ``{"ok": true, "replica": id, ...}`` (no auth)
+``GET|POST|PUT /partytracks/{path}``   the Calls proxy of partytracks (``partytracks``)
+``GET  /``, ``POST /set-username``,    the meeting page and its script (``pages``)
+``GET  /meet/{room}``, ``GET /web/*``
 =====================================  =================================================
 """
 
@@ -22,6 +25,8 @@ from ray import serve
 from ..auth import AuthSettings
 from ..config import RoomsConfig
 from .limits import GatewayLimits
+from .pages import WebAssets
+from .partytracks import PartyTracksSettings
 from .server import GatewayServer
 
 __all__ = ["Gateway", "app"]
@@ -38,12 +43,13 @@ class Gateway:
     stays thin and the logic lives in the importable :class:`GatewayServer`).
 
     Args:
-        config, auth, limits: as :class:`GatewayServer`.
+        config, auth, limits, assets, partytracks: as :class:`GatewayServer`.
     """
 
     def __init__(self, config: RoomsConfig, auth: Optional[AuthSettings] = None,
-                 limits: Optional[GatewayLimits] = None) -> None:
-        self.server = GatewayServer(config, auth, limits)
+                 limits: Optional[GatewayLimits] = None, assets: Optional[WebAssets] = None,
+                 partytracks: Optional[PartyTracksSettings] = None) -> None:
+        self.server = GatewayServer(config, auth, limits, assets, partytracks)
 
     @app.get("/healthz")
     async def healthz(self) -> Any:
@@ -64,6 +70,36 @@ class Gateway:
     async def post_message(self, room: str, request: Request) -> Any:
         """See :meth:`GatewayServer.post_message`."""
         return await self.server.post_message(room, request)
+
+    @app.get("/")
+    async def index(self, request: Request) -> Any:
+        """See :meth:`GatewayServer.index`."""
+        return await self.server.index(request)
+
+    @app.post("/set-username")
+    async def set_username(self, request: Request) -> Any:
+        """See :meth:`GatewayServer.set_username`."""
+        return await self.server.set_username(request)
+
+    @app.get("/meet")
+    async def meet_redirect(self, request: Request) -> Any:
+        """See :meth:`GatewayServer.meet_redirect`."""
+        return await self.server.meet_redirect(request)
+
+    @app.get("/meet/{room}")
+    async def meeting(self, room: str, request: Request) -> Any:
+        """See :meth:`GatewayServer.meeting`."""
+        return await self.server.meeting(room, request)
+
+    @app.get("/web/{name}")
+    async def web_asset(self, name: str) -> Any:
+        """See :meth:`GatewayServer.web_asset`."""
+        return await self.server.web_asset(name)
+
+    @app.api_route("/partytracks/{path:path}", methods=["GET", "POST", "PUT"])
+    async def partytracks(self, path: str, request: Request) -> Any:
+        """See :meth:`GatewayServer.partytracks`."""
+        return await self.server.partytracks(path, request)
 
     @app.websocket("/parties/rooms/{room}")
     async def websocket(self, ws: WebSocket, room: str) -> None:
