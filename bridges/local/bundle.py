@@ -9,6 +9,12 @@ section 5.2.2) says a subsequent offer keeps the negotiated ones. Cloudflare Cal
 them, so the emulator must too: :func:`stable_offer` rewrites aiortc's offer with the
 payload types and extension ids the remote side already uses.
 
+aiortc's answers also list every m-section in their BUNDLE group, even those the offer
+rejected (port 0, e.g. a transceiver the browser stopped to close a track) and left out
+of its own group; a browser refuses such an answer ("A BUNDLE group in answer contains a
+MID='4' that was not in the offered group"). :func:`consistent_answer` keeps the answer's
+group within the offer's and rejects what the offer rejected (RFC 8843 section 7.3).
+
 aiortc takes the payload types and ids of the remote answer when it applies it, so what
 it sends afterwards matches the rewritten offer.
 """
@@ -18,7 +24,7 @@ from __future__ import annotations
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
 
-__all__ = ["stable_offer"]
+__all__ = ["consistent_answer", "stable_offer"]
 
 _DYNAMIC_PTS = range(96, 128)
 _EXTENSION_IDS = range(1, 15)
@@ -112,3 +118,39 @@ def _remap_extensions(media, ids: dict[str, int]) -> None:
             taken.add(ext.id)
         else:
             taken.add(ext.id)
+
+
+def consistent_answer(offer: RTCSessionDescription,
+                      answer: RTCSessionDescription) -> RTCSessionDescription:
+    """Return ``answer`` (made by aiortc for ``offer``) with its BUNDLE group reduced to
+    the mids the offer bundles, and the m-sections the offer rejected (port 0) rejected
+    too. Returns ``answer`` unchanged when there is nothing to fix.
+
+    Args:
+        offer: the remote offer that was applied.
+        answer: aiortc's answer to it (``type == "answer"``).
+
+    Returns:
+        The answer to pass to ``setLocalDescription``.
+    """
+    remote = aiortc_sdp.SessionDescription.parse(offer.sdp)
+    offered = {mid for group in remote.group if group.semantic == "BUNDLE"
+               for mid in group.items}
+    rejected = {m.rtp.muxId for m in remote.media if m.port == 0}
+    description = aiortc_sdp.SessionDescription.parse(answer.sdp)
+    changed = False
+    for group in description.group:
+        if group.semantic != "BUNDLE":
+            continue
+        items = [mid for mid in group.items if mid in offered and mid not in rejected]
+        if items != group.items:
+            group.items[:] = items
+            changed = True
+    for media in description.media:
+        if media.rtp.muxId in rejected and media.port != 0:
+            media.port = 0
+            media.direction = "inactive"
+            changed = True
+    if not changed:
+        return answer
+    return RTCSessionDescription(sdp=str(description), type="answer")

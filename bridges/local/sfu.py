@@ -55,7 +55,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .bundle import stable_offer
+from .bundle import consistent_answer, stable_offer
 from .faults import MALFORMED_SDP, Fault, Faults, fault_routes
 from .ice import loopback_peer_connection
 from .media import TrackSwitch
@@ -391,8 +391,14 @@ class CallsEmulator:
         return publisher_session.published(track_name)
 
     @staticmethod
-    def _sdp(pc: RTCPeerConnection) -> dict[str, str]:
+    def _sdp(pc: RTCPeerConnection,
+             offer: RTCSessionDescription | None = None) -> dict[str, str]:
+        """The local description as the wire's ``sessionDescription``; an answer to
+        ``offer`` goes through :func:`consistent_answer` again, because aiortc gives
+        every m-section its candidate's port when it serializes."""
         desc = pc.localDescription
+        if offer is not None and desc.type == "answer":
+            desc = consistent_answer(offer, desc)
         return {"sdp": desc.sdp, "type": desc.type}
 
     @staticmethod
@@ -415,8 +421,8 @@ class CallsEmulator:
             async with session.lock:
                 pc = self._new_pc(session)
                 await self._apply_remote(pc, offer)
-                await pc.setLocalDescription(await pc.createAnswer())
-                result["sessionDescription"] = self._sdp(pc)
+                await pc.setLocalDescription(consistent_answer(offer, await pc.createAnswer()))
+                result["sessionDescription"] = self._sdp(pc, offer)
         return 201, result
 
     @staticmethod
@@ -476,9 +482,9 @@ class CallsEmulator:
                     session.tracks.append(track)
                     self._publish(track, transceiver.receiver.track)
                     out.append(track.wire())
-        await pc.setLocalDescription(await pc.createAnswer())
+        await pc.setLocalDescription(consistent_answer(offer, await pc.createAnswer()))
         return {"requiresImmediateRenegotiation": False, "tracks": out,
-                "sessionDescription": self._sdp(pc)}
+                "sessionDescription": self._sdp(pc, offer)}
 
     async def _tracks_without_offer(self, session: _Session, pc: RTCPeerConnection,
                                     items: list[dict]) -> dict:
@@ -595,8 +601,9 @@ class CallsEmulator:
                 out.append({"mid": mid})
             if not force and session.pc is not None and session.pc.connectionState != "closed":
                 await self._apply_remote(session.pc, offer)
-                await session.pc.setLocalDescription(await session.pc.createAnswer())
-                result["sessionDescription"] = self._sdp(session.pc)
+                await session.pc.setLocalDescription(
+                    consistent_answer(offer, await session.pc.createAnswer()))
+                result["sessionDescription"] = self._sdp(session.pc, offer)
             await self._close_if_idle(session)
         result["tracks"] = out
         return 200, result

@@ -40,6 +40,10 @@ function showError(text) {
   while ($("errors").children.length > 5) $("errors").lastChild.remove();
 }
 
+window.addEventListener("error", (event) => showError(event.message));
+window.addEventListener("unhandledrejection", (event) =>
+  showError(event.reason && event.reason.message ? event.reason.message : String(event.reason)));
+
 // ---- the room's socket ---------------------------------------------------------------
 
 const socket = new PartySocket({
@@ -85,8 +89,22 @@ partyTracks.sessionError$.subscribe((error) => showError(`calls: ${error}`));
 const mic = getMic({ broadcasting: true });
 mic.error$.subscribe((error) => showError(`microphone: ${error.message || error}`));
 
+// Silence for the AI track while the talk button is up: a 20 Hz oscillator at zero gain
+// (an unconnected destination sends no packets, and partytracks publishes a track only
+// once it has sent some), as Orange's inaudibleAudioTrack$ does.
 const audioContext = new AudioContext();
-const silence = audioContext.createMediaStreamDestination().stream.getAudioTracks()[0];
+const silentSource = audioContext.createOscillator();
+silentSource.frequency.value = 20;
+const mute = audioContext.createGain();
+mute.gain.value = 0;
+const silentSink = audioContext.createMediaStreamDestination();
+silentSource.connect(mute).connect(silentSink);
+silentSource.start();
+const silence = silentSink.stream.getAudioTracks()[0];
+// Browsers start an AudioContext only after a user gesture (unless allowed by policy).
+for (const type of ["click", "keydown", "pointerdown"]) {
+  document.addEventListener(type, () => audioContext.resume().catch(() => {}), { once: true });
+}
 const holding$ = new BehaviorSubject(false);
 
 const micMetadata$ = partyTracks.push(mic.broadcastTrack$);
