@@ -61,3 +61,14 @@ def postgres_server():
 def postgres_url(postgres_server) -> str:
     """The URL of a new, empty database on the session's PostgreSQL server."""
     return postgres_server.create_database(f"t_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture(scope="session")
+def meeting_gateway(ray_session, tmp_path_factory):
+    """A development-mode gateway in front of the local Calls and OpenAI emulators (what
+    ``rooms serve --dev`` runs), shared by the browser-facing tests: ``{"url", "config",
+    "emulators", "app_secret"}``."""
+    from tests.browsers import browser_gateway
+
+    with browser_gateway("meeting", tmp_path_factory.mktemp("meeting")) as gateway:
+        yield gateway

@@ -61,6 +61,8 @@ class Client:
         return asyncio.ensure_future(self.ws.send(json.dumps(message)))
 
 
-async def open_client(url: str) -> Client:
-    """Connect to ``url`` (20 s open timeout, no frame size limit)."""
-    return Client(await connect(url, open_timeout=20, max_size=None))
+async def open_client(url: str, headers: dict[str, str] | None = None) -> Client:
+    """Connect to ``url`` (20 s open timeout, no frame size limit), sending ``headers``
+    (e.g. ``Cookie``) with the handshake."""
+    return Client(await connect(url, open_timeout=20, max_size=None,
+                                additional_headers=headers))

@@ -5,7 +5,9 @@ The protocol is partytracks' (``routePartyTracksRequest`` of the ``partytracks/s
 package, cloudflare/partykit), which Orange Meets mounts at ``/partytracks/*``:
 
 * ``/partytracks/<path>?<query>`` is forwarded to ``<calls base>/apps/<app id>/<path>?<query>``
-  with the same method and body and ``Authorization: Bearer <app secret>``; the answer
+  with the same method and body and ``Authorization: Bearer <app secret>`` (the
+  gateway's own identity parameters ``token`` and ``username`` are left out of the
+  query, and no client header or cookie is forwarded); the answer
   (status, JSON body) goes back as it came. Only the Calls operations of the session
   API are forwarded (``sessions/new``; ``sessions/<id>`` GET; ``tracks/new``,
   ``renegotiate``, ``tracks/close``, ``tracks/update`` of a session); any other path is
@@ -62,7 +64,7 @@ SESSION_COOKIE_PREFIX = "partytracks-session-"
 CLOUDFLARE_STUN = [{"urls": ["stun:stun.cloudflare.com:3478", "stun:stun.cloudflare.com:53"]}]
 """The ICE servers partytracks' server answers when no TURN key is configured."""
 
-_SESSION_ID = r"[A-Za-z0-9_-]{1,128}"
+_SESSION_ID = r"(?!new(?:/|$))[A-Za-z0-9_-]{1,128}"  # "new" is sessions/new, not an id
 _ROUTES: list[tuple[str, re.Pattern[str]]] = [
     ("POST", re.compile(r"sessions/new")),
     ("GET", re.compile(rf"sessions/(?P<session>{_SESSION_ID})")),
@@ -72,6 +74,7 @@ _ROUTES: list[tuple[str, re.Pattern[str]]] = [
     ("PUT", re.compile(rf"sessions/(?P<session>{_SESSION_ID})/tracks/update")),
 ]
 _LOCK_CONTEXT = b"ray-rooms partytracks session lock"
+_IDENTITY_PARAMS = frozenset({"token", "username"})  # ours, never forwarded to Calls
 _MAX_BUCKETS = 10_000
 
 
@@ -245,7 +248,9 @@ class PartyTracksProxy:
         if body:
             headers["Content-Type"] = request.headers.get("content-type", "application/json")
         try:
-            return await self._client.request(request.method, url, params=request.query_params,
+            params = [(k, v) for k, v in request.query_params.multi_items()
+                      if k not in _IDENTITY_PARAMS]
+            return await self._client.request(request.method, url, params=params,
                                               content=body or None, headers=headers)
         except httpx.HTTPError as error:
             log.warning("partytracks proxy: Calls %s %s failed (%s)", request.method,

@@ -204,6 +204,8 @@ class GatewayServer:
             value = session_cookie(name, self.auth)
             if room:
                 validate_room_id(room)
+        except AuthError as error:  # an unusable name is bad input here, not a 401
+            return JSONResponse({"error": str(error)}, status_code=400)
         except RoomsError as error:
             return answer_for(error).response(error)
         target = (f"/meet/{quote(room, safe='')}" if room

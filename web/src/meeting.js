@@ -15,7 +15,7 @@
 // AnalyserNode).
 import PartySocket from "partysocket";
 import { PartyTracks, getMic } from "partytracks/client";
-import { BehaviorSubject, Observable, combineLatest, of, switchMap } from "rxjs";
+import { BehaviorSubject, combineLatest, of, shareReplay, switchMap } from "rxjs";
 
 const config = JSON.parse(document.getElementById("rooms-config").textContent);
 const connectionId = crypto.randomUUID();
@@ -107,9 +107,12 @@ for (const type of ["click", "keydown", "pointerdown"]) {
 }
 const holding$ = new BehaviorSubject(false);
 
-const micMetadata$ = partyTracks.push(mic.broadcastTrack$);
+// One capture of the mic for both pushes (a second subscription would open a second
+// capture, and the first may fall silent).
+const micSource$ = mic.broadcastTrack$.pipe(shareReplay({ bufferSize: 1, refCount: true }));
+const micMetadata$ = partyTracks.push(micSource$);
 const aiMetadata$ = partyTracks.push(
-  holding$.pipe(switchMap((held) => (held ? mic.broadcastTrack$ : of(silence)))),
+  holding$.pipe(switchMap((held) => (held ? micSource$ : of(silence)))),
 );
 
 let micTrack = null;
