@@ -195,7 +195,8 @@ async def run(pg_url: str) -> dict[str, Any]:
         ray.get(ah.hibernate.remote(), timeout=30)
     except ray.exceptions.RayActorError:
         pass  # the actor exits during the call
-    for attempt in range(5):  # soft affinity: Ray may still place it elsewhere; again
+    attempts = 10
+    for attempt in range(attempts):  # soft affinity: Ray may still place it elsewhere; again
         scheduler = RemoteAlarmScheduler.options(
             **scheduler_actor_options(config, f"alarm-scheduler-{attempt}"),
             scheduling_strategy=NodeAffinitySchedulingStrategy(other_worker, soft=True),
@@ -203,8 +204,8 @@ async def run(pg_url: str) -> dict[str, Any]:
         ray.get(scheduler.stats.remote(), timeout=60)
         facts["scheduler_node"] = ray.get(scheduler.__ray_call__.remote(
             lambda self: ray.get_runtime_context().get_node_id()), timeout=30)
-        if facts["scheduler_node"] == other_worker:
-            break
+        if facts["scheduler_node"] == other_worker or attempt == attempts - 1:
+            break  # (the last one stays wherever it is: the scenario needs a scheduler)
         ray.kill(scheduler, no_restart=True)
         await asyncio.sleep(1.0)
 
