@@ -63,11 +63,12 @@ def postgres_url(postgres_server) -> str:
     return postgres_server.create_database(f"t_{uuid.uuid4().hex[:12]}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def meeting_gateway(ray_session, tmp_path_factory):
     """A development-mode gateway in front of the local Calls and OpenAI emulators (what
-    ``rooms serve --dev`` runs), shared by the browser-facing tests: ``{"url", "config",
-    "emulators", "app_secret"}``."""
+    ``rooms serve --dev`` runs), for one module of browser-facing tests: ``{"url",
+    "config", "emulators", "app_secret"}``. Module-scoped: it takes Serve's route prefix
+    ``/``, which the other gateway tests need too."""
     from tests.browsers import browser_gateway
 
     with browser_gateway("meeting", tmp_path_factory.mktemp("meeting")) as gateway:

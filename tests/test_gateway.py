@@ -110,7 +110,7 @@ def test_authenticate_takes_query_token_bearer_header_or_dev_username():
     dev = AuthSettings(token_secret=SECRET, dev_auth=True)
     assert authenticate({"token": token("ann")}, {}, strict) == "ann"
     assert authenticate({}, {"authorization": f"Bearer {token('bo')}"}, strict) == "bo"
-    with pytest.raises(AuthError, match="no token"):
+    with pytest.raises(AuthError, match="no credential"):
         authenticate({"username": "eve"}, {}, strict)
     with pytest.raises(AuthError, match="Bearer"):
         authenticate({}, {"authorization": "Basic abc"}, strict)
