@@ -723,7 +723,8 @@ class RoomActor:
                 if isinstance(job, EnableJob):
                     result = AiEnableResult(job.attempt, error=cause)
                 elif isinstance(job, ControlJob):
-                    result = AiControlResult(job.attempt, job.conn, error=cause)
+                    result = AiControlResult(job.attempt, job.conn, error=cause,
+                                             restore=job.restore)
                 else:
                     raise
                 await self._turn(lambda room, now: room.on_ai_event(result, now), "ai")

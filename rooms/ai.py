@@ -123,8 +123,9 @@ async def run_control(job: ControlJob, calls: MediaBridge) -> AiControlResult:
             trackName=job.track.trackName, mid=f"#{job.track_name}",
         )])
     except Exception as error:  # noqa: BLE001
-        return AiControlResult(job.attempt, job.conn, error=f"calls tracks/new: {_cause(error)}")
-    return AiControlResult(job.attempt, job.conn)
+        return AiControlResult(job.attempt, job.conn, error=f"calls tracks/new: {_cause(error)}",
+                               restore=job.restore)
+    return AiControlResult(job.attempt, job.conn, track=job.track, restore=job.restore)
 
 
 async def run_release(job: ReleaseJob, calls: MediaBridge, ai: AiService) -> list[str]:

@@ -33,6 +33,7 @@ from .messages import (
     ProtocolError,
     RelinquishAiControl,
     RequestAiControl,
+    TrackRef,
     User,
     UserLeft,
     UserTracks,
@@ -93,11 +94,15 @@ class AiEnableResult:
 
 @dataclass(frozen=True, slots=True)
 class AiControlResult:
-    """A control job finished for connection ``conn``; ``error`` as in AiEnableResult."""
+    """A control job finished for connection ``conn``; ``error`` as in AiEnableResult.
+    ``track`` is what now feeds the AI (``None`` on error); ``restore`` as in
+    :class:`~rooms.state.ControlJob`."""
 
     attempt: int
     conn: str
     error: str | None = None
+    track: TrackRef | None = None
+    restore: bool = False
 
 
 AiEvent = AiProgress | AiEnableResult | AiControlResult
@@ -399,6 +404,7 @@ class Room:
         ai = self.data.ai
         if ai.controllingUser == conn:
             ai.controllingUser = None
+            ai.controlTrack = None
             self._changed()
             self._broadcast_state()
         elif ai.controlPending == conn:
@@ -455,12 +461,25 @@ class Room:
 
     def _control_finished(self, result: AiControlResult) -> None:
         ai = self.data.ai
+        if result.restore:
+            return
         if result.attempt != ai.attempt or ai.controlPending != result.conn:
+            # Stale: cancelled by a quick release (or superseded). If its pull landed,
+            # the AI now hears a track nobody holds: feed the holder's track again.
+            if (result.error is None and ai.enabled and ai.sessionId
+                    and ai.controllingUser and ai.controlTrack is not None
+                    and ai.controllingUser != result.conn):
+                self._fx.jobs.append(ControlJob(
+                    attempt=ai.attempt, conn=ai.controllingUser, session_id=ai.sessionId,
+                    track_name=ai.trackName or AI_TRACK_NAME, track=ai.controlTrack,
+                    restore=True,
+                ))
             return
         ai.controlPending = None
         if result.error is None:
             if result.conn in self.data.connections:
                 ai.controllingUser = result.conn
+                ai.controlTrack = result.track
             ai.error = None
         else:
             ai.error = f"requestAiControl failed at {result.error}"
@@ -515,6 +534,7 @@ class Room:
             self._fx.messages.append(Outgoing("one", conn, None, close))
         if data.ai.controllingUser == conn:
             data.ai.controllingUser = None
+            data.ai.controlTrack = None
         self._changed()
 
     def _sweep(self, now: float) -> int:

@@ -42,6 +42,8 @@ class AiState(BaseModel):
         mid: the mid of the AI session's bidirectional transceiver.
         callId: the OpenAI Realtime call id.
         controllingUser: the connection id whose microphone feeds the AI.
+        controlTrack: the track that feeds the AI for ``controllingUser`` (to feed it
+            again after a cancelled request's late pull replaced it).
         controlPending: the connection id whose control request is under way.
         attempt: increases with every enable, disable and control request; a job's
             result whose attempt is no longer current is stale and is released.
@@ -58,6 +60,7 @@ class AiState(BaseModel):
     mid: str | None = None
     callId: str | None = None
     controllingUser: str | None = None
+    controlTrack: TrackRef | None = None
     controlPending: str | None = None
     attempt: int = 0
     step: str | None = None
@@ -112,13 +115,17 @@ class EnableJob:
 
 @dataclass(frozen=True, slots=True)
 class ControlJob:
-    """Feed connection ``conn``'s track into the AI session's transceiver ``#trackName``."""
+    """Feed connection ``conn``'s track into the AI session's transceiver ``#trackName``.
+
+    ``restore``: this feeds the controlling user's track again after a cancelled
+    request's late pull replaced it; its result changes nothing."""
 
     attempt: int
     conn: str
     session_id: str
     track_name: str
     track: TrackRef
+    restore: bool = False
 
 
 @dataclass(frozen=True, slots=True)

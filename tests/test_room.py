@@ -186,6 +186,38 @@ def test_relinquish_while_the_request_is_pending_cancels_it(room):
     assert room.data.ai.controllingUser == "b"
 
 
+def test_a_cancelled_request_that_lands_late_gives_the_ai_back_to_its_holder(room):
+    """B taps while A holds control: B's pull lands after B released, so the AI would
+    hear B's track; the room feeds A's track again, and that restore changes nothing
+    else (its own result is ignored)."""
+    enabled_room(room)
+    a_track = {"sessionId": "sa", "trackName": "ai-a"}
+    [job] = room.on_message("a", msg(type="requestAiControl", track=a_track), T0).jobs
+    room.on_ai_event(AiControlResult(job.attempt, "a", track=job.track), T0)
+    assert room.data.ai.controllingUser == "a"
+    assert room.data.ai.controlTrack.trackName == "ai-a"
+    [tap] = room.on_message("b", msg(type="requestAiControl",
+                                     track={"sessionId": "sb", "trackName": "ai-b"}), T0).jobs
+    room.on_message("b", msg(type="relinquishAiControl"), T0)  # released before Calls answered
+    fx = room.on_ai_event(AiControlResult(tap.attempt, "b", track=tap.track), T0)
+    [restore] = fx.jobs
+    assert isinstance(restore, ControlJob) and restore.restore
+    assert (restore.conn, restore.session_id, restore.track.trackName) == ("a", "S", "ai-a")
+    assert room.data.ai.controllingUser == "a" and fx.messages == []
+    fx = room.on_ai_event(AiControlResult(restore.attempt, "a", track=restore.track,
+                                          restore=True), T0)
+    assert fx.jobs == [] and fx.messages == [] and room.data.ai.controllingUser == "a"
+    # a late pull that failed replaced nothing: no restore
+    [tap] = room.on_message("b", msg(type="requestAiControl",
+                                     track={"sessionId": "sb", "trackName": "ai-b"}), T0).jobs
+    room.on_message("b", msg(type="relinquishAiControl"), T0)
+    fx = room.on_ai_event(AiControlResult(tap.attempt, "b", error="calls tracks/new: 500"), T0)
+    assert fx.jobs == []
+    # the holder's own relinquish forgets the track
+    room.on_message("a", msg(type="relinquishAiControl"), T0)
+    assert room.data.ai.controlTrack is None
+
+
 def test_room_state_lists_users_by_connection_id(room):
     for conn in ("zed", "amy", "kim"):
         room.on_connect(conn, conn, T0)
