@@ -15,6 +15,13 @@ variable                          meaning                                    def
 ``ROOMS_STORE_RETRY_S``           seconds a room retries a failed snapshot   ``10``
                                   save before its turns fail with
                                   ``storage unavailable``
+``ROOMS_MAX_LIVE_ROOMS``          room slots a node offers (the Ray          from the
+                                  resource ``room_slot``), given when Ray    node's memory
+                                  is started by ``rooms serve``/``demo``     (see slots)
+``ROOMS_SHED_IDLE_S``             a room must be this many seconds without   ``5``
+                                  a turn before it may be shed at the bound
+``ROOMS_WARM_WORKERS``            idle worker processes per node kept        ``2``
+                                  ready for new rooms (0: none)
 ================================  =========================================  ===========
 
 The default store is ``storage.factory.DEFAULT_STORE_URL``: a SQLite file under
@@ -70,4 +77,10 @@ class RoomsConfig(BaseSettings):
     store_retry_s: float = Field(
         10.0, gt=0, description="seconds a room retries a failed save before its turns "
                                 "fail with storage unavailable")
+    max_live_rooms: int | None = Field(
+        None, gt=0, description="room slots per node (None: from the node's memory)")
+    shed_idle_s: float = Field(
+        5.0, ge=0, description="seconds without a turn before a room may be shed")
+    warm_workers: int = Field(
+        2, ge=0, description="idle worker processes per node ready for new rooms")
     services: ServiceEndpoints = Field(default_factory=ServiceEndpoints)

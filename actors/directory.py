@@ -17,6 +17,8 @@ import ray
 from .config import RoomsConfig
 from .errors import InvalidRoomId
 from .room_actor import RoomActor
+from .slots import ROOM_SLOT, free_slots, offers_slots, shed_one
+from .warmpool import ROOM_RUNTIME_ENV
 
 __all__ = ["ACTOR_PREFIX", "InvalidRoomId", "RemoteRoomActor", "actor_name", "get_room",
            "list_room_actors", "room_actor_options", "validate_room_id"]
@@ -43,8 +45,13 @@ def actor_name(room_id: str) -> str:
 
 
 def room_actor_options(room_id: str, config: RoomsConfig) -> dict[str, Any]:
-    """Return the ``.options()`` of a room's actor (name, namespace, lifetime, restarts)."""
+    """Return the ``.options()`` of a room's actor (name, namespace, lifetime, restarts;
+    the runtime environment whose workers the warm pools prestart; one ``room_slot`` when
+    the cluster offers slots)."""
+    slots = {"resources": {ROOM_SLOT: 1}} if offers_slots() else {}
     return {
+        **slots,
+        "runtime_env": ROOM_RUNTIME_ENV,
         "name": actor_name(validate_room_id(room_id)),
         "namespace": config.namespace,
         "get_if_exists": True,
@@ -68,11 +75,26 @@ def get_room(room_id: str, config: RoomsConfig | None = None) -> "ray.actor.Acto
         The actor handle; call its methods (``connect``, ``message``, ``poll``, ...)
         with ``.remote()``.
 
+    At the ``room_slot`` bound (no free slot in the cluster), creating a new room first
+    hibernates the least recently active idle room (:func:`actors.slots.shed_one`); if
+    none may go, the new room waits, pending, for a slot.
+
     Raises:
         InvalidRoomId: the id is not a valid room id.
     """
     config = config or RoomsConfig()
-    return RemoteRoomActor.options(**room_actor_options(room_id, config)).remote(room_id, config)
+    options = room_actor_options(room_id, config)
+    if "resources" in options and free_slots() < 1 and not _exists(options["name"], config):
+        shed_one(config, exclude=room_id)  # at the bound: free a slot for the new room
+    return RemoteRoomActor.options(**options).remote(room_id, config)
+
+
+def _exists(name: str, config: RoomsConfig) -> bool:
+    try:
+        ray.get_actor(name, namespace=config.namespace)
+        return True
+    except ValueError:
+        return False
 
 
 def list_room_actors(namespace: str = "rooms", *,

@@ -16,6 +16,8 @@ metric                                 kind       meaning (tags)
 ``rooms_snapshot_bytes``               histogram  size of a saved snapshot, bytes
 ``rooms_snapshot_save_seconds``        histogram  latency of one snapshot save, s
 ``rooms_hibernations``                 counter    rooms that hibernated
+``rooms_shed``                         counter    rooms hibernated to free a slot at the
+                                                  ``room_slot`` bound (in the creator)
 ``rooms_activations``                  counter    room activations (start, restart, wake)
 ``rooms_ai_sessions_active``           gauge      rooms in this process with the AI enabled
 ``rooms_ai_errors``                    counter    AI failures, by ``step`` (e.g.
@@ -45,6 +47,7 @@ __all__ = [
     "process_facts",
     "room_activated",
     "room_hibernated",
+    "room_shed",
     "room_stopped",
     "snapshot_saved",
     "turn",
@@ -97,6 +100,7 @@ class _Metrics:
             "rooms_snapshot_save_seconds", "latency of one snapshot save, seconds",
             boundaries=_LATENCY_BOUNDARIES)
         self.hibernations = Counter("rooms_hibernations", "rooms that hibernated")
+        self.shed = Counter("rooms_shed", "rooms hibernated to free a slot at the bound")
         self.activations = Counter("rooms_activations",
                                    "room activations (first start, restart, wake)")
         self.ai_active = Gauge("rooms_ai_sessions_active",
@@ -172,6 +176,13 @@ def room_hibernated(room_id: str) -> None:
         return
     m.hibernations.inc()
     room_stopped(room_id)
+
+
+def room_shed(room_id: str) -> None:
+    """Count a room hibernated to free a slot (counted where the shedding was decided)."""
+    m = _metrics or _get()
+    if m is not None:
+        m.shed.inc()
 
 
 def room_stopped(room_id: str) -> None:

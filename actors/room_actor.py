@@ -34,6 +34,7 @@ import enum
 import json
 import logging
 import os
+import threading
 import time
 from collections import deque
 from typing import Any, Callable, Sequence
@@ -55,6 +56,7 @@ from .config import RoomsConfig
 from .errors import NotOwner, RoomFull, RoomHibernating
 from .outbox import Outbox
 from .services import build_services, realtime_model
+from .warmpool import notify_started
 from .wire import Delivery, OutboxEntry
 
 __all__ = ["Lifecycle", "RoomActor", "RoomFull", "RoomHibernating"]
@@ -143,6 +145,9 @@ class RoomActor:
         self._last_turn = time.monotonic()
         self._idle_task: asyncio.Task | None = None
         self._ai_active = False
+        if _in_ray_actor():  # its node's warm pool replaces the worker (off the critical path)
+            threading.Thread(target=notify_started, args=(self.config.namespace,),
+                             name="warm-pool-notify", daemon=True).start()
         self._stats = {"turns": 0, "saves": 0, "duplicate_frames": 0, "activated_at": 0.0}
         self._save_seconds: deque[float] = deque(maxlen=1024)  # the newest saves' times
 
@@ -662,6 +667,13 @@ class RoomActor:
             self._idle_task.cancel()
         if self._alarm_task:
             self._alarm_task.cancel()
+
+    def activity(self) -> dict[str, Any]:
+        """How busy the room is, without activating it (for shedding at the slot bound):
+        ``{"room": str, "idle_s": seconds since its last turn, "jobs": AI jobs under
+        way, "lifecycle": str}``."""
+        return {"room": self.room_id, "idle_s": time.monotonic() - self._last_turn,
+                "jobs": len(self._jobs), "lifecycle": self.lifecycle.value}
 
     def where(self) -> dict[str, Any]:
         """Return where this actor runs, without activating the room: ``{"node_id":

@@ -15,6 +15,8 @@ from .cluster import check_store_fits_cluster
 from .config import RoomsConfig, ServiceEndpoints
 from .gateway import deploy_gateway, shutdown_gateway
 from .net import free_port
+from .slots import slot_resources
+from .warmpool import ensure_warm_pools
 
 __all__ = ["DASHBOARD_TOKEN_HINT", "LocalSystem", "dashboard_needs_token", "start_system"]
 
@@ -113,14 +115,16 @@ def start_system(
     if not ray.is_initialized():
         kwargs = {"namespace": config.namespace, "configure_logging": False,
                   "log_to_driver": False}
+        # a Ray started here offers this node's room slots (ROOMS_MAX_LIVE_ROOMS)
+        local = {**kwargs, "resources": slot_resources(config)}
         if address:
-            context = ray.init(address=address, **kwargs)
+            context = ray.init(address=address, **(local if address == "local" else kwargs))
             started_ray = address == "local"
         else:
             try:
                 context = ray.init(address="auto", **kwargs)
             except (ConnectionError, RuntimeError):
-                context = ray.init(address="local", **kwargs)
+                context = ray.init(address="local", **local)
                 started_ray = True
     check_store_fits_cluster(config.store_url)
     emulators = None
@@ -153,6 +157,7 @@ def start_system(
     from .scheduler import ensure_scheduler
 
     ensure_scheduler(config)  # wakes hibernating rooms at their alarm time
+    ensure_warm_pools(config.namespace, config.warm_workers)  # new rooms start warm
     try:
         dashboard = getattr(context, "dashboard_url", None)
         if dashboard:

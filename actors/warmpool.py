@@ -1,0 +1,230 @@
+"""Warm workers: new rooms start in worker processes that already run and have already
+imported the room runtime, so a room's first message waits for neither.
+
+What Ray offers, and what this module uses (Ray 2.60):
+
+* An actor always gets a worker process of its own, and Ray never hands an actor a
+  worker that has run tasks; a new process costs ~0.5-0.7 s here (Python, Ray's core
+  worker, then importing our modules when the actor class loads).
+* The raylet keeps *prestarted* workers: idle processes started ahead of need, which an
+  actor creation takes when its job and runtime environment match. Ray prestarts
+  ``num_cpus`` of them when the first driver connects, and its ``PrestartWorkers`` RPC
+  (``NodeManagerService``, the one Ray Data uses) starts more, for a given runtime
+  environment, kept ``keep_alive_duration_secs`` past the idle-worker soft limit. There
+  is no public Python API for it: :func:`prestart` calls the RPC through Ray's own gRPC
+  helper (with Ray's token authentication); if it fails, rooms simply start cold.
+* ``worker_process_setup_hook`` in a runtime environment runs a function in every
+  worker of that environment when it starts: :data:`ROOM_RUNTIME_ENV` names
+  :func:`preload`, which imports the room runtime, so a prestarted worker has done
+  that before any room needs it.
+
+:class:`WarmPool` is one small detached actor per node (``warm-pool:<node id>``). Each
+room actor tells its node's pool when it started (:func:`notify_started`, fire and
+forget, with the job id and runtime environment it actually runs with); a second later
+(not to compete with that room's activation for the CPU) the pool prestarts a worker
+to replace the one taken, and every ``refill_s`` tops the node up to
+``ROOMS_WARM_WORKERS`` for each environment it has seen. The raylet bounds the idle
+workers itself (beyond its soft limit it ends those idle past their keep-alive).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import ray
+
+__all__ = ["POOL_PREFIX", "ROOM_RUNTIME_ENV", "WarmPool", "ensure_warm_pools",
+           "notify_started", "preload", "prestart"]
+
+log = logging.getLogger("ray_rooms.warmpool")
+
+POOL_PREFIX = "warm-pool:"
+"""Actor name prefix of the per-node pools (``warm-pool:<node id hex>``)."""
+ROOM_RUNTIME_ENV: dict[str, Any] = {"worker_process_setup_hook": "actors.warmpool.preload"}
+"""The runtime environment of room actors (and of the workers prestarted for them)."""
+
+
+def preload() -> None:
+    """The worker setup hook: import what a room actor needs (its class, both stores,
+    both bridges, the protocol) so that creating a room imports nothing. Raises
+    nothing (an import error shows up again, clearly, when the room starts)."""
+    try:
+        import actors.room_actor  # noqa: F401
+        import bridges.calls  # noqa: F401
+        import bridges.openai  # noqa: F401
+        import storage.sqlite  # noqa: F401
+    except Exception:  # noqa: BLE001 - never fail a worker's start
+        log.exception("preloading the room runtime failed")
+
+
+def prestart(node: dict[str, Any], count: int, *, serialized_env: str, job_id: str,
+             keep_alive_s: float) -> bool:
+    """Ask the raylet of ``node`` to start ``count`` idle Python workers for
+    ``job_id`` (hex) and the runtime environment ``serialized_env`` (Ray's JSON form).
+
+    Args:
+        node: an entry of ``ray.nodes()`` (``NodeManagerAddress``, ``NodeManagerPort``).
+        count: workers to start (> 0).
+        serialized_env: ``RuntimeEnv.serialize()`` of the rooms' environment.
+        job_id: the job the rooms run under (hex).
+        keep_alive_s: seconds the raylet keeps them even past its idle soft limit.
+
+    Returns:
+        Whether the raylet accepted the request (``False`` if Ray's internal RPC is not
+        there or failed: rooms then start cold). Raises nothing.
+    """
+    try:
+        from ray._private.grpc_utils import init_grpc_channel
+        from ray.core.generated import common_pb2, node_manager_pb2, node_manager_pb2_grpc
+        from ray.core.generated import runtime_environment_pb2
+
+        channel = init_grpc_channel(f"{node['NodeManagerAddress']}:{node['NodeManagerPort']}")
+        try:
+            stub = node_manager_pb2_grpc.NodeManagerServiceStub(channel)
+            stub.PrestartWorkers(node_manager_pb2.PrestartWorkersRequest(
+                language=common_pb2.PYTHON, job_id=bytes.fromhex(job_id),
+                runtime_env_info=runtime_environment_pb2.RuntimeEnvInfo(
+                    serialized_runtime_env=serialized_env),
+                num_workers=int(count), keep_alive_duration_secs=int(keep_alive_s)),
+                timeout=10)
+        finally:
+            channel.close()
+        return True
+    except Exception as error:  # noqa: BLE001 - an optimisation only
+        log.warning("prestarting workers failed (%s: %s); new rooms start cold",
+                    type(error).__name__, error)
+        return False
+
+
+class WarmPool:
+    """Keeps ``size`` idle workers ready on its node for each (job, runtime
+    environment) that rooms started with recently.
+
+    Args:
+        node_id: the node (hex) whose raylet it asks.
+        size: idle workers to keep per environment.
+        refill_s: seconds between top-ups.
+        initial: ``(job id hex, serialized runtime env)`` to warm right away (the
+            rooms' environment as the deploying driver sees it), or ``None``.
+        replace_after_s: seconds a replacement waits after a room took a worker, so
+            that starting it (a process start costs most of a core for ~0.5 s) does not
+            compete with that room's activation; replacements due together start
+            together.
+    """
+
+    def __init__(self, node_id: str, size: int, refill_s: float = 30.0,
+                 initial: tuple[str, str] | None = None,
+                 replace_after_s: float = 1.0) -> None:
+        self.node_id = node_id
+        self.size = size
+        self.refill_s = refill_s
+        self.replace_after_s = replace_after_s
+        self.envs: dict[tuple[str, str], float] = {}  # (job, env) -> last room start
+        self.owed: dict[tuple[str, str], int] = {}  # replacements not yet asked for
+        self.started = 0
+        self.prestarted = 0
+        self.failed = 0
+        loop = asyncio.get_event_loop()
+        self._task = loop.create_task(self._refill())
+        self._replacing: asyncio.Task | None = None
+        if initial is not None:
+            self.envs[initial] = time.monotonic()
+            loop.create_task(self._prestart(initial, size))
+
+    def _node(self) -> dict[str, Any] | None:
+        return next((n for n in ray.nodes() if n["NodeID"] == self.node_id and n["Alive"]),
+                    None)
+
+    async def _prestart(self, key: tuple[str, str], count: int) -> None:
+        node = self._node()
+        if node is None or count <= 0:
+            return
+        ok = await asyncio.to_thread(prestart, node, count, job_id=key[0],
+                                     serialized_env=key[1], keep_alive_s=self.refill_s * 2)
+        if ok:
+            self.prestarted += count
+        else:
+            self.failed += 1
+
+    async def room_started(self, job_id: str, serialized_env: str) -> None:
+        """A room took a worker on this node: start one to replace it, shortly (and,
+        the first time this environment is seen, the whole pool)."""
+        self.started += 1
+        key = (job_id, serialized_env)
+        new = key not in self.envs
+        self.envs[key] = time.monotonic()
+        self.owed[key] = self.owed.get(key, 0) + (self.size if new else 1)
+        if self._replacing is None or self._replacing.done():
+            self._replacing = asyncio.get_event_loop().create_task(self._replace())
+
+    async def _replace(self) -> None:
+        await asyncio.sleep(self.replace_after_s)
+        owed, self.owed = self.owed, {}
+        for key, count in owed.items():
+            await self._prestart(key, min(count, self.size * 4))
+
+    async def _refill(self) -> None:
+        while True:
+            await asyncio.sleep(self.refill_s)
+            horizon = time.monotonic() - 3600.0  # forget environments unused for an hour
+            for key, seen in list(self.envs.items()):
+                if seen < horizon:
+                    del self.envs[key]
+                else:
+                    await self._prestart(key, self.size)
+
+    def stats(self) -> dict[str, Any]:
+        """``{"node_id", "size", "environments", "rooms_started", "prestarted",
+        "failed"}``."""
+        return {"node_id": self.node_id, "size": self.size, "environments": len(self.envs),
+                "rooms_started": self.started, "prestarted": self.prestarted,
+                "failed": self.failed}
+
+
+RemoteWarmPool = ray.remote(WarmPool)
+
+
+def ensure_warm_pools(namespace: str, size: int) -> list[str]:
+    """Start (once) a :class:`WarmPool` on every alive node; return their names.
+    ``size`` 0 starts none. Each pool warms right away for this job and
+    :data:`ROOM_RUNTIME_ENV` (rooms created elsewhere, e.g. by gateway replicas with
+    their own environment, teach their pool theirs when they start). Raises nothing for
+    a node it cannot reach (that node's rooms start cold)."""
+    from ray.runtime_env import RuntimeEnv
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    names: list[str] = []
+    if size <= 0:
+        return names
+    initial = (ray.get_runtime_context().get_job_id(),
+               RuntimeEnv(**ROOM_RUNTIME_ENV).serialize())
+    for node in ray.nodes():
+        if not node["Alive"]:
+            continue
+        name = POOL_PREFIX + node["NodeID"]
+        try:
+            RemoteWarmPool.options(
+                name=name, namespace=namespace, get_if_exists=True, lifetime="detached",
+                num_cpus=0, max_restarts=0,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
+            ).remote(node["NodeID"], size, initial=initial)
+            names.append(name)
+        except Exception as error:  # noqa: BLE001
+            log.warning("no warm pool on node %s (%s)", node["NodeID"][:8], error)
+    return names
+
+
+def notify_started(namespace: str) -> None:
+    """Called in a room actor when it starts: tell this node's pool (if there is one)
+    which job and runtime environment it took a worker for. Fire and forget; raises
+    nothing."""
+    try:
+        context = ray.get_runtime_context()
+        pool = ray.get_actor(POOL_PREFIX + context.get_node_id(), namespace=namespace)
+        env = context.runtime_env
+        pool.room_started.remote(context.get_job_id(), env.serialize())
+    except Exception:  # noqa: BLE001 - no pool on this node (or not in Ray)
+        pass

@@ -1,0 +1,207 @@
+"""Room activation: a new room's first message beside a bare Ray actor's creation, a
+surge of new rooms beside a surge of bare actors, and memory per live room.
+
+Run: ``python -m benchmarks.activation [--cold 15] [--surge 200] [--batch 50]``. It starts
+its own local Ray the way ``rooms serve`` does (this node's ``room_slot`` resources, a
+warm pool of ``ROOMS_WARM_WORKERS`` per node) with a throwaway SQLite store.
+
+1. **Cold activation**: ``get_room`` of a room id never used + ``connect`` + a
+   ``heartbeat`` message, until the reply; beside a bare actor's creation + one call.
+   Interleaved, one at a time, a second apart (the pool refills in the background).
+   Target: p50 ratio <= 0.3.
+2. **Surge**: ``--surge`` new rooms, ``--batch`` at a time (connect + heartbeat each),
+   rooms/s per batch; then as many bare actors, the same way, actors/s. Both with the
+   warm pool as it is (it cannot hold a whole batch: most of a surge starts processes).
+3. **Memory**: PSS (``/proc/<pid>/smaps_rollup``) of the surge's room actors beside the
+   bare actors'. Target: ratio <= 1.1. And what a 24 GiB node holds with the default
+   bound (``actors.slots.default_max_live_rooms``).
+
+Absolute times drift on shared machines; the ratios are measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from typing import Any
+
+import ray
+
+TARGET_COLD_RATIO = 0.3
+TARGET_MEMORY_RATIO = 1.1
+HEARTBEAT = json.dumps({"type": "heartbeat"})
+
+
+@ray.remote(num_cpus=0)
+class Bare:
+    """The baseline: an async actor with a trivial method, in its own worker."""
+
+    async def call(self, conn: str, text: str) -> int:
+        """One call (arguments as a room's ``message``); returns 1."""
+        return 1
+
+    def pid(self) -> int:
+        """The worker's process id."""
+        return os.getpid()
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+def _progress(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def _pss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no Pss for {pid}")
+
+
+async def _activate(room_id: str, config: Any) -> Any:
+    from actors.directory import get_room
+
+    handle = await asyncio.to_thread(get_room, room_id, config)
+    await handle.connect.remote("c-0", "c0")
+    await handle.message.remote("c-0", HEARTBEAT)
+    return handle
+
+
+async def _bare() -> Any:
+    actor = Bare.remote()
+    await actor.call.remote("c", HEARTBEAT)
+    return actor
+
+
+async def cold(config: Any, count: int) -> tuple[list[float], list[float]]:
+    """Section 1 (seconds)."""
+    rooms: list[float] = []
+    bares: list[float] = []
+    for k in range(count):
+        await asyncio.sleep(1.0)
+        started = time.perf_counter()
+        handle = await _activate(f"cold-{uuid.uuid4().hex[:10]}", config)
+        rooms.append(time.perf_counter() - started)
+        await asyncio.sleep(1.0)
+        started = time.perf_counter()
+        actor = await _bare()
+        bares.append(time.perf_counter() - started)
+        ray.kill(actor)
+        ray.kill(handle)
+        _progress(f"   {k + 1}/{count}: room {rooms[-1] * 1000:.0f} ms, "
+                  f"bare {bares[-1] * 1000:.0f} ms")
+    return rooms, bares
+
+
+async def surge(make, total: int, batch: int) -> tuple[list[float], list[Any]]:
+    """Section 2: ``make()`` ``total`` times, ``batch`` at a time; per-batch rates."""
+    rates, made = [], []
+    for start in range(0, total, batch):
+        n = min(batch, total - start)
+        began = time.perf_counter()
+        made += await asyncio.gather(*(make() for _ in range(n)))
+        rates.append(n / (time.perf_counter() - began))
+        _progress(f"   {start + n}/{total}: {rates[-1]:.1f}/s")
+    return rates, made
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    from actors.config import RoomsConfig
+    from actors.slots import ROOM_COST_BYTES, default_max_live_rooms, slot_resources
+    from actors.warmpool import POOL_PREFIX, ensure_warm_pools
+
+    tmp = tempfile.mkdtemp(prefix="rooms-activation-")
+    config = RoomsConfig(namespace=f"bench-act-{uuid.uuid4().hex[:6]}",
+                         store_url=f"sqlite:///{tmp}/rooms.sqlite3", idle_timeout=0)
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
+             log_to_driver=False, namespace=config.namespace,
+             resources=slot_resources(config))
+    pools = ensure_warm_pools(config.namespace, config.warm_workers)
+    _progress(f"warm pools: {pools} ({config.warm_workers} workers each)")
+    await _bare()  # export Bare once
+    await asyncio.sleep(3.0)
+
+    _progress(f"1. cold activation, {args.cold} of each")
+    cold_rooms, cold_bares = await cold(config, args.cold)
+
+    _progress(f"2. surge: {args.surge} new rooms, {args.batch} at a time")
+    room_rates, handles = await surge(
+        lambda: _activate(f"surge-{uuid.uuid4().hex[:10]}", config), args.surge, args.batch)
+    _progress(f"   then {args.surge} bare actors, {args.batch} at a time")
+    bare_rates, actors = await surge(_bare, args.surge, args.batch)
+
+    _progress("3. memory")
+    await asyncio.sleep(2.0)
+    sample = min(20, len(handles))
+    room_pids = await asyncio.gather(*(h.pid.remote() for h in handles[:sample]))
+    bare_pids = await asyncio.gather(*(a.pid.remote() for a in actors[:sample]))
+    room_pss = statistics.mean(_pss_kb(p) for p in room_pids) / 1024
+    bare_pss = statistics.mean(_pss_kb(p) for p in bare_pids) / 1024
+    pool = ray.get_actor(POOL_PREFIX + ray.get_runtime_context().get_node_id(),
+                         namespace=config.namespace)
+    pool_stats = await pool.stats.remote()
+    for a in actors:
+        ray.kill(a)
+    for h in handles:
+        ray.kill(h)
+    node_bytes = 24 * 2**30
+    return {
+        "cold_rooms": cold_rooms, "cold_bares": cold_bares,
+        "room_rates": room_rates, "bare_rates": bare_rates,
+        "room_pss": room_pss, "bare_pss": bare_pss, "pool": pool_stats,
+        "bound_24g": default_max_live_rooms(node_bytes),
+        "bound_24g_measured": int(node_bytes * 0.75 // (room_pss * 2**20)),
+        "cost_mib": ROOM_COST_BYTES / 2**20,
+    }
+
+
+def main() -> None:
+    """Run the three sections and print the results, ratios and targets."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cold", type=int, default=15)
+    parser.add_argument("--surge", type=int, default=200)
+    parser.add_argument("--batch", type=int, default=50)
+    args = parser.parse_args()
+    r = asyncio.run(run(args))
+
+    def verdict(ok: bool) -> str:
+        return "MET" if ok else "NOT MET"
+
+    cold_ratio = statistics.median(r["cold_rooms"]) / statistics.median(r["cold_bares"])
+    mem_ratio = r["room_pss"] / r["bare_pss"]
+    print()
+    print(f"{'':34} {'p50 ms':>8} {'p99 ms':>8}")
+    print(f"{'cold: new room + first message':34} {_pct(r['cold_rooms'], .5):8.1f} "
+          f"{_pct(r['cold_rooms'], .99):8.1f}")
+    print(f"{'cold: bare actor create + call':34} {_pct(r['cold_bares'], .5):8.1f} "
+          f"{_pct(r['cold_bares'], .99):8.1f}")
+    print(f"surge, rooms/s per batch:  {' '.join(f'{x:.1f}' for x in r['room_rates'])}")
+    print(f"surge, bare actors/s:      {' '.join(f'{x:.1f}' for x in r['bare_rates'])}")
+    print(f"memory per live room: {r['room_pss']:.1f} MiB PSS; bare actor "
+          f"{r['bare_pss']:.1f} MiB")
+    print(f"warm pool: {r['pool']}")
+    print()
+    print(f"  cold activation / bare actor creation, p50: x{cold_ratio:.2f}   "
+          f"target <= x{TARGET_COLD_RATIO}: {verdict(cold_ratio <= TARGET_COLD_RATIO)}")
+    print(f"  surge rooms/s / bare actors/s: "
+          f"x{statistics.mean(r['room_rates']) / statistics.mean(r['bare_rates']):.2f}")
+    print(f"  room PSS / bare actor PSS: x{mem_ratio:.2f}   "
+          f"target <= x{TARGET_MEMORY_RATIO}: {verdict(mem_ratio <= TARGET_MEMORY_RATIO)}")
+    print(f"  a 24 GiB node, default bound: {r['bound_24g']} live rooms "
+          f"({r['cost_mib']:.0f} MiB each assumed; {r['bound_24g_measured']} at the "
+          f"{r['room_pss']:.1f} MiB measured now)")
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
