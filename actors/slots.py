@@ -48,9 +48,9 @@ def default_max_live_rooms(memory_bytes: int | None = None) -> int:
     (default: this machine's physical memory) over :data:`ROOM_COST_BYTES`, at least 1.
     A 24 GiB node: 329 rooms."""
     if memory_bytes is None:
-        import psutil
+        import os
 
-        memory_bytes = psutil.virtual_memory().total
+        memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return max(1, int(memory_bytes * MEMORY_SHARE // ROOM_COST_BYTES))
 
 
@@ -76,13 +76,14 @@ def free_slots() -> float:
     return ray.available_resources().get(ROOM_SLOT, 0.0)
 
 
-def shed_one(config: RoomsConfig, *, exclude: str | None = None,
+def shed_one(config: RoomsConfig, *, prefix: str = "room:", exclude: str | None = None,
              timeout_s: float = 5.0) -> str | None:
     """Hibernate the least recently active room of ``config.namespace`` that may go:
     no AI job under way and idle at least ``config.shed_idle_s`` seconds.
 
     Args:
         config: the namespace and the idle threshold.
+        prefix: the actor name prefix of rooms (``actors.directory.ACTOR_PREFIX``).
         exclude: a room id never to shed (the one being created).
         timeout_s: seconds to wait for the rooms' answers.
 
@@ -90,13 +91,11 @@ def shed_one(config: RoomsConfig, *, exclude: str | None = None,
         The id of the room that hibernated, or ``None`` if none may (every room is busy:
         the new room then waits for a slot). Raises nothing.
     """
-    from .directory import ACTOR_PREFIX
-
     handles = {}
     for entry in ray.util.list_named_actors(all_namespaces=True):
         name = entry["name"]
-        if entry["namespace"] == config.namespace and name.startswith(ACTOR_PREFIX):
-            room = name[len(ACTOR_PREFIX):]
+        if entry["namespace"] == config.namespace and name.startswith(prefix):
+            room = name[len(prefix):]
             if room != exclude:
                 try:
                     handles[room] = ray.get_actor(name, namespace=config.namespace)

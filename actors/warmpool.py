@@ -30,13 +30,14 @@ workers itself (beyond its soft limit it ends those idle past their keep-alive).
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import time
 from typing import Any
 
 import ray
 
-__all__ = ["POOL_PREFIX", "ROOM_RUNTIME_ENV", "WarmPool", "ensure_warm_pools",
+__all__ = ["POOL_PREFIX", "PRELOAD", "ROOM_RUNTIME_ENV", "WarmPool", "ensure_warm_pools",
            "notify_started", "preload", "prestart"]
 
 log = logging.getLogger("ray_rooms.warmpool")
@@ -47,15 +48,17 @@ ROOM_RUNTIME_ENV: dict[str, Any] = {"worker_process_setup_hook": "actors.warmpoo
 """The runtime environment of room actors (and of the workers prestarted for them)."""
 
 
+PRELOAD = ("actors.room_actor", "bridges.calls", "bridges.openai", "storage.sqlite")
+"""What :func:`preload` imports: the room actor's class, its bridges, the default store."""
+
+
 def preload() -> None:
-    """The worker setup hook: import what a room actor needs (its class, both stores,
-    both bridges, the protocol) so that creating a room imports nothing. Raises
-    nothing (an import error shows up again, clearly, when the room starts)."""
+    """The worker setup hook: import :data:`PRELOAD` so that creating a room imports
+    nothing. Raises nothing (an import error shows up again, clearly, when the room
+    starts)."""
     try:
-        import actors.room_actor  # noqa: F401
-        import bridges.calls  # noqa: F401
-        import bridges.openai  # noqa: F401
-        import storage.sqlite  # noqa: F401
+        for name in PRELOAD:
+            importlib.import_module(name)
     except Exception:  # noqa: BLE001 - never fail a worker's start
         log.exception("preloading the room runtime failed")
 

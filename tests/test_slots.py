@@ -55,7 +55,8 @@ def test_the_shed_room_wakes_on_its_next_frame_with_its_state(facts):
 
 def test_a_room_with_an_ai_job_is_never_shed(facts):
     assert "r0" in facts["alive_after_sixth"] and "r0" in facts["alive_after_wake"]
-    assert facts["r0_ai"]["connectionPending"] is True
+    # ... and its job was under way both times a room was shed
+    assert facts["r0_jobs_after_sixth"] == 1 and facts["r0_jobs_after_wake"] == 1
 
 
 def test_the_default_bound_follows_memory():
