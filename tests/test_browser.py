@@ -12,30 +12,16 @@ A screenshot of the meeting with both participants goes to
 
 from __future__ import annotations
 
-import time
-from typing import Any, Callable
 
 import pytest
 
 from tests.browsers import artifact_dir, chromium, tone_wav
+from tests.polling import until
 
 pytestmark = [pytest.mark.ray, pytest.mark.media, pytest.mark.timeout(300)]
 
 ALICE_HZ, BOB_HZ = 440.0, 660.0
 TOLERANCE_HZ = 15.0
-
-
-def _until(what: str, probe: Callable[[], Any], timeout: float = 60.0, every: float = 0.5) -> Any:
-    """Poll ``probe`` until it returns something truthy; fail with ``what`` and the last
-    value after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"{what}: not within {timeout:g} s (last: {last!r})")
 
 
 def _meeting(driver) -> dict:
@@ -61,7 +47,7 @@ def _join(driver, base: str, name: str, room: str) -> str:
     field.clear()
     field.send_keys(room)
     driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    _until(f"{name}'s mic published", lambda: _meeting(driver).get("published"))
+    until(f"{name}'s mic published", lambda: _meeting(driver).get("published"))
     return _meeting(driver)["id"]
 
 
@@ -77,8 +63,8 @@ def test_two_browsers_hear_each_other_and_the_ai(meeting_gateway, tmp_path):
         bob_id = _join(bob, base, "bob", "browser-meeting")
 
         # each hears the other's tone, through the SFU emulator
-        _until("alice hears bob's 660 Hz", lambda: _hears(alice, bob_id, BOB_HZ))
-        _until("bob hears alice's 440 Hz", lambda: _hears(bob, alice_id, ALICE_HZ))
+        until("alice hears bob's 660 Hz", lambda: _hears(alice, bob_id, BOB_HZ))
+        until("bob hears alice's 440 Hz", lambda: _hears(bob, alice_id, ALICE_HZ))
         for driver, other in ((alice, "bob"), (bob, "alice")):
             names = {u["name"] for u in _meeting(driver)["state"]["users"] if u.get("joined")}
             assert names == {"alice", "bob"}, names
@@ -87,22 +73,22 @@ def test_two_browsers_hear_each_other_and_the_ai(meeting_gateway, tmp_path):
 
         # alice enables the AI and holds to talk; bob hears the AI echo her 440 Hz
         alice.find_element(By.ID, "ai-toggle").click()
-        _until("the AI is enabled", lambda: _meeting(alice)["state"]["ai"].get("enabled"),
+        until("the AI is enabled", lambda: _meeting(alice)["state"]["ai"].get("enabled"),
                timeout=60)
         talk = alice.find_element(By.ID, "ai-talk")
         ActionChains(alice).click_and_hold(talk).perform()
-        _until("alice controls the AI",
+        until("alice controls the AI",
                lambda: _meeting(bob)["state"]["ai"].get("controllingUser") == alice_id)
-        _until("bob hears the AI's 440 Hz", lambda: _hears(bob, "ai", ALICE_HZ), timeout=60)
-        _until("bob still hears alice while she talks to the AI",
+        until("bob hears the AI's 440 Hz", lambda: _hears(bob, "ai", ALICE_HZ), timeout=60)
+        until("bob still hears alice while she talks to the AI",
                lambda: _hears(bob, alice_id, ALICE_HZ), timeout=10)
         bob.save_screenshot(str(artifact_dir("browser") / "meeting-ai.png"))
 
         # releasing hands control back; the AI's ear gets silence again
         ActionChains(alice).release(talk).perform()
-        _until("control released",
+        until("control released",
                lambda: "controllingUser" not in _meeting(bob)["state"]["ai"])
-        _until("the AI falls silent for bob",
+        until("the AI falls silent for bob",
                lambda: (_meeting(bob)["heard"].get("ai") or {}).get("freq") == 0, timeout=30)
 
         for driver in (alice, bob):

@@ -26,6 +26,7 @@ from rooms.room import ALARM_INTERVAL
 from storage import Snapshot, decode_snapshot, encode_snapshot, open_store
 
 from .conftest import TEST_NAMESPACE
+from .polling import until
 
 pytestmark = pytest.mark.ray
 
@@ -54,16 +55,6 @@ def _alive(ray, room_id: str) -> bool:
         return True
     except ValueError:
         return False
-
-
-def _wait(predicate, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def _age_snapshot(url: str, room_id: str, seconds: float, stale: set[str]) -> Snapshot:
@@ -103,7 +94,7 @@ def test_idle_room_hibernates_and_wakes_with_its_state(ray_session, config, uniq
     answer = ray.get(poll, timeout=20)
     assert answer.hibernating is True and answer.entries == ()
 
-    _wait(lambda: not _alive(ray, unique_room), 20, "the actor to exit")
+    until("the actor to exit", lambda: not _alive(ray, unique_room), 20, every=0.1)
     named = ray.util.list_named_actors(all_namespaces=True)
     assert {"name": actor_name(unique_room), "namespace": TEST_NAMESPACE} not in named
     with pytest.raises(ray.exceptions.RayActorError):  # exited for good, not restarted
@@ -177,8 +168,9 @@ def test_alarm_fires_while_the_room_hibernates(ray_session, config, scheduler, s
     for info in infos.values():
         assert info["alarmAt"] is not None and info["alarmAt"] > time.time() + 10
 
-    # both go to sleep (idle timeout) with their alarm ~15 s ahead
-    _wait(lambda: not any(_alive(ray, r) for r in rooms), 20, "both rooms to hibernate")
+    until("both rooms to hibernate", lambda: not any(_alive(ray, r) for r in rooms), 20,
+          every=0.1)
+    until("both rooms to hibernate", lambda: not any(_alive(ray, r) for r in rooms), 20, every=0.1)
 
     # let 15 s pass for the sleeping rooms: the alarm falls due in 1 s, and the users
     # who stopped sending heartbeats are older than the heartbeat timeout by then
@@ -194,7 +186,7 @@ def test_alarm_fires_while_the_room_hibernates(ray_session, config, scheduler, s
         snaps = {r: _load(sqlite_url, r) for r in rooms}
         return snaps if all(s.epoch > infos[r]["epoch"] for r, s in snaps.items()) else None
 
-    snaps = _wait(swept, 20, "the scheduler to wake both rooms")
+    snaps = until("the scheduler to wake both rooms", swept, 20, every=0.1)
 
     # the lonely room: its stale user is gone and the meeting ended
     state = snaps[lonely].state["room"]
@@ -249,7 +241,7 @@ def test_a_failing_wake_is_retried_and_the_alarm_kept(ray_session, config, uniqu
             stats = ray.get(handle.stats.remote())
             return stats if stats["gave_up"] >= 2 else None
 
-        stats = _wait(retried_after_giving_up, 30, "two rounds of failed wakes")
+        stats = until("two rounds of failed wakes", retried_after_giving_up, 30, every=0.1)
         assert stats["failures"] >= 2 and stats["ran"] == 0
         assert "CorruptSnapshot" in stats["last_error"] or "RayTaskError" in stats["last_error"]
         assert (unique_room, due) in asyncio.run(write(None))  # the alarm is kept
@@ -265,7 +257,7 @@ def test_a_failing_wake_is_retried_and_the_alarm_kept(ray_session, config, uniqu
             stats = ray.get(handle.stats.remote())
             return stats if stats["ran"] + stats["not_due"] >= 1 else None
 
-        _wait(ran, 30, "the repaired room's alarm to run")
+        until("the repaired room's alarm to run", ran, 30, every=0.1)
         snap = _load(sqlite_url, unique_room)
         assert snap.epoch >= 1 and snap.state["room"].get("alarmAt") is None
     finally:
@@ -317,7 +309,7 @@ def test_metrics_are_exported_from_a_room_process(ray_session):
                    if not any(s.startswith(name + "{") and label in s for s in series)]
         return series if not missing else None
 
-    series = _wait(exported, 30, "the room metrics at the metrics endpoint", interval=0.5)
+    series = until("the room metrics at the metrics endpoint", exported, 30, every=0.5)
     assert any('type="other"' in s for s in series if s.startswith("ray_rooms_messages"))
     assert not any("client-chosen" in s for s in series)
 
