@@ -9,7 +9,8 @@ warm pool of ``ROOMS_WARM_WORKERS`` per node) with a throwaway SQLite store.
    ``heartbeat`` message, until the reply; beside a bare actor's creation + one call,
    and beside a bare actor in the rooms' runtime environment, which takes a warm
    worker as a room does (Ray's own floor for an actor on a ready process).
-   Interleaved, one at a time, a second apart (the pool refills in the background).
+   Interleaved, one at a time, ``--gap`` seconds apart (2.5: the pool replaces a taken
+   worker one second after, and that process start should not land on a measurement).
    Target: p50 ratio to the bare actor <= 0.3.
 2. **Surge**: ``--surge`` new rooms, ``--batch`` at a time (connect + heartbeat each),
    rooms/s per batch; the rooms are then removed and as many bare actors are created
@@ -86,7 +87,8 @@ async def _bare(**options: Any) -> Any:
     return actor
 
 
-async def cold(config: Any, count: int) -> tuple[list[float], list[float], list[float]]:
+async def cold(config: Any, count: int,
+               gap_s: float = 2.5) -> tuple[list[float], list[float], list[float]]:
     """Section 1 (seconds): new rooms, bare actors, and bare actors in the rooms'
     runtime environment, which take a warm worker too (Ray's own floor)."""
     from ray.runtime_env import RuntimeEnv
@@ -100,16 +102,16 @@ async def cold(config: Any, count: int) -> tuple[list[float], list[float], list[
     bares: list[float] = []
     floors: list[float] = []
     for k in range(count):
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(gap_s)
         started = time.perf_counter()
         handle = await _activate(f"cold-{uuid.uuid4().hex[:10]}", config)
         rooms.append(time.perf_counter() - started)
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(gap_s)
         started = time.perf_counter()
         actor = await _bare()
         bares.append(time.perf_counter() - started)
         ray.kill(actor)
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(gap_s)
         started = time.perf_counter()
         floor = await _bare(runtime_env=ROOM_RUNTIME_ENV)
         floors.append(time.perf_counter() - started)
@@ -159,7 +161,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     await asyncio.sleep(3.0)
 
     _progress(f"1. cold activation, {args.cold} of each")
-    cold_rooms, cold_bares, cold_floors = await cold(config, args.cold)
+    cold_rooms, cold_bares, cold_floors = await cold(config, args.cold, args.gap)
 
     _progress(f"2. surge: {args.surge} new rooms, {args.batch} at a time")
     room_rates, handles = await surge(
@@ -193,6 +195,9 @@ def main() -> None:
     parser.add_argument("--cold", type=int, default=15)
     parser.add_argument("--surge", type=int, default=200)
     parser.add_argument("--batch", type=int, default=50)
+    parser.add_argument("--gap", type=float, default=2.5,
+                        help="seconds between cold measurements (a pool replaces a taken "
+                             "worker 1 s after; measure on a quiet machine)")
     args = parser.parse_args()
     r = asyncio.run(run(args))
 
