@@ -85,7 +85,8 @@ def get_room(room_id: str, config: RoomsConfig | None = None) -> "ray.actor.Acto
     config = config or RoomsConfig()
     options = room_actor_options(room_id, config)
     if "resources" in options and free_slots() < 1 and not _exists(options["name"], config):
-        shed_one(config, prefix=ACTOR_PREFIX, exclude=room_id)  # at the bound: free a slot for the new room
+        # at the bound: free a slot for the new room
+        shed_one(config, prefix=ACTOR_PREFIX, exclude=room_id)
     return RemoteRoomActor.options(**options).remote(room_id, config)
 
 

@@ -255,16 +255,15 @@ class GatewayServer:
         """``/partytracks/<path>``: the Calls proxy of Cloudflare's partytracks library
         (:mod:`actors.gateway.partytracks`), for identified users only (401); 503 when
         no Calls app is configured."""
-        try:
-            name = self._identify(request).name
-        except AuthError as error:
-            return answer_for(error).response(error)
-        proxy = self._partytracks()
-        if proxy is None:
-            return JSONResponse({"errorCode": "calls_not_configured",
-                                 "errorDescription": "no Cloudflare Calls app is configured"},
-                                status_code=503)
-        return await proxy.handle(path, request, name)
+        async def work(name: str) -> Any:
+            proxy = self._partytracks()
+            if proxy is None:
+                return JSONResponse({"errorCode": "calls_not_configured",
+                                     "errorDescription": "no Cloudflare Calls app is configured"},
+                                    status_code=503)
+            return await proxy.handle(path, request, name)
+
+        return await self._guard(request, None, work)
 
     # ---- WebSocket ---------------------------------------------------------------------
 
