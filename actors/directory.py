@@ -18,7 +18,7 @@ from .config import RoomsConfig
 from .errors import InvalidRoomId
 from .room_actor import RoomActor
 from .slots import ROOM_SLOT, free_slots, offers_slots, shed_one
-from .warmpool import ROOM_RUNTIME_ENV
+from .warmpool import room_runtime_env
 
 __all__ = ["ACTOR_PREFIX", "InvalidRoomId", "RemoteRoomActor", "actor_name", "get_room",
            "list_room_actors", "room_actor_options", "validate_room_id"]
@@ -51,7 +51,7 @@ def room_actor_options(room_id: str, config: RoomsConfig) -> dict[str, Any]:
     slots = {"resources": {ROOM_SLOT: 1}} if offers_slots() else {}
     return {
         **slots,
-        "runtime_env": ROOM_RUNTIME_ENV,
+        "runtime_env": room_runtime_env(config.store_url),
         "name": actor_name(validate_room_id(room_id)),
         "namespace": config.namespace,
         "get_if_exists": True,

@@ -56,7 +56,7 @@ from .config import RoomsConfig
 from .errors import NotOwner, RoomFull, RoomHibernating
 from .outbox import Outbox
 from .services import build_services, realtime_model
-from .warmpool import notify_started
+from .warmpool import notify_started, preloaded_at
 from .wire import Delivery, OutboxEntry
 
 __all__ = ["Lifecycle", "RoomActor", "RoomFull", "RoomHibernating"]
@@ -677,9 +677,12 @@ class RoomActor:
 
     def where(self) -> dict[str, Any]:
         """Return where this actor runs, without activating the room: ``{"node_id":
-        hex or None (outside Ray), "pid": int, "lifecycle": str}``."""
+        hex or None (outside Ray), "pid": int, "lifecycle": str, "preloaded_at": UNIX s
+        when its worker imported the room runtime at start (a warm worker: before the
+        room was asked for), or None}``."""
         node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
-        return {"node_id": node_id, "pid": os.getpid(), "lifecycle": self.lifecycle.value}
+        return {"node_id": node_id, "pid": os.getpid(), "lifecycle": self.lifecycle.value,
+                "preloaded_at": preloaded_at()}
 
     def pid(self) -> int:
         """Return the process id of this actor's worker (for operators and tests)."""

@@ -13,10 +13,16 @@ What Ray offers, and what this module uses (Ray 2.60):
   environment, kept ``keep_alive_duration_secs`` past the idle-worker soft limit. There
   is no public Python API for it: :func:`prestart` calls the RPC through Ray's own gRPC
   helper (with Ray's token authentication); if it fails, rooms simply start cold.
-* ``worker_process_setup_hook`` in a runtime environment runs a function in every
-  worker of that environment when it starts: :data:`ROOM_RUNTIME_ENV` names
-  :func:`preload`, which imports the room runtime, so a prestarted worker has done
-  that before any room needs it.
+* ``worker_process_setup_hook`` runs a function in a worker when it starts, but Ray
+  honours it only in the *job's* runtime environment (``ray.init`` or a job
+  submission, which turn it into the environment variable
+  ``__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR`` that ``default_worker.py`` reads). In an
+  actor's own runtime environment the field is kept for display and never run
+  (checked: ``sys.modules`` of such a prestarted worker lacked the room runtime, and
+  a room's creation and first call took ~150 ms instead of ~55 ms).
+  :func:`room_runtime_env` therefore sets that variable itself, naming
+  :func:`preload`, which imports the room runtime (and the store's driver); a room's
+  worker, prestarted or not, has done that before the room's ``__init__``. ``tests/test_warmpool.py`` fails if a Ray upgrade changes this.
 
 :class:`WarmPool` is one small detached actor per node (``warm-pool:<node id>``). Each
 room actor tells its node's pool when it started (:func:`notify_started`, fire and
@@ -32,35 +38,66 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import os
 import time
 from typing import Any
 
 import ray
 
-__all__ = ["POOL_PREFIX", "PRELOAD", "ROOM_RUNTIME_ENV", "WarmPool", "ensure_warm_pools",
-           "notify_started", "preload", "prestart"]
+__all__ = ["POOL_PREFIX", "PRELOAD", "PRELOAD_ENV", "SETUP_HOOK_ENV", "WarmPool",
+           "ensure_warm_pools", "notify_started", "preload", "preloaded_at", "prestart",
+           "room_runtime_env"]
 
 log = logging.getLogger("ray_rooms.warmpool")
 
 POOL_PREFIX = "warm-pool:"
 """Actor name prefix of the per-node pools (``warm-pool:<node id hex>``)."""
-ROOM_RUNTIME_ENV: dict[str, Any] = {"worker_process_setup_hook": "actors.warmpool.preload"}
-"""The runtime environment of room actors (and of the workers prestarted for them)."""
+try:
+    from ray._private.ray_constants import WORKER_PROCESS_SETUP_HOOK_ENV_VAR as SETUP_HOOK_ENV
+except ImportError:  # pragma: no cover - the name Ray 2.x uses
+    SETUP_HOOK_ENV = "__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR"
+"""The variable Ray's ``default_worker.py`` reads to run a setup hook (a
+``module.function`` name) when a worker starts."""
+PRELOAD_ENV = "RAY_ROOMS_PRELOAD"
+"""The variable that tells :func:`preload` what to import (comma-separated modules)."""
+PRELOAD = ("actors.room_actor",)
+"""What :func:`preload` always imports: the room actor's class and what its activation
+needs (the models, the SQLite and memory stores). The AI bridges (httpx, ~6 MiB per
+process) are imported by a room when it first enables the AI, not by every room."""
+
+_preloaded_at: float | None = None
 
 
-PRELOAD = ("actors.room_actor", "bridges.calls", "bridges.openai", "storage.sqlite")
-"""What :func:`preload` imports: the room actor's class, its bridges, the default store."""
+def room_runtime_env(store_url: str) -> dict[str, Any]:
+    """The runtime environment of room actors whose store is ``store_url`` (and of the
+    workers prestarted for them): the setup hook :func:`preload`, told to import
+    :data:`PRELOAD` and, for a PostgreSQL store, ``storage.postgres`` (asyncpg).
+    Returns a ``runtime_env`` dict for ``.options()``; raises nothing."""
+    from storage.factory import is_shared_store
+
+    modules = [*PRELOAD, *(["storage.postgres"] if is_shared_store(store_url) else [])]
+    return {"env_vars": {SETUP_HOOK_ENV: f"{__name__}.preload",
+                         PRELOAD_ENV: ",".join(modules)}}
 
 
 def preload() -> None:
-    """The worker setup hook: import :data:`PRELOAD` so that creating a room imports
-    nothing. Raises nothing (an import error shows up again, clearly, when the room
-    starts)."""
+    """The worker setup hook: import the modules :data:`PRELOAD_ENV` names (default
+    :data:`PRELOAD`), so that creating a room imports nothing, and record when
+    (:func:`preloaded_at`). Raises nothing (an import error shows up again, clearly,
+    when the room starts)."""
+    global _preloaded_at
     try:
-        for name in PRELOAD:
-            importlib.import_module(name)
+        for name in filter(None, os.environ.get(PRELOAD_ENV, ",".join(PRELOAD)).split(",")):
+            importlib.import_module(name.strip())
+        _preloaded_at = time.time()
     except Exception:  # noqa: BLE001 - never fail a worker's start
         log.exception("preloading the room runtime failed")
+
+
+def preloaded_at() -> float | None:
+    """When (UNIX s) :func:`preload` finished in this process, or ``None`` if it did not
+    run here (a worker started without the rooms' runtime environment)."""
+    return _preloaded_at
 
 
 def prestart(node: dict[str, Any], count: int, *, serialized_env: str, job_id: str,
@@ -190,10 +227,10 @@ class WarmPool:
 RemoteWarmPool = ray.remote(WarmPool)
 
 
-def ensure_warm_pools(namespace: str, size: int) -> list[str]:
+def ensure_warm_pools(namespace: str, size: int, store_url: str) -> list[str]:
     """Start (once) a :class:`WarmPool` on every alive node; return their names.
     ``size`` 0 starts none. Each pool warms right away for this job and
-    :data:`ROOM_RUNTIME_ENV` (rooms created elsewhere, e.g. by gateway replicas with
+    :func:`room_runtime_env` of ``store_url`` (rooms created elsewhere, e.g. by gateway replicas with
     their own environment, teach their pool theirs when they start). Raises nothing for
     a node it cannot reach (that node's rooms start cold)."""
     from ray.runtime_env import RuntimeEnv
@@ -203,7 +240,7 @@ def ensure_warm_pools(namespace: str, size: int) -> list[str]:
     if size <= 0:
         return names
     initial = (ray.get_runtime_context().get_job_id(),
-               RuntimeEnv(**ROOM_RUNTIME_ENV).serialize())
+               RuntimeEnv(**room_runtime_env(store_url)).serialize())
     for node in ray.nodes():
         if not node["Alive"]:
             continue

@@ -93,9 +93,10 @@ async def cold(config: Any, count: int,
     runtime environment, which take a warm worker too (Ray's own floor)."""
     from ray.runtime_env import RuntimeEnv
 
-    from actors.warmpool import POOL_PREFIX, ROOM_RUNTIME_ENV
+    from actors.warmpool import POOL_PREFIX, room_runtime_env
 
-    env = RuntimeEnv(**ROOM_RUNTIME_ENV).serialize()
+    runtime_env = room_runtime_env(config.store_url)
+    env = RuntimeEnv(**runtime_env).serialize()
     pool = ray.get_actor(POOL_PREFIX + ray.get_runtime_context().get_node_id(),
                          namespace=config.namespace)
     rooms: list[float] = []
@@ -113,7 +114,7 @@ async def cold(config: Any, count: int,
         ray.kill(actor)
         await asyncio.sleep(gap_s)
         started = time.perf_counter()
-        floor = await _bare(runtime_env=ROOM_RUNTIME_ENV)
+        floor = await _bare(runtime_env=runtime_env)
         floors.append(time.perf_counter() - started)
         ray.kill(floor)
         # it took a warm worker as a room does: have the pool replace it, as a room would
@@ -155,7 +156,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
              log_to_driver=False, namespace=config.namespace,
              resources=slot_resources(config))
-    pools = ensure_warm_pools(config.namespace, config.warm_workers)
+    pools = ensure_warm_pools(config.namespace, config.warm_workers, config.store_url)
     _progress(f"warm pools: {pools} ({config.warm_workers} workers each)")
     await _bare()  # export Bare once
     await asyncio.sleep(3.0)

@@ -1,0 +1,75 @@
+"""Warm workers (actors/warmpool.py), on the session's real Ray: a room's worker has
+imported the room runtime before the room is created, and with a warm pool on the node
+new rooms take workers started before they were asked for, which the pool replaces.
+
+These fail if a Ray upgrade stops running the setup hook named in an actor's runtime
+environment, or stops handing prestarted workers to actors.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from actors.config import RoomsConfig
+from actors.warmpool import POOL_PREFIX, ensure_warm_pools
+
+from .conftest import TEST_NAMESPACE
+from .polling import until
+
+
+@pytest.fixture
+def config(sqlite_url) -> RoomsConfig:
+    return RoomsConfig(namespace=TEST_NAMESPACE, store_url=sqlite_url, idle_timeout=0)
+
+
+def _new_room(ray, config: RoomsConfig) -> tuple[float, dict]:
+    """Create a new room; return (when get_room was called, its ``where()``)."""
+    from actors.directory import get_room
+
+    asked = time.time()
+    handle = get_room(f"warm-{uuid.uuid4().hex[:10]}", config)
+    where = ray.get(handle.where.remote(), timeout=60)
+    ray.kill(handle)
+    return asked, where
+
+
+def test_a_rooms_worker_imports_the_room_runtime_before_the_room_starts(ray_session,
+                                                                         config):
+    ray = ray_session
+    asked, where = _new_room(ray, config)
+    # the setup hook ran in the room's worker (prestarted or not) before its __init__
+    assert where["preloaded_at"] is not None
+    assert where["preloaded_at"] < time.time()
+
+
+def test_new_rooms_take_prestarted_workers_and_the_pool_replaces_them(ray_session, config):
+    ray = ray_session
+    node = ray.get_runtime_context().get_node_id()
+    names = ensure_warm_pools(TEST_NAMESPACE, 2, config.store_url)
+    assert names == [POOL_PREFIX + node]
+
+    def lookup():
+        try:
+            return ray.get_actor(names[0], namespace=TEST_NAMESPACE)
+        except ValueError:  # not registered yet
+            return None
+
+    pool = until("the warm pool", lookup)
+    try:
+        until("the pool's first workers",
+              lambda: ray.get(pool.stats.remote())["prestarted"] >= 2)
+        time.sleep(3.0)  # their processes start and preload
+        for k in range(3):  # more rooms than the pool holds: it must replace workers
+            asked, where = _new_room(ray, config)
+            assert where["preloaded_at"] is not None
+            # the worker had started and imported the runtime before the room existed
+            assert where["preloaded_at"] < asked, f"room {k} started in a new process"
+            time.sleep(3.0)  # the pool replaces the worker 1 s later; it starts, preloads
+        stats = ray.get(pool.stats.remote())
+        assert stats["rooms_started"] >= 3 and stats["failed"] == 0
+        assert stats["prestarted"] >= 2 + 3, stats
+    finally:
+        ray.kill(pool)
