@@ -20,6 +20,9 @@ variable                          meaning                                    def
                                   is started by ``rooms serve``/``demo``     (see slots)
 ``ROOMS_SHED_IDLE_S``             a room must be this many seconds without   ``5``
                                   a turn before it may be shed at the bound
+``ROOMS_SLOT_WAIT_S``             seconds a room without an actor waits for  ``10``
+                                  a free slot (shedding idle rooms) before
+                                  it is refused with ``no free room slot``
 ``ROOMS_WARM_WORKERS``            idle worker processes per node kept        ``2``
                                   ready for new rooms (0: none)
 ================================  =========================================  ===========
@@ -81,6 +84,8 @@ class RoomsConfig(BaseSettings):
         None, gt=0, description="room slots per node (None: from the node's memory)")
     shed_idle_s: float = Field(
         5.0, ge=0, description="seconds without a turn before a room may be shed")
+    slot_wait_s: float = Field(
+        10.0, ge=0, description="seconds a new room waits for a free slot at the bound")
     warm_workers: int = Field(
         2, ge=0, description="idle worker processes per node ready for new rooms")
     services: ServiceEndpoints = Field(default_factory=ServiceEndpoints)

@@ -10,12 +10,13 @@ snapshot) and need no CPU reservation, so thousands fit on a small node.
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 import ray
 
 from .config import RoomsConfig
-from .errors import InvalidRoomId
+from .errors import InvalidRoomId, NoFreeSlot
 from .room_actor import RoomActor
 from .slots import ROOM_SLOT, free_slots, offers_slots, shed_one
 from .warmpool import room_runtime_env
@@ -75,19 +76,36 @@ def get_room(room_id: str, config: RoomsConfig | None = None) -> "ray.actor.Acto
         The actor handle; call its methods (``connect``, ``message``, ``poll``, ...)
         with ``.remote()``.
 
-    At the ``room_slot`` bound (no free slot in the cluster), creating a new room first
-    hibernates the least recently active idle room (:func:`actors.slots.shed_one`); if
-    none may go, the new room waits, pending, for a slot.
+    At the ``room_slot`` bound (no free slot in the cluster), creating a room that has
+    no actor (new, or hibernated) first hibernates the least recently active idle room
+    (:func:`actors.slots.shed_one`); while none may go, it waits for a slot, trying again
+    every second, for at most ``config.slot_wait_s`` seconds (blocking the caller).
 
     Raises:
         InvalidRoomId: the id is not a valid room id.
+        NoFreeSlot: no slot came free within ``config.slot_wait_s``; nothing started.
     """
     config = config or RoomsConfig()
     options = room_actor_options(room_id, config)
     if "resources" in options and free_slots() < 1 and not _exists(options["name"], config):
-        # at the bound: free a slot for the new room
-        shed_one(config, prefix=ACTOR_PREFIX, exclude=room_id)
+        _make_room_for(room_id, config)
     return RemoteRoomActor.options(**options).remote(room_id, config)
+
+
+def _make_room_for(room_id: str, config: RoomsConfig, retry_s: float = 1.0) -> None:
+    """At the bound: shed a room for ``room_id`` or wait for a free slot, at most
+    ``config.slot_wait_s`` seconds. Raises :class:`NoFreeSlot` when neither happens."""
+    deadline = time.monotonic() + config.slot_wait_s
+    while True:
+        if shed_one(config, prefix=ACTOR_PREFIX, exclude=room_id) is not None:
+            return  # its slot frees as its actor exits; Ray places the new room then
+        if free_slots() >= 1:
+            return
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise NoFreeSlot(f"room {room_id!r} cannot start: every room slot is taken by "
+                             "a busy room; try again later")
+        time.sleep(min(retry_s, left))
 
 
 def _exists(name: str, config: RoomsConfig) -> bool:

@@ -4,6 +4,7 @@ draws the whole tree::
 
     RoomRuntimeError          the room runtime refused a call or could not make it
     ├── RoomFull              the room has RoomsConfig.max_connections connections
+    ├── NoFreeSlot            every room slot is taken by a room that may not hibernate
     ├── RoomHibernating       the room's actor is exiting; call it again through get_room
     ├── RoomUnavailable       a room call failed on every attempt (actor dead, restarting)
     ├── InvalidRoomId         (also ValueError) not 1-128 characters of [A-Za-z0-9._~-]
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 from rooms.errors import RoomsError
 
-__all__ = ["AuthError", "InvalidRoomId", "RoomFull", "RoomHibernating", "RoomRuntimeError",
+__all__ = ["AuthError", "InvalidRoomId", "NoFreeSlot", "RoomFull", "RoomHibernating", "RoomRuntimeError",
            "NotOwner", "OperatorRequired", "RoomUnavailable", "StoreNotShared"]
 
 
@@ -32,6 +33,14 @@ class RoomRuntimeError(RoomsError):
 class RoomFull(RoomRuntimeError):
     """The room has ``RoomsConfig.max_connections`` connections; the new one is refused
     (the gateway closes its socket with 1013 ``room full``)."""
+
+
+class NoFreeSlot(RoomRuntimeError):
+    """A room that has no actor (new, or hibernated) could not start: every
+    ``room_slot`` of the cluster stayed taken, for ``ROOMS_SLOT_WAIT_S`` seconds, by
+    rooms that may not hibernate (an AI job under way, or a turn within
+    ``ROOMS_SHED_IDLE_S``). Nothing was started; the gateway closes the socket with 1013
+    ``no free room slot`` (try again later)."""
 
 
 class RoomHibernating(RoomRuntimeError):

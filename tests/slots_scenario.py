@@ -9,6 +9,10 @@ gateway, the local emulators. Run by tests/test_slots.py as
    hibernate (``r1``: ``r0`` has its job) hibernates, and the sixth room starts.
 3. ``r1``'s socket is still open; its next frame wakes it (shedding the next idle room,
    ``r2``) with its state.
+4. Every live room kept busy (``r0``'s job, a heartbeat every 0.3 s in the others): a
+   seventh room finds no room it may shed, waits ``slot_wait_s`` and is refused with
+   1013 ``no free room slot``; no room was shed. Once the rooms are idle again, the
+   seventh room starts, shedding the least recently active (``r3``).
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ async def scenario(facts: dict) -> None:
                          api_key="sk-slots") as emu:
         config = RoomsConfig(
             namespace=f"slots-{uuid.uuid4().hex[:6]}", store_url=f"sqlite:///{tmp}/r.sqlite3",
-            idle_timeout=0, shed_idle_s=1.0, poll_timeout=5.0,
+            idle_timeout=0, shed_idle_s=1.0, poll_timeout=5.0, slot_wait_s=2.0,
             services=ServiceEndpoints(
                 calls_base_url=emu.calls_base_url, calls_app_id="slots-app",
                 calls_app_secret=SecretStr("slots-secret"),
@@ -114,7 +118,37 @@ async def scenario(facts: dict) -> None:
         facts["woken_users"] = sorted(u["id"] for u in message["state"]["users"])
         facts["alive_after_wake"] = alive_rooms(config.namespace)
         facts["r0_jobs_after_wake"] = await r0_jobs(config.namespace)
-        for client in [*clients.values(), sixth]:
+
+        # 4. every live room busy: a seventh room is refused, not left pending
+        busy = [clients["r1"], clients["r3"], clients["r4"], sixth]
+
+        async def keep_busy() -> None:
+            while True:
+                for client in busy:
+                    client.send({"type": "heartbeat"})
+                await asyncio.sleep(0.3)
+
+        keeper = asyncio.ensure_future(keep_busy())
+        await asyncio.sleep(0.5)
+        started = time.monotonic()
+        seventh = await open_client(f"{ws}/parties/rooms/r6?_pk=c6&username=u6")
+        await asyncio.wait_for(seventh.closed.wait(), 60)
+        facts["refused_after_s"] = round(time.monotonic() - started, 2)
+        facts["refused_close"] = [seventh.ws.close_code, seventh.ws.close_reason]
+        facts["refused_messages"] = seventh.messages
+        facts["alive_after_refusal"] = alive_rooms(config.namespace)
+        facts["sockets_open_after_refusal"] = {
+            r: not c.closed.is_set() for r, c in [*clients.items(), ("r5", sixth)]}
+        keeper.cancel()
+        await asyncio.sleep(0.3)
+        for client in [clients["r1"], clients["r4"], sixth]:  # r3: the least recently active
+            client.send({"type": "heartbeat"})
+        await asyncio.sleep(1.5)  # idle again: the seventh room may shed one now
+        seventh = await open_client(f"{ws}/parties/rooms/r6?_pk=c6&username=u6")
+        seventh.send({"type": "userUpdate", "user": {"id": "c6", "name": "u6", "joined": True}})
+        await seventh.wait_for(lambda m: user_of(m, "c6") is not None, "the seventh room", 60)
+        facts["alive_after_seventh"] = alive_rooms(config.namespace)
+        for client in [*clients.values(), sixth, seventh]:
             await client.ws.close()
 
 

@@ -59,6 +59,17 @@ def test_a_room_with_an_ai_job_is_never_shed(facts):
     assert facts["r0_jobs_after_sixth"] == 1 and facts["r0_jobs_after_wake"] == 1
 
 
+def test_a_room_that_finds_every_slot_busy_is_refused_not_left_pending(facts):
+    assert facts["refused_close"] == [1013, "no free room slot"]
+    assert facts["refused_messages"] == []  # never seated
+    # it waited slot_wait_s (2 s) for a slot, then gave up
+    assert 2.0 <= facts["refused_after_s"] < 30, facts["refused_after_s"]
+    assert facts["alive_after_refusal"] == facts["alive_after_wake"]  # nothing was shed
+    assert all(facts["sockets_open_after_refusal"].values())
+    # once rooms are idle again it starts, shedding the least recently active idle room
+    assert facts["alive_after_seventh"] == ["r0", "r1", "r4", "r5", "r6"]  # r3 went
+
+
 def test_the_default_bound_follows_memory():
     assert default_max_live_rooms(24 * 2**30) == int(24 * 2**30 * 0.75 // ROOM_COST_BYTES)
     assert default_max_live_rooms(10) == 1

@@ -32,7 +32,7 @@ import ray
 from storage.base import StorageUnavailable
 
 from ..directory import actor_name
-from ..errors import RoomUnavailable
+from ..errors import NoFreeSlot, RoomUnavailable
 from ..wire import Delivery, OutboxEntry
 from .errors import error_frame
 from .limits import GatewayLimits
@@ -185,6 +185,8 @@ class RoomChannel:
                 text = "the room is unavailable; try again"
             except StorageUnavailable:  # the room kept its last durable state
                 text = "storage unavailable; try again"
+            except NoFreeSlot:  # a hibernated room could not wake: nothing was applied
+                text = "no free room slot; try again later"
             except Exception as error:  # noqa: BLE001 - tell the senders, go on
                 log.warning("room %s: deliver failed (%s)", self.ref.room_id,
                             type(error).__name__)
@@ -247,6 +249,12 @@ class RoomChannel:
                     self.cursor, 0 if first else timeout, self.poller)
             except asyncio.CancelledError:
                 raise
+            except NoFreeSlot as error:  # at the bound: refuse the sockets still waiting
+                if self._ready is not None and not self._ready.done():
+                    self._ready.set_exception(error)
+                    return
+                await asyncio.sleep(delay)
+                continue
             except Exception as error:  # noqa: BLE001 - back off, resolve again
                 log.info("room %s: poll failed (%s); retrying", self.ref.room_id,
                          type(error).__name__)

@@ -9,6 +9,7 @@ error                     HTTP    close  reason sent with the close
 ``NotOwner``              403     1008   ``connection belongs to another user``
 ``OperatorRequired``      403     1008   ``operator only``
 ``RoomFull``              503     1013   ``room full``
+``NoFreeSlot``            503     1013   ``no free room slot``
 ``RoomUnavailable``       503     1011   ``room unavailable``
 ``RoomHibernating``       503     1011   ``room unavailable``
 ``StorageUnavailable``    503     1011   ``storage unavailable``
@@ -30,8 +31,8 @@ from fastapi.responses import JSONResponse
 from rooms.errors import RoomsError
 from storage.base import StorageUnavailable
 
-from ..errors import (AuthError, InvalidRoomId, NotOwner, OperatorRequired, RoomFull,
-                      RoomHibernating, RoomUnavailable)
+from ..errors import (AuthError, InvalidRoomId, NoFreeSlot, NotOwner, OperatorRequired,
+                      RoomFull, RoomHibernating, RoomUnavailable)
 from .limits import CLOSE_POLICY, CLOSE_ROOM_UNAVAILABLE, CLOSE_TRY_AGAIN
 
 __all__ = ["Answer", "answer_for", "error_frame"]
@@ -70,6 +71,7 @@ _ANSWERS: dict[type[RoomsError], Answer] = {
     NotOwner: Answer(403, CLOSE_POLICY, "connection belongs to another user"),
     OperatorRequired: Answer(403, CLOSE_POLICY, "operator only"),
     RoomFull: Answer(503, CLOSE_TRY_AGAIN, "room full"),
+    NoFreeSlot: Answer(503, CLOSE_TRY_AGAIN, "no free room slot"),
     RoomUnavailable: Answer(503, CLOSE_ROOM_UNAVAILABLE, "room unavailable"),
     RoomHibernating: Answer(503, CLOSE_ROOM_UNAVAILABLE, "room unavailable"),
     StorageUnavailable: Answer(503, CLOSE_ROOM_UNAVAILABLE, "storage unavailable"),
