@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -37,39 +36,11 @@ from typing import Any
 
 import ray
 
+from benchmarks.common import Bare, pct, progress, smaps, verdict
+
 TARGET_COLD_RATIO = 0.3
 TARGET_MEMORY_RATIO = 1.1
 HEARTBEAT = json.dumps({"type": "heartbeat"})
-
-
-@ray.remote(num_cpus=0)
-class Bare:
-    """The baseline: an async actor with a trivial method, in its own worker."""
-
-    async def call(self, conn: str, text: str) -> int:
-        """One call (arguments as a room's ``message``); returns 1."""
-        return 1
-
-    def pid(self) -> int:
-        """The worker's process id."""
-        return os.getpid()
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
-
-
-def _progress(text: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
-
-
-def _pss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no Pss for {pid}")
 
 
 async def _activate(room_id: str, config: Any) -> Any:
@@ -120,7 +91,7 @@ async def cold(config: Any, count: int,
         # it took a warm worker as a room does: have the pool replace it, as a room would
         pool.room_started.remote(ray.get_runtime_context().get_job_id(), env)
         ray.kill(handle)
-        _progress(f"   {k + 1}/{count}: room {rooms[-1] * 1000:.0f} ms, "
+        progress(f"   {k + 1}/{count}: room {rooms[-1] * 1000:.0f} ms, "
                   f"bare {bares[-1] * 1000:.0f} ms, bare on a warm worker "
                   f"{floors[-1] * 1000:.0f} ms")
     return rooms, bares, floors
@@ -134,7 +105,7 @@ async def surge(make, total: int, batch: int) -> tuple[list[float], list[Any]]:
         began = time.perf_counter()
         made += await asyncio.gather(*(make() for _ in range(n)))
         rates.append(n / (time.perf_counter() - began))
-        _progress(f"   {start + n}/{total}: {rates[-1]:.1f}/s")
+        progress(f"   {start + n}/{total}: {rates[-1]:.1f}/s")
     return rates, made
 
 
@@ -142,7 +113,7 @@ async def _mean_pss(actors: list[Any], sample: int = 20) -> float:
     """Section 3: mean PSS (MiB) of up to ``sample`` of ``actors``' workers."""
     await asyncio.sleep(2.0)
     pids = await asyncio.gather(*(a.pid.remote() for a in actors[:sample]))
-    return statistics.mean(_pss_kb(p) for p in pids) / 1024
+    return statistics.mean(smaps(p)["Pss"] for p in pids) / 1024
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -157,14 +128,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
              log_to_driver=False, namespace=config.namespace,
              resources=slot_resources(config))
     pools = ensure_warm_pools(config.namespace, config.warm_workers, config.store_url)
-    _progress(f"warm pools: {pools} ({config.warm_workers} workers each)")
+    progress(f"warm pools: {pools} ({config.warm_workers} workers each)")
     await _bare()  # export Bare once
     await asyncio.sleep(3.0)
 
-    _progress(f"1. cold activation, {args.cold} of each")
+    progress(f"1. cold activation, {args.cold} of each")
     cold_rooms, cold_bares, cold_floors = await cold(config, args.cold, args.gap)
 
-    _progress(f"2. surge: {args.surge} new rooms, {args.batch} at a time")
+    progress(f"2. surge: {args.surge} new rooms, {args.batch} at a time")
     room_rates, handles = await surge(
         lambda: _activate(f"surge-{uuid.uuid4().hex[:10]}", config), args.surge, args.batch)
     room_pss = await _mean_pss(handles)
@@ -174,7 +145,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     for h in handles:
         ray.kill(h)
     await asyncio.sleep(5.0)  # the bare surge starts from the same number of processes
-    _progress(f"   then {args.surge} bare actors, {args.batch} at a time")
+    progress(f"   then {args.surge} bare actors, {args.batch} at a time")
     bare_rates, actors = await surge(_bare, args.surge, args.batch)
     bare_pss = await _mean_pss(actors)
     for a in actors:
@@ -201,20 +172,16 @@ def main() -> None:
                              "worker 1 s after; measure on a quiet machine)")
     args = parser.parse_args()
     r = asyncio.run(run(args))
-
-    def verdict(ok: bool) -> str:
-        return "MET" if ok else "NOT MET"
-
     cold_ratio = statistics.median(r["cold_rooms"]) / statistics.median(r["cold_bares"])
     mem_ratio = r["room_pss"] / r["bare_pss"]
     print()
     print(f"{'':34} {'p50 ms':>8} {'p99 ms':>8}")
-    print(f"{'cold: new room + first message':34} {_pct(r['cold_rooms'], .5):8.1f} "
-          f"{_pct(r['cold_rooms'], .99):8.1f}")
-    print(f"{'cold: bare actor create + call':34} {_pct(r['cold_bares'], .5):8.1f} "
-          f"{_pct(r['cold_bares'], .99):8.1f}")
-    print(f"{'cold: bare actor on a warm worker':34} {_pct(r['cold_floors'], .5):8.1f} "
-          f"{_pct(r['cold_floors'], .99):8.1f}")
+    print(f"{'cold: new room + first message':34} {pct(r['cold_rooms'], .5):8.1f} "
+          f"{pct(r['cold_rooms'], .99):8.1f}")
+    print(f"{'cold: bare actor create + call':34} {pct(r['cold_bares'], .5):8.1f} "
+          f"{pct(r['cold_bares'], .99):8.1f}")
+    print(f"{'cold: bare actor on a warm worker':34} {pct(r['cold_floors'], .5):8.1f} "
+          f"{pct(r['cold_floors'], .99):8.1f}")
     print(f"surge, rooms/s per batch:  {' '.join(f'{x:.1f}' for x in r['room_rates'])}")
     print(f"surge, bare actors/s:      {' '.join(f'{x:.1f}' for x in r['bare_rates'])}")
     print(f"memory per live room: {r['room_pss']:.1f} MiB PSS; bare actor "

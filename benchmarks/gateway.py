@@ -38,10 +38,10 @@ Python proxy actor), then measures:
 2. **Broadcast**: one ``userUpdate`` in a room of ``--sockets`` sockets; the time until
    every socket has the ``roomState`` carrying it (p50/p99) and deliveries per second
    (sockets x rounds / total time).
-3. **Cold activation**: a room hibernated with ``room.hibernate.remote()`` (its actor
-   exits); the time of ``get_room(...)`` + the first ``userUpdate`` until its reply
-   (the turn's durable return), beside creating a trivial Ray actor and calling one
-   method; p50 over ``--activations`` of each, interleaved.
+3. **Cold activation**: measured as ``benchmarks/activation.py`` does (with this node's
+   warm pool): a new room's ``get_room`` + ``connect`` + first ``heartbeat`` until its
+   reply, beside a bare actor's creation + one call and a bare actor on a warm worker;
+   ``--activations`` of each, interleaved, ``--gap`` seconds apart.
 4. **Memory**: PSS (and USS = private pages) from ``/proc/<pid>/smaps_rollup`` of one
    live room actor's worker after a few turns, beside a bare Ray actor's worker.
 
@@ -54,7 +54,8 @@ within 1.2x of a bare actor. All clients run in the driver process on the same
 machine, so they share its CPUs with Ray.
 
 Run: ``python -m benchmarks.gateway [--clients 8] [--sockets 50] [--seconds 4]
-[--mix-rounds 3] [--window 32] [--rounds 20] [--activations 10] [--ingress haproxy|proxy]``.
+[--mix-rounds 3] [--window 32] [--rounds 20] [--activations 10] [--gap 2.5]
+[--ingress haproxy|proxy]``.
 """
 
 from __future__ import annotations
@@ -62,7 +63,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -71,30 +71,15 @@ from typing import Any, Awaitable, Callable
 
 import ray
 
+from benchmarks.activation import cold
+from benchmarks.common import Bare, pct, progress, smaps, verdict
+
 PING = json.dumps({"type": "partyserver-ping"})
 HEARTBEAT = json.dumps({"type": "heartbeat"})
 HEARTBEAT_EVERY_S = 5.0  # as Orange's clients; the room drops a user silent for 15 s
 TARGET_P50_RATIO = 2.5
 TARGET_RATE = 2000.0
 TARGET_PSS_RATIO = 1.2
-
-
-@ray.remote(num_cpus=0)
-class Bare:
-    """The baseline: an async actor with a trivial method, in its own worker."""
-
-    def __init__(self) -> None:
-        self.n = 0
-
-    async def call(self, conn: str, text: str) -> int:
-        """Count one call; ``conn``/``text`` are ignored (same arguments as a room's
-        ``message``). Returns the number of calls so far."""
-        self.n += 1
-        return self.n
-
-    def pid(self) -> int:
-        """Return the worker's process id."""
-        return os.getpid()
 
 
 def update(conn: str, k: int) -> str:
@@ -126,27 +111,6 @@ async def _heartbeats(sockets: list[Any]) -> None:
                 await ws.send(HEARTBEAT)
             except Exception:  # noqa: BLE001 - closing
                 pass
-
-
-def _pct(values: list[float], q: float) -> float:
-    """The ``q`` quantile of ``values`` (seconds), in milliseconds."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
-
-
-def _progress(text: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
-
-
-def _smaps(pid: int) -> dict[str, int]:
-    """``/proc/<pid>/smaps_rollup`` fields in kB (``Pss``, ``Private_Dirty``, ...)."""
-    fields = {}
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) == 3 and parts[2] == "kB":
-                fields[parts[0].rstrip(":")] = int(parts[1])
-    return fields
 
 
 async def _loop(clients: int, seconds: float,
@@ -293,12 +257,12 @@ async def round_trips(base: str, config: Any, clients: int, seconds: float,
     for key, (lat, rates) in list(results.items()):
         results[key] = (lat, statistics.mean(rates))
     for name, _ in kinds:
-        _progress(f"  {name}: {results[name][1]:.0f}/s with {clients} clients, "
-                  f"p50 {_pct(results[name][0], .5):.2f} ms")
+        progress(f"  {name}: {results[name][1]:.0f}/s with {clients} clients, "
+                  f"p50 {pct(results[name][0], .5):.2f} ms")
     results["ping"] = await _loop(clients, seconds / 2, ws_ping)
-    _progress(f"  ping: {results['ping'][1]:.0f}/s")
+    progress(f"  ping: {results['ping'][1]:.0f}/s")
     results["piped"] = await _pipelined(sockets, window, seconds)
-    _progress(f"  pipelined: {results['piped'][1]:.0f}/s with {clients} clients x "
+    progress(f"  pipelined: {results['piped'][1]:.0f}/s with {clients} clients x "
               f"{window} in flight")
     beats.cancel()
     for ws in sockets + meeting:
@@ -360,48 +324,6 @@ async def broadcast(base: str, n: int, rounds: int) -> tuple[list[float], float]
     return times, n * rounds / sum(times)
 
 
-def cold_activation(config: Any, count: int) -> tuple[list[float], list[float]]:
-    """Section 3: ``get_room`` + first ``userUpdate`` of a hibernated room, and a bare
-    actor's creation + one call; ``count`` of each, interleaved. Returns seconds."""
-    from actors.directory import actor_name, get_room
-
-    room_id = f"bench-c-{uuid.uuid4().hex[:8]}"
-    ray.get(get_room(room_id, config).connect.remote("c-0", "c0"))
-    warm = Bare.remote()  # export the class once
-    ray.get(warm.call.remote("c", PING))
-    ray.kill(warm)
-    rooms: list[float] = []
-    bares: list[float] = []
-    for k in range(count):
-        handle = get_room(room_id, config)
-        ray.get(handle.message.remote("c-0", update("c-0", 1000 + k)))
-        try:
-            ray.get(handle.hibernate.remote(), timeout=30)
-        except ray.exceptions.RayActorError:
-            pass  # the actor exited while answering: expected
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:  # until the name is free
-            try:
-                ray.get_actor(actor_name(room_id), namespace=config.namespace)
-            except ValueError:
-                break
-            time.sleep(0.01)
-        time.sleep(0.3)  # let Ray's worker pool refill, alike for both
-        started = time.perf_counter()
-        handle = get_room(room_id, config)
-        ray.get(handle.message.remote("c-0", update("c-0", k)))
-        rooms.append(time.perf_counter() - started)
-
-        time.sleep(0.3)
-        started = time.perf_counter()
-        bare = Bare.remote()
-        ray.get(bare.call.remote("c", PING))
-        bares.append(time.perf_counter() - started)
-        ray.kill(bare)
-    ray.kill(get_room(room_id, config))
-    return rooms, bares
-
-
 def memory(config: Any) -> tuple[dict[str, int], dict[str, int]]:
     """Section 4: smaps_rollup (kB) of one live room actor after a few turns and of a
     bare actor after a few calls."""
@@ -419,7 +341,7 @@ def memory(config: Any) -> tuple[dict[str, int], dict[str, int]]:
         ray.get(bare.call.remote("m", PING))
     time.sleep(1.0)
     room_pid, bare_pid = ray.get(room.pid.remote()), ray.get(bare.pid.remote())
-    result = _smaps(room_pid), _smaps(bare_pid)
+    result = smaps(room_pid), smaps(bare_pid)
     ray.kill(bare)
     ray.kill(room)
     return result
@@ -439,34 +361,39 @@ def main() -> None:
                         help="Serve ingress: HAProxy + direct ingress, or Serve's proxy")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--activations", type=int, default=10)
+    parser.add_argument("--gap", type=float, default=2.5,
+                        help="seconds between cold activations (see benchmarks/activation.py)")
     args = parser.parse_args()
 
     from actors.config import RoomsConfig
     from actors.gateway import GatewayLimits, deploy_gateway, shutdown_gateway
     from actors.net import free_port
+    from actors.warmpool import ensure_warm_pools
 
     begun = time.perf_counter()
     namespace = f"rooms-bench-{uuid.uuid4().hex[:6]}"
-    _progress("starting a local Ray and the gateway...")
+    progress("starting a local Ray and the gateway...")
     ray.init(address="local", namespace=namespace, include_dashboard=False,
              configure_logging=False, log_to_driver=False)
     store = tempfile.mkdtemp(prefix="rooms-bench-")
     config = RoomsConfig(namespace=namespace, store_url=f"sqlite:///{store}/rooms.sqlite3",
                          idle_timeout=0)
+    ensure_warm_pools(namespace, config.warm_workers, config.store_url)  # as rooms serve
     limits = GatewayLimits(rate_per_s=1e6, burst=10**6, abuse_strikes=10**6)
     try:
         url = deploy_gateway(config, port=free_port(), dev=True, name="rooms-bench",
                              limits=limits, ingress=args.ingress)
         base = url.replace("http://", "ws://")
-        _progress(f"gateway at {url}; 1. round trips ({args.clients} clients, "
+        progress(f"gateway at {url}; 1. round trips ({args.clients} clients, "
                   f"{args.seconds:g} s each)")
         rt = asyncio.run(round_trips(base, config, args.clients, args.seconds,
                                      args.window, args.mix_rounds))
-        _progress(f"2. broadcast to {args.sockets} sockets, {args.rounds} rounds")
+        progress(f"2. broadcast to {args.sockets} sockets, {args.rounds} rounds")
         fan, fan_rate = asyncio.run(broadcast(base, args.sockets, args.rounds))
-        _progress(f"3. cold activation, {args.activations} of each")
-        cold_room, cold_bare = cold_activation(config, args.activations)
-        _progress("4. memory")
+        progress(f"3. cold activation, {args.activations} of each")
+        cold_room, cold_bare, cold_floor = asyncio.run(
+            cold(config, args.activations, args.gap))
+        progress("4. memory")
         mem_room, mem_bare = memory(config)
     finally:
         shutdown_gateway("rooms-bench")
@@ -487,25 +414,23 @@ def main() -> None:
         (f"websocket ping, {c} clients", rt["ping"]),
         (f"websocket pipelined, {c}x{args.window}", rt["piped"]),
         (f"broadcast to {args.sockets} sockets", (fan, fan_rate)),
-        ("cold: get_room + first userUpdate", (cold_room, None)),
+        ("cold: new room + first message", (cold_room, None)),
         ("cold: bare actor create + call", (cold_bare, None)),
+        ("cold: bare actor on a warm worker", (cold_floor, None)),
     ]
     for name, (values, rate) in rows:
         shown = "" if rate is None else f"{rate:9.0f}"
-        print(f"{name:38} {_pct(values, .5):9.2f} {_pct(values, .99):9.2f} {shown}")
+        print(f"{name:38} {pct(values, .5):9.2f} {pct(values, .99):9.2f} {shown}")
     print(f"{'':38} {'PSS MiB':>9} {'USS MiB':>9}")
     for name, m in [("room actor worker", mem_room), ("bare actor worker", mem_bare)]:
         uss = m.get("Private_Clean", 0) + m.get("Private_Dirty", 0)
         print(f"{name:38} {m['Pss'] / 1024:9.1f} {uss / 1024:9.1f}")
     print("(broadcast 'per s' = socket deliveries/s; round trips: messages/s)")
 
-    p50 = lambda key: _pct(rt[key][0], .5)  # noqa: E731
+    p50 = lambda key: pct(rt[key][0], .5)  # noqa: E731
     ratio_p50 = p50("ws") / p50("bare")
     ratio_pss = mem_room["Pss"] / mem_bare["Pss"]
     rate = rt["piped"][1]
-
-    def verdict(ok: bool) -> str:
-        return "MET" if ok else "NOT MET"
 
     print()
     print("ratios:")
@@ -530,7 +455,7 @@ def main() -> None:
           f"x{p50('ws') / p50('room'):.2f}")
     print(f"  websocket ping / userUpdate p50: x{p50('ping') / p50('ws'):.2f}")
     print(f"  broadcast p50 / websocket userUpdate p50 (1 client): "
-          f"x{_pct(fan, .5) / p50('ws1'):.2f}")
+          f"x{pct(fan, .5) / p50('ws1'):.2f}")
     print(f"  cold activation / bare actor creation, p50: "
           f"x{statistics.median(cold_room) / statistics.median(cold_bare):.2f}")
     print(f"  room actor PSS / bare actor PSS: x{ratio_pss:.2f}   "

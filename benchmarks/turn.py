@@ -1,7 +1,7 @@
 """Benchmark: a persisted room turn on SQLite and on PostgreSQL beside a bare Ray actor
 call, and the save throughput of 50 rooms writing at once, in one run.
 
-    python benchmarks/turn.py [--calls 2000] [--warmup 200] [--rooms 50]
+    python -m benchmarks.turn [--calls 2000] [--warmup 200] [--rooms 50]
                               [--postgres-url postgresql://...]
 
 With no ``--postgres-url`` it starts a throwaway PostgreSQL server itself (the machine's
@@ -36,19 +36,8 @@ import ray
 
 from actors.config import RoomsConfig
 from actors.directory import get_room
+from benchmarks.common import Bare
 from storage.pgserver import ThrowawayPostgres
-
-
-@ray.remote(num_cpus=0)
-class Bare:
-    """The baseline: an async actor with a trivial method."""
-
-    def __init__(self) -> None:
-        self.n = 0
-
-    async def call(self, conn: str, text: str) -> int:
-        self.n += 1
-        return self.n
 
 
 def measure(fn, calls: int, warmup: int) -> dict:
