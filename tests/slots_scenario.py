@@ -11,7 +11,8 @@ gateway, the local emulators. Run by tests/test_slots.py as
    ``r2``) with its state.
 4. Every live room kept busy (``r0``'s job, a heartbeat every 0.3 s in the others): a
    seventh room finds no room it may shed, waits ``slot_wait_s`` and is refused with
-   1013 ``no free room slot``; no room was shed. Once the rooms are idle again, the
+   1013 ``no free room slot``; no room was shed; a frame to the shed ``r2`` gets an
+   ``error`` and is not applied. Once the rooms are idle again, the
    seventh room starts, shedding the least recently active (``r3``).
 """
 
@@ -139,6 +140,14 @@ async def scenario(facts: dict) -> None:
         facts["alive_after_refusal"] = alive_rooms(config.namespace)
         facts["sockets_open_after_refusal"] = {
             r: not c.closed.is_set() for r, c in [*clients.items(), ("r5", sixth)]}
+        # the shed r2's socket is open; its frame cannot wake it now: an error, not applied
+        shed2 = clients["r2"]
+        before = len(shed2.messages)
+        shed2.send({"type": "userUpdate", "user": {"id": "c2", "name": "u2", "joined": True,
+                                                   "raisedHand": False}})
+        await shed2.wait_index(lambda m: m.get("type") == "error", "r2's error", 60)
+        facts["r2_frame_answers"] = shed2.messages[before:]
+        facts["alive_after_r2_frame"] = alive_rooms(config.namespace)
         keeper.cancel()
         await asyncio.sleep(0.3)
         for client in [clients["r1"], clients["r4"], sixth]:  # r3: the least recently active

@@ -66,6 +66,11 @@ def test_a_room_that_finds_every_slot_busy_is_refused_not_left_pending(facts):
     assert 2.0 <= facts["refused_after_s"] < 30, facts["refused_after_s"]
     assert facts["alive_after_refusal"] == facts["alive_after_wake"]  # nothing was shed
     assert all(facts["sockets_open_after_refusal"].values())
+    # a hibernated room's frame that cannot wake it is answered, not applied
+    answers = facts["r2_frame_answers"]
+    assert [m["type"] for m in answers] == ["error"], answers
+    assert "no free room slot" in answers[0]["error"]
+    assert facts["alive_after_r2_frame"] == facts["alive_after_wake"]
     # once rooms are idle again it starts, shedding the least recently active idle room
     assert facts["alive_after_seventh"] == ["r0", "r1", "r4", "r5", "r6"]  # r3 went
 
