@@ -137,7 +137,7 @@ def serve_cmd(
     """Start Ray (or join one with --address), deploy the gateway, and start the local Calls and OpenAI
     emulators when no credentials are configured; print the URLs and wait (Ctrl-C stops)."""
     import signal
-    import threading
+    import time
 
     from .errors import StoreNotShared
     from .system import start_system
@@ -151,9 +151,13 @@ def serve_cmd(
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
     # before anything is printed: a SIGTERM right after the URLs must stop cleanly (Ray's
-    # own handler, installed by ray.init, would dump a stack and kill the process)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # own handler, installed by ray.init, would dump a stack and kill the process). The
+    # handler takes no lock: it runs in the main thread between two bytecodes, and a
+    # threading.Event.set() there would deadlock if the signal landed while that thread
+    # held the Event's own (non-reentrant) lock inside Event.wait; a suspect for the one
+    # loaded CI run whose serve never printed "stopping" (not reproduced).
+    stop: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _frame: stop.append(signum))
     for what, url in system.urls.items():
         typer.echo(f"{what:16} {url}")
     typer.echo("identity: signed tokens (ROOMS_TOKEN_SECRET)" + (
@@ -162,8 +166,8 @@ def serve_cmd(
         if dev else "; operators: a token with \"operator\": true, or the "
                     "X-Rooms-Operator header with ROOMS_OPERATOR_SECRET"))
     try:
-        while not stop.wait(1.0):
-            pass
+        while not stop:
+            time.sleep(0.2)
     except KeyboardInterrupt:
         pass
     finally:
