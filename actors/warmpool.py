@@ -227,14 +227,34 @@ class WarmPool:
 RemoteWarmPool = ray.remote(WarmPool)
 
 
+def _start_pool(namespace: str, node_id: str, size: int,
+                initial: tuple[str, str] | None) -> "ray.actor.ActorHandle":
+    """Get, or create pinned to ``node_id``, the detached pool of that node."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return RemoteWarmPool.options(
+        name=POOL_PREFIX + node_id, namespace=namespace, get_if_exists=True,
+        lifetime="detached", num_cpus=0, max_restarts=0,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+    ).remote(node_id, size, initial=initial)
+
+
 def ensure_warm_pools(namespace: str, size: int, store_url: str) -> list[str]:
     """Start (once) a :class:`WarmPool` on every alive node; return their names.
-    ``size`` 0 starts none. Each pool warms right away for this job and
-    :func:`room_runtime_env` of ``store_url`` (rooms created elsewhere, e.g. by gateway replicas with
-    their own environment, teach their pool theirs when they start). Raises nothing for
-    a node it cannot reach (that node's rooms start cold)."""
+
+    Args:
+        namespace: the rooms' Ray namespace (the pools live there).
+        size: idle workers per node (``ROOMS_WARM_WORKERS``); 0 starts none.
+        store_url: the rooms' store, which decides their runtime environment
+            (:func:`room_runtime_env`).
+
+    Each pool warms right away for this job and that environment; rooms created
+    elsewhere (e.g. by gateway replicas of another job) teach their pool theirs when
+    they start, and a node that joins later gets its pool from its first room
+    (:func:`notify_started`). Raises nothing for a node it cannot reach (that node's
+    rooms start cold).
+    """
     from ray.runtime_env import RuntimeEnv
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     names: list[str] = []
     if size <= 0:
@@ -244,27 +264,28 @@ def ensure_warm_pools(namespace: str, size: int, store_url: str) -> list[str]:
     for node in ray.nodes():
         if not node["Alive"]:
             continue
-        name = POOL_PREFIX + node["NodeID"]
         try:
-            RemoteWarmPool.options(
-                name=name, namespace=namespace, get_if_exists=True, lifetime="detached",
-                num_cpus=0, max_restarts=0,
-                scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
-            ).remote(node["NodeID"], size, initial=initial)
-            names.append(name)
+            _start_pool(namespace, node["NodeID"], size, initial)
+            names.append(POOL_PREFIX + node["NodeID"])
         except Exception as error:  # noqa: BLE001
             log.warning("no warm pool on node %s (%s)", node["NodeID"][:8], error)
     return names
 
 
-def notify_started(namespace: str) -> None:
-    """Called in a room actor when it starts: tell this node's pool (if there is one)
-    which job and runtime environment it took a worker for. Fire and forget; raises
-    nothing."""
+def notify_started(namespace: str, size: int) -> None:
+    """Called in a room actor when it starts: tell this node's pool which job and
+    runtime environment it took a worker for, starting the pool (of ``size`` workers)
+    if the node has none yet (a node that joined after :func:`ensure_warm_pools`).
+    ``size`` 0 starts no pool. Fire and forget; raises nothing."""
     try:
         context = ray.get_runtime_context()
-        pool = ray.get_actor(POOL_PREFIX + context.get_node_id(), namespace=namespace)
-        env = context.runtime_env
-        pool.room_started.remote(context.get_job_id(), env.serialize())
-    except Exception:  # noqa: BLE001 - no pool on this node (or not in Ray)
-        pass
+        node_id = context.get_node_id()
+        try:
+            pool = ray.get_actor(POOL_PREFIX + node_id, namespace=namespace)
+        except ValueError:  # no pool on this node yet
+            if size <= 0:
+                return
+            pool = _start_pool(namespace, node_id, size, None)
+        pool.room_started.remote(context.get_job_id(), context.runtime_env.serialize())
+    except Exception:  # noqa: BLE001 - not in Ray, or the pool could not start
+        log.debug("telling the warm pool failed", exc_info=True)

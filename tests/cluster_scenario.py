@@ -7,7 +7,8 @@ cluster, and the test session already runs a local Ray)::
 
 It measures and records facts (it asserts nothing itself; the test does):
 
-1. placement: 12 new rooms, each with one acknowledged ``userUpdate``: on which nodes;
+1. placement: 12 new rooms, each with one acknowledged ``userUpdate``: on which nodes,
+   and which nodes have a warm pool (started by their first room);
 2. the gateway: 3 replicas, one per node, behind Serve's proxy on the head node; sockets
    to rooms, each knowing its replica's node (``x-rooms-node``);
 3. a hibernated room with a persisted alarm, and the alarm scheduler on worker 2;
@@ -45,6 +46,7 @@ from actors.errors import StoreNotShared
 from actors.gateway import deploy_gateway, shutdown_gateway
 from actors.net import free_port
 from actors.scheduler import RemoteAlarmScheduler, scheduler_actor_options
+from actors.warmpool import POOL_PREFIX
 from storage import decode_snapshot, encode_snapshot, open_store
 
 FAST_FAILOVER = {
@@ -109,7 +111,7 @@ async def run(pg_url: str) -> dict[str, Any]:
     worker_ids = [w.node_id for w in workers]
     facts["nodes"] = {"head": head_id, "workers": worker_ids}
     config = RoomsConfig(namespace=namespace, store_url=pg_url, idle_timeout=0,
-                         poll_timeout=5.0)
+                         poll_timeout=5.0, warm_workers=1)
 
     # 1. placement
     rooms = [f"c{i}-{uuid.uuid4().hex[:4]}" for i in range(12)]
@@ -119,6 +121,15 @@ async def run(pg_url: str) -> dict[str, Any]:
     acked = {r: ray.get(h.state.remote(), timeout=30) for r, h in handles.items()}
     placed = {r: node_of(h) for r, h in handles.items()}
     facts["placement"] = placed
+    # no ensure_warm_pools here: each node's first room starts that node's pool
+    deadline = time.monotonic() + 30
+    while True:
+        pools = sorted(e["name"][len(POOL_PREFIX):] for e in ray.util.list_named_actors(True)
+                       if e["namespace"] == namespace and e["name"].startswith(POOL_PREFIX))
+        if set(placed.values()) <= set(pools) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    facts["warm_pool_nodes"] = pools
 
     # a single-machine store is refused on this cluster: by a room and by rooms serve
     sqlite = RoomsConfig(namespace=namespace, store_url="sqlite:///tmp/rooms-cluster.sqlite3",
