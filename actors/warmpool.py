@@ -24,9 +24,11 @@ What Ray offers, and what this module uses (Ray 2.60):
   :func:`preload`, which imports the room runtime (and the store's driver); a room's
   worker, prestarted or not, has done that before the room's ``__init__``. ``tests/test_warmpool.py`` fails if a Ray upgrade changes this.
 
-:class:`WarmPool` is one small detached actor per node (``warm-pool:<node id>``). Each
-room actor tells its node's pool when it started (:func:`notify_started`, fire and
-forget, with the job id and runtime environment it actually runs with); a second later
+:class:`WarmPool` is one small detached actor per node (``warm-pool:<node id>``),
+started on every node by :func:`ensure_warm_pools` and, on a node that joins later, by
+its first room. Each room actor tells its node's pool when it started
+(:func:`notify_started`, fire and forget, with the job id and runtime environment it
+actually runs with); a second later
 (not to compete with that room's activation for the CPU) the pool prestarts a worker
 to replace the one taken, and every ``refill_s`` tops the node up to
 ``ROOMS_WARM_WORKERS`` for each environment it has seen. The raylet bounds the idle
