@@ -70,8 +70,9 @@ def node_of(handle) -> str:
 
 
 async def age_alarm(url: str, room_id: str, at: float) -> None:
-    """Move the hibernated room's alarm (and its users' heartbeats) so that the alarm
-    falls due at ``at`` with every user timed out, as if time had passed."""
+    """Move the hibernated room's alarm (and its users' heartbeats with it) so that the
+    alarm falls due at ``at`` and every user is timed out then, as if time had passed
+    (or, for an ``at`` far ahead, so that it stays not due until moved again)."""
     store = open_store(url)
     try:
         snap = decode_snapshot(room_id, await store.load(room_id))
@@ -94,7 +95,9 @@ async def stored_users(url: str, room_id: str) -> int | None:
         await store.close()
 
 
-async def run(pg_url: str) -> dict[str, Any]:
+async def run(pg_url: str, held: dict[str, Any]) -> dict[str, Any]:
+    """The scenario; ``held["cluster"]`` is the cluster, for ``main`` to shut down
+    whatever happens (a leftover cluster would be joined by later ``ray.init()``s)."""
     facts: dict[str, Any] = {}
     namespace = f"rooms-cluster-{uuid.uuid4().hex[:6]}"
     os.environ["ROOMS_NAMESPACE"] = namespace
@@ -104,6 +107,7 @@ async def run(pg_url: str) -> dict[str, Any]:
     os.environ["RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING"] = "0"
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 2, "include_dashboard": False, "_system_config": FAST_FAILOVER})
+    held["cluster"] = cluster
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, namespace=namespace, log_to_driver=False)
@@ -206,6 +210,9 @@ async def run(pg_url: str) -> dict[str, Any]:
         ray.get(ah.hibernate.remote(), timeout=30)
     except ray.exceptions.RayActorError:
         pass  # the actor exits during the call
+    # not due before step 5 however long step 4 takes (a loaded run once took longer than
+    # the heartbeat timeout, and the alarm fired early)
+    await age_alarm(pg_url, alarm_room, time.time() + 3600.0)
     attempts = 10
     for attempt in range(attempts):  # soft affinity: Ray may still place it elsewhere; again
         scheduler = RemoteAlarmScheduler.options(
@@ -297,14 +304,18 @@ async def run(pg_url: str) -> dict[str, Any]:
     for task in readers:
         task.cancel()
     shutdown_gateway(None)
-    ray.shutdown()
-    cluster.shutdown()
     return facts
 
 
 def main() -> None:
     pg_url, out = sys.argv[1], sys.argv[2]
-    facts = asyncio.run(run(pg_url))
+    held: dict[str, Any] = {}
+    try:
+        facts = asyncio.run(run(pg_url, held))
+    finally:
+        ray.shutdown()
+        if "cluster" in held:
+            held["cluster"].shutdown()
     with open(out, "w", encoding="utf-8") as f:
         json.dump(facts, f, indent=2)
 

@@ -24,6 +24,7 @@ def ray_session():
 
     if not ray.is_initialized():
         ray.init(
+            address="local",  # a Ray of its own, never a leftover cluster on this machine
             namespace=TEST_NAMESPACE,
             include_dashboard=False,
             num_cpus=2,

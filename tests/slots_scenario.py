@@ -68,7 +68,7 @@ async def scenario(facts: dict) -> None:
                 calls_app_secret=SecretStr("slots-secret"),
                 openai_base_url=emu.openai_base_url, openai_api_key=SecretStr("sk-slots"),
                 timeout=120.0, retries=0))
-        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
+        ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False,
                  log_to_driver=False, namespace=config.namespace,
                  resources={"room_slot": SLOTS})
         url = deploy_gateway(config, port=free_port(), dev=True, name="slots")
