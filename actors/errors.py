@@ -22,8 +22,9 @@ from __future__ import annotations
 
 from rooms.errors import RoomsError
 
-__all__ = ["AuthError", "InvalidRoomId", "NoFreeSlot", "RoomFull", "RoomHibernating", "RoomRuntimeError",
-           "NotOwner", "OperatorRequired", "RoomUnavailable", "StoreNotShared"]
+__all__ = ["AuthError", "InvalidRoomId", "NoFreeSlot", "NotOwner", "OperatorRequired",
+           "RoomFull", "RoomHibernating", "RoomRuntimeError", "RoomUnavailable",
+           "StoreNotShared"]
 
 
 class RoomRuntimeError(RoomsError):

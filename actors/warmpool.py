@@ -22,7 +22,8 @@ What Ray offers, and what this module uses (Ray 2.60):
   a room's creation and first call took ~150 ms instead of ~55 ms).
   :func:`room_runtime_env` therefore sets that variable itself, naming
   :func:`preload`, which imports the room runtime (and the store's driver); a room's
-  worker, prestarted or not, has done that before the room's ``__init__``. ``tests/test_warmpool.py`` fails if a Ray upgrade changes this.
+  worker, prestarted or not, has done that before the room's ``__init__``.
+  ``tests/test_warmpool.py`` fails if a Ray upgrade changes this.
 
 :class:`WarmPool` is one small detached actor per node (``warm-pool:<node id>``),
 started on every node by :func:`ensure_warm_pools` and, on a node that joins later, by

@@ -92,8 +92,8 @@ async def cold(config: Any, count: int,
         pool.room_started.remote(ray.get_runtime_context().get_job_id(), env)
         ray.kill(handle)
         progress(f"   {k + 1}/{count}: room {rooms[-1] * 1000:.0f} ms, "
-                  f"bare {bares[-1] * 1000:.0f} ms, bare on a warm worker "
-                  f"{floors[-1] * 1000:.0f} ms")
+                 f"bare {bares[-1] * 1000:.0f} ms, bare on a warm worker "
+                 f"{floors[-1] * 1000:.0f} ms")
     return rooms, bares, floors
 
 

@@ -258,12 +258,12 @@ async def round_trips(base: str, config: Any, clients: int, seconds: float,
         results[key] = (lat, statistics.mean(rates))
     for name, _ in kinds:
         progress(f"  {name}: {results[name][1]:.0f}/s with {clients} clients, "
-                  f"p50 {pct(results[name][0], .5):.2f} ms")
+                 f"p50 {pct(results[name][0], .5):.2f} ms")
     results["ping"] = await _loop(clients, seconds / 2, ws_ping)
     progress(f"  ping: {results['ping'][1]:.0f}/s")
     results["piped"] = await _pipelined(sockets, window, seconds)
     progress(f"  pipelined: {results['piped'][1]:.0f}/s with {clients} clients x "
-              f"{window} in flight")
+             f"{window} in flight")
     beats.cancel()
     for ws in sockets + meeting:
         await ws.close()
@@ -385,7 +385,7 @@ def main() -> None:
                              limits=limits, ingress=args.ingress)
         base = url.replace("http://", "ws://")
         progress(f"gateway at {url}; 1. round trips ({args.clients} clients, "
-                  f"{args.seconds:g} s each)")
+                 f"{args.seconds:g} s each)")
         rt = asyncio.run(round_trips(base, config, args.clients, args.seconds,
                                      args.window, args.mix_rounds))
         progress(f"2. broadcast to {args.sockets} sockets, {args.rounds} rounds")
