@@ -146,9 +146,8 @@ class RoomActor:
         self._idle_task: asyncio.Task | None = None
         self._ai_active = False
         if _in_ray_actor():  # its node's warm pool replaces the worker (off the critical path)
-            threading.Thread(target=notify_started,
-                             args=(self.config.namespace, self.config.warm_workers),
-                             name="warm-pool-notify", daemon=True).start()
+            threading.Thread(target=notify_started, name="warm-pool-notify",
+                             daemon=True).start()
         self._stats = {"turns": 0, "saves": 0, "duplicate_frames": 0, "activated_at": 0.0}
         self._save_seconds: deque[float] = deque(maxlen=1024)  # the newest saves' times
 

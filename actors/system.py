@@ -157,7 +157,7 @@ def start_system(
     from .scheduler import ensure_scheduler
 
     ensure_scheduler(config)  # wakes hibernating rooms at their alarm time
-    ensure_warm_pools(config.namespace, config.warm_workers, config.store_url)  # warm starts
+    ensure_warm_pools(config.warm_workers, config.store_url)  # new rooms start warm
     try:
         dashboard = getattr(context, "dashboard_url", None)
         if dashboard:

@@ -25,15 +25,14 @@ What Ray offers, and what this module uses (Ray 2.60):
   worker, prestarted or not, has done that before the room's ``__init__``.
   ``tests/test_warmpool.py`` fails if a Ray upgrade changes this.
 
-:class:`WarmPool` is one small detached actor per node (``warm-pool:<node id>``),
-started on every node by :func:`ensure_warm_pools` and, on a node that joins later, by
-its first room. Each room actor tells its node's pool when it started
-(:func:`notify_started`, fire and forget, with the job id and runtime environment it
-actually runs with); a second later
-(not to compete with that room's activation for the CPU) the pool prestarts a worker
-to replace the one taken, and every ``refill_s`` tops the node up to
-``ROOMS_WARM_WORKERS`` for each environment it has seen. The raylet bounds the idle
-workers itself (beyond its soft limit it ends those idle past their keep-alive).
+:class:`WarmPool` is one small detached actor per node (``warm-pool:<node id>`` in
+the namespace ``ray-rooms``), started on every node by :func:`ensure_warm_pools` and,
+on a node that joins later, by the other pools. Each room actor tells its node's pool
+when it started (:func:`notify_started`, fire and forget, with the job id and runtime
+environment it actually runs with); a second later (not to compete with that room's
+activation for the CPU) the pool tops that environment up to ``ROOMS_WARM_WORKERS``
+idle workers, and every ``refill_s`` it replaces those the raylet may have ended (idle
+past their keep-alive). It counts what it started, so an idle node starts nothing.
 """
 
 from __future__ import annotations
@@ -47,7 +46,7 @@ from typing import Any
 
 import ray
 
-__all__ = ["POOL_PREFIX", "PRELOAD", "PRELOAD_ENV", "SETUP_HOOK_ENV", "WarmPool",
+__all__ = ["POOL_NAMESPACE", "POOL_PREFIX", "PRELOAD", "PRELOAD_ENV", "SETUP_HOOK_ENV", "WarmPool",
            "ensure_warm_pools", "notify_started", "preload", "preloaded_at", "prestart",
            "room_runtime_env"]
 
@@ -55,6 +54,9 @@ log = logging.getLogger("ray_rooms.warmpool")
 
 POOL_PREFIX = "warm-pool:"
 """Actor name prefix of the per-node pools (``warm-pool:<node id hex>``)."""
+POOL_NAMESPACE = "ray-rooms"
+"""The Ray namespace of the pools: one pool per node, whatever namespaces the rooms
+use (a pool keys its workers by job and runtime environment)."""
 try:
     from ray._private.ray_constants import WORKER_PROCESS_SETUP_HOOK_ENV_VAR as SETUP_HOOK_ENV
 except ImportError:  # pragma: no cover - the name Ray 2.x uses
@@ -146,26 +148,37 @@ class WarmPool:
     """Keeps ``size`` idle workers ready on its node for each (job, runtime
     environment) that rooms started with recently.
 
+    It replaces each worker a room takes ``replace_after_s`` later (at most ``4 *
+    size`` at a time). It also counts the workers it prestarted and believes idle (each
+    for ``keep_alive_s``, the time the raylet keeps it), takes one off when a room
+    starts, and every ``refill_s`` tops each environment up to ``size``: so an idle node
+    starts no processes.
+
     Args:
         node_id: the node (hex) whose raylet it asks.
         size: idle workers to keep per environment.
-        refill_s: seconds between top-ups.
-        initial: ``(job id hex, serialized runtime env)`` to warm right away (the
-            rooms' environment as the deploying driver sees it), or ``None``.
+        refill_s: seconds between top-ups; each time it also starts a pool (with its
+            own environments) on every alive node that has none (a node that joined).
+        initial: ``[(job id hex, serialized runtime env)]`` to warm right away (the
+            rooms' environment as the deploying driver sees it).
         replace_after_s: seconds a replacement waits after a room took a worker, so
             that starting it (a process start costs most of a core for ~0.5 s) does not
             compete with that room's activation; replacements due together start
             together.
+        keep_alive_s: seconds the raylet keeps a prestarted idle worker (past that it
+            may end it, and the pool no longer counts it).
     """
 
     def __init__(self, node_id: str, size: int, refill_s: float = 30.0,
-                 initial: tuple[str, str] | None = None,
-                 replace_after_s: float = 1.0) -> None:
+                 initial: list[tuple[str, str]] | None = None,
+                 replace_after_s: float = 1.0, keep_alive_s: float = 600.0) -> None:
         self.node_id = node_id
         self.size = size
         self.refill_s = refill_s
         self.replace_after_s = replace_after_s
+        self.keep_alive_s = keep_alive_s
         self.envs: dict[tuple[str, str], float] = {}  # (job, env) -> last room start
+        self.ready: dict[tuple[str, str], list[float]] = {}  # -> when each idle one started
         self.owed: dict[tuple[str, str], int] = {}  # replacements not yet asked for
         self.started = 0
         self.prestarted = 0
@@ -173,56 +186,85 @@ class WarmPool:
         loop = asyncio.get_event_loop()
         self._task = loop.create_task(self._refill())
         self._replacing: asyncio.Task | None = None
-        if initial is not None:
-            self.envs[initial] = time.monotonic()
-            loop.create_task(self._prestart(initial, size))
+        for key in initial or []:
+            self.envs[tuple(key)] = time.monotonic()
+            loop.create_task(self._top_up(tuple(key)))
 
     def _node(self) -> dict[str, Any] | None:
         return next((n for n in ray.nodes() if n["NodeID"] == self.node_id and n["Alive"]),
                     None)
 
     async def _prestart(self, key: tuple[str, str], count: int) -> None:
+        """Ask the raylet for ``count`` more idle workers of ``key``; count them."""
         node = self._node()
         if node is None or count <= 0:
             return
         ok = await asyncio.to_thread(prestart, node, count, job_id=key[0],
-                                     serialized_env=key[1], keep_alive_s=self.refill_s * 2)
+                                     serialized_env=key[1], keep_alive_s=self.keep_alive_s)
         if ok:
             self.prestarted += count
+            self.ready.setdefault(key, []).extend([time.monotonic()] * count)
         else:
             self.failed += 1
 
+    async def _top_up(self, key: tuple[str, str]) -> None:
+        """Prestart what ``key`` lacks of ``size`` idle workers (forgetting those the
+        raylet may have ended, idle past their keep-alive)."""
+        horizon = time.monotonic() - self.keep_alive_s
+        ready = self.ready[key] = [t for t in self.ready.get(key, []) if t > horizon]
+        await self._prestart(key, self.size - len(ready))
+
     async def room_started(self, job_id: str, serialized_env: str) -> None:
-        """A room took a worker on this node: start one to replace it, shortly (and,
-        the first time this environment is seen, the whole pool)."""
+        """A room took a worker on this node: replace it shortly (and, the first time
+        this environment is seen, fill the pool)."""
         self.started += 1
         key = (job_id, serialized_env)
         new = key not in self.envs
         self.envs[key] = time.monotonic()
+        ready = self.ready.setdefault(key, [])
+        if ready:
+            ready.pop(0)
         self.owed[key] = self.owed.get(key, 0) + (self.size if new else 1)
         if self._replacing is None or self._replacing.done():
             self._replacing = asyncio.get_event_loop().create_task(self._replace())
 
     async def _replace(self) -> None:
-        await asyncio.sleep(self.replace_after_s)
-        owed, self.owed = self.owed, {}
-        for key, count in owed.items():
-            await self._prestart(key, min(count, self.size * 4))
+        while self.owed:  # rooms that start meanwhile are replaced after
+            await asyncio.sleep(self.replace_after_s)
+            owed, self.owed = self.owed, {}
+            for key, count in owed.items():
+                await self._prestart(key, min(count, self.size * 4))
 
     async def _refill(self) -> None:
         while True:
             await asyncio.sleep(self.refill_s)
+            await asyncio.to_thread(self._spread)
             horizon = time.monotonic() - 3600.0  # forget environments unused for an hour
             for key, seen in list(self.envs.items()):
                 if seen < horizon:
                     del self.envs[key]
+                    self.ready.pop(key, None)
                 else:
-                    await self._prestart(key, self.size)
+                    await self._top_up(key)
+
+    def _spread(self) -> None:
+        """Start a pool on every alive node that has none, with this pool's size, refill
+        period and environments (pools are long-lived: no creation is cut short)."""
+        try:
+            have = {e["name"] for e in ray.util.list_named_actors(all_namespaces=True)
+                    if e["namespace"] == POOL_NAMESPACE}
+            for node in ray.nodes():
+                if node["Alive"] and POOL_PREFIX + node["NodeID"] not in have:
+                    _start_pool(node["NodeID"], self.size, list(self.envs), self.refill_s)
+                    log.info("started the warm pool of node %s", node["NodeID"][:8])
+        except Exception as error:  # noqa: BLE001 - next time
+            log.warning("starting warm pools on new nodes failed (%s)", error)
 
     def stats(self) -> dict[str, Any]:
-        """``{"node_id", "size", "environments", "rooms_started", "prestarted",
-        "failed"}``."""
+        """``{"node_id", "size", "environments", "ready" (idle workers it counts),
+        "rooms_started", "prestarted", "failed"}``."""
         return {"node_id": self.node_id, "size": self.size, "environments": len(self.envs),
+                "ready": sum(len(r) for r in self.ready.values()),
                 "rooms_started": self.started, "prestarted": self.prestarted,
                 "failed": self.failed}
 
@@ -230,65 +272,60 @@ class WarmPool:
 RemoteWarmPool = ray.remote(WarmPool)
 
 
-def _start_pool(namespace: str, node_id: str, size: int,
-                initial: tuple[str, str] | None) -> "ray.actor.ActorHandle":
+def _start_pool(node_id: str, size: int, initial: list[tuple[str, str]],
+                refill_s: float) -> "ray.actor.ActorHandle":
     """Get, or create pinned to ``node_id``, the detached pool of that node."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     return RemoteWarmPool.options(
-        name=POOL_PREFIX + node_id, namespace=namespace, get_if_exists=True,
+        name=POOL_PREFIX + node_id, namespace=POOL_NAMESPACE, get_if_exists=True,
         lifetime="detached", num_cpus=0, max_restarts=0,
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-    ).remote(node_id, size, initial=initial)
+    ).remote(node_id, size, refill_s=refill_s, initial=initial)
 
 
-def ensure_warm_pools(namespace: str, size: int, store_url: str) -> list[str]:
-    """Start (once) a :class:`WarmPool` on every alive node; return their names.
+def ensure_warm_pools(size: int, store_url: str, refill_s: float = 30.0) -> list[str]:
+    """Start (once) a :class:`WarmPool` on every alive node (in
+    :data:`POOL_NAMESPACE`); return their names.
 
     Args:
-        namespace: the rooms' Ray namespace (the pools live there).
         size: idle workers per node (``ROOMS_WARM_WORKERS``); 0 starts none.
         store_url: the rooms' store, which decides their runtime environment
             (:func:`room_runtime_env`).
+        refill_s: seconds between a pool's top-ups (and its look for new nodes).
 
     Each pool warms right away for this job and that environment; rooms created
     elsewhere (e.g. by gateway replicas of another job) teach their pool theirs when
-    they start, and a node that joins later gets its pool from its first room
-    (:func:`notify_started`). Raises nothing for a node it cannot reach (that node's
-    rooms start cold).
+    they start, and a node that joins later gets a pool from the others within
+    ``refill_s``. Raises nothing for a node it cannot reach (that node's rooms start
+    cold).
     """
     from ray.runtime_env import RuntimeEnv
 
     names: list[str] = []
     if size <= 0:
         return names
-    initial = (ray.get_runtime_context().get_job_id(),
-               RuntimeEnv(**room_runtime_env(store_url)).serialize())
+    initial = [(ray.get_runtime_context().get_job_id(),
+                RuntimeEnv(**room_runtime_env(store_url)).serialize())]
     for node in ray.nodes():
         if not node["Alive"]:
             continue
         try:
-            _start_pool(namespace, node["NodeID"], size, initial)
+            _start_pool(node["NodeID"], size, initial, refill_s)
             names.append(POOL_PREFIX + node["NodeID"])
         except Exception as error:  # noqa: BLE001
             log.warning("no warm pool on node %s (%s)", node["NodeID"][:8], error)
     return names
 
 
-def notify_started(namespace: str, size: int) -> None:
-    """Called in a room actor when it starts: tell this node's pool which job and
-    runtime environment it took a worker for, starting the pool (of ``size`` workers)
-    if the node has none yet (a node that joined after :func:`ensure_warm_pools`).
-    ``size`` 0 starts no pool. Fire and forget; raises nothing."""
+def notify_started() -> None:
+    """Called in a room actor when it starts: tell this node's pool (if there is one)
+    which job and runtime environment it took a worker for. Fire and forget; raises
+    nothing. (A room never creates a pool: killed mid-creation, it would leave the
+    pool's name taken by an actor that never runs.)"""
     try:
         context = ray.get_runtime_context()
-        node_id = context.get_node_id()
-        try:
-            pool = ray.get_actor(POOL_PREFIX + node_id, namespace=namespace)
-        except ValueError:  # no pool on this node yet
-            if size <= 0:
-                return
-            pool = _start_pool(namespace, node_id, size, None)
+        pool = ray.get_actor(POOL_PREFIX + context.get_node_id(), namespace=POOL_NAMESPACE)
         pool.room_started.remote(context.get_job_id(), context.runtime_env.serialize())
-    except Exception:  # noqa: BLE001 - not in Ray, or the pool could not start
-        log.debug("telling the warm pool failed", exc_info=True)
+    except Exception:  # noqa: BLE001 - no pool on this node (or not in Ray)
+        pass

@@ -64,12 +64,12 @@ async def cold(config: Any, count: int,
     runtime environment, which take a warm worker too (Ray's own floor)."""
     from ray.runtime_env import RuntimeEnv
 
-    from actors.warmpool import POOL_PREFIX, room_runtime_env
+    from actors.warmpool import POOL_NAMESPACE, POOL_PREFIX, room_runtime_env
 
     runtime_env = room_runtime_env(config.store_url)
     env = RuntimeEnv(**runtime_env).serialize()
     pool = ray.get_actor(POOL_PREFIX + ray.get_runtime_context().get_node_id(),
-                         namespace=config.namespace)
+                         namespace=POOL_NAMESPACE)
     rooms: list[float] = []
     bares: list[float] = []
     floors: list[float] = []
@@ -119,7 +119,7 @@ async def _mean_pss(actors: list[Any], sample: int = 20) -> float:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     from actors.config import RoomsConfig
     from actors.slots import ROOM_COST_BYTES, default_max_live_rooms, slot_resources
-    from actors.warmpool import POOL_PREFIX, ensure_warm_pools
+    from actors.warmpool import POOL_NAMESPACE, POOL_PREFIX, ensure_warm_pools
 
     tmp = tempfile.mkdtemp(prefix="rooms-activation-")
     config = RoomsConfig(namespace=f"bench-act-{uuid.uuid4().hex[:6]}",
@@ -127,7 +127,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
              log_to_driver=False, namespace=config.namespace,
              resources=slot_resources(config))
-    pools = ensure_warm_pools(config.namespace, config.warm_workers, config.store_url)
+    pools = ensure_warm_pools(config.warm_workers, config.store_url)
     progress(f"warm pools: {pools} ({config.warm_workers} workers each)")
     await _bare()  # export Bare once
     await asyncio.sleep(3.0)
@@ -140,7 +140,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         lambda: _activate(f"surge-{uuid.uuid4().hex[:10]}", config), args.surge, args.batch)
     room_pss = await _mean_pss(handles)
     pool = ray.get_actor(POOL_PREFIX + ray.get_runtime_context().get_node_id(),
-                         namespace=config.namespace)
+                         namespace=POOL_NAMESPACE)
     pool_stats = await pool.stats.remote()
     for h in handles:
         ray.kill(h)

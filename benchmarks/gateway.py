@@ -378,7 +378,7 @@ def main() -> None:
     store = tempfile.mkdtemp(prefix="rooms-bench-")
     config = RoomsConfig(namespace=namespace, store_url=f"sqlite:///{store}/rooms.sqlite3",
                          idle_timeout=0)
-    ensure_warm_pools(namespace, config.warm_workers, config.store_url)  # as rooms serve
+    ensure_warm_pools(config.warm_workers, config.store_url)  # as rooms serve
     limits = GatewayLimits(rate_per_s=1e6, burst=10**6, abuse_strikes=10**6)
     try:
         url = deploy_gateway(config, port=free_port(), dev=True, name="rooms-bench",

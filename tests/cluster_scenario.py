@@ -8,7 +8,7 @@ cluster, and the test session already runs a local Ray)::
 It measures and records facts (it asserts nothing itself; the test does):
 
 1. placement: 12 new rooms, each with one acknowledged ``userUpdate``: on which nodes,
-   and which nodes have a warm pool (started by their first room);
+   and which nodes have a warm pool (the workers joined after the head's pool started);
 2. the gateway: 3 replicas, one per node, behind Serve's proxy on the head node; sockets
    to rooms, each knowing its replica's node (``x-rooms-node``);
 3. a hibernated room with a persisted alarm, and the alarm scheduler on worker 2;
@@ -46,7 +46,7 @@ from actors.errors import StoreNotShared
 from actors.gateway import deploy_gateway, shutdown_gateway
 from actors.net import free_port
 from actors.scheduler import RemoteAlarmScheduler, scheduler_actor_options
-from actors.warmpool import POOL_PREFIX
+from actors.warmpool import POOL_NAMESPACE, POOL_PREFIX, ensure_warm_pools
 from storage import decode_snapshot, encode_snapshot, open_store
 
 FAST_FAILOVER = {
@@ -108,9 +108,11 @@ async def run(pg_url: str, held: dict[str, Any]) -> dict[str, Any]:
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 2, "include_dashboard": False, "_system_config": FAST_FAILOVER})
     held["cluster"] = cluster
+    ray.init(address=cluster.address, namespace=namespace, log_to_driver=False)
+    # the head's warm pool only: the workers join after, and get theirs from it
+    ensure_warm_pools(1, pg_url, refill_s=2.0)
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address, namespace=namespace, log_to_driver=False)
     head_id = ray.get_runtime_context().get_node_id()
     worker_ids = [w.node_id for w in workers]
     facts["nodes"] = {"head": head_id, "workers": worker_ids}
@@ -125,12 +127,11 @@ async def run(pg_url: str, held: dict[str, Any]) -> dict[str, Any]:
     acked = {r: ray.get(h.state.remote(), timeout=30) for r, h in handles.items()}
     placed = {r: node_of(h) for r, h in handles.items()}
     facts["placement"] = placed
-    # no ensure_warm_pools here: each node's first room starts that node's pool
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 30  # the nodes that joined got a warm pool
     while True:
         pools = sorted(e["name"][len(POOL_PREFIX):] for e in ray.util.list_named_actors(True)
-                       if e["namespace"] == namespace and e["name"].startswith(POOL_PREFIX))
-        if set(placed.values()) <= set(pools) or time.monotonic() > deadline:
+                       if e["namespace"] == POOL_NAMESPACE and e["name"].startswith(POOL_PREFIX))
+        if len(pools) == 3 or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.5)
     facts["warm_pool_nodes"] = pools

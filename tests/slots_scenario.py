@@ -63,6 +63,7 @@ async def scenario(facts: dict) -> None:
         config = RoomsConfig(
             namespace=f"slots-{uuid.uuid4().hex[:6]}", store_url=f"sqlite:///{tmp}/r.sqlite3",
             idle_timeout=0, shed_idle_s=1.0, poll_timeout=5.0, slot_wait_s=2.0,
+            warm_workers=0,  # no pool's process starts beside this run (2 cores)
             services=ServiceEndpoints(
                 calls_base_url=emu.calls_base_url, calls_app_id="slots-app",
                 calls_app_secret=SecretStr("slots-secret"),
@@ -90,6 +91,9 @@ async def scenario(facts: dict) -> None:
                                       "r0's enableAi under way")
             clients[room] = client
             await asyncio.sleep(0.3)  # r0 is the least recently active, then r1, ...
+        for room, client in clients.items():  # heartbeats, in the same order: users
+            client.send({"type": "heartbeat"})  # stay within Orange's 15 s timeout on a
+            await asyncio.sleep(0.3)              # slow run; r0 stays least recently active
         facts["free_at_bound"] = await asyncio.to_thread(free_slots)
         facts["alive_at_bound"] = alive_rooms(config.namespace)
         await asyncio.sleep(1.5)  # every room idle past shed_idle_s

@@ -14,7 +14,7 @@ import uuid
 import pytest
 
 from actors.config import RoomsConfig
-from actors.warmpool import POOL_PREFIX, ensure_warm_pools
+from actors.warmpool import POOL_NAMESPACE, POOL_PREFIX, ensure_warm_pools
 
 from .conftest import TEST_NAMESPACE
 from .polling import until
@@ -25,21 +25,22 @@ def config(sqlite_url) -> RoomsConfig:
     return RoomsConfig(namespace=TEST_NAMESPACE, store_url=sqlite_url, idle_timeout=0)
 
 
-def _new_room(ray, config: RoomsConfig) -> tuple[float, dict]:
-    """Create a new room; return (when get_room was called, its ``where()``)."""
+def _new_room(ray, config: RoomsConfig) -> tuple[float, dict, object]:
+    """Create a new room; return (when get_room was called, its ``where()``, its
+    handle)."""
     from actors.directory import get_room
 
     asked = time.time()
     handle = get_room(f"warm-{uuid.uuid4().hex[:10]}", config)
     where = ray.get(handle.where.remote(), timeout=60)
-    ray.kill(handle)
-    return asked, where
+    return asked, where, handle
 
 
 def test_a_rooms_worker_imports_the_room_runtime_before_the_room_starts(ray_session,
                                                                          config):
     ray = ray_session
-    asked, where = _new_room(ray, config)
+    asked, where, handle = _new_room(ray, config)
+    ray.kill(handle)
     # the setup hook ran in the room's worker (prestarted or not) before its __init__
     assert where["preloaded_at"] is not None
     assert where["preloaded_at"] < time.time()
@@ -48,12 +49,12 @@ def test_a_rooms_worker_imports_the_room_runtime_before_the_room_starts(ray_sess
 def test_new_rooms_take_prestarted_workers_and_the_pool_replaces_them(ray_session, config):
     ray = ray_session
     node = ray.get_runtime_context().get_node_id()
-    names = ensure_warm_pools(TEST_NAMESPACE, 2, config.store_url)
+    names = ensure_warm_pools(2, config.store_url)
     assert names == [POOL_PREFIX + node]
 
     def lookup():
         try:
-            return ray.get_actor(names[0], namespace=TEST_NAMESPACE)
+            return ray.get_actor(names[0], namespace=POOL_NAMESPACE)
         except ValueError:  # not registered yet
             return None
 
@@ -63,11 +64,12 @@ def test_new_rooms_take_prestarted_workers_and_the_pool_replaces_them(ray_sessio
               lambda: ray.get(pool.stats.remote())["prestarted"] >= 2)
         time.sleep(3.0)  # their processes start and preload
         for k in range(3):  # more rooms than the pool holds: it must replace workers
-            asked, where = _new_room(ray, config)
+            asked, where, handle = _new_room(ray, config)
             assert where["preloaded_at"] is not None
             # the worker had started and imported the runtime before the room existed
             assert where["preloaded_at"] < asked, f"room {k} started in a new process"
             time.sleep(3.0)  # the pool replaces the worker 1 s later; it starts, preloads
+            ray.kill(handle)  # (after the room has told its pool)
         stats = ray.get(pool.stats.remote())
         assert stats["rooms_started"] >= 3 and stats["failed"] == 0
         assert stats["prestarted"] >= 2 + 3, stats
