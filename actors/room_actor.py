@@ -143,6 +143,7 @@ class RoomActor:
         self._alarm_at: float | None = None
         self._jobs: set[asyncio.Task] = set()
         self._last_turn = time.monotonic()
+        self._last_active = self._last_turn  # the last turn not the room's own alarm
         self._idle_task: asyncio.Task | None = None
         self._ai_active = False
         if _in_ray_actor():  # its node's warm pool replaces the worker (off the critical path)
@@ -246,6 +247,8 @@ class RoomActor:
         await self._commit_through(version)
         for fx in effects:
             self._after_turn(fx)
+        if any(kind != "alarm" for kind in kinds):
+            self._last_active = time.monotonic()
         elapsed = (time.perf_counter() - started) / max(1, len(hooks))
         for kind in kinds:
             metrics.turn(kind, elapsed)
@@ -670,9 +673,11 @@ class RoomActor:
 
     def activity(self) -> dict[str, Any]:
         """How busy the room is, without activating it (for shedding at the slot bound):
-        ``{"room": str, "idle_s": seconds since its last turn, "jobs": AI jobs under
-        way, "lifecycle": str}``."""
-        return {"room": self.room_id, "idle_s": time.monotonic() - self._last_turn,
+        ``{"room": str, "idle_s": seconds since its last turn other than its own alarm
+        (a client's frame, a connect or close, an AI job's result), "jobs": AI jobs under
+        way, "lifecycle": str}``. The alarm's sweeps do not make a room recently
+        active: the least recently active room is the one its users left quiet."""
+        return {"room": self.room_id, "idle_s": time.monotonic() - self._last_active,
                 "jobs": len(self._jobs), "lifecycle": self.lifecycle.value}
 
     def where(self) -> dict[str, Any]:

@@ -153,10 +153,14 @@ async def scenario(facts: dict) -> None:
         facts["r2_frame_answers"] = shed2.messages[before:]
         facts["alive_after_r2_frame"] = alive_rooms(config.namespace)
         keeper.cancel()
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(1.0)  # a margin beyond the frames' delivery jitter on a busy run
         for client in [clients["r1"], clients["r4"], sixth]:  # r3: the least recently active
             client.send({"type": "heartbeat"})
         await asyncio.sleep(1.5)  # idle again: the seventh room may shed one now
+        facts["idle_before_seventh"] = {
+            r: round((await ray.get_actor(ACTOR_PREFIX + r, namespace=config.namespace)
+                      .activity.remote())["idle_s"], 2)
+            for r in alive_rooms(config.namespace)}
         seventh = await open_client(f"{ws}/parties/rooms/r6?_pk=c6&username=u6")
         seventh.send({"type": "userUpdate", "user": {"id": "c6", "name": "u6", "joined": True}})
         await seventh.wait_for(lambda m: user_of(m, "c6") is not None, "the seventh room", 60)

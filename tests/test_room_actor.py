@@ -151,3 +151,16 @@ async def test_output_gate_holds_messages_until_snapshot_is_durable():
     saves_before = len(store.saved_versions)
     await asyncio.gather(*(actor.message(c, json.dumps({"type": "heartbeat"})) for c in ["a"] * 5))
     assert len(store.saved_versions) - saves_before <= 2
+
+
+async def test_activity_counts_clients_turns_not_the_rooms_own_alarm():
+    """Shedding picks the room its users left quiet longest: the alarm's sweeps (a turn
+    every 15 s in a room with users) do not make a room recently active."""
+    actor = RoomActor("quiet", RoomsConfig(idle_timeout=0), store=MemoryStore())
+    await actor.connect("a", "alice")
+    await asyncio.sleep(0.3)
+    assert await actor.alarm(force=True)
+    idle = actor.activity()["idle_s"]
+    assert idle >= 0.3, idle  # the alarm ran, and the room still counts as quiet
+    await actor.message("a", json.dumps({"type": "heartbeat"}))
+    assert actor.activity()["idle_s"] < idle  # a client's frame is activity
