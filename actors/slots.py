@@ -10,7 +10,7 @@ slot and never past the bound. The default bound comes from the node's memory:
 
 At the bound (no free slot anywhere), creating a room first sheds one: the least
 recently active live room that may hibernate (no AI job under way, no turn for
-``ROOMS_SHED_IDLE_S`` seconds) hibernates, which frees its slot; its clients stay
+``ROOMS_SHED_IDLE_S`` seconds other than its own alarm) hibernates, which frees its slot; its clients stay
 connected at the gateway and its next message wakes it (where a slot is free, shedding
 another if needed). Like Orleans' activation shedding under memory pressure and Akka
 Cluster Sharding's limit of active entities.
