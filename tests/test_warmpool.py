@@ -43,7 +43,6 @@ def test_a_rooms_worker_imports_the_room_runtime_before_the_room_starts(ray_sess
     ray.kill(handle)
     # the setup hook ran in the room's worker (prestarted or not) before its __init__
     assert where["preloaded_at"] is not None
-    assert where["preloaded_at"] < time.time()
 
 
 def test_new_rooms_take_prestarted_workers_and_the_pool_replaces_them(ray_session, config):
