@@ -10,9 +10,10 @@ not a valid message (not JSON, not an object, unknown ``type``, wrong fields, to
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from .errors import RoomsError
 
@@ -23,6 +24,10 @@ __all__ = [
     "CallsApiHistoryEntry",
     "ClientMessage",
     "DEFAULT_MAX_MESSAGE_BYTES",
+    "MAX_ID_CHARS",
+    "MAX_JSON_DEPTH",
+    "MAX_TEXT_CHARS",
+    "MAX_TRACK_ID_CHARS",
     "DirectMessage",
     "DisableAi",
     "E2eeMlsMessage",
@@ -37,6 +42,8 @@ __all__ = [
     "TrackRef",
     "User",
     "UserLeft",
+    "check_conn_id",
+    "check_socket_conn_id",
     "UserTracks",
     "UserUpdate",
     "parse_client_message",
@@ -51,6 +58,86 @@ AI_USER_ID = "ai"
 
 AI_TRACK_NAME = "ai-generated-voice"
 """The Calls track name of the AI's voice (and of its bidirectional transceiver)."""
+
+HTTP_CONN_PREFIX = "http:"
+"""The prefix of the connection id the HTTP route gives a sender (``http:<name>``);
+reserved: no socket may claim it."""
+
+MAX_ID_CHARS = 128
+"""Longest connection id, user id or user name, in characters."""
+
+MAX_TRACK_ID_CHARS = 256
+"""Longest Calls session id or track name (and ``transceiverSessionId``), in characters;
+a user's track reference ``"<sessionId>/<trackName>"`` is at most twice this plus one."""
+
+MAX_TEXT_CHARS = 16_384
+"""Longest free text of a message (``directMessage.message``), in characters."""
+
+MAX_PAYLOAD_CHARS = 49_152
+"""Longest ``e2eeMlsMessage.payload`` (base64 MLS), in characters."""
+
+MAX_JSON_DEPTH = 32
+"""Deepest nesting of arrays and objects in a client message."""
+
+_SOCKET_CONN_ID = re.compile(r"[A-Za-z0-9._~-]{1,128}")
+_HTTP_CONN_ID = re.compile(r"http:[^\x00-\x1f\x7f-\x9f\ud800-\udfff]{1,64}")
+_NO_CONTROL = re.compile(r"[^\x00-\x1f\x7f-\x9f]*")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+_SURROGATE_ESCAPE_BYTES = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+
+
+def check_socket_conn_id(conn: object) -> str:
+    """Return ``conn`` if a socket may claim it as its connection id (partysocket's
+    ``_pk``), else raise :class:`ProtocolError`.
+
+    A socket's connection id is 1-128 characters of letters, digits and ``. _ ~ -``,
+    matched in full, and not the AI's id (``ai``, in any case); the ``http:`` prefix of
+    HTTP senders cannot match (``:`` is not allowed).
+    """
+    if not isinstance(conn, str) or not _SOCKET_CONN_ID.fullmatch(conn):
+        raise ProtocolError(
+            f"a connection id must be 1-{MAX_ID_CHARS} characters of letters, digits "
+            "and . _ ~ -")
+    if conn.lower() == AI_USER_ID:
+        raise ProtocolError(f"the connection id {AI_USER_ID!r} is reserved")
+    return conn
+
+
+def check_conn_id(conn: object) -> str:
+    """Return ``conn`` if it can name a connection (a socket's id, see
+    :func:`check_socket_conn_id`, or an HTTP sender's ``http:<name>``), else raise
+    :class:`ProtocolError`. Matched in full; no control characters."""
+    if isinstance(conn, str) and _HTTP_CONN_ID.fullmatch(conn):
+        return conn
+    return check_socket_conn_id(conn)
+
+
+def _conn_id(value: str) -> str:
+    try:
+        return check_conn_id(value)
+    except ProtocolError as error:
+        raise ValueError(str(error)) from None
+
+
+def _no_control(value: str) -> str:
+    if not _NO_CONTROL.fullmatch(value):
+        raise ValueError("control characters are not allowed in an id")
+    return value
+
+
+ConnId = Annotated[str, AfterValidator(_conn_id)]
+"""A connection id field (``to``, ``id``): see :func:`check_conn_id`."""
+
+TrackId = Annotated[str, Field(min_length=1, max_length=MAX_TRACK_ID_CHARS),
+                    AfterValidator(_no_control)]
+"""A Calls session id or track name: 1-256 characters, no control characters."""
+
+TrackPath = Annotated[str, Field(max_length=2 * MAX_TRACK_ID_CHARS + 1),
+                      AfterValidator(_no_control)]
+"""A user's track reference ``"<sessionId>/<trackName>"``: at most 513 characters."""
+
+Name = Annotated[str, Field(max_length=MAX_ID_CHARS)]
+"""A display name (replaced by the authenticated name in the room): at most 128."""
 
 
 class ProtocolError(RoomsError, ValueError):
@@ -72,21 +159,29 @@ class _Model(BaseModel):
 class UserTracks(_Model):
     """A user's published tracks: ``"<sessionId>/<trackName>"`` references and flags."""
 
-    audio: str | None = None
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+
+    audio: TrackPath | None = None
     audioEnabled: bool | None = None
     audioUnavailable: bool = False
-    video: str | None = None
+    video: TrackPath | None = None
     videoEnabled: bool | None = None
-    screenshare: str | None = None
+    screenshare: TrackPath | None = None
     screenShareEnabled: bool | None = None
 
 
 class User(_Model):
-    """A participant as Orange's clients describe it (``User`` in Messages.ts)."""
+    """A participant as Orange's clients describe it (``User`` in Messages.ts).
 
-    id: str
-    name: str
-    transceiverSessionId: str | None = None
+    Frozen: a room replaces a user (``model_copy(update=...)``), never changes one in
+    place, so that a refused turn can be rolled back by restoring the old references.
+    """
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+
+    id: Name  # a client's own value is replaced by its connection id in the room
+    name: Name
+    transceiverSessionId: TrackId | None = None
     raisedHand: bool = False
     speaking: bool = False
     joined: bool = False
@@ -113,12 +208,10 @@ class RoomState(_Model):
 class TrackRef(_Model):
     """A Calls track a client publishes: its session id and track name (``TrackObject``)."""
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
-
-    sessionId: str = Field(min_length=1, max_length=256)
-    trackName: str = Field(min_length=1, max_length=256)
-    location: str | None = None
-    mid: str | None = None
+    sessionId: TrackId
+    trackName: TrackId
+    location: str | None = Field(default=None, max_length=16)
+    mid: str | None = Field(default=None, max_length=64)
 
 
 # ---- client to room ---------------------------------------------------------------
@@ -131,13 +224,13 @@ class UserUpdate(_Model):
 
 class DirectMessage(_Model):
     type: Literal["directMessage"]
-    to: str
-    message: str
+    to: ConnId
+    message: str = Field(max_length=MAX_TEXT_CHARS)
 
 
 class MuteUser(_Model):
     type: Literal["muteUser"]
-    id: str
+    id: ConnId
 
 
 class UserLeft(_Model):
@@ -176,12 +269,12 @@ class RelinquishAiControl(_Model):
 class CallsApiHistoryEntry(_Model):
     type: Literal["callsApiHistoryEntry"]
     entry: Any
-    sessionId: str | None = None
+    sessionId: TrackId | None = None
 
 
 class E2eeMlsMessage(_Model):
     type: Literal["e2eeMlsMessage"]
-    payload: str
+    payload: str = Field(max_length=MAX_PAYLOAD_CHARS)
 
 
 ClientMessage = Annotated[
@@ -224,10 +317,51 @@ def _describe(error: ValidationError) -> str:
     return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
 
 
+def _depth(data: Any) -> int:
+    """The nesting depth of parsed JSON ``data`` (a scalar is 0), iteratively."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            node = node.values()
+        elif not isinstance(node, list):
+            continue
+        deepest = max(deepest, depth)
+        if depth > MAX_JSON_DEPTH:
+            return depth
+        stack.extend((child, depth + 1) for child in node if isinstance(child, (dict, list)))
+    return deepest
+
+
+def _has_lone_surrogate(data: Any) -> bool:
+    """Whether any string (key or value) in parsed JSON ``data`` is not valid Unicode
+    text (a lone surrogate from a ``\\udXXX`` escape)."""
+    stack = [data]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            try:
+                node.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
+
+
 def parse_client_message(
     raw: str | bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 ) -> ClientMessage:
-    """Parse one WebSocket text frame into a client message.
+    """Parse one WebSocket text frame into a client message, checking everything a
+    hostile client could send (docs/protocol.md, "Bad input").
+
+    The checks, in order: size in UTF-8 bytes; valid Unicode text (a ``str`` with a lone
+    surrogate is refused; so is one that a ``\\udXXX`` escape produces); JSON; nesting
+    at most :data:`MAX_JSON_DEPTH`; an object with a known ``type``; each field's type,
+    length cap and, for ids, one full match (:func:`check_conn_id`).
 
     Args:
         raw: the frame, as text or UTF-8 bytes.
@@ -237,28 +371,53 @@ def parse_client_message(
         One of the models of :data:`ClientMessage`.
 
     Raises:
-        ProtocolError: too large, not UTF-8, not JSON, not an object, no or unknown
-            ``type``, or fields missing or of the wrong type.
+        ProtocolError: too large, not valid UTF-8 text, not JSON, nested too deeply, not
+            an object, no or unknown ``type``, or fields missing, of the wrong type, too
+            long or not a valid id. Its text is short and never echoes large input.
     """
-    size = len(raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw)
+    if isinstance(raw, str):
+        try:
+            size = len(raw.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise ProtocolError("message is not valid Unicode text") from None
+    else:
+        size = len(raw)
     if size > max_bytes:
         raise ProtocolError(f"message too large: {size} bytes (limit {max_bytes})")
     try:
         data = json.loads(raw)
+    except RecursionError:
+        raise ProtocolError(f"message is nested too deeply (limit {MAX_JSON_DEPTH})") from None
     except (ValueError, UnicodeDecodeError):
         raise ProtocolError("message is not valid JSON") from None
     if not isinstance(data, dict):
         raise ProtocolError("message must be a JSON object")
+    if isinstance(raw, str):
+        brackets = raw.count("[") + raw.count("{")
+        escaped = _SURROGATE_ESCAPE.search(raw) is not None
+    else:
+        brackets = raw.count(b"[") + raw.count(b"{")
+        escaped = _SURROGATE_ESCAPE_BYTES.search(raw) is not None
+    if brackets > MAX_JSON_DEPTH and _depth(data) > MAX_JSON_DEPTH:
+        raise ProtocolError(f"message is nested too deeply (limit {MAX_JSON_DEPTH})")
+    if escaped and _has_lone_surrogate(data):
+        raise ProtocolError("message is not valid Unicode text (a lone surrogate)")
     kind = data.get("type")
     if not isinstance(kind, str):
         raise ProtocolError("message has no string 'type'")
     if kind not in _KNOWN_TYPES:
-        shown = kind if len(kind) <= 40 else kind[:40] + "…"
-        raise ProtocolError(f"unknown message type {shown!r}")
+        raise ProtocolError(f"unknown message type {_shown(kind)}")
     try:
         return _CLIENT_ADAPTER.validate_python(data, strict=True)
     except ValidationError as error:
         raise ProtocolError(f"invalid {kind}: {_describe(error)}") from None
+
+
+def _shown(text: str) -> str:
+    """``text`` for an error message: at most 40 characters, control characters and
+    other non-printables escaped (``repr``-style, ASCII only)."""
+    short = text if len(text) <= 40 else text[:40] + "…"
+    return ascii(short)
 
 
 # ---- room to client ---------------------------------------------------------------

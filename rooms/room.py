@@ -13,14 +13,17 @@ deterministic under test.
 
 from __future__ import annotations
 
+import secrets
+import traceback
 import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .limits import DEFAULT_LIMITS, RoomLimits
 from .messages import (
     AI_TRACK_NAME,
     AI_USER_ID,
-    DEFAULT_MAX_MESSAGE_BYTES,
+    HTTP_CONN_PREFIX,
     AiPublicState,
     CallsApiHistoryEntry,
     DirectMessage,
@@ -67,8 +70,43 @@ ALARM_INTERVAL = 15.0
 HEARTBEAT_TIMEOUT = 15.0
 """A user whose last heartbeat is older than this many seconds is removed by the sweep."""
 
-MAX_IDLE_OWNERS = 1024
+MAX_IDLE_OWNERS = 256
 """Owners kept for connection ids with no user and no connection (HTTP senders)."""
+
+_IDLE_OWNER_BYTES = 160
+"""What one idle owner entry adds to the encoded state, at most (an ``http:`` id of up
+to 69 characters and a name of up to 64, with their framing), bytes."""
+
+_USER_ENTRY_BYTES = 48
+"""The framing of one user's entries in ``heartbeats``, ``connections`` and ``owners``
+(a float and three map entries), bytes."""
+
+
+class Refused(Exception):
+    """A turn would pass one of the room's bounds (:class:`~rooms.limits.RoomLimits`);
+    ``str(error)`` is the public text sent to the client. Raised and caught inside
+    :class:`Room` only: the turn is rolled back and answered with an ``error``."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Checkpoint:
+    """What a turn can change, as it was before the turn (see :meth:`Room._checkpoint`):
+    the containers are shallow copies; users and tracks are frozen, and the AI state
+    is a copy, so restoring these references undoes the turn."""
+
+    data: Any
+    users: dict
+    heartbeats: dict
+    connections: dict
+    owners: dict
+    ai: Any
+    meeting_id: str | None
+    peak: int
+    alarm_at: float | None
+    sizes: dict
+    messages: int
+    jobs: int
+    changed: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,8 +183,11 @@ class Room:
     Args:
         room_id: the room's id (the ``{room}`` of ``/parties/rooms/{room}``).
         data: the state restored from a snapshot, or ``None`` for a new room.
-        max_message_bytes: the client message size limit in bytes (default 64 KiB).
+        limits: the room's bounds (default :data:`~rooms.limits.DEFAULT_LIMITS`).
+        max_message_bytes: overrides ``limits.max_message_bytes`` (bytes).
         new_id: makes meeting ids (default: random UUID4 strings).
+        new_error_id: makes the ids of ``error`` messages (default: 12 random hex
+            digits); each error's id is also in the turn's log record.
     """
 
     def __init__(
@@ -154,14 +195,25 @@ class Room:
         room_id: str,
         data: RoomData | None = None,
         *,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        limits: RoomLimits | None = None,
+        max_message_bytes: int | None = None,
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+        new_error_id: Callable[[], str] = lambda: secrets.token_hex(6),
     ) -> None:
         self.room_id = room_id
         self.data = data if data is not None else RoomData()
-        self.max_message_bytes = max_message_bytes
+        limits = limits or DEFAULT_LIMITS
+        if max_message_bytes is not None:
+            limits = RoomLimits(max_message_bytes, limits.max_state_bytes,
+                                limits.max_users_per_identity,
+                                limits.max_seats_per_identity)
+        self.limits = limits
+        self.max_message_bytes = limits.max_message_bytes
         self._new_id = new_id
+        self._new_error_id = new_error_id
         self._fx = Effects()
+        self._sizes: dict[str, int] = {
+            conn: self._user_bytes(conn, user) for conn, user in self.data.users.items()}
         self.last_message_type = "none"
         """The ``type`` of the last client message handled (``"invalid"`` if it did
         not parse); for metrics."""
@@ -176,6 +228,30 @@ class Room:
     def alarm_at(self) -> float | None:
         """The persisted alarm time (UNIX s), or ``None`` when no alarm is set."""
         return self.data.alarmAt
+
+    def state_bytes(self) -> int:
+        """The size of the room's encoded state as its clients can grow it, bytes: its
+        users as UTF-8 JSON with their map entries, and the idle owners (an upper bound
+        for those). Checked against ``limits.max_state_bytes`` after every turn of a
+        client message that changed the state."""
+        idle = max(0, len(self.data.owners) - len(self.data.users))
+        return sum(self._sizes.values()) + idle * _IDLE_OWNER_BYTES
+
+    def admit(self, conn: str, name: str) -> str | None:
+        """Whether identity ``name`` may connect as ``conn`` now: ``None`` if so, else
+        the public reason it may not (its seats or users in this room are at
+        ``limits.max_seats_per_identity`` / ``max_users_per_identity``). A ``conn``
+        already open or already a user does not take another seat or user."""
+        data = self.data
+        if conn not in data.connections:
+            seats = sum(1 for owner in data.connections.values() if owner == name)
+            if seats >= self.limits.max_seats_per_identity:
+                return (f"you hold {seats} connections of this room "
+                        f"(limit {self.limits.max_seats_per_identity})")
+        if conn not in data.users and self._users_of(name) >= self.limits.max_users_per_identity:
+            return (f"you have {self._users_of(name)} users in this room "
+                    f"(limit {self.limits.max_users_per_identity})")
+        return None
 
     # ---- lifecycle hooks ------------------------------------------------------------
 
@@ -214,13 +290,13 @@ class Room:
         data.connections[conn] = name
         data.owners.setdefault(conn, name)
         if conn not in data.users:
-            data.users[conn] = User(
+            self._put_user(conn, User(
                 id=conn,
                 name=name,
                 tracks=UserTracks(
                     audioEnabled=False, videoEnabled=False, screenShareEnabled=False
                 ),
-            )
+            ))
         data.heartbeats[conn] = now
         if data.meetingId is None:
             data.meetingId = self._new_id()
@@ -276,8 +352,13 @@ class Room:
     def on_message(self, conn: str, raw: str | bytes, now: float) -> Effects:
         """Handle one client frame from connection ``conn``.
 
-        Bad input (see :func:`rooms.messages.parse_client_message`) is answered with an
-        ``error`` to ``conn`` alone and changes nothing.
+        A frame fails for its own content at any step here: bad input (see
+        :func:`rooms.messages.parse_client_message`), a turn that would pass one of the
+        room's bounds (:class:`~rooms.limits.RoomLimits`), or a handler that raises (a
+        defect, logged with its traceback under the error's id). Each is answered with
+        an ``error`` (public text and ``errorId``) to ``conn`` alone, and the turn is
+        rolled back: the room's state, messages and jobs are as before the frame.
+        Never raises.
         """
         self.last_message_type = "invalid"
         try:
@@ -287,7 +368,20 @@ class Room:
             return self._take()
         self.last_message_type = message.type
         handler = self._handlers[type(message)]
-        handler(self, conn, message, now)
+        saved = self._checkpoint()
+        try:
+            handler(self, conn, message, now)
+            if self._fx.changed and self.state_bytes() > self.limits.max_state_bytes:
+                raise Refused(f"the room's state would pass its limit of "
+                              f"{self.limits.max_state_bytes} bytes")
+        except Refused as refusal:
+            self._restore(saved)
+            self._error(conn, str(refusal))
+        except Exception as error:  # noqa: BLE001 - a defect must not take the room down
+            self._restore(saved)
+            self._error(conn, "the room could not handle the message",
+                        cause=f"{type(error).__name__}: {error}",
+                        traceback=traceback.format_exc(limit=8))
         return self._take()
 
     def on_ai_event(self, event: AiEvent, now: float) -> Effects:
@@ -308,8 +402,14 @@ class Room:
 
     def _on_user_update(self, conn: str, msg: UserUpdate, now: float) -> None:
         # The id and name are the connection's own, never taken from the body.
+        self._require_open(conn)
         name = self.data.connections.get(conn) or self._user_name(conn)
-        self.data.users[conn] = msg.user.model_copy(update={"id": conn, "name": name})
+        if conn not in self.data.users:
+            owner = self.data.owners.get(conn, name)
+            if self._users_of(owner) >= self.limits.max_users_per_identity:
+                raise Refused(f"you have {self._users_of(owner)} users in this room "
+                              f"(limit {self.limits.max_users_per_identity})")
+        self._put_user(conn, msg.user.model_copy(update={"id": conn, "name": name}))
         self._changed()
         self._broadcast_state()
 
@@ -327,7 +427,8 @@ class Room:
             return
         user = self.data.users.get(msg.id)
         if user is not None:
-            user.tracks.audioEnabled = False
+            tracks = user.tracks.model_copy(update={"audioEnabled": False})
+            self._put_user(msg.id, user.model_copy(update={"tracks": tracks}))
             self._changed()
         self._send(msg.id, server_message("muteMic"))
         self._broadcast_state()
@@ -338,7 +439,9 @@ class Room:
         self._broadcast_state()
 
     def _on_heartbeat(self, conn: str, msg: Heartbeat, now: float) -> None:
-        if conn in self.data.users:
+        # A socket's user lives while one of its sockets is open: a heartbeat sent for
+        # it over HTTP after they closed does not keep it (the sweep removes it).
+        if conn in self.data.users and self._is_open(conn):
             self.data.heartbeats[conn] = now
             self._changed()
 
@@ -510,8 +613,59 @@ class Room:
     def _send(self, conn: str, message: dict[str, Any]) -> None:
         self._fx.messages.append(Outgoing("one", conn, message))
 
-    def _error(self, conn: str, text: str) -> None:
-        self._send(conn, server_message("error", error=text))
+    def _error(self, conn: str, text: str, **detail: Any) -> str:
+        """Answer ``conn`` with ``error{error: text, errorId}`` and log the same id
+        with ``detail`` (which never reaches the client). Returns the error id."""
+        error_id = self._new_error_id()
+        self._send(conn, server_message("error", error=text, errorId=error_id))
+        self._log("clientError", connectionId=conn, errorId=error_id, error=text, **detail)
+        return error_id
+
+    # ---- bounds and rollback ------------------------------------------------------
+
+    def _is_open(self, conn: str) -> bool:
+        """Whether ``conn`` may act for its user: it has an open socket, or it is an
+        HTTP sender's own ``http:`` id (which has no socket)."""
+        return conn in self.data.connections or conn.startswith(HTTP_CONN_PREFIX)
+
+    def _require_open(self, conn: str) -> None:
+        if not self._is_open(conn):
+            raise Refused(f"connection {conn[:64]!r} has no open socket in this room")
+
+    def _users_of(self, name: str) -> int:
+        """How many users of the room identity ``name`` owns."""
+        owners = self.data.owners
+        return sum(1 for conn in self.data.users if owners.get(conn) == name)
+
+    @staticmethod
+    def _user_bytes(conn: str, user: User) -> int:
+        return (len(user.model_dump_json(exclude_none=True)) + 3 * len(conn)
+                + 2 * len(user.name) + _USER_ENTRY_BYTES)
+
+    def _put_user(self, conn: str, user: User) -> None:
+        """Store ``user`` as ``conn``'s user and account for its size."""
+        self.data.users[conn] = user
+        self._sizes[conn] = self._user_bytes(conn, user)
+
+    def _checkpoint(self) -> _Checkpoint:
+        """What the next turn may change, to undo it with :meth:`_restore`."""
+        data, fx = self.data, self._fx
+        return _Checkpoint(
+            data, dict(data.users), dict(data.heartbeats), dict(data.connections),
+            dict(data.owners), data.ai.model_copy(), data.meetingId, data.peakUserCount,
+            data.alarmAt, dict(self._sizes), len(fx.messages), len(fx.jobs), fx.changed)
+
+    def _restore(self, saved: _Checkpoint) -> None:
+        """Undo everything since ``saved`` but the log records."""
+        self.data = data = saved.data
+        data.users, data.heartbeats = saved.users, saved.heartbeats
+        data.connections, data.owners = saved.connections, saved.owners
+        data.ai, data.meetingId = saved.ai, saved.meeting_id
+        data.peakUserCount, data.alarmAt = saved.peak, saved.alarm_at
+        self._sizes = saved.sizes
+        del self._fx.messages[saved.messages:]
+        del self._fx.jobs[saved.jobs:]
+        self._fx.changed = saved.changed
 
     def _broadcast_state(self) -> None:
         self._fx.messages.append(Outgoing("all", None, _room_state_message(self.data)))
@@ -525,6 +679,7 @@ class Room:
     def _remove_user(self, conn: str, close: tuple[int, str] | None) -> None:
         data = self.data
         data.users.pop(conn, None)
+        self._sizes.pop(conn, None)
         data.heartbeats.pop(conn, None)
         data.owners.pop(conn, None)
         self._fx.messages.append(
@@ -562,5 +717,6 @@ class Room:
         connections = self.data.connections
         self.data = RoomData(connections=connections, owners={
             c: o for c, o in self.data.owners.items() if c in connections})
+        self._sizes = {}
         self.data.ai.attempt = attempt
         self._changed()

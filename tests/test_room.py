@@ -80,7 +80,9 @@ def test_direct_message_and_unknown_target(room):
 
 
 def test_mute_user(room):
-    room.data.users["b"].tracks.audioEnabled = True
+    user = room.data.users["b"]
+    room.data.users["b"] = user.model_copy(
+        update={"tracks": user.tracks.model_copy(update={"audioEnabled": True})})
     fx = room.on_message("a", msg(type="muteUser", id="b"), T0)
     assert room.data.users["b"].tracks.audioEnabled is False
     assert ("one", "b", {"type": "muteMic"}) in [(m.to, m.conn, m.message) for m in fx.messages]
