@@ -11,7 +11,9 @@ numbers it has applied. The HTTP message route does the same with an
 ``Idempotency-Key`` header.
 
 Both tables are bounded (the oldest entries are forgotten first) and a socket's entry
-is forgotten when the socket closes.
+is forgotten when the socket closes. Idempotency keys are kept per identity (the
+authenticated sender), each identity's own bounded table, so that no identity's keys can
+push another's out.
 """
 
 from __future__ import annotations
@@ -27,16 +29,23 @@ class AppliedFrames:
     Args:
         record: a :meth:`record` from a snapshot, or ``None`` for an empty table.
         max_sockets: sockets remembered (the least recently used are forgotten first).
-        max_keys: HTTP idempotency keys remembered (the oldest first).
+        max_keys: HTTP idempotency keys remembered per identity (its oldest first).
+        max_identities: identities whose keys are remembered (the least recently used
+            identity's keys are forgotten first).
     """
 
     def __init__(self, record: dict[str, Any] | None = None, *, max_sockets: int = 4096,
-                 max_keys: int = 1024) -> None:
+                 max_keys: int = 64, max_identities: int = 256) -> None:
         record = record or {}
         self._frames: dict[str, int] = dict(record.get("frames", {}))
-        self._keys: dict[str, None] = dict.fromkeys(record.get("keys", []))
+        keys = record.get("keys", {})
+        if not isinstance(keys, dict):  # a snapshot of the one shared table: not scoped
+            keys = {}
+        self._keys: dict[str, dict[str, None]] = {
+            identity: dict.fromkeys(values) for identity, values in keys.items()}
         self.max_sockets = max_sockets
         self.max_keys = max_keys
+        self.max_identities = max_identities
 
     def apply_frame(self, socket: str, number: int) -> bool:
         """Record that frame ``number`` of ``socket`` is being applied; return ``False``
@@ -49,13 +58,21 @@ class AppliedFrames:
             self._frames.pop(next(iter(self._frames)))
         return True
 
-    def apply_key(self, key: str) -> bool:
-        """Record idempotency key ``key``; return ``False`` if it was recorded before."""
-        if key in self._keys:
-            return False
-        self._keys[key] = None
-        while len(self._keys) > self.max_keys:
+    def apply_key(self, identity: str, key: str) -> bool:
+        """Record idempotency key ``key`` of ``identity``; return ``False`` if that
+        identity recorded it before. Only ``identity``'s own oldest keys are forgotten
+        past ``max_keys``."""
+        keys = self._keys.pop(identity, None)
+        if keys is None:
+            keys = {}
+        self._keys[identity] = keys  # most recently used identity goes last
+        while len(self._keys) > self.max_identities:
             self._keys.pop(next(iter(self._keys)))
+        if key in keys:
+            return False
+        keys[key] = None
+        while len(keys) > self.max_keys:
+            keys.pop(next(iter(keys)))
         return True
 
     def forget(self, socket: str) -> None:
@@ -64,4 +81,5 @@ class AppliedFrames:
 
     def record(self) -> dict[str, Any]:
         """A copy of both tables for a snapshot (msgpack-friendly)."""
-        return {"frames": dict(self._frames), "keys": list(self._keys)}
+        return {"frames": dict(self._frames),
+                "keys": {identity: list(keys) for identity, keys in self._keys.items()}}

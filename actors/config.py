@@ -9,7 +9,16 @@ variable                          meaning                                    def
                                   ``postgresql://user@host:port/db``)
 ``ROOMS_IDLE_TIMEOUT``            seconds without turns before a room        ``60``
                                   hibernates (0 disables hibernation)
-``ROOMS_MAX_MESSAGE_BYTES``       client message size limit, bytes           ``65536``
+``ROOMS_MAX_MESSAGE_BYTES``       client message size limit, bytes (also     ``65536``
+                                  the WebSocket frame limit, and HTTP bodies)
+``ROOMS_MAX_STATE_BYTES``         a room's encoded users, bytes: a turn      ``262144``
+                                  that would pass it is refused
+``ROOMS_MAX_SNAPSHOT_BYTES``      a room's whole snapshot record, bytes: a   ``8388608``
+                                  save that would pass it is refused and
+                                  its turns are rolled back
+``ROOMS_MAX_USERS_PER_IDENTITY``  users one identity may have in a room      ``16``
+``ROOMS_MAX_SEATS_PER_IDENTITY``  open connections one identity may hold in  ``16``
+                                  a room
 ``ROOMS_OUTBOX_SIZE``             outgoing messages a room keeps for polls   ``1024``
 ``ROOMS_POLL_TIMEOUT``            seconds a gateway long-poll waits          ``25``
 ``ROOMS_STORE_RETRY_S``           seconds a room retries a failed snapshot   ``10``
@@ -39,6 +48,7 @@ from __future__ import annotations
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from rooms.limits import RoomLimits
 from storage.factory import DEFAULT_STORE_URL
 
 __all__ = ["RoomsConfig", "ServiceEndpoints"]
@@ -73,6 +83,10 @@ class RoomsConfig(BaseSettings):
     store_url: str = Field(default_factory=lambda: DEFAULT_STORE_URL)
     idle_timeout: float = Field(60.0, ge=0, description="seconds; 0 disables hibernation")
     max_message_bytes: int = Field(64 * 1024, gt=0)
+    max_state_bytes: int = Field(256 * 1024, gt=0)
+    max_snapshot_bytes: int = Field(8 * 1024 * 1024, gt=0)
+    max_users_per_identity: int = Field(16, gt=0)
+    max_seats_per_identity: int = Field(16, gt=0)
     outbox_size: int = Field(1024, gt=0)
     max_connections: int = Field(
         1000, gt=0, description="connections of one room across all gateway replicas")
@@ -89,3 +103,11 @@ class RoomsConfig(BaseSettings):
     warm_workers: int = Field(
         2, ge=0, description="idle worker processes per node ready for new rooms")
     services: ServiceEndpoints = Field(default_factory=ServiceEndpoints)
+
+    def room_limits(self) -> RoomLimits:
+        """The bounds a room enforces (:class:`rooms.limits.RoomLimits`) from these
+        settings."""
+        return RoomLimits(max_message_bytes=self.max_message_bytes,
+                          max_state_bytes=self.max_state_bytes,
+                          max_users_per_identity=self.max_users_per_identity,
+                          max_seats_per_identity=self.max_seats_per_identity)

@@ -25,7 +25,7 @@ __all__ = ["ACTOR_PREFIX", "InvalidRoomId", "RemoteRoomActor", "actor_name", "ge
            "list_room_actors", "room_actor_options", "validate_room_id"]
 
 ACTOR_PREFIX = "room:"
-_ROOM_ID = re.compile(r"^[A-Za-z0-9._~-]{1,128}$")
+_ROOM_ID = re.compile(r"[A-Za-z0-9._~-]{1,128}")
 
 RemoteRoomActor = ray.remote(RoomActor)
 """The Ray actor class of :class:`actors.room_actor.RoomActor`."""
@@ -33,7 +33,7 @@ RemoteRoomActor = ray.remote(RoomActor)
 
 def validate_room_id(room_id: str) -> str:
     """Return ``room_id`` if it is a valid room id, else raise :class:`InvalidRoomId`."""
-    if not isinstance(room_id, str) or not _ROOM_ID.match(room_id):
+    if not isinstance(room_id, str) or not _ROOM_ID.fullmatch(room_id):
         raise InvalidRoomId(
             "room id must be 1-128 characters of letters, digits and . _ ~ -"
         )

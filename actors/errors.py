@@ -11,6 +11,14 @@ draws the whole tree::
     ├── AuthError             (also ValueError) a credential was missing or refused
     ├── NotOwner              the connection id belongs to another identity
     ├── OperatorRequired      an operator route called without an operator credential
+    ├── OriginRefused         a browser credential (the session cookie) sent from a
+    │                         page of another origin
+    ├── QuotaExceeded         an identity is at one of its bounds (seats, users, new
+    │                         rooms per minute, messages per second)
+    ├── MessageRefused        the room answered an HTTP message with an error (bad
+    │                         input, a bound); nothing of it was applied
+    ├── SnapshotRefused       a save's record could not be encoded or passed
+    │                         ROOMS_MAX_SNAPSHOT_BYTES; its turns were rolled back
     └── StoreNotShared        ROOMS_STORE_URL is SQLite or memory on a multi-node cluster
 
 The gateway answers each with one HTTP status and WebSocket close code, from one table
@@ -22,9 +30,9 @@ from __future__ import annotations
 
 from rooms.errors import RoomsError
 
-__all__ = ["AuthError", "InvalidRoomId", "NoFreeSlot", "NotOwner", "OperatorRequired",
-           "RoomFull", "RoomHibernating", "RoomRuntimeError", "RoomUnavailable",
-           "StoreNotShared"]
+__all__ = ["AuthError", "InvalidRoomId", "MessageRefused", "NoFreeSlot", "NotOwner", "OperatorRequired",
+           "OriginRefused", "QuotaExceeded", "RoomFull", "RoomHibernating", "RoomRuntimeError",
+           "RoomUnavailable", "SnapshotRefused", "StoreNotShared"]
 
 
 class RoomRuntimeError(RoomsError):
@@ -82,3 +90,45 @@ class NotOwner(RoomRuntimeError):
 class OperatorRequired(RoomRuntimeError):
     """An operator route (listing rooms, reading any room) was called without an
     operator credential."""
+
+
+class QuotaExceeded(RoomRuntimeError):
+    """An identity is at one of its bounds: its seats or users in a room
+    (``ROOMS_MAX_SEATS_PER_IDENTITY``, ``ROOMS_MAX_USERS_PER_IDENTITY``), the rooms it may
+    start per minute, or the messages it may send per second. ``str(error)`` says which
+    and is safe to show; ``retry_after`` is the seconds after which trying again can
+    succeed (``None``: when one of its seats or users is gone)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def __reduce__(self):  # picklable across Ray processes
+        return (type(self), (str(self), self.retry_after))
+
+
+class SnapshotRefused(RoomRuntimeError):
+    """The room could not save the turns of a call: their snapshot record could not be
+    encoded or passed ``ROOMS_MAX_SNAPSHOT_BYTES``. They were rolled back (nothing of
+    them was released) and the room goes on from its last durable state; the detail is
+    logged under the error id the message names."""
+
+
+class OriginRefused(RoomRuntimeError):
+    """A request carried the session cookie (a credential the browser sends by
+    itself) from a page whose origin is neither the gateway's own nor one of
+    ``ROOMS_ALLOWED_ORIGINS``; refused, so another site cannot act as the visitor."""
+
+
+class MessageRefused(RoomRuntimeError):
+    """The room answered a message sent over HTTP with an ``error`` (not a valid
+    message, or a turn past one of the room's bounds): nothing of it was applied.
+    ``str(error)`` is the room's public text; ``error_id`` the id of the room's log
+    line (the HTTP body carries the same id)."""
+
+    def __init__(self, message: str, error_id: str | None = None) -> None:
+        super().__init__(message)
+        self.error_id = error_id
+
+    def __reduce__(self):  # picklable across Ray processes
+        return (type(self), (str(self), self.error_id))

@@ -34,6 +34,7 @@ import enum
 import json
 import logging
 import os
+import secrets
 import threading
 import time
 from collections import deque
@@ -53,7 +54,8 @@ from . import metrics
 from .applied import AppliedFrames
 from .cluster import check_store_fits_cluster
 from .config import RoomsConfig
-from .errors import NotOwner, RoomFull, RoomHibernating
+from .errors import (MessageRefused, NotOwner, QuotaExceeded, RoomFull, RoomHibernating,
+                     SnapshotRefused)
 from .outbox import Outbox
 from .services import build_services, realtime_model
 from .warmpool import notify_started, preloaded_at
@@ -196,7 +198,7 @@ class RoomActor:
             self.applied = AppliedFrames(snapshot.state.get("applied"))
         self._durable_state = ({"room": data.model_dump(mode="json", exclude_none=True),
                                 "applied": self.applied.record()}, self._next_seq - 1)
-        room = Room(self.room_id, data, max_message_bytes=self.config.max_message_bytes)
+        room = self._new_room(data)
         for entry in restored:  # produced, saved, maybe never released: release now
             self.outbox.publish(entry)
         self._stats["activated_at"] = time.time()
@@ -294,6 +296,30 @@ class RoomActor:
         data = encode_snapshot(Snapshot(self.room_id, self.epoch, seq, state))
         return self._version, data, state, seq
 
+    def _encoded_snapshot(self) -> tuple[int, bytes, dict[str, Any], int]:
+        """:meth:`_snapshot`, refusing a record that cannot be encoded or is larger than
+        ``max_snapshot_bytes``: then every turn that is not durable is rolled back
+        (nothing of them was released) and the room goes on from its last durable state.
+
+        Raises:
+            SnapshotRefused: as said; its message names the error id of the log line
+                that holds the detail.
+        """
+        try:
+            snapshot = self._snapshot()
+            size = len(snapshot[1])
+            if size <= self.config.max_snapshot_bytes:
+                return snapshot
+            detail = f"{size} bytes > ROOMS_MAX_SNAPSHOT_BYTES {self.config.max_snapshot_bytes}"
+        except Exception as error:  # noqa: BLE001 - what a turn put in cannot be encoded
+            detail = f"{type(error).__name__}: {error}"
+        error_id = secrets.token_hex(6)
+        log.error("room %s: snapshot refused (error id %s): %s; the turns that are not "
+                  "durable are rolled back", self.room_id, error_id, detail[:500])
+        self._roll_back()
+        raise SnapshotRefused(f"the room could not save this turn, so it was not applied "
+                              f"(error id {error_id})")
+
     async def _commit(self) -> None:
         """Save the newest state (every turn staged so far) and release what it makes
         durable. A store that fails is retried with back-off for ``store_retry_s``
@@ -306,8 +332,8 @@ class RoomActor:
             delay = 0.05
             while True:
                 started = time.perf_counter()
+                version, data, state, seq = self._encoded_snapshot()
                 try:
-                    version, data, state, seq = self._snapshot()
                     alarm_at = self.room.alarm_at if self.room is not None else None
                     await self._store.save(self.room_id, data, epoch=self.epoch,
                                            alarm_at=alarm_at)
@@ -345,13 +371,16 @@ class RoomActor:
         finally:
             self._commit_task = None
 
+    def _new_room(self, data: RoomData | None) -> Room:
+        """A :class:`Room` of this room id over ``data`` with the configured bounds."""
+        return Room(self.room_id, data, limits=self.config.room_limits())
+
     def _roll_back(self) -> None:
         """Drop every turn that is not durable: the room's state, its sequence number,
         its applied frames and its held messages and jobs go back to the last durable
         snapshot."""
         state, seq = self._durable_state
-        self.room = Room(self.room_id, RoomData.model_validate(state["room"]),
-                         max_message_bytes=self.config.max_message_bytes)
+        self.room = self._new_room(RoomData.model_validate(state["room"]))
         self.applied = AppliedFrames(state["applied"])
         self._pending.clear()
         self._version = self._durable
@@ -411,6 +440,8 @@ class RoomActor:
         Raises:
             NotOwner: another identity opened ``conn`` (its seat stays as it is).
             RoomFull: ``conn`` is new and the room already has ``max_connections``.
+            QuotaExceeded: ``name`` holds ``max_seats_per_identity`` connections or
+                ``max_users_per_identity`` users of the room already.
             RoomHibernating: the actor is exiting; reactivate through ``get_room``.
         """
         def hook(room: Room, now: float) -> Effects:
@@ -421,6 +452,9 @@ class RoomActor:
             if conn not in connections and len(connections) >= self.config.max_connections:
                 raise RoomFull(f"room {self.room_id!r} is full "
                                f"({self.config.max_connections} connections)")
+            refusal = room.admit(conn, name)
+            if refusal is not None:
+                raise QuotaExceeded(refusal)
             owed = self.outbox.connected(conn, poller, socket)
             fx = room.on_connect(conn, name, now)
             replay = [m for m in (json.loads(e.data) for e in owed if e.data is not None)
@@ -432,7 +466,8 @@ class RoomActor:
         return await self._turn(hook, "connect")
 
     async def message(self, conn: str, text: str | bytes, sender: str | None = None,
-                      idempotency_key: str | None = None) -> int:
+                      idempotency_key: str | None = None, *,
+                      refusals: bool = False) -> int:
         """Handle one client frame from ``conn``; returns after its turn is durable.
 
         Args:
@@ -442,8 +477,13 @@ class RoomActor:
                 checked that it owns ``conn`` (the HTTP route): it must own ``conn``, or
                 ``conn`` is ``http:<sender>`` (owned from its first use). ``None``: the
                 caller vouches for it (a socket whose connect was checked; the CLI).
-            idempotency_key: the HTTP ``Idempotency-Key``: a message whose key ``conn``
-                sent before is not applied again (the call just returns).
+            idempotency_key: the HTTP ``Idempotency-Key``: a message whose key the same
+                identity (``sender``, else ``conn``'s owner) sent for ``conn`` before is
+                not applied again (the call just returns). Each identity's keys are
+                kept apart, so no identity can push another's out.
+            refusals: raise :class:`MessageRefused` when the room answered the message
+                with an ``error`` (the HTTP route, whose caller has no socket to hear
+                it); otherwise the ``error`` goes to ``conn``'s sockets.
 
         Returns:
             The outbox sequence number of the last message released so far (the turn's
@@ -451,9 +491,15 @@ class RoomActor:
 
         Raises:
             NotOwner: ``sender`` does not own ``conn``; the room is unchanged.
+            MessageRefused: with ``refusals``, as said; nothing of it was applied
+                (the message is recorded as handled, so a retry with the same
+                idempotency key is not applied either).
             RoomHibernating: the actor is exiting; reactivate through ``get_room``.
         """
+        refused: dict[str, Any] | None = None
+
         def hook(room: Room, now: float) -> Effects:
+            nonlocal refused
             if sender is not None:
                 owner = room.owner(conn)
                 if owner is None and conn == f"http:{sender}":
@@ -461,11 +507,22 @@ class RoomActor:
                 elif owner != sender:
                     raise NotOwner(f"connection {conn[:64]!r} is not yours")
             if idempotency_key is not None:
-                first = self.applied.apply_key(f"{conn}\n{idempotency_key}")
-                return self._apply_once(room, conn, text, now, first)
-            return room.on_message(conn, text, now)
+                identity = sender if sender is not None else (room.owner(conn) or "")
+                first = self.applied.apply_key(identity, f"{conn}\n{idempotency_key}")
+                fx = self._apply_once(room, conn, text, now, first)
+            else:
+                fx = room.on_message(conn, text, now)
+            if refusals:
+                for out in fx.messages:
+                    if (out.to == "one" and out.conn == conn and out.message is not None
+                            and out.message.get("type") == "error"):
+                        refused = out.message
+            return fx
 
-        return await self._turn(hook)
+        seq = await self._turn(hook)
+        if refused is not None:
+            raise MessageRefused(str(refused.get("error", "refused")), refused.get("errorId"))
+        return seq
 
     async def deliver(self, frames: list[tuple], cursor: int | None,
                       poller: str | None = None) -> Delivery:
@@ -606,8 +663,7 @@ class RoomActor:
         if self._durable >= self._version:
             return room.room_state()
         durable = RoomData.model_validate(self._durable_state[0]["room"])
-        return Room(self.room_id, durable,
-                    max_message_bytes=self.config.max_message_bytes).room_state()
+        return self._new_room(durable).room_state()
 
     async def info(self) -> dict[str, Any]:
         """Return operator facts: ids, lifecycle, epoch, sequence, counts, alarm, AI
