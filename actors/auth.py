@@ -34,6 +34,9 @@ variable                          meaning                                       
                                   Email``)
 ``ROOMS_SESSION_SECRET``          the HMAC key of session cookies (at least 32    random per
                                   bytes)                                          gateway
+``ROOMS_ALLOWED_ORIGINS``         origins besides the gateway's own whose pages   none
+                                  may use the session cookie (comma-separated,
+                                  e.g. ``https://meet.example.com``)
 ================================  ==============================================  =========
 
 Operators. Listing rooms and reading any room's state are operator routes. A request is
@@ -52,8 +55,9 @@ from __future__ import annotations
 import hmac
 import re
 import time
-from dataclasses import dataclass
-from typing import Mapping
+from dataclasses import dataclass, field
+from typing import Literal, Mapping
+from urllib.parse import urlsplit
 
 import jwt
 from pydantic import SecretStr
@@ -70,6 +74,7 @@ __all__ = [
     "OPERATOR_HEADER",
     "SESSION_COOKIE",
     "authenticate",
+    "origin_allowed",
     "identify",
     "issue_token",
     "session_cookie",
@@ -110,6 +115,10 @@ class AuthSettings(BaseSettings):
             name, or ``None`` (the default: no header names anyone).
         session_secret: the HMAC key of the session cookie, or ``None`` (then no
             cookie is issued or accepted; ``rooms serve`` sets a random one per run).
+        allowed_origins: origins (``scheme://host[:port]``, comma-separated) besides
+            the gateway's own from which a browser may use the session cookie: a
+            WebSocket handshake or ``POST /set-username`` from any other origin is
+            refused (a page on another site cannot act as the visitor).
     """
 
     model_config = SettingsConfigDict(env_prefix="ROOMS_", extra="ignore")
@@ -119,6 +128,13 @@ class AuthSettings(BaseSettings):
     dev_auth: bool = False
     auth_proxy_header: str | None = None
     session_secret: SecretStr | None = None
+    allowed_origins: str = ""
+
+    @property
+    def origins(self) -> frozenset[str]:
+        """:attr:`allowed_origins` as a set of lower-case origins."""
+        return frozenset(o.strip().lower().rstrip("/")
+                         for o in self.allowed_origins.split(",") if o.strip())
 
     @property
     def cookies_accepted(self) -> bool:
@@ -133,10 +149,15 @@ class Identity:
     Attributes:
         name: the user's name (a token's ``sub``, or the dev-mode username).
         operator: whether the request may use the operator routes.
+        source: which credential named it: ``"token"``, ``"proxy"``, ``"cookie"`` (an
+            ambient credential a browser sends by itself: see :func:`origin_allowed`)
+            or ``"dev"`` (not part of equality).
     """
 
     name: str
     operator: bool = False
+    source: Literal["token", "proxy", "cookie", "dev"] = field(default="token",
+                                                              compare=False)
 
 
 def _key(secret: str | SecretStr) -> bytes:
@@ -154,7 +175,8 @@ def _key(secret: str | SecretStr) -> bytes:
 def validate_user_name(name: object) -> str:
     """Return ``name`` if it is a usable user name, else raise :class:`AuthError`.
 
-    A user name is 1-64 characters, not all blank, with no control characters.
+    A user name is 1-64 characters of valid Unicode text, not all blank, with no
+    control characters.
     """
     if not isinstance(name, str) or not name.strip():
         raise AuthError("the user name is empty")
@@ -162,6 +184,10 @@ def validate_user_name(name: object) -> str:
         raise AuthError(f"the user name is longer than {MAX_NAME_CHARS} characters")
     if _CONTROL.search(name):
         raise AuthError("the user name has control characters")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise AuthError("the user name is not valid Unicode text") from None
     return name
 
 
@@ -304,24 +330,56 @@ def identify(
         claims = verify_claims(token, settings.token_secret)
         name = validate_user_name(claims.get("sub"))
         operator = claims.get("operator") is True
+        source = "token"
     elif proxied:
         name = validate_user_name(proxied.strip())
         operator = False
+        source = "proxy"
     elif cookie:
         assert settings.session_secret is not None  # cookies_accepted
         name = validate_user_name(verify_claims(cookie, settings.session_secret).get("sub"))
         operator = False
+        source = "cookie"
     elif settings.dev_auth:
         name = query.get("username") or headers.get("x-rooms-user")
         if not name:
             raise AuthError("no token and no username (dev mode)")
         name = validate_user_name(name)
         operator = False
+        source = "dev"
     else:
         raise AuthError("no credential: send ?token=<jwt> or 'Authorization: Bearer <jwt>'"
                         + (f", or come through the proxy that sets {settings.auth_proxy_header}"
                            if settings.auth_proxy_header else ""))
-    return Identity(name, operator or settings.dev_auth or _operator_secret(headers, settings))
+    return Identity(name, operator or settings.dev_auth or _operator_secret(headers, settings),
+                    source)
+
+
+def origin_allowed(headers: Mapping[str, str], settings: AuthSettings) -> bool:
+    """Whether a request that carries an ambient credential (the session cookie) comes
+    from a page that may use it: its ``Origin`` is the gateway's own (its host equals
+    the ``Host`` header) or one of ``settings.allowed_origins``. A request with no
+    ``Origin`` is allowed only when ``Sec-Fetch-Site`` does not say it is cross-site
+    (browsers send ``Origin`` with every WebSocket handshake and cross-site POST).
+
+    Args:
+        headers: the request's headers, lower-case names (``origin``, ``host``,
+            ``sec-fetch-site``).
+        settings: the configured origins.
+
+    Returns:
+        ``True`` if the credential may be used (Fetch standard, CORS-safelisted
+        checks; RFC 6454 origins).
+    """
+    origin = (headers.get("origin") or "").strip().lower().rstrip("/")
+    if not origin or origin == "null":
+        if origin == "null":
+            return False
+        return headers.get("sec-fetch-site", "same-origin") in ("same-origin", "none")
+    if origin in settings.origins:
+        return True
+    host = (headers.get("host") or "").strip().lower()
+    return bool(host) and urlsplit(origin).netloc == host
 
 
 def _operator_secret(headers: Mapping[str, str], settings: AuthSettings) -> bool:

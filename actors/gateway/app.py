@@ -24,6 +24,7 @@ from ray import serve
 
 from ..auth import AuthSettings
 from ..config import RoomsConfig
+from ..seam import limit_websocket_frames
 from .limits import GatewayLimits
 from .pages import WebAssets
 from .partytracks import PartyTracksSettings
@@ -49,6 +50,9 @@ class Gateway:
     def __init__(self, config: RoomsConfig, auth: Optional[AuthSettings] = None,
                  limits: Optional[GatewayLimits] = None, assets: Optional[WebAssets] = None,
                  partytracks: Optional[PartyTracksSettings] = None) -> None:
+        # Before Serve starts this replica's uvicorn (see actors.seam): frames larger
+        # than a message are refused by the WebSocket layer, before they are buffered.
+        limit_websocket_frames(config.max_message_bytes)
         self.server = GatewayServer(config, auth, limits, assets, partytracks)
 
     @app.get("/healthz")

@@ -29,12 +29,10 @@ from typing import Any, Callable
 
 import ray
 
-from storage.base import StorageUnavailable
-
 from ..directory import actor_name
 from ..errors import NoFreeSlot, RoomUnavailable
 from ..wire import Delivery, OutboxEntry
-from .errors import error_frame
+from .errors import public_error
 from .limits import GatewayLimits
 from .room_ref import RoomRef
 from .client_socket import ClientSocket
@@ -178,21 +176,19 @@ class RoomChannel:
         while True:
             try:
                 return await self.ref.call("deliver", frames, self.cursor, self.poller)
-            except RoomUnavailable:
+            except RoomUnavailable as error:
                 if time.monotonic() < deadline:
                     self.stats["redeliveries"] += 1
                     continue  # the room is restarting: send the same frames again
-                text = "the room is unavailable; try again"
-            except StorageUnavailable:  # the room kept its last durable state
-                text = "storage unavailable; try again"
-            except NoFreeSlot:  # a hibernated room could not wake: nothing was applied
-                text = "no free room slot; try again later"
-            except Exception as error:  # noqa: BLE001 - tell the senders, go on
-                log.warning("room %s: deliver failed (%s)", self.ref.room_id,
-                            type(error).__name__)
-                text = "the room could not handle the message"
+                failure: BaseException = error
+            except Exception as error:  # noqa: BLE001 - tell the senders (sanitized), go on
+                # StorageUnavailable: the room kept its last durable state; NoFreeSlot: a
+                # hibernated room could not wake; SnapshotRefused: rolled back. In each
+                # case nothing of the batch was applied.
+                failure = error
+            public = public_error(failure)
             for sock, _, _ in batch:
-                sock.send(error_frame(text))
+                sock.send(public.frame())
             return None
 
     # ---- entries from the room -------------------------------------------------------

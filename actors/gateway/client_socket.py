@@ -20,10 +20,17 @@ log = logging.getLogger("ray.serve.ray_rooms.gateway")
 class SocketState(enum.Enum):
     """Where a :class:`ClientSocket` is::
 
+        PENDING --admit(): the room accepted it as its connection id's owner--> OPEN
+        PENDING --close(): refused--> CLOSING (what it was held is dropped unsent)
         OPEN --close()--> CLOSING --queued frames written, close sent--> CLOSED
-        OPEN or CLOSING --client gone, too slow, stop()--> CLOSED
+        any --client gone, too slow, stop()--> CLOSED
+
+    A PENDING socket is written nothing: what the room's fan-out sends it meanwhile is
+    held, and written only once the room has accepted the socket (its ``connect``
+    turn), so a socket that opens another user's connection id hears nothing of it.
     """
 
+    PENDING = "pending"
     OPEN = "open"
     CLOSING = "closing"
     CLOSED = "closed"
@@ -47,7 +54,10 @@ class ClientSocket:
         self.conn = conn
         self.ws = ws
         self.id = uuid.uuid4().hex
-        self.state = SocketState.OPEN
+        self.state = SocketState.PENDING
+        self._held: list[tuple[str, int | None]] = []
+        self._queue_size = queue_size
+        self._closer: asyncio.Task | None = None
         self.close_code: tuple[int, str] | None = None
         """The ``(code, reason)`` the gateway closed it with, once CLOSED that way."""
         self.sent_seq: int | None = None
@@ -63,7 +73,14 @@ class ClientSocket:
         self.task = asyncio.ensure_future(self._writer())
 
     def send(self, text: str, seq: int | None = None) -> None:
-        """Queue ``text`` (the outbox entry ``seq``, if any); dropped unless OPEN."""
+        """Queue ``text`` (the outbox entry ``seq``, if any); held while PENDING,
+        dropped once CLOSING or CLOSED."""
+        if self.state is SocketState.PENDING:
+            if len(self._held) >= self._queue_size:
+                self._overflow()
+                return
+            self._held.append((text, seq))
+            return
         if self.state is not SocketState.OPEN:
             return
         try:
@@ -71,8 +88,22 @@ class ClientSocket:
         except asyncio.QueueFull:
             self._overflow()
 
+    def admit(self) -> None:
+        """The room accepted this socket as its connection id's owner: write what was
+        held for it, in order, and go OPEN."""
+        if self.state is not SocketState.PENDING:
+            return
+        self.state = SocketState.OPEN
+        held, self._held = self._held, []
+        for text, seq in held:
+            self.send(text, seq)
+
     def close(self, code: int, reason: str = "") -> None:
-        """Close with ``code`` and ``reason`` after the frames already queued."""
+        """Close with ``code`` and ``reason`` after the frames already queued (a
+        PENDING socket's held frames are dropped: it was never accepted)."""
+        if self.state is SocketState.PENDING:
+            self._held.clear()
+            self.state = SocketState.OPEN
         if self.state is not SocketState.OPEN:
             return
         try:
@@ -91,8 +122,9 @@ class ClientSocket:
     def _overflow(self) -> None:
         log.warning("socket %s reads too slowly; closing it", self.conn[:64])
         self.state = SocketState.CLOSING
+        self._held.clear()
         self.task.cancel()
-        asyncio.ensure_future(self._close_now(CLOSE_TRY_AGAIN, "client too slow"))
+        self._closer = asyncio.ensure_future(self._close_now(CLOSE_TRY_AGAIN, "client too slow"))
 
     async def _close_now(self, code: int, reason: str) -> None:
         self.close_code = (code, reason)

@@ -55,6 +55,15 @@ class GatewayLimits(BaseSettings):
         room_queue: frames of one room waiting in one replica for the next
             ``deliver`` call; past it, the sockets of the room are not read until the
             room catches up (TCP back-pressure on the clients).
+        http_rate_per_s: ``POST /rooms/{room}/messages`` per second one identity may
+            send to one replica, sustained (429 with ``Retry-After`` past it).
+        http_burst: such messages one identity may send at once.
+        rooms_per_minute: rooms one identity may start (a room with no live actor:
+            new, or woken from hibernation) through one replica per minute, sustained
+            (a socket is refused with HTTP 429, a message with 429 and
+            ``Retry-After``); as many at once.
+        max_identities: identities whose quotas one replica tracks (the least
+            recently seen is forgotten first).
     """
 
     model_config = SettingsConfigDict(env_prefix="ROOMS_GATEWAY_", extra="ignore")
@@ -73,3 +82,7 @@ class GatewayLimits(BaseSettings):
     max_ongoing_requests: int = Field(10_000, ge=1)
     max_batch: int = Field(256, ge=1)
     room_queue: int = Field(4096, ge=1)
+    http_rate_per_s: float = Field(20.0, gt=0)
+    http_burst: int = Field(40, ge=1)
+    rooms_per_minute: float = Field(20.0, gt=0)
+    max_identities: int = Field(10_000, ge=1)

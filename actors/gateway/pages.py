@@ -39,7 +39,7 @@ beside the package)."""
 
 _ASSET_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}\.js")
 _CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-        "connect-src 'self' ws: wss:; media-src 'self' blob: mediastream:; "
+        "connect-src 'self'; media-src 'self' blob: mediastream:; "
         "img-src 'self' data:; frame-ancestors 'none'")
 
 _STYLE = """

@@ -3,9 +3,15 @@ bounded cache of :class:`RoomRef` for rooms reached over HTTP only."""
 
 from __future__ import annotations
 
+import asyncio
+
+import ray
+
 from ..config import RoomsConfig
+from ..directory import actor_name
 from .channel import RoomChannel
 from .limits import GatewayLimits
+from .quotas import IdentityQuotas
 from .room_ref import RoomRef
 
 __all__ = ["RoomRegistry"]
@@ -44,6 +50,29 @@ class RoomRegistry:
                 self._refs.pop(next(iter(self._refs)))
             ref = self._refs[room_id] = RoomRef(room_id, self.config, self.limits)
         return ref
+
+    async def check_start(self, room_id: str, identity: str, quotas: IdentityQuotas) -> None:
+        """Count ``room_id`` against ``identity``'s ``rooms_per_minute`` if reaching it
+        starts the room (no live actor: new, or hibernated). A room this replica
+        already reaches costs nothing and no look-up.
+
+        Raises:
+            QuotaExceeded: ``identity`` is at its quota; nothing was started.
+        """
+        if room_id in self.channels:
+            return
+        ref = self._refs.get(room_id)
+        if ref is not None and ref.handle is not None:
+            return
+        if not await asyncio.to_thread(self._live, room_id):
+            quotas.room_start(identity)
+
+    def _live(self, room_id: str) -> bool:
+        try:
+            ray.get_actor(actor_name(room_id), namespace=self.config.namespace)
+            return True
+        except ValueError:
+            return False
 
     def channel(self, room_id: str) -> RoomChannel:
         """Return the channel of ``room_id``, making it if there is none."""

@@ -48,8 +48,9 @@ class RoomRef:
         if self.handle is handle:
             self.handle = None
 
-    async def call(self, method: str, *args: Any) -> Any:
-        """Call ``method`` of the room actor with ``args`` and return its result.
+    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Call ``method`` of the room actor with ``args`` and ``kwargs`` and return
+        its result.
 
         Retries, with exponential back-off, when the actor is dead or unavailable
         (``RayActorError``) or hibernating (:class:`RoomHibernating`), resolving the
@@ -63,7 +64,7 @@ class RoomRef:
         for attempt in range(self.limits.call_attempts):
             handle = await self.resolve()
             try:
-                result = await getattr(handle, method).remote(*args)
+                result = await getattr(handle, method).remote(*args, **kwargs)
             except (RayActorError, RoomHibernating) as error:
                 log.info("room %s: %s failed (%s), attempt %d", self.room_id, method,
                          type(error).__name__, attempt + 1)

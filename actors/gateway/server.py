@@ -17,13 +17,17 @@ from ray.serve.exceptions import RayServeException
 
 from rooms.errors import RoomsError
 
-from ..auth import SESSION_COOKIE, AuthSettings, Identity, identify, session_cookie
+from rooms.messages import ProtocolError, check_conn_id, parse_client_message
+
+from ..auth import (SESSION_COOKIE, AuthSettings, Identity, identify, origin_allowed,
+                    session_cookie)
 from ..config import RoomsConfig
 from ..directory import list_room_actors, validate_room_id
-from ..errors import AuthError, OperatorRequired
+from ..errors import AuthError, OperatorRequired, OriginRefused
 from ..services import calls_settings
-from .errors import answer_for
+from .errors import BodyTooLarge, public_error
 from .limits import MAX_CONN_ID_CHARS, GatewayLimits
+from .quotas import IdentityQuotas
 from .pages import WebAssets, index_page, meeting_page, safe_return_path
 from .partytracks import PartyTracksProxy, PartyTracksSettings
 from .registry import RoomRegistry
@@ -68,6 +72,7 @@ class GatewayServer:
         self.replica = _replica_id()
         self.node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
         self.registry = RoomRegistry(config, self.limits, self.replica, self.node)
+        self.quotas = IdentityQuotas(self.limits)
         if self.auth.dev_auth:
             log.warning("development mode: ?username= is accepted without a token and "
                         "every identity is an operator")
@@ -93,9 +98,10 @@ class GatewayServer:
 
     async def _guard(self, request: Request, room: str | None,
                      work: Callable[[str], Awaitable[Any]], *, operator: bool = False) -> Any:
-        """Identify the caller, validate ``room``, run ``work(name)``; answer a
-        :class:`~rooms.errors.RoomsError` from the table of
-        :mod:`actors.gateway.errors`.
+        """Identify the caller, validate ``room``, run ``work(name)``; answer any error
+        it raises through the sanitizer (:func:`actors.gateway.errors.public_error`:
+        the public text and an error id; the status from its table; never a
+        traceback).
 
         Args:
             request: the HTTP request.
@@ -107,11 +113,13 @@ class GatewayServer:
             identity = self._identify(request)
             if operator and not identity.operator:
                 raise OperatorRequired("this route needs an operator credential")
+            if identity.source == "cookie" and not origin_allowed(request.headers, self.auth):
+                raise OriginRefused("this page's origin may not use the session cookie")
             if room is not None:
                 validate_room_id(room)
             return await work(identity.name)
-        except RoomsError as error:
-            return answer_for(error).response(error)
+        except Exception as error:  # noqa: BLE001 - every error is answered, sanitized
+            return public_error(error).response()
 
     # ---- HTTP --------------------------------------------------------------------------
 
@@ -153,30 +161,36 @@ class GatewayServer:
         connection: ``http:<name>`` by default, or a ``?conn=`` the caller's identity
         owns (403 otherwise, and the room is unchanged). Returns ``{"seq": n}``, the
         outbox sequence number after the turn (its replies go out through the
-        sockets); 413 if the body exceeds ``max_message_bytes``, 400 if it is not
-        UTF-8. With an ``Idempotency-Key`` header, a retried request (same key, same
-        connection) is applied once."""
+        sockets). With an ``Idempotency-Key`` header, a retried request (same key, same
+        connection, same identity) is applied once.
+
+        Refused, with ``{"error", "errorId"}``: 413 when ``Content-Length`` or the
+        body read so far exceeds ``max_message_bytes`` (the body is never buffered
+        past it); 400 when it is not a valid message (checked here, at the edge) or a
+        parameter is bad; 422 when the room refused it (one of its bounds); 429 past
+        the identity's ``http_rate_per_s`` or ``rooms_per_minute`` (``Retry-After``).
+        """
 
         async def work(name: str) -> Any:
-            body = await request.body()
+            self.quotas.message(name)
             limit = self.config.max_message_bytes
-            if len(body) > limit:
-                return JSONResponse(
-                    {"error": f"message too large ({len(body)} > {limit} bytes)"},
-                    status_code=413)
-            try:
-                text = body.decode("utf-8")
-            except UnicodeDecodeError:
-                return JSONResponse({"error": "the body is not UTF-8"}, status_code=400)
+            body = await _read_body(request, limit)
+            if body is None:
+                return public_error(BodyTooLarge(f"message too large (limit {limit} bytes)")
+                                    ).response()
             conn = request.query_params.get("conn") or f"http:{name}"
             if len(conn) > MAX_CONN_ID_CHARS:
-                return JSONResponse({"error": "conn is too long"}, status_code=400)
+                raise ProtocolError("conn is too long")
+            check_conn_id(conn)
             key = request.headers.get("idempotency-key")
-            if key is not None and not 0 < len(key) <= MAX_CONN_ID_CHARS:
-                return JSONResponse({"error": "Idempotency-Key must be 1-128 characters"},
-                                    status_code=400)
-            return {"seq": await self.registry.ref(room).call("message", conn, text, name,
-                                                              key)}
+            if key is not None and not (0 < len(key) <= MAX_CONN_ID_CHARS
+                                        and key.isascii() and key.isprintable()):
+                raise ProtocolError("Idempotency-Key must be 1-128 printable ASCII characters")
+            parse_client_message(body, max_bytes=limit)  # 400 here, before the room
+            await self.registry.check_start(room, name, self.quotas)
+            seq = await self.registry.ref(room).call("message", conn, body, name, key,
+                                                     refusals=True)
+            return {"seq": seq}
 
         return await self._guard(request, room, work)
 
@@ -194,8 +208,10 @@ class GatewayServer:
         ``/``). 400 for an unusable name or room, 413 for a body over 4 KiB."""
         if not self.auth.cookies_accepted:
             return JSONResponse({"error": "not found"}, status_code=404)
-        body = await request.body()
-        if len(body) > 4096:
+        if not origin_allowed(request.headers, self.auth):
+            return public_error(OriginRefused("cross-site form posts are refused")).response()
+        body = await _read_body(request, 4096)
+        if body is None:
             return JSONResponse({"error": "the form is too large"}, status_code=413)
         form = parse_qs(body.decode("utf-8", "replace"), max_num_fields=8)
         name = (form.get("username") or [""])[0].strip()
@@ -207,7 +223,7 @@ class GatewayServer:
         except AuthError as error:  # an unusable name is bad input here, not a 401
             return JSONResponse({"error": str(error)}, status_code=400)
         except RoomsError as error:
-            return answer_for(error).response(error)
+            return public_error(error).response()
         target = (f"/meet/{quote(room, safe='')}" if room
                   else safe_return_path(request.query_params.get("return-url")))
         response = RedirectResponse(target, status_code=303)
@@ -228,13 +244,13 @@ class GatewayServer:
         try:
             validate_room_id(room)
         except RoomsError as error:
-            return answer_for(error).response(error)
+            return public_error(error).response()
         name = self._name_or_none(request)
         if name is None:
             if self.auth.dev_auth:
                 return RedirectResponse(f"/?room={quote(room, safe='')}", status_code=303)
             error = AuthError("sign in first (no token, proxy header or session cookie)")
-            return answer_for(error).response(error)
+            return public_error(error).response()
         return meeting_page(room, name, self.assets)
 
     async def web_asset(self, name: str) -> Response:
@@ -270,4 +286,23 @@ class GatewayServer:
     async def websocket(self, ws: WebSocket, room: str) -> None:
         """A partysocket connection to ``room`` as connection ``?_pk=`` (see
         :mod:`actors.gateway.websocket`)."""
-        await serve_websocket(ws, room, self.registry, self.auth, self.limits)
+        await serve_websocket(ws, room, self.registry, self.auth, self.limits, self.quotas)
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """Read ``request``'s body, at most ``limit`` bytes: ``None`` when its
+    ``Content-Length`` says more, or when more arrives (the rest is never buffered)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                return None
+        except ValueError:
+            raise ProtocolError("Content-Length is not a number") from None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)

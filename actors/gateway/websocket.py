@@ -29,15 +29,16 @@ from fastapi.responses import JSONResponse
 from starlette.websockets import WebSocketDisconnect
 
 from rooms.errors import RoomsError
+from rooms.messages import ProtocolError, check_socket_conn_id
 
-from ..auth import AuthSettings, identify
+from ..auth import AuthSettings, identify, origin_allowed
 from ..directory import validate_room_id
-from ..errors import AuthError, InvalidRoomId
+from ..errors import OriginRefused
 from .channel import RoomChannel
-from .errors import answer_for, error_frame
-from .limits import (CLOSE_POLICY, CLOSE_ROOM_UNAVAILABLE, CLOSE_TRY_AGAIN, MAX_CONN_ID_CHARS,
-                     NODE_HEADER, REPLICA_HEADER, GatewayLimits)
+from .errors import error_frame, public_error
+from .limits import CLOSE_POLICY, CLOSE_TRY_AGAIN, NODE_HEADER, REPLICA_HEADER, GatewayLimits
 from .client_socket import ClientSocket
+from .quotas import IdentityQuotas
 from .ratelimit import TokenBucket
 from .registry import RoomRegistry
 
@@ -47,9 +48,18 @@ log = logging.getLogger("ray.serve.ray_rooms.gateway")
 
 
 async def serve_websocket(ws: WebSocket, room: str, registry: RoomRegistry,
-                          auth: AuthSettings, limits: GatewayLimits) -> None:
+                          auth: AuthSettings, limits: GatewayLimits,
+                          quotas: IdentityQuotas | None = None) -> None:
     """Serve one partysocket connection to ``room`` as connection ``?_pk=`` until it
     closes (see the module docstring for the close codes).
+
+    The handshake is refused with an HTTP response (the error's public text and id,
+    :func:`~actors.gateway.errors.public_error`) when: no identity (401); a session
+    cookie from another site's page (403, :func:`~actors.auth.origin_allowed`); a bad
+    room id or ``_pk`` (400, :func:`rooms.messages.check_socket_conn_id`: ``ai`` and
+    ``http:`` ids are reserved); the identity's ``rooms_per_minute`` is spent and the
+    room has no live actor (429). An accepted socket is written nothing until the room
+    has accepted it as its connection id's owner (:class:`ClientSocket`, PENDING).
 
     Args:
         ws: the WebSocket, not yet accepted.
@@ -57,18 +67,22 @@ async def serve_websocket(ws: WebSocket, room: str, registry: RoomRegistry,
         registry: the replica's rooms.
         auth: the identity settings.
         limits: the replica's limits.
+        quotas: the replica's per-identity quotas (default: a fresh set, for tests).
     """
     query = ws.query_params
+    quotas = quotas or IdentityQuotas(limits)
     try:
-        name = identify(query, ws.headers, auth, ws.cookies).name
+        identity = identify(query, ws.headers, auth, ws.cookies)
+        if identity.source == "cookie" and not origin_allowed(ws.headers, auth):
+            raise OriginRefused("this page's origin may not use the session cookie")
         validate_room_id(room)
-    except (AuthError, InvalidRoomId) as error:
-        await _deny(ws, answer_for(error).response(error))
+        conn = query.get("_pk")
+        conn = uuid.uuid4().hex if conn is None else check_socket_conn_id(conn)
+        await registry.check_start(room, identity.name, quotas)
+    except (RoomsError, ProtocolError) as error:
+        await _deny(ws, public_error(error).response())
         return
-    conn = query.get("_pk") or uuid.uuid4().hex
-    if len(conn) > MAX_CONN_ID_CHARS:
-        await _deny(ws, JSONResponse({"error": "_pk is too long"}, status_code=400))
-        return
+    name = identity.name
     channel = registry.channel(room)
     await ws.accept(headers=[(REPLICA_HEADER.encode(), registry.replica.encode()),
                              (NODE_HEADER.encode(), registry.node.encode())])
@@ -87,18 +101,16 @@ async def serve_websocket(ws: WebSocket, room: str, registry: RoomRegistry,
             sock.sent_seq = channel.cursor
         await channel.ref.call("connect", conn, name, channel.poller, sock.id)
         connected = True
+        sock.admit()
         code, reason = await _relay(ws, sock, channel, registry.config.max_message_bytes,
                                     limits)
-    except RoomsError as error:  # RoomFull (the room's own cap), RoomUnavailable, ...
-        answer = answer_for(error)
-        sock.close(answer.close, answer.reason)
-        code, reason = answer.close, answer.reason
-        await _wait(sock.closed, 2.0)
     except (WebSocketDisconnect, asyncio.CancelledError) as error:
         code = getattr(error, "code", 1006)
-    except Exception:  # noqa: BLE001 - never let one socket take the replica down
-        log.exception("room %s: socket %s failed", room, conn[:64])
-        sock.close(CLOSE_ROOM_UNAVAILABLE, "gateway error")
+    except Exception as error:  # noqa: BLE001 - RoomFull, NotOwner, QuotaExceeded, ...;
+        # never let one socket take the replica down
+        public = public_error(error)
+        sock.close(public.answer.close, public.close_reason)
+        code, reason = public.answer.close, public.close_reason
         await _wait(sock.closed, 2.0)
     finally:
         others = channel.remove(sock)
@@ -155,17 +167,21 @@ async def _read(ws: WebSocket, sock: ClientSocket, channel: RoomChannel, limit: 
         data: str | bytes | None = text if text is not None else message.get("bytes")
         if data is None:
             continue
-        if isinstance(data, bytes) or len(data) > quick:
-            size = len(data.encode("utf-8")) if isinstance(data, str) else len(data)
-            if size > limit:
-                sock.send(error_frame(f"message too large ({size} > {limit} bytes)"))
-                continue
+        # Every frame counts toward the rate limit and the abuse close, refused ones too.
         if not bucket.take():
             if not strikes.take():
                 sock.close(CLOSE_POLICY, "rate limit abuse")
                 continue
             sock.send(error_frame(f"rate limit exceeded ({limits.rate_per_s:g} messages/s)"))
             continue
+        if isinstance(data, bytes) or len(data) > quick:
+            # Uvicorn's frame limit is the message limit (actors.gateway.frames); this
+            # is for ingresses that read frames before us (Serve's proxy actor).
+            size = len(data.encode("utf-8", "surrogatepass")) if isinstance(data, str) \
+                else len(data)
+            if size > limit:
+                sock.send(error_frame(f"message too large ({size} > {limit} bytes)"))
+                continue
         await channel.submit(sock, data)
 
 
