@@ -28,7 +28,9 @@ def dev_gateway(app: str, tmp_dir: Path, replicas: int = 1) -> Iterator[dict[str
                          store_url=f"sqlite:///{tmp_dir / 'rooms.sqlite3'}", idle_timeout=0,
                          poll_timeout=5.0)
     url = deploy_gateway(config, port=free_port(), replicas=replicas, name=app, dev=True,
-                         limits=GatewayLimits(rate_per_s=1000, burst=1000))
+                         limits=GatewayLimits(rate_per_s=1000, burst=1000,
+                                              http_rate_per_s=1000, http_burst=1000,
+                                              rooms_per_minute=10_000))
     try:
         yield {"url": url, "ws": url.replace("http://", "ws://"), "config": config}
     finally:
