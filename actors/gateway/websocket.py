@@ -2,20 +2,26 @@
 to the room's channel, and telling the room when it closes.
 
 Close codes the gateway sends (besides those the room asks for, e.g. 1000
-``User left``, 1011 ``heartbeat timeout``):
+``User left``, 1011 ``heartbeat timeout``); each reason carries the error id of the
+gateway's log line, ``"<reason> (<error id>)"``:
 
 =====  ===========================================================================
 1008   sustained rate-limit abuse (``"rate limit abuse"``); a ``_pk`` that another
        identity opened (``"connection belongs to another user"``: its seat stays)
+1009   a message larger than ``max_message_bytes`` (sent by the WebSocket layer,
+       uvicorn, before the frame is buffered; see :mod:`actors.seam`)
 1011   the room could not be reached after retries (``"room unavailable"``)
 1013   the room is full (``"room full"``: ``RoomsConfig.max_connections`` in the
-       room, or ``max_connections_per_room`` sockets of it in this replica), or the
+       room, or ``max_connections_per_room`` sockets of it in this replica); the
+       identity holds its seats or users of the room (``"quota exceeded"``); the
        client reads too slowly (``"client too slow"``)
 =====  ===========================================================================
 
-A refused handshake (no identity: 401; a bad room id or ``_pk``: 400) is answered with
-an HTTP response, not a close. Frames over ``max_message_bytes`` or the rate limit are
-answered with an ``error`` frame and the socket stays open.
+A refused handshake is answered with an HTTP response ``{"error", "errorId"}``, not a
+close: no identity 401; a session cookie from another origin 403; a bad room id or
+``_pk`` 400; the identity's new-room quota 429. Frames over the rate limit are
+answered with an ``error`` frame and the socket stays open; every frame counts toward
+it, refused ones too.
 """
 
 from __future__ import annotations
