@@ -102,7 +102,9 @@ def show(room: str, address: Optional[str] = AddressOption) -> None:
 def send(
     room: str,
     message: str = typer.Argument(..., help="the protocol message, as JSON text"),
-    conn: str = typer.Option(..., "--as", help="the connection id to send as"),
+    conn: str = typer.Option(..., "--as", help="the connection id to send as: a connected "
+                             "socket's, or http:<name> (a connection with no open socket "
+                             "cannot act for its user)"),
     address: Optional[str] = AddressOption,
 ) -> None:
     """Send one protocol MESSAGE to ROOM as connection CONN and print the replies."""

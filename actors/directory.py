@@ -103,8 +103,8 @@ def _make_room_for(room_id: str, config: RoomsConfig, retry_s: float = 1.0) -> N
             return
         left = deadline - time.monotonic()
         if left <= 0:
-            raise NoFreeSlot(f"room {room_id!r} cannot start: every room slot is taken by "
-                             "a busy room; try again later")
+            raise NoFreeSlot(f"no free room slot: room {room_id!r} cannot start, every "
+                             "room slot is taken by a busy room; try again later")
         time.sleep(min(retry_s, left))
 
 

@@ -45,16 +45,18 @@ def test_send_show_ls(ray_session, unique_room, sqlite_url, monkeypatch, emu):
 
     update = {"type": "userUpdate", "user": {"id": "x", "name": "x", "raisedHand": True,
               "speaking": False, "joined": True, "tracks": {"audioUnavailable": False}}}
-    result = runner.invoke(app, ["send", unique_room, "--as", "c1", json.dumps(update)])
+    # a connection with no open socket acts over HTTP's own id, http:<name>
+    result = runner.invoke(app, ["send", unique_room, "--as", "http:c1", json.dumps(update)])
     assert result.exit_code == 0, result.output
     outputs.append(result.output)
     out = json.loads(result.output)
     [state] = [r["state"] for r in out["replies"] if r["type"] == "roomState"]
-    assert state["users"][0]["raisedHand"] is True and state["users"][0]["id"] == "c1"
+    assert state["users"][0]["raisedHand"] is True and state["users"][0]["id"] == "http:c1"
 
-    result = runner.invoke(app, ["send", unique_room, "--as", "c1", "{not json"])
+    result = runner.invoke(app, ["send", unique_room, "--as", "http:c1", "{not json"])
     assert result.exit_code == 1
-    assert json.loads(result.output)["replies"] == [{"type": "error", "error": "message is not valid JSON"}]
+    [reply] = json.loads(result.output)["replies"]
+    assert reply["error"] == "message is not valid JSON" and len(reply["errorId"]) == 12
 
     result = runner.invoke(app, ["show", unique_room])
     assert result.exit_code == 0, result.output

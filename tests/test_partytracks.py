@@ -127,6 +127,8 @@ async def test_only_session_operations_reach_calls(meeting_gateway):
                  ("POST", "/partytracks/apps/other/sessions/new", 404),
                  ("GET", "/partytracks/sessions/abc/..%2F..%2Fturn", 404),
                  ("DELETE", "/partytracks/sessions/abc", 405),
+                 ("POST", "/partytracks/sessions/new%0A", 404),
+                 ("GET", "/partytracks/sessions/abc%0A", 404),
                  ("POST", "/partytracks/", 404)]
         for method, path, status in cases:
             response = _no_secret(await client.request(method, path, params=user), secret)

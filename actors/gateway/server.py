@@ -272,6 +272,12 @@ class GatewayServer:
         (:mod:`actors.gateway.partytracks`), for identified users only (401); 503 when
         no Calls app is configured."""
         async def work(name: str) -> Any:
+            if not str(request.scope.get("path", "")).endswith(f"/partytracks/{path}"):
+                # the route's pattern ends in `$`, which matches before a final newline:
+                # /partytracks/sessions/new%0A arrives as the path "sessions/new"
+                return JSONResponse({"errorCode": "not_found",
+                                     "errorDescription": "not a Calls session operation"},
+                                    status_code=404)
             proxy = self._partytracks()
             if proxy is None:
                 return JSONResponse({"errorCode": "calls_not_configured",
