@@ -30,6 +30,7 @@ runs turns goes through one path, :meth:`RoomActor._turns`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import json
 import logging
@@ -186,7 +187,13 @@ class RoomActor:
         store = self._store
         self.epoch = await store.claim_epoch(self.room_id)
         raw = await store.load(self.room_id)
+        # Everything an activation builds starts anew here: an activation retried after
+        # a failed one (StorageUnavailable) must not publish the restored entries twice.
         restored: list[OutboxEntry] = []
+        released = 0
+        self._pending.clear()
+        self._next_seq = 1
+        self.applied = AppliedFrames()
         if raw is None:
             data = RoomData()
         else:
@@ -194,8 +201,9 @@ class RoomActor:
             data = RoomData.model_validate(snapshot.state["room"])
             self._next_seq = snapshot.seq + 1
             restored = [OutboxEntry.from_record(r) for r in snapshot.state.get("outbox", [])]
-            self.outbox.released = snapshot.seq - len(restored)
+            released = snapshot.seq - len(restored)
             self.applied = AppliedFrames(snapshot.state.get("applied"))
+        self.outbox = Outbox(self.config.outbox_size, released=released)
         self._durable_state = ({"room": data.model_dump(mode="json", exclude_none=True),
                                 "applied": self.applied.record()}, self._next_seq - 1)
         room = self._new_room(data)
@@ -556,8 +564,8 @@ class RoomActor:
         self.outbox.note_cursor(poller, cursor)
         await self._turns([(self._frame_hook(*frame), None) for frame in frames], poller)
         if cursor is None:
-            return Delivery(cursor=self.outbox.released)
-        return self.outbox.since(cursor)
+            return Delivery(cursor=self.outbox.released, epoch=self.epoch)
+        return dataclasses.replace(self.outbox.since(cursor), epoch=self.epoch)
 
     def _frame_hook(self, conn: str, text: str | bytes, socket: str | None = None,
                     number: int | None = None) -> Hook:
@@ -648,12 +656,20 @@ class RoomActor:
         try:
             await self._ensure_active()
         except RoomHibernating:
-            return Delivery(cursor=cursor or 0, hibernating=True)
+            return Delivery(cursor=cursor or 0, hibernating=True, epoch=self.epoch)
         if cursor is None:
-            return Delivery(cursor=self.outbox.released)
+            return Delivery(cursor=self.outbox.released, epoch=self.epoch)
         wait = self.config.poll_timeout if timeout is None else timeout
-        return await self.outbox.wait(cursor, wait, poller,
-                                      lambda: self.lifecycle is not Lifecycle.ACTIVE)
+        result = await self.outbox.wait(cursor, wait, poller,
+                                        lambda: self.lifecycle is not Lifecycle.ACTIVE)
+        return dataclasses.replace(result, epoch=self.epoch)
+
+    def activation(self) -> int:
+        """The epoch this activation claimed (0 while it has none yet), without
+        activating the room: a gateway asks it of a call that is taking long, to learn
+        whether the activation the call went to is still the room's (see
+        :meth:`actors.gateway.room_ref.RoomRef.wait`)."""
+        return self.epoch
 
     async def state(self) -> dict[str, Any]:
         """Return the room's ``RoomState`` JSON object (what ``roomState`` carries) as of

@@ -210,6 +210,9 @@ class AlarmScheduler:
                 store = self._open_store()
                 now = self._clock()
                 mono = time.monotonic()
+                # a hold past its time is dropped, due or not: a room whose alarm was
+                # cleared meanwhile would otherwise keep its entry for ever
+                self._hold = {r: until for r, until in self._hold.items() if until > mono}
                 for room_id, at in await store.due_alarms(now - self.grace):
                     if room_id in self._in_flight or self._hold.get(room_id, 0.0) > mono:
                         continue

@@ -91,9 +91,14 @@ class Delivery:
             cursor is ahead of the room's): the caller resends ``roomState``.
         hibernating: the room is going to sleep; stop polling until a frame
             reactivates it.
+        epoch: the epoch of the activation that answered (each activation claims a
+            higher one; 0: not known). A caller that sees it grow knows that the room
+            restarted, and that a call it sent to the previous activation will not be
+            answered (see :meth:`actors.gateway.room_ref.RoomRef.wait`).
     """
 
     cursor: int
     entries: tuple[OutboxEntry, ...] = field(default_factory=tuple)
     gap: bool = False
     hibernating: bool = False
+    epoch: int = 0

@@ -105,8 +105,10 @@ def open_store(url: str) -> SnapshotStore:
     """
     scheme, sep, rest = url.partition("://")
     if not sep:
+        # Not echoed: without a scheme the URL cannot be parsed, so a password in it
+        # could not be redacted.
         raise ValueError(
-            f"store URL {url!r} has no scheme; use memory://[name], sqlite:///path or "
+            "the store URL has no scheme; use memory://[name], sqlite:///path or "
             "postgresql://user@host:port/db"
         )
     scheme = scheme.lower()

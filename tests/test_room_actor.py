@@ -164,3 +164,45 @@ async def test_activity_counts_clients_turns_not_the_rooms_own_alarm():
     assert idle >= 0.3, idle  # the alarm ran, and the room still counts as quiet
     await actor.message("a", json.dumps({"type": "heartbeat"}))
     assert actor.activity()["idle_s"] < idle  # a client's frame is activity
+
+
+class _FailingSaves(MemoryStore):
+    """A memory store whose first ``failures`` saves fail (the store is down)."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def save(self, room_id, data, *, epoch, alarm_at=None):
+        from storage import StorageUnavailable
+
+        if self.failures > 0:
+            self.failures -= 1
+            raise StorageUnavailable("the store is down")
+        await super().save(room_id, data, epoch=epoch, alarm_at=alarm_at)
+
+
+async def test_an_activation_retried_after_a_store_outage_publishes_restored_entries_once():
+    # Before: the retried activation reused the Outbox of the failed one: `released`
+    # moved back and the restored entries were published again, out of order (issue 19).
+    from storage import StorageUnavailable
+
+    store = _FailingSaves(0)
+    first = RoomActor("o", RoomsConfig(idle_timeout=0), store=store)
+    await first.connect("a", "alice")
+    await first.connect("b", "bob")
+    first.room.data.ai.connectionPending = True  # so the next activation's start saves
+    await first.message("a", json.dumps({"type": "userUpdate", "user": {"id": "a", "name": "a"}}))
+    first._exit()
+    store.failures = 10**6
+    second = RoomActor("o", RoomsConfig(idle_timeout=0, store_retry_s=0.2), store=store)
+    with pytest.raises(StorageUnavailable):
+        await second.state()
+    store.failures = 0
+    await second.state()  # the activation is retried and succeeds
+    seqs = [e.seq for e in second.outbox.since(0).entries]
+    assert seqs == sorted(set(seqs)), seqs
+    await second.message("a", json.dumps({"type": "partyserver-ping"}))
+    seqs = [e.seq for e in second.outbox.since(0).entries]
+    assert seqs == sorted(set(seqs)) and seqs[-1] == second.outbox.released
+    second._exit()

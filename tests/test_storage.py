@@ -549,3 +549,12 @@ def test_storage_errors_survive_pickling():
     for cls in (CorruptSnapshot, UnknownSchemaVersion):
         err = pickle.loads(pickle.dumps(cls(ROOM, "bad")))
         assert type(err) is cls and err.room_id == ROOM and str(err) == str(cls(ROOM, "bad"))
+
+
+def test_a_store_url_without_a_scheme_is_refused_without_its_password():
+    # Before: the error quoted the URL whole, password and all (issue 19).
+    from storage import open_store
+
+    with pytest.raises(ValueError) as refused:
+        open_store("admin:hunter2-secret@db.internal:5432/rooms")
+    assert "hunter2" not in str(refused.value) and "no scheme" in str(refused.value)

@@ -34,18 +34,12 @@ from ..errors import NoFreeSlot, RoomUnavailable
 from ..wire import Delivery, OutboxEntry
 from .errors import public_error
 from .limits import GatewayLimits
-from .room_ref import RoomRef
+from .room_ref import ActivationLost, RoomRef
 from .client_socket import ClientSocket
 
 __all__ = ["RoomChannel"]
 
 log = logging.getLogger("ray.serve.ray_rooms.gateway")
-
-
-def _actor_id(handle: Any) -> str | None:
-    """The actor id of ``handle`` (hex), to tell one activation from the next."""
-    actor_id = getattr(handle, "_actor_id", None)  # Ray's handle keeps it privately
-    return actor_id.hex() if actor_id is not None else None
 
 
 class RoomChannel:
@@ -73,7 +67,7 @@ class RoomChannel:
         self._ready: asyncio.Future | None = None
         self._task: asyncio.Task | None = None
         self._reactivated = asyncio.Event()
-        self._hibernated_actor: str | None = None
+        self._hibernated_epoch = 0  # the epoch of the activation that hibernated
         self._frames: deque[tuple[ClientSocket, str | bytes, int]] = deque()
         self._sender: asyncio.Task | None = None
         self._in_flight = False
@@ -241,10 +235,14 @@ class RoomChannel:
                 handle = await self.ref.resolve()
                 first = self.cursor is None
                 self.stats["polls"] += 1
-                result: Delivery = await handle.poll.remote(
-                    self.cursor, 0 if first else timeout, self.poller)
+                wait = 0 if first else timeout
+                result: Delivery = await self.ref.wait(
+                    handle, handle.poll.remote(self.cursor, wait, self.poller),
+                    probe_after=wait + self.limits.watch_s)
             except asyncio.CancelledError:
                 raise
+            except ActivationLost:  # the poll went to an activation that died: poll anew
+                continue
             except NoFreeSlot as error:  # at the bound: refuse the sockets still waiting
                 if self._ready is not None and not self._ready.done():
                     self._ready.set_exception(error)
@@ -269,7 +267,7 @@ class RoomChannel:
                     continue
                 self.stats["hibernations"] += 1
                 self.hibernating = True
-                self._hibernated_actor = _actor_id(handle)
+                self._hibernated_epoch = max(self.ref.epoch, result.epoch)
                 self._reactivated.clear()
                 continue
             await self.accept(result)
@@ -285,10 +283,14 @@ class RoomChannel:
             try:
                 handle = await asyncio.to_thread(
                     ray.get_actor, actor_name(self.ref.room_id), self.ref.config.namespace)
+                epoch = await asyncio.wait_for(handle.activation.remote(),
+                                               self.limits.wake_check_s)
             except ValueError:  # no actor: still hibernating
                 return
-            if _actor_id(handle) == self._hibernated_actor:
-                return  # the hibernating actor is still exiting
+            except Exception:  # noqa: BLE001 - the hibernating actor is exiting
+                return
+            if epoch <= self._hibernated_epoch:
+                return  # the hibernating actor is still exiting (or not yet active)
         self.hibernating = False
 
     async def _send_state(self) -> None:

@@ -49,6 +49,9 @@ class GatewayLimits(BaseSettings):
             ``error``; the room applies each frame once, however often it is sent.
         wake_check_s: seconds between looks for a reactivated actor while the room
             hibernates.
+        watch_s: seconds a room call may be outstanding before the replica asks the
+            room which activation it runs (a call whose activation died is abandoned
+            and sent again; see :mod:`actors.gateway.room_ref`).
         max_ongoing_requests: Serve's concurrency cap per replica; every open WebSocket
             counts as one ongoing request.
         max_batch: frames of one room sent in one ``RoomActor.deliver`` call.
@@ -79,6 +82,7 @@ class GatewayLimits(BaseSettings):
     max_backoff_s: float = Field(0.5, gt=0)
     redeliver_s: float = Field(60.0, gt=0)
     wake_check_s: float = Field(1.0, gt=0)
+    watch_s: float = Field(1.0, gt=0)
     max_ongoing_requests: int = Field(10_000, ge=1)
     max_batch: int = Field(256, ge=1)
     room_queue: int = Field(4096, ge=1)

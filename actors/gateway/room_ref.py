@@ -1,4 +1,19 @@
-"""A replica's reference to one room actor, with retries across deaths and hibernation."""
+"""A replica's reference to one room actor, with retries across deaths and hibernation,
+and a watch on calls that a death of the room's process could leave unanswered.
+
+A call in flight when the actor's process dies should fail with ``RayActorError``, and on
+Ray 2.60 it did in every kill storm measured here (``benchmarks/killstorm.py``). But Ray
+has had releases where such a call, or one queued while the actor restarted, stayed
+pending (ray-project/ray#15045, and the fix for resubmitted actor tasks in #51904), and
+a room whose ``deliver`` or ``poll`` never returns stalls every socket of the replica. So
+a reference does not trust a slow call: it knows the epoch of the room's activation
+(each activation claims a higher one, reported in every ``deliver`` and ``poll`` result
+and by ``RoomActor.activation``), and a call outstanding longer than ``watch_s`` is
+checked against it. If the room has moved to a newer activation, the call is abandoned
+(:class:`ActivationLost`) and sent again: frames are numbered, so a batch sent twice is
+applied once (:mod:`actors.applied`). The same epoch tells a hibernating channel that
+another replica woke the room (no private handle attribute needed).
+"""
 
 from __future__ import annotations
 
@@ -11,22 +26,29 @@ from ray.exceptions import RayActorError
 from ..config import RoomsConfig
 from ..directory import get_room
 from ..errors import RoomHibernating, RoomUnavailable
+from ..wire import Delivery
 from .limits import GatewayLimits
 
-__all__ = ["RoomRef"]
+__all__ = ["ActivationLost", "RoomRef"]
 
 # A child of Serve's logger, so that lines land in the replica's Serve log.
 log = logging.getLogger("ray.serve.ray_rooms.gateway")
 
 
+class ActivationLost(Exception):
+    """A call went to an activation of the room that is gone (the room answers from a
+    newer epoch); it will not be answered, so the caller sends it again."""
+
+
 class RoomRef:
-    """A replica's reference to one room actor: resolves it with ``get_room`` and
-    retries calls across actor deaths and hibernation.
+    """A replica's reference to one room actor: resolves it with ``get_room``, retries
+    calls across actor deaths and hibernation, and abandons calls whose activation died
+    (see the module docstring).
 
     Args:
         room_id: a valid room id.
         config: the settings a new room actor is created with.
-        limits: attempts and back-off.
+        limits: attempts, back-off and ``watch_s``.
     """
 
     def __init__(self, room_id: str, config: RoomsConfig, limits: GatewayLimits) -> None:
@@ -35,6 +57,9 @@ class RoomRef:
         self.limits = limits
         self.handle: Any = None
         self.on_activation: Callable[[], None] | None = None
+        self.epoch = 0
+        """The newest activation epoch of the room this reference has seen (0: none)."""
+        self._new_epoch = asyncio.Event()
 
     async def resolve(self) -> Any:
         """Return the room's actor handle, getting or creating the actor if needed
@@ -48,13 +73,81 @@ class RoomRef:
         if self.handle is handle:
             self.handle = None
 
+    def see(self, epoch: int) -> None:
+        """Note that the room answers from activation ``epoch``; an epoch newer than
+        the known one wakes every :meth:`wait` whose call went to an older activation."""
+        if epoch > self.epoch:
+            self.epoch = epoch
+            changed, self._new_epoch = self._new_epoch, asyncio.Event()
+            changed.set()
+
+    async def wait(self, handle: Any, ref: Any, probe_after: float | None = None) -> Any:
+        """Await ``ref``, a call made on ``handle``, and return its result, unless the
+        room moves to another activation meanwhile (see the module docstring).
+
+        Args:
+            handle: the actor handle the call was made on.
+            ref: the call's ``ObjectRef``.
+            probe_after: seconds before the first check of a call still outstanding
+                (default ``limits.watch_s``; a long-poll passes its own timeout plus
+                that). A check asks the room for its epoch (``RoomActor.activation``,
+                which does not activate it); a newer epoch seen meanwhile by any other
+                call through this reference counts at once, without a check.
+
+        Returns:
+            The call's result (a :class:`~actors.wire.Delivery`'s epoch is noted).
+
+        Raises:
+            ActivationLost: the room answers from a newer activation than the one this
+                call went to; the call was abandoned (its result, if it ever comes, is
+                dropped).
+            Exception: whatever the call raised.
+        """
+        sent = self.epoch
+        task = asyncio.ensure_future(_result(ref))
+        interval = self.limits.watch_s if probe_after is None else probe_after
+        try:
+            while True:
+                changed = asyncio.ensure_future(self._new_epoch.wait())
+                try:
+                    done, _ = await asyncio.wait({task, changed}, timeout=interval,
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    changed.cancel()
+                if task in done:
+                    result = task.result()
+                    if isinstance(result, Delivery):
+                        self.see(result.epoch)
+                    return result
+                if self.epoch <= sent:
+                    current = await self._probe(handle)
+                    if current is not None:
+                        self.see(current)
+                if self.epoch > sent:
+                    raise ActivationLost(f"room {self.room_id!r} restarted (epoch {sent} -> "
+                                         f"{self.epoch})")
+                interval = self.limits.watch_s
+        finally:
+            if not task.done():
+                task.cancel()
+
+    async def _probe(self, handle: Any) -> int | None:
+        """The epoch of the room's activation now, or ``None`` when it does not answer
+        within ``watch_s`` (restarting: the call's own fate decides)."""
+        try:
+            return await asyncio.wait_for(_result(handle.activation.remote()),
+                                          self.limits.watch_s)
+        except Exception:  # noqa: BLE001 - restarting, or gone
+            return None
+
     async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Call ``method`` of the room actor with ``args`` and ``kwargs`` and return
         its result.
 
         Retries, with exponential back-off, when the actor is dead or unavailable
         (``RayActorError``) or hibernating (:class:`RoomHibernating`), resolving the
-        room again each time (which reactivates it).
+        room again each time (which reactivates it); and at once when the call went to
+        an activation that is gone (:class:`ActivationLost`, see :meth:`wait`).
 
         Raises:
             RoomUnavailable: every attempt failed that way.
@@ -64,7 +157,12 @@ class RoomRef:
         for attempt in range(self.limits.call_attempts):
             handle = await self.resolve()
             try:
-                result = await getattr(handle, method).remote(*args, **kwargs)
+                result = await self.wait(handle, getattr(handle, method).remote(*args,
+                                                                                **kwargs))
+            except ActivationLost as lost:
+                log.info("room %s: %s abandoned (%s), attempt %d", self.room_id, method,
+                         lost, attempt + 1)
+                continue
             except (RayActorError, RoomHibernating) as error:
                 log.info("room %s: %s failed (%s), attempt %d", self.room_id, method,
                          type(error).__name__, attempt + 1)
@@ -76,3 +174,8 @@ class RoomRef:
                 self.on_activation()
             return result
         raise RoomUnavailable(f"room {self.room_id!r} is unavailable")
+
+
+async def _result(ref: Any) -> Any:
+    """Await a Ray ``ObjectRef`` (as a coroutine, so that it can run as a task)."""
+    return await ref

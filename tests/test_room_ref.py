@@ -1,0 +1,77 @@
+"""A replica's room reference abandons a call whose activation died (no Ray needed:
+the handle is a stand-in whose calls are futures)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from actors.config import RoomsConfig
+from actors.gateway.limits import GatewayLimits
+from actors.gateway.room_ref import ActivationLost, RoomRef
+from actors.wire import Delivery
+
+
+class _Method:
+    def __init__(self, answer):
+        self.answer = answer
+        self.calls = 0
+
+    def remote(self, *args, **kwargs):
+        self.calls += 1
+        return self.answer(self.calls)
+
+
+class _Handle:
+    """``deliver``'s first call never returns (its activation died); later calls return
+    a Delivery from epoch 2; ``activation`` says 2."""
+
+    def __init__(self):
+        loop = asyncio.get_running_loop()
+        self.deliver = _Method(lambda n: loop.create_future() if n == 1 else
+                               _done(Delivery(cursor=7, epoch=2)))
+        self.activation = _Method(lambda n: _done(2))
+
+
+def _done(value):
+    future = asyncio.get_running_loop().create_future()
+    future.set_result(value)
+    return future
+
+
+def _ref(**limits) -> RoomRef:
+    return RoomRef("r", RoomsConfig(), GatewayLimits(watch_s=0.05, **limits))
+
+
+async def test_a_call_to_a_dead_activation_is_abandoned_and_sent_again():
+    ref = _ref()
+    ref.epoch = 1  # the last answer came from activation 1
+    handle = _Handle()
+    ref.handle = handle
+    result = await asyncio.wait_for(ref.call("deliver", [], 0, "p"), 5)
+    assert result.cursor == 7 and ref.epoch == 2 and handle.deliver.calls == 2
+
+
+async def test_a_newer_epoch_seen_elsewhere_abandons_a_long_poll_at_once():
+    ref = _ref()
+    ref.epoch = 1
+    handle = _Handle()
+    never = asyncio.get_running_loop().create_future()
+    waiting = asyncio.ensure_future(ref.wait(handle, never, probe_after=60))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    ref.see(2)  # a deliver's result came from activation 2
+    with pytest.raises(ActivationLost):
+        await asyncio.wait_for(waiting, 1)
+    assert handle.activation.calls == 0  # no probe was needed
+
+
+async def test_a_slow_call_of_the_live_activation_is_awaited():
+    ref = _ref()
+    ref.epoch = 2
+    handle = _Handle()
+    slow = asyncio.get_running_loop().create_future()
+    asyncio.get_running_loop().call_later(0.3, slow.set_result, Delivery(cursor=3, epoch=2))
+    result = await ref.wait(handle, slow)
+    assert result.cursor == 3 and handle.activation.calls >= 2  # probed, same epoch
