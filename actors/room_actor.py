@@ -735,13 +735,27 @@ class RoomActor:
         return True
 
     def _exit(self) -> None:
-        """End the actor for good (Ray frees its name); outside Ray, stop the timers."""
-        if _in_ray_actor():
-            ray.actor.exit_actor()
+        """End the actor for good (Ray frees its name): stop the timers, and inside Ray
+        ask the actor itself to :meth:`stop`. ``ray.actor.exit_actor()`` is meant for
+        an actor method; raised here, inside a background task (a save, an alarm, an
+        AI job), it would be caught by that task's error handling, and whether the
+        actor exits would depend on a flag internal to Ray. As a call of its own it
+        always runs in a method."""
         if self._idle_task:
             self._idle_task.cancel()
         if self._alarm_task:
             self._alarm_task.cancel()
+        if _in_ray_actor():
+            ray.get_runtime_context().current_actor.stop.remote()
+
+    def stop(self) -> None:
+        """Exit the actor for good (Ray frees its name; it is not restarted). Called by
+        the actor itself once it has hibernated or found its epoch stale; inside Ray
+        only (``ray.actor.exit_actor``)."""
+        self.lifecycle = (self.lifecycle if self.lifecycle is Lifecycle.HIBERNATING
+                          else Lifecycle.STOPPED)
+        if _in_ray_actor():
+            ray.actor.exit_actor()
 
     def activity(self) -> dict[str, Any]:
         """How busy the room is, without activating it (for shedding at the slot bound):

@@ -186,9 +186,12 @@ class WarmPool:
         loop = asyncio.get_event_loop()
         self._task = loop.create_task(self._refill())
         self._replacing: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()  # kept: a task nobody holds can be collected
         for key in initial or []:
             self.envs[tuple(key)] = time.monotonic()
-            loop.create_task(self._top_up(tuple(key)))
+            task = loop.create_task(self._top_up(tuple(key)))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def _node(self) -> dict[str, Any] | None:
         return next((n for n in ray.nodes() if n["NodeID"] == self.node_id and n["Alive"]),
@@ -196,8 +199,10 @@ class WarmPool:
 
     async def _prestart(self, key: tuple[str, str], count: int) -> None:
         """Ask the raylet for ``count`` more idle workers of ``key``; count them."""
-        node = self._node()
-        if node is None or count <= 0:
+        if count <= 0:
+            return
+        node = await asyncio.to_thread(self._node)  # ray.nodes() blocks: not on the loop
+        if node is None:
             return
         ok = await asyncio.to_thread(prestart, node, count, job_id=key[0],
                                      serialized_env=key[1], keep_alive_s=self.keep_alive_s)
