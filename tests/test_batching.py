@@ -115,7 +115,7 @@ async def test_deliver_handles_a_batch_in_order_with_one_group_commit(sqlite_url
 
         # cursor=None: handled, but nothing returned but the cursor
         quiet = await actor.deliver([("one", update("one", 50))], None)
-        assert quiet == Delivery(cursor=cursor + 51)
+        assert quiet == Delivery(cursor=cursor + 51, epoch=actor.epoch)
     finally:
         stop_timers(actor)
 
