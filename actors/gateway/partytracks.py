@@ -50,6 +50,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ..auth import ALGORITHM
+from .bodies import read_body
 from .ratelimit import TokenBucket
 
 __all__ = ["CLOUDFLARE_STUN", "PREFIX", "PartyTracksProxy", "PartyTracksSettings",
@@ -231,15 +232,10 @@ class PartyTracksProxy:
 
     async def _body(self, request: Request) -> bytes | Response:
         limit = self.settings.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        body = await read_body(request, limit)
+        if body is None:
             return _problem(413, "too_large", f"the body is larger than {limit} bytes")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                return _problem(413, "too_large", f"the body is larger than {limit} bytes")
-        return bytes(body)
+        return body
 
     async def _forward(self, request: Request, path: str,
                        body: bytes) -> httpx.Response | Response:

@@ -25,6 +25,7 @@ from ..config import RoomsConfig
 from ..directory import list_room_actors, validate_room_id
 from ..errors import AuthError, OperatorRequired, OriginRefused
 from ..services import calls_settings
+from .bodies import read_body
 from .errors import BodyTooLarge, public_error
 from .limits import MAX_CONN_ID_CHARS, GatewayLimits
 from .quotas import IdentityQuotas
@@ -174,7 +175,7 @@ class GatewayServer:
         async def work(name: str) -> Any:
             self.quotas.message(name)
             limit = self.config.max_message_bytes
-            body = await _read_body(request, limit)
+            body = await read_body(request, limit)
             if body is None:
                 return public_error(BodyTooLarge(f"message too large (limit {limit} bytes)")
                                     ).response()
@@ -210,7 +211,7 @@ class GatewayServer:
             return JSONResponse({"error": "not found"}, status_code=404)
         if not origin_allowed(request.headers, self.auth):
             return public_error(OriginRefused("cross-site form posts are refused")).response()
-        body = await _read_body(request, 4096)
+        body = await read_body(request, 4096)
         if body is None:
             return JSONResponse({"error": "the form is too large"}, status_code=413)
         form = parse_qs(body.decode("utf-8", "replace"), max_num_fields=8)
@@ -294,21 +295,3 @@ class GatewayServer:
         :mod:`actors.gateway.websocket`)."""
         await serve_websocket(ws, room, self.registry, self.auth, self.limits, self.quotas)
 
-
-async def _read_body(request: Request, limit: int) -> bytes | None:
-    """Read ``request``'s body, at most ``limit`` bytes: ``None`` when its
-    ``Content-Length`` says more, or when more arrives (the rest is never buffered)."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            if int(declared) > limit:
-                return None
-        except ValueError:
-            raise ProtocolError("Content-Length is not a number") from None
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
