@@ -66,6 +66,7 @@ class Outbox:
         self._claimed: dict[str, int] = {}  # poller -> newest seq its deliver returned
         self._claiming: set[str] = set()  # pollers whose deliver is staging turns now
         self._cursors: dict[str, int] = {}  # poller -> the newest cursor it sent
+        self._cursor_at: dict[str, float] = {}  # poller -> when it sent it (monotonic s)
         self._conn_poller: dict[str, str] = {}  # conn -> poller of its last socket
         self._conn_socket: dict[str, str] = {}  # conn -> id of its current socket
         self._conn_delivered: dict[str, int] = {}  # conn -> last seq its closed socket had
@@ -114,7 +115,10 @@ class Outbox:
         """Record that ``poller`` holds everything up to ``cursor`` (for reconnects)."""
         if poller is not None and cursor is not None:
             self._cursors[poller] = cursor
+            self._cursor_at.pop(poller, None)
+            self._cursor_at[poller] = time.monotonic()  # most recently heard goes last
             _bounded(self._cursors)
+            _bounded(self._cursor_at)
 
     def since(self, cursor: int) -> Delivery:
         """The released entries after ``cursor``, at once."""
@@ -127,6 +131,27 @@ class Outbox:
         entries = tuple(self._entries[i] for i in range(start, len(self._entries)))
         return Delivery(cursor=entries[-1].seq, entries=entries,
                         gap=entries[0].seq != cursor + 1)
+
+    def unacknowledged(self, horizon_s: float) -> list[OutboxEntry]:
+        """The released entries that a live reader may not have yet: those after the
+        oldest cursor any poller sent within the last ``horizon_s`` seconds (pollers
+        not heard from for longer belong to replicas that are gone). The room keeps
+        them in its snapshot, so that a reader whose poll or ``deliver`` result died
+        with the room's process gets them from the next activation instead of a gap.
+
+        Args:
+            horizon_s: seconds a poller counts as live after its last call.
+
+        Returns:
+            The entries, in sequence order (empty when no poller is live).
+        """
+        since = time.monotonic() - horizon_s
+        live = [self._cursors[p] for p, at in self._cursor_at.items()
+                if at >= since and p in self._cursors]
+        if not live or not self._seqs:
+            return []
+        start = bisect.bisect_right(self._seqs, min(live))
+        return [self._entries[i] for i in range(start, len(self._entries))]
 
     async def wait(self, cursor: int, timeout: float, poller: str | None,
                    hibernating: Callable[[], bool]) -> Delivery:

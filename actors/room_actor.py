@@ -207,7 +207,7 @@ class RoomActor:
         self._durable_state = ({"room": data.model_dump(mode="json", exclude_none=True),
                                 "applied": self.applied.record()}, self._next_seq - 1)
         room = self._new_room(data)
-        for entry in restored:  # produced, saved, maybe never released: release now
+        for entry in restored:  # saved, maybe never released or never read: (re)publish
             self.outbox.publish(entry)
         self._stats["activated_at"] = time.time()
         log.info("room %s activated (epoch %d, seq %d)", self.room_id, self.epoch,
@@ -294,10 +294,16 @@ class RoomActor:
 
     def _snapshot(self) -> tuple[int, bytes, dict[str, Any], int]:
         """The state to save now: (version, encoded record, state, sequence). The state
-        is ``{"room": RoomData, "outbox": [unreleased entries], "applied": frames}``."""
+        is ``{"room": RoomData, "outbox": [entries], "applied": frames}``; the entries
+        are a run of consecutive sequence numbers ending at the record's sequence: the
+        released ones a live gateway replica may not have read yet
+        (:meth:`Outbox.unacknowledged`: a replica's long-poll may have died with the
+        process), then the unreleased ones."""
         room = self.room
         assert room is not None
-        unreleased = [e.record() for _, entries, _ in self._pending for e in entries]
+        unread = self.outbox.unacknowledged(2 * self.config.poll_timeout + 5.0)
+        unreleased = [e.record() for e in unread]
+        unreleased += [e.record() for _, entries, _ in self._pending for e in entries]
         state = {"room": room.data.model_dump(mode="json", exclude_none=True),
                  "outbox": unreleased, "applied": self.applied.record()}
         seq = self._next_seq - 1

@@ -239,3 +239,31 @@ async def test_a_client_that_reconnects_after_its_replica_died_is_applied_once(
     finally:
         await a.ws.close()
         await b.ws.close()
+
+
+async def test_a_message_released_but_not_yet_polled_survives_the_rooms_death(tmp_path):
+    """Replica B reads the room through its long-poll. A direct message for B's socket
+    is released; the room's process dies before B's poll returns it, and a later save
+    (another turn) already marked it released. The next activation still gives B the
+    message, not a gap. Before: only unreleased entries were in the snapshot, and B got
+    a fresh roomState instead of the message (the kill storm lost 1 of 881 direct
+    messages on two replicas)."""
+    store_path = tmp_path / "rooms.sqlite3"
+    config = RoomsConfig(idle_timeout=0)
+    first = RoomActor("poll", config, store=SqliteStore(store_path))
+    await first.connect("a", "a", "A")
+    await first.connect("b", "b", "B")
+    cursor_b = (await first.poll(None, 0, "B")).cursor
+    await first.poll(cursor_b, 0, "B")  # B's poll notes its cursor
+    await first.deliver([("a", direct("b", "for-b"), "sock-a", 1)], cursor_b, "A")
+    await first.deliver([("a", update("a", 1), "sock-a", 2)], cursor_b, "A")  # a later save
+    first._exit()  # B's poll result dies with the process
+
+    second = RoomActor("poll", config, store=SqliteStore(store_path))
+    try:
+        await second.poll(None, 0, "B")
+        result = await second.poll(cursor_b, 0, "B")
+        assert not result.gap, result
+        assert dms(result.entries, "b") == ["for-b"]
+    finally:
+        second._exit()
