@@ -118,6 +118,7 @@ def _seen(client: Client, conn: str, start: int) -> tuple[int, int]:
 async def kill_storm(base_url: str, pid_of: Callable[[str], int], *, kills: int = 30,
                      writers: int = 4, delay_s: float = 0.2, wait_s: float = 15.0,
                      room: str | None = None, urls: list[str] | None = None,
+                     spread: int = 1,
                      progress: Callable[[str], None] = lambda line: None) -> StormResult:
     """Run the storm against the gateway at ``base_url`` (dev-mode identities).
 
@@ -132,6 +133,8 @@ async def kill_storm(base_url: str, pid_of: Callable[[str], int], *, kills: int 
         room: the room id (default: a new one).
         urls: the gateway base URL of each writer's socket (several replicas); default
             ``base_url`` for all.
+        spread: gateway replicas the sockets must be spread over (a socket that lands
+            on a replica already used is opened again, while fewer are used).
         progress: called with a line per kill.
 
     Returns:
@@ -143,7 +146,15 @@ async def kill_storm(base_url: str, pid_of: Callable[[str], int], *, kills: int 
     clients: dict[str, Client] = {}
     for i, w in enumerate(names):
         ws = urls[i % len(urls)].replace("http://", "ws://")
-        clients[w] = await open_client(f"{ws}/parties/rooms/{room}?_pk={w}&username={w}")
+        for _ in range(40):  # until the sockets so far are on `spread` replicas
+            client = await open_client(f"{ws}/parties/rooms/{room}?_pk={w}&username={w}")
+            here = client.ws.response.headers.get("x-rooms-replica", "")
+            seen = {c.ws.response.headers.get("x-rooms-replica", "") for c in clients.values()}
+            if len(seen) >= spread or here not in seen:
+                break
+            await client.ws.close()
+            await asyncio.sleep(0.1)
+        clients[w] = client
     for w, client in clients.items():
         await client.wait_for(lambda m, w=w: m["type"] == "roomState" and any(
             u["id"] == w for u in m["state"]["users"]), f"{w}'s seat", 60)

@@ -41,11 +41,8 @@ async def test_a_kill_storm_loses_nothing_and_stalls_no_writer(ray_session, tmp_
                          limits=GatewayLimits(rate_per_s=1000, burst=1000,
                                               http_rate_per_s=1000, http_burst=1000))
     try:
-        urls = [url]
-        if replicas == 2:
-            urls = await _two_replica_urls(url)
-        result = await kill_storm(url, _pid_of(config.namespace), kills=KILLS, urls=urls,
-                                  progress=print)
+        result = await kill_storm(url, _pid_of(config.namespace), kills=KILLS,
+                                  spread=replicas, progress=print)
     finally:
         shutdown_gateway(app)
     print(result.summary())
@@ -55,8 +52,3 @@ async def test_a_kill_storm_loses_nothing_and_stalls_no_writer(ray_session, tmp_
     assert not result.lost_updates and not result.dropped and not result.errors
     assert len(set(result.replicas.values())) == replicas, result.replicas
 
-
-async def _two_replica_urls(url: str) -> list[str]:
-    """The same URL twice: HAProxy balances sockets by least connections, so the four
-    writers' sockets land on both replicas (checked in the storm's seats)."""
-    return [url, url]
