@@ -75,3 +75,29 @@ async def test_a_slow_call_of_the_live_activation_is_awaited():
     asyncio.get_running_loop().call_later(0.3, slow.set_result, Delivery(cursor=3, epoch=2))
     result = await ref.wait(handle, slow)
     assert result.cursor == 3 and handle.activation.calls >= 2  # probed, same epoch
+
+
+async def test_rooms_waiting_for_a_slot_do_not_stall_the_replicas_other_threads(monkeypatch):
+    # Before: get_room ran on asyncio's default executor (6 threads on 2 cores); at the
+    # slot bound each call blocks up to ROOMS_SLOT_WAIT_S, so a handful of new rooms
+    # stalled every other to_thread of the replica (issue 19).
+    import threading
+    import time
+
+    import actors.gateway.room_ref as room_ref
+
+    release = threading.Event()
+
+    def waiting_for_a_slot(room_id, config):
+        release.wait(10)
+        return object()
+
+    monkeypatch.setattr(room_ref, "get_room", waiting_for_a_slot)
+    refs = [_ref() for _ in range(40)]
+    resolving = [asyncio.ensure_future(ref.resolve()) for ref in refs]
+    await asyncio.sleep(0.2)
+    started = time.monotonic()
+    assert await asyncio.wait_for(asyncio.to_thread(lambda: 42), 5) == 42
+    assert time.monotonic() - started < 1.0
+    release.set()
+    await asyncio.gather(*resolving)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from ray.exceptions import RayActorError
@@ -33,6 +34,13 @@ __all__ = ["ActivationLost", "RoomRef"]
 
 # A child of Serve's logger, so that lines land in the replica's Serve log.
 log = logging.getLogger("ray.serve.ray_rooms.gateway")
+
+
+_RESOLVERS = ThreadPoolExecutor(max_workers=64, thread_name_prefix="rooms-resolve")
+"""The threads that run ``get_room`` for a replica. At the slot bound one call blocks up
+to ``ROOMS_SLOT_WAIT_S`` (10 s); on asyncio's default executor (``min(32, cores + 4)``
+threads: 6 on 2 cores) a few of them would stall every other ``to_thread`` of the
+replica, so they have threads of their own."""
 
 
 class ActivationLost(Exception):
@@ -63,9 +71,11 @@ class RoomRef:
 
     async def resolve(self) -> Any:
         """Return the room's actor handle, getting or creating the actor if needed
-        (reactivating a hibernated room)."""
+        (reactivating a hibernated room), on the resolvers' own threads."""
         if self.handle is None:
-            self.handle = await asyncio.to_thread(get_room, self.room_id, self.config)
+            loop = asyncio.get_running_loop()
+            self.handle = await loop.run_in_executor(_RESOLVERS, get_room, self.room_id,
+                                                     self.config)
         return self.handle
 
     def forget(self, handle: Any) -> None:
