@@ -21,7 +21,7 @@ class SocketState(enum.Enum):
     """Where a :class:`ClientSocket` is::
 
         PENDING --admit(): the room accepted it as its connection id's owner--> OPEN
-        PENDING --close(): refused--> CLOSING (what it was held is dropped unsent)
+        PENDING --close(): refused--> CLOSING (what was held for it is dropped unsent)
         OPEN --close()--> CLOSING --queued frames written, close sent--> CLOSED
         any --client gone, too slow, stop()--> CLOSED
 

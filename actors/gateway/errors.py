@@ -84,11 +84,6 @@ class Answer:
     reason: str
     public: str | None = None
 
-    def response(self, error: BaseException) -> JSONResponse:
-        """The HTTP response for ``error`` (see :func:`public_error`): ``{"error":
-        text, "errorId": id}`` with this status and its headers."""
-        return public_error(error).response()
-
 
 @dataclass(frozen=True, slots=True)
 class PublicError:
