@@ -90,12 +90,13 @@ def show(room: str, address: Optional[str] = AddressOption) -> None:
     import ray
 
     from .directory import get_room
+    from .room_client import RoomClient
 
     config = RoomsConfig()
     _init_ray(address, config)
-    handle = get_room(room, config)
-    state, info = ray.get([handle.state.remote(), handle.info.remote()])
-    _print_json({"state": state, "actor": info})
+    client = RoomClient(get_room(room, config))
+    state, info = ray.get([client.state(), client.info()])
+    _print_json({"state": state, "actor": info.record()})
 
 
 @app.command("send")
@@ -111,13 +112,14 @@ def send(
     import ray
 
     from .directory import get_room
+    from .room_client import RoomClient
 
     config = RoomsConfig()
     _init_ray(address, config)
-    handle = get_room(room, config)
-    start = ray.get(handle.poll.remote(None, 0)).cursor
-    seq = ray.get(handle.message.remote(conn, message))
-    entries = ray.get(handle.poll.remote(start, 0)).entries if seq > start else ()
+    client = RoomClient(get_room(room, config))
+    start = ray.get(client.poll(None, 0)).cursor
+    seq = ray.get(client.message(conn, message))
+    entries = ray.get(client.poll(start, 0)).entries if seq > start else ()
     replies = [json.loads(e.data) for e in entries if e.data and e.reaches(conn)]
     _print_json({"seq": seq, "replies": replies})
     if any(r.get("type") == "error" for r in replies):

@@ -177,6 +177,8 @@ def run_demo(*, address: str | None = None, echo: Callable[[str], None] = print)
     import ray
 
     from .config import RoomsConfig
+    from .directory import actor_name
+    from .room_client import RoomClient
     from .system import start_system
 
     t0 = time.monotonic()
@@ -195,9 +197,10 @@ def run_demo(*, address: str | None = None, echo: Callable[[str], None] = print)
     ok = False
     try:
         asyncio.run(_meeting(system, room, say))
-        info = ray.get(ray.get_actor(f"room:{room}", namespace=config.namespace).info.remote())
-        say(f"room {room}: {info['turns']} turns, {info['saves']} snapshot saves, "
-            f"peak {info['peakUserCount']} users")
+        info = ray.get(RoomClient(ray.get_actor(actor_name(room),
+                                                namespace=config.namespace)).info())
+        say(f"room {room}: {info.turns} turns, {info.saves} snapshot saves, "
+            f"peak {info.peakUserCount} users")
         ok = True
     except DemoFailed as error:
         echo(f"FAILED: {error}")

@@ -18,8 +18,10 @@ import ray
 from .config import RoomsConfig
 from .errors import InvalidRoomId, NoFreeSlot
 from .room_actor import RoomActor
+from .room_client import RoomClient
 from .slots import ROOM_SLOT, free_slots, offers_slots, shed_one
 from .warmpool import room_runtime_env
+from .wire import Placement
 
 __all__ = ["ACTOR_PREFIX", "InvalidRoomId", "RemoteRoomActor", "actor_name", "get_room",
            "list_room_actors", "room_actor_options", "validate_room_id"]
@@ -160,15 +162,15 @@ def _locate(rows: list[dict[str, Any]], namespace: str, timeout_s: float) -> Non
                 handle = ray.get_actor(row["name"], namespace=namespace)
             except ValueError:  # gone meanwhile
                 continue
-            asked[handle.where.remote()] = row
+            asked[RoomClient(handle).where()] = row
     if asked:
         ready, _ = ray.wait(list(asked), num_returns=len(asked), timeout=timeout_s)
         for ref in ready:
             try:
-                where = ray.get(ref)
+                where: Placement = ray.get(ref)
             except ray.exceptions.RayError:  # died or exiting meanwhile
                 continue
-            asked[ref].update(node_id=where["node_id"], pid=where["pid"])
+            asked[ref].update(node_id=where.node_id, pid=where.pid)
     addresses = {node["NodeID"]: node.get("NodeManagerAddress", "?") for node in ray.nodes()}
     for row in rows:
         node_id = row.get("node_id")

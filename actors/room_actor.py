@@ -60,7 +60,7 @@ from .errors import (MessageRefused, NotOwner, QuotaExceeded, RoomFull, RoomHibe
 from .outbox import Outbox
 from .services import build_services, realtime_model
 from .warmpool import notify_started, preloaded_at
-from .wire import Delivery, OutboxEntry
+from .wire import Activity, AiFacts, Delivery, Frame, OutboxEntry, Placement, RoomInfo
 
 __all__ = ["Lifecycle", "RoomActor", "RoomFull", "RoomHibernating"]
 
@@ -98,6 +98,18 @@ def _entry(seq: int, out: Outgoing) -> OutboxEntry:
 def _in_ray_actor() -> bool:
     """Whether this code runs inside a Ray actor (not a driver or a plain process)."""
     return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
+
+
+@dataclasses.dataclass
+class _Stats:
+    """Counters of one activation (reported by :meth:`RoomActor.info`)."""
+
+    turns: int = 0
+    saves: int = 0
+    duplicate_frames: int = 0
+    activated_at: float = 0.0
+    last_save_s: float | None = None
+    snapshot_bytes: int | None = None
 
 
 class RoomActor:
@@ -152,7 +164,7 @@ class RoomActor:
         if _in_ray_actor():  # its node's warm pool replaces the worker (off the critical path)
             threading.Thread(target=notify_started, name="warm-pool-notify",
                              daemon=True).start()
-        self._stats = {"turns": 0, "saves": 0, "duplicate_frames": 0, "activated_at": 0.0}
+        self._stats = _Stats()
         self._save_seconds: deque[float] = deque(maxlen=1024)  # the newest saves' times
 
     # ---- activation -------------------------------------------------------------------
@@ -209,7 +221,7 @@ class RoomActor:
         room = self._new_room(data)
         for entry in restored:  # saved, maybe never released or never read: (re)publish
             self.outbox.publish(entry)
-        self._stats["activated_at"] = time.time()
+        self._stats.activated_at = time.time()
         log.info("room %s activated (epoch %d, seq %d)", self.room_id, self.epoch,
                  self._next_seq - 1)
         metrics.room_activated(self.room_id)
@@ -271,7 +283,7 @@ class RoomActor:
     def _stage(self, fx: Effects) -> int:
         """Assign sequence numbers to a turn's messages and queue them behind the output
         gate. Returns the state version that must be durable before their release."""
-        self._stats["turns"] += 1
+        self._stats.turns += 1
         self._last_turn = time.monotonic()
         if fx.changed:
             self._version += 1
@@ -374,11 +386,11 @@ class RoomActor:
                                   "last durable snapshot", self.room_id)
                     self._die(restart=True)
                     raise
-            self._stats["saves"] += 1
-            self._stats["last_save_s"] = time.perf_counter() - started
-            self._save_seconds.append(self._stats["last_save_s"])
-            self._stats["snapshot_bytes"] = len(data)
-            metrics.snapshot_saved(len(data), self._stats["last_save_s"])
+            self._stats.saves += 1
+            self._stats.last_save_s = time.perf_counter() - started
+            self._save_seconds.append(self._stats.last_save_s)
+            self._stats.snapshot_bytes = len(data)
+            metrics.snapshot_saved(len(data), self._stats.last_save_s)
             self._durable = version
             self._durable_state = (state, seq)
             self._release()
@@ -538,7 +550,7 @@ class RoomActor:
             raise MessageRefused(str(refused.get("error", "refused")), refused.get("errorId"))
         return seq
 
-    async def deliver(self, frames: list[tuple], cursor: int | None,
+    async def deliver(self, frames: Sequence[Frame] | Sequence[tuple], cursor: int | None,
                       poller: str | None = None) -> Delivery:
         """Handle a batch of client frames, in order, and return the released outbox
         entries after ``cursor`` (the gateway's batched path).
@@ -548,10 +560,10 @@ class RoomActor:
         durable, so every entry it returns is released.
 
         Args:
-            frames: the frames of one room as a replica received them, in order:
-                ``(conn, text, socket, number)`` (``number`` counts the frames of
-                ``socket`` from 1; a frame already applied is skipped, see
-                :mod:`actors.applied`), or ``(conn, text)`` (not deduplicated).
+            frames: the frames of one room as a replica received them, in order
+                (:class:`~actors.wire.Frame`: ``conn, data, socket, number``; a numbered
+                frame already applied is skipped, see :mod:`actors.applied`; a frame
+                with no socket and number is not deduplicated).
             cursor: the last sequence number the caller has fanned out (``None``:
                 return no entries, only the cursor).
             poller: the caller's poller id (one per room per gateway replica). The
@@ -591,7 +603,7 @@ class RoomActor:
         it had recorded before (applied by this activation or before its restart). A
         recorded frame's turn always changes the state: the record is saved with it."""
         if not first:
-            self._stats["duplicate_frames"] += 1
+            self._stats.duplicate_frames += 1
             return Effects()
         fx = room.on_message(conn, text, now)
         fx.changed = True
@@ -687,30 +699,25 @@ class RoomActor:
         durable = RoomData.model_validate(self._durable_state[0]["room"])
         return self._new_room(durable).room_state()
 
-    async def info(self) -> dict[str, Any]:
-        """Return operator facts: ids, lifecycle, epoch, sequence, counts, alarm, AI
-        state, and the durations (seconds) of the newest snapshot saves (at most 1024,
-        ``recent_save_s``). No secrets."""
+    async def info(self) -> RoomInfo:
+        """Return operator facts (a :class:`~actors.wire.RoomInfo`): ids, lifecycle,
+        epoch, sequence, counts, alarm, AI state, and the durations (seconds) of the
+        newest snapshot saves. No secrets."""
         room = await self._ensure_active()
         ai = room.data.ai
-        return {
-            "room": self.room_id,
-            "lifecycle": self.lifecycle.value,
-            "epoch": self.epoch,
-            "seq": self._next_seq - 1,
-            "durable_version": self._durable,
-            "connections": len(room.data.connections),
-            "users": len(room.data.users),
-            "meetingId": room.data.meetingId,
-            "peakUserCount": room.data.peakUserCount,
-            "alarmAt": room.alarm_at,
-            "ai": {"enabled": ai.enabled, "connectionPending": ai.connectionPending,
-                   "controllingUser": ai.controllingUser, "error": ai.error},
-            "jobs": len(self._jobs),
-            "pid": os.getpid(),
-            "recent_save_s": list(self._save_seconds),
-            **self._stats,
-        }
+        return RoomInfo(
+            room=self.room_id, lifecycle=self.lifecycle.value, epoch=self.epoch,
+            seq=self._next_seq - 1, durable_version=self._durable,
+            connections=len(room.data.connections), users=len(room.data.users),
+            meetingId=room.data.meetingId, peakUserCount=room.data.peakUserCount,
+            alarmAt=room.alarm_at,
+            ai=AiFacts(enabled=ai.enabled, connectionPending=ai.connectionPending,
+                       controllingUser=ai.controllingUser, error=ai.error),
+            jobs=len(self._jobs), pid=os.getpid(), recent_save_s=tuple(self._save_seconds),
+            turns=self._stats.turns, saves=self._stats.saves,
+            duplicate_frames=self._stats.duplicate_frames,
+            activated_at=self._stats.activated_at, last_save_s=self._stats.last_save_s,
+            snapshot_bytes=self._stats.snapshot_bytes)
 
     async def hibernate(self) -> bool:
         """Save, tell the pollers, and exit the actor for good if the room is idle.
@@ -763,23 +770,22 @@ class RoomActor:
         if _in_ray_actor():
             ray.actor.exit_actor()
 
-    def activity(self) -> dict[str, Any]:
+    def activity(self) -> Activity:
         """How busy the room is, without activating it (for shedding at the slot bound):
-        ``{"room": str, "idle_s": seconds since its last turn other than its own alarm
-        (a client's frame, a connect or close, an AI job's result), "jobs": AI jobs under
-        way, "lifecycle": str}``. The alarm's sweeps do not make a room recently
-        active: the least recently active room is the one its users left quiet."""
-        return {"room": self.room_id, "idle_s": time.monotonic() - self._last_active,
-                "jobs": len(self._jobs), "lifecycle": self.lifecycle.value}
+        an :class:`~actors.wire.Activity` whose ``idle_s`` counts the seconds since its
+        last turn other than its own alarm (a client's frame, a connect or close, an AI
+        job's result). The alarm's sweeps do not make a room recently active: the least
+        recently active room is the one its users left quiet."""
+        return Activity(room=self.room_id, idle_s=time.monotonic() - self._last_active,
+                        jobs=len(self._jobs), lifecycle=self.lifecycle.value)
 
-    def where(self) -> dict[str, Any]:
-        """Return where this actor runs, without activating the room: ``{"node_id":
-        hex or None (outside Ray), "pid": int, "lifecycle": str, "preloaded_at": UNIX s
-        when its worker imported the room runtime at start (a warm worker: before the
-        room was asked for), or None}``."""
+    def where(self) -> Placement:
+        """Return where this actor runs, without activating the room (a
+        :class:`~actors.wire.Placement`: node id, pid, lifecycle, and when its worker
+        preloaded the room runtime)."""
         node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
-        return {"node_id": node_id, "pid": os.getpid(), "lifecycle": self.lifecycle.value,
-                "preloaded_at": preloaded_at()}
+        return Placement(node_id=node_id, pid=os.getpid(), lifecycle=self.lifecycle.value,
+                         preloaded_at=preloaded_at())
 
     def pid(self) -> int:
         """Return the process id of this actor's worker (for operators and tests)."""

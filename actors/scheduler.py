@@ -5,7 +5,7 @@ runs its own alarm with a timer (:class:`actors.room_actor.RoomActor`); a hibern
 room has no process, so one detached actor per namespace, :class:`AlarmScheduler`
 (named ``alarm-scheduler``), watches the snapshot store's alarm index
 (:meth:`storage.base.SnapshotStore.next_alarm` / ``due_alarms``) and, when a room's
-alarm is due, calls ``get_room(room_id, config).alarm.remote()``: that reactivates the
+alarm is due, calls ``RoomClient(get_room(room_id, config)).alarm()``: that reactivates the
 room from its snapshot, and :meth:`RoomActor.alarm` runs the alarm only if it is due.
 
 Delivery is **at least once**:
@@ -284,10 +284,11 @@ class AlarmScheduler:
         if self._wake_fn is not None:
             return bool(await asyncio.wait_for(self._wake_fn(room_id), self.call_timeout))
         from .directory import get_room
+        from .room_client import RoomClient
 
         # get_room is a blocking round trip to Ray's GCS: keep it off the event loop.
         handle = await asyncio.to_thread(get_room, room_id, self.config)
-        ref = handle.alarm.remote()
+        ref = RoomClient(handle).alarm()
         return bool(await asyncio.wait_for(asyncio.wrap_future(ref.future()),
                                            self.call_timeout))
 

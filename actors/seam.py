@@ -1,7 +1,9 @@
 """The seam to what Ray and Serve do not make public: each use of their internals (or of
-the libraries they run for us) in one function here, with a fallback and a test that
-names the version it was checked on (``tests/test_seam.py``), so that an upgrade fails
-one clear test instead of degrading silently.
+the libraries they run for us) is one function here, with a public fallback, and
+``tests/test_seam.py`` checks each against the Ray version named in
+:data:`CHECKED_ON_RAY`, so that an upgrade fails one clear test instead of degrading
+silently. Nothing else in the project imports ``ray._private``, ``ray.serve._private``,
+``ray.core.generated`` or reads a private attribute of a Ray object.
 
 * :func:`limit_websocket_frames`: Serve runs uvicorn in each replica (its direct
   ingress behind HAProxy) and does not expose uvicorn's ``ws_max_size`` (16 MiB by
@@ -9,14 +11,43 @@ one clear test instead of degrading silently.
   check. Checked on Ray 2.60.0 with uvicorn 0.38-0.40: Serve builds ``uvicorn.Config``
   in ``ray.serve._private.http_util.start_asgi_http_server`` *after* the deployment's
   constructor ran (``ReplicaBase.initialize`` then ``_on_initialized``), and uvicorn's
-  WebSocket protocols read ``config.ws_max_size`` per connection.
+  WebSocket protocols read ``config.ws_max_size`` per connection. Fallback: only the
+  gateway's own size check, after the frame was read.
+* :func:`setup_hook_env_var`: the environment variable Ray's ``default_worker.py``
+  reads to run a worker setup hook (``ray._private.ray_constants.
+  WORKER_PROCESS_SETUP_HOOK_ENV_VAR``); Ray honours ``worker_process_setup_hook`` only
+  in a job's runtime environment, so room actors set the variable themselves
+  (:mod:`actors.warmpool`). Fallback: the name Ray 2.x uses.
+* :func:`prestart_workers`: the raylet's ``NodeManagerService.PrestartWorkers`` gRPC
+  (``ray.core.generated``, through ``ray._private.grpc_utils.init_grpc_channel`` for
+  Ray's token authentication). Fallback: no prestart (new rooms start cold).
+* :func:`token_auth_enabled`: whether Ray protects its Dashboard with a token
+  (``ray._private.authentication``). Fallback: the ``RAY_AUTH_MODE`` variable.
+* :func:`serve_controller` and :func:`stop_serve`: Serve's controller actor (its name
+  and namespace in ``ray.serve._private.constants``) and its ``graceful_shutdown``
+  method, to stop Serve without a failed task in the log. Fallback:
+  ``serve.shutdown()``.
+* :func:`actor_id`: an actor handle's id (``ActorHandle._actor_id``, for tests and
+  operators). Fallback: ``None``.
+* :func:`validate_cluster_config`: the cluster launcher's validation of a
+  ``ray up`` config (``ray.autoscaler._private.util``). Fallback: refuse (raises).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import time
+from typing import Any
 
-__all__ = ["limit_websocket_frames"]
+__all__ = ["CHECKED_ON_RAY", "actor_id", "limit_websocket_frames", "prestart_workers",
+           "serve_controller", "setup_hook_env_var", "stop_serve", "token_auth_enabled",
+           "validate_cluster_config"]
+
+CHECKED_ON_RAY = "2.60.0"
+"""The Ray version every function here was checked on (``tests/test_seam.py``)."""
+
+_SETUP_HOOK_FALLBACK = "__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR"
 
 log = logging.getLogger("ray_rooms.seam")
 
@@ -58,3 +89,154 @@ def limit_websocket_frames(max_bytes: int) -> bool:
     setattr(config_class, _PATCHED_ATTR, int(max_bytes))
     config_class.__init__ = __init__
     return True
+
+
+def setup_hook_env_var() -> str:
+    """Return the name of the environment variable that makes Ray's worker run a setup
+    hook (a ``module.function`` name) when the worker process starts.
+
+    Returns:
+        Ray's own constant, or ``"__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR"`` (Ray 2.x)
+        if the constant moved. Raises nothing.
+    """
+    try:
+        from ray._private.ray_constants import WORKER_PROCESS_SETUP_HOOK_ENV_VAR
+    except ImportError:
+        return _SETUP_HOOK_FALLBACK
+    return str(WORKER_PROCESS_SETUP_HOOK_ENV_VAR)
+
+
+def prestart_workers(address: str, port: int, count: int, *, serialized_env: str,
+                     job_id: str, keep_alive_s: float, timeout_s: float = 10.0) -> bool:
+    """Ask the raylet at ``address:port`` to start ``count`` idle Python workers for
+    job ``job_id`` and runtime environment ``serialized_env``.
+
+    Args:
+        address: the raylet's node manager address (``ray.nodes()``'s
+            ``NodeManagerAddress``).
+        port: its ``NodeManagerPort``.
+        count: workers to start (> 0).
+        serialized_env: ``RuntimeEnv.serialize()`` of the environment (Ray's JSON).
+        job_id: the job (hex).
+        keep_alive_s: seconds the raylet keeps them past its idle-worker soft limit.
+        timeout_s: the RPC's deadline, seconds.
+
+    Returns:
+        Whether the raylet accepted the request.
+
+    Raises:
+        ImportError: Ray's internal gRPC helper or generated stubs are not there (the
+            fallback: the caller starts no workers).
+        Exception: the RPC failed (``grpc.RpcError`` and the like).
+    """
+    from ray._private.grpc_utils import init_grpc_channel
+    from ray.core.generated import common_pb2, node_manager_pb2, node_manager_pb2_grpc
+    from ray.core.generated import runtime_environment_pb2
+
+    channel = init_grpc_channel(f"{address}:{port}")
+    try:
+        stub = node_manager_pb2_grpc.NodeManagerServiceStub(channel)
+        stub.PrestartWorkers(node_manager_pb2.PrestartWorkersRequest(
+            language=common_pb2.PYTHON, job_id=bytes.fromhex(job_id),
+            runtime_env_info=runtime_environment_pb2.RuntimeEnvInfo(
+                serialized_runtime_env=serialized_env),
+            num_workers=int(count), keep_alive_duration_secs=int(keep_alive_s)),
+            timeout=timeout_s)
+    finally:
+        channel.close()
+    return True
+
+
+def token_auth_enabled() -> bool:
+    """Whether the connected Ray protects its Dashboard with a token (Ray 2.60's
+    default, ``RAY_AUTH_MODE=token``; ``RAY_AUTH_MODE=disabled`` turns it off).
+
+    Returns:
+        Ray's own answer, or (if its helper moved) whether ``RAY_AUTH_MODE`` is
+        ``token``. Raises nothing.
+    """
+    try:
+        from ray._private.authentication.authentication_utils import is_token_auth_enabled
+    except ImportError:
+        return os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
+    try:
+        return bool(is_token_auth_enabled())
+    except Exception:  # noqa: BLE001 - an operator hint only
+        return os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
+
+
+def serve_controller() -> Any:
+    """Return the connected Ray cluster's Serve controller actor handle, or ``None``
+    when Serve is not running (or its private name moved: then the callers use Serve's
+    public API only). Raises nothing."""
+    import ray
+
+    try:
+        from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+    except ImportError:
+        return None
+    try:
+        return ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    except ValueError:
+        return None
+
+
+def stop_serve(timeout_s: float = 30.0) -> None:
+    """Shut Serve down without a task in flight when its controller exits.
+
+    ``serve.shutdown()`` waits in ``ServeController.graceful_shutdown`` until the
+    controller kills itself, so Ray reports that task as failed ("killed by
+    ``ray.kill``") on every stop. Here the controller is only told to shut down
+    (``wait=False``), we wait up to ``timeout_s`` seconds for it to be gone, and
+    ``serve.shutdown()`` then just drops the driver's cached client (its INFO lines
+    saying the controller is gone are held back). Fallback (no private controller):
+    ``serve.shutdown()`` alone. Raises nothing Serve's own shutdown does not.
+    """
+    import ray
+    from ray import serve
+
+    controller = serve_controller()
+    if controller is not None and hasattr(controller, "graceful_shutdown"):
+        try:
+            ray.get(controller.graceful_shutdown.remote(False), timeout=timeout_s)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            pass  # already exiting, or slow: serve.shutdown below finishes it
+        except Exception as error:  # noqa: BLE001 - the method changed: public path
+            log.warning("Serve's graceful_shutdown failed (%s); using serve.shutdown",
+                        type(error).__name__)
+        deadline = time.monotonic() + timeout_s
+        while serve_controller() is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+    serve_log = logging.getLogger("ray.serve")
+    level = serve_log.level
+    serve_log.setLevel(logging.WARNING)
+    try:
+        serve.shutdown()
+    finally:
+        serve_log.setLevel(level)
+
+
+def actor_id(handle: Any) -> str | None:
+    """Return the hex id of the actor behind ``handle``, or ``None`` if Ray no longer
+    exposes it on the handle. Raises nothing."""
+    ident = getattr(handle, "_actor_id", None)
+    return ident.hex() if ident is not None and hasattr(ident, "hex") else None
+
+
+def validate_cluster_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Fill in a cluster launcher config's defaults (``ray up``'s YAML, loaded; the
+    argument is not changed) and validate the result the way ``ray up`` does; return
+    the prepared config.
+
+    Raises:
+        ImportError: the launcher's validation moved (nothing to check against).
+        Exception: the config is invalid (``jsonschema``'s ``ValidationError``,
+            ``ValueError``).
+    """
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    import copy
+
+    prepared = prepare_config(copy.deepcopy(config))
+    validate_config(prepared)
+    return prepared

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 import ray
 
 from .config import RoomsConfig
+from .room_client import RoomClient
+from .wire import Activity
 
 __all__ = ["ROOM_COST_BYTES", "ROOM_SLOT", "default_max_live_rooms", "free_slots",
            "offers_slots", "shed_one", "slot_resources"]
@@ -98,33 +99,33 @@ def shed_one(config: RoomsConfig, *, prefix: str = "room:", exclude: str | None 
             room = name[len(prefix):]
             if room != exclude:
                 try:
-                    handles[room] = ray.get_actor(name, namespace=config.namespace)
+                    handles[room] = RoomClient(ray.get_actor(name, namespace=config.namespace))
                 except ValueError:
                     continue
-    refs = {room: h.activity.remote() for room, h in handles.items()}
+    refs = {room: client.activity() for room, client in handles.items()}
     ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
     ready_set = set(ready)
-    candidates: list[dict[str, Any]] = []
+    candidates: list[Activity] = []
     for room, ref in refs.items():
         if ref not in ready_set:
             continue
         try:
-            fact = ray.get(ref)
+            fact: Activity = ray.get(ref)
         except Exception:  # noqa: BLE001 - dead or restarting: not a candidate
             continue
-        if fact["lifecycle"] == "active" and not fact["jobs"] and fact["idle_s"] >= config.shed_idle_s:
+        if fact.lifecycle == "active" and not fact.jobs and fact.idle_s >= config.shed_idle_s:
             candidates.append(fact)
-    for fact in sorted(candidates, key=lambda f: -f["idle_s"]):
+    for fact in sorted(candidates, key=lambda f: -f.idle_s):
         try:
-            went = ray.get(handles[fact["room"]].hibernate.remote(), timeout=timeout_s)
+            went = ray.get(handles[fact.room].hibernate(), timeout=timeout_s)
         except ray.exceptions.RayActorError:
             went = True  # it exited during the call: hibernated
         except Exception:  # noqa: BLE001
             went = False
         if went:
-            log.info("room %s shed (idle %.1f s) to free a slot", fact["room"], fact["idle_s"])
+            log.info("room %s shed (idle %.1f s) to free a slot", fact.room, fact.idle_s)
             from . import metrics
 
-            metrics.room_shed(fact["room"])
-            return fact["room"]
+            metrics.room_shed(fact.room)
+            return fact.room
     return None

@@ -27,11 +27,9 @@ DASHBOARD_TOKEN_HINT = "it asks for a token: `ray get-auth-token` prints it"
 def dashboard_needs_token() -> bool:
     """Whether the connected Ray protects its Dashboard with a token (Ray 2.60's
     default, ``RAY_AUTH_MODE=token``; ``RAY_AUTH_MODE=disabled`` turns it off)."""
-    try:
-        from ray._private.authentication.authentication_utils import is_token_auth_enabled
-    except ImportError:  # a Ray without token auth
-        return False
-    return is_token_auth_enabled()
+    from .seam import token_auth_enabled
+
+    return token_auth_enabled()
 
 
 @dataclass

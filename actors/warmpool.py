@@ -46,6 +46,8 @@ from typing import Any
 
 import ray
 
+from .seam import prestart_workers, setup_hook_env_var
+
 __all__ = ["POOL_NAMESPACE", "POOL_PREFIX", "PRELOAD", "PRELOAD_ENV", "SETUP_HOOK_ENV", "WarmPool",
            "ensure_warm_pools", "notify_started", "preload", "preloaded_at", "prestart",
            "room_runtime_env"]
@@ -57,12 +59,9 @@ POOL_PREFIX = "warm-pool:"
 POOL_NAMESPACE = "ray-rooms"
 """The Ray namespace of the pools: one pool per node, whatever namespaces the rooms
 use (a pool keys its workers by job and runtime environment)."""
-try:
-    from ray._private.ray_constants import WORKER_PROCESS_SETUP_HOOK_ENV_VAR as SETUP_HOOK_ENV
-except ImportError:  # pragma: no cover - the name Ray 2.x uses
-    SETUP_HOOK_ENV = "__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR"
+SETUP_HOOK_ENV = setup_hook_env_var()
 """The variable Ray's ``default_worker.py`` reads to run a setup hook (a
-``module.function`` name) when a worker starts."""
+``module.function`` name) when a worker starts (:func:`actors.seam.setup_hook_env_var`)."""
 PRELOAD_ENV = "RAY_ROOMS_PRELOAD"
 """The variable that tells :func:`preload` what to import (comma-separated modules)."""
 PRELOAD = ("actors.room_actor",)
@@ -122,23 +121,10 @@ def prestart(node: dict[str, Any], count: int, *, serialized_env: str, job_id: s
         there or failed: rooms then start cold). Raises nothing.
     """
     try:
-        from ray._private.grpc_utils import init_grpc_channel
-        from ray.core.generated import common_pb2, node_manager_pb2, node_manager_pb2_grpc
-        from ray.core.generated import runtime_environment_pb2
-
-        channel = init_grpc_channel(f"{node['NodeManagerAddress']}:{node['NodeManagerPort']}")
-        try:
-            stub = node_manager_pb2_grpc.NodeManagerServiceStub(channel)
-            stub.PrestartWorkers(node_manager_pb2.PrestartWorkersRequest(
-                language=common_pb2.PYTHON, job_id=bytes.fromhex(job_id),
-                runtime_env_info=runtime_environment_pb2.RuntimeEnvInfo(
-                    serialized_runtime_env=serialized_env),
-                num_workers=int(count), keep_alive_duration_secs=int(keep_alive_s)),
-                timeout=10)
-        finally:
-            channel.close()
-        return True
-    except Exception as error:  # noqa: BLE001 - an optimisation only
+        return prestart_workers(node["NodeManagerAddress"], node["NodeManagerPort"], count,
+                                serialized_env=serialized_env, job_id=job_id,
+                                keep_alive_s=keep_alive_s)
+    except Exception as error:  # noqa: BLE001 - an optimisation only (ImportError too)
         log.warning("prestarting workers failed (%s: %s); new rooms start cold",
                     type(error).__name__, error)
         return False

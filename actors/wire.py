@@ -13,10 +13,11 @@ out to its sockets), the room (what a reconnect is owed) and the CLI (which repl
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Literal, Mapping, TypeVar
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Literal, Mapping, NamedTuple, TypeVar
 
-__all__ = ["Delivery", "OutboxEntry", "Recipients"]
+__all__ = ["Activity", "AiFacts", "Delivery", "Frame", "OutboxEntry", "Placement",
+           "Recipients", "RoomInfo"]
 
 T = TypeVar("T")
 
@@ -102,3 +103,125 @@ class Delivery:
     gap: bool = False
     hibernating: bool = False
     epoch: int = 0
+
+
+class Frame(NamedTuple):
+    """One client frame as a replica sends it to ``RoomActor.deliver``.
+
+    Attributes:
+        conn: the connection id the frame is from.
+        data: the frame as the socket received it (JSON text, or bytes).
+        socket: the id of the socket that received it (``None``: not deduplicated).
+        number: the frame's number among ``socket``'s frames, from 1 (``None``: not
+            deduplicated). A numbered frame is applied once (:mod:`actors.applied`).
+    """
+
+    conn: str
+    data: str | bytes
+    socket: str | None = None
+    number: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AiFacts:
+    """The room's AI agent as :class:`RoomInfo` reports it.
+
+    Attributes:
+        enabled: the AI is enabled.
+        connectionPending: the job that brings it into the call is under way.
+        controllingUser: the user id that controls it, or ``None``.
+        error: the last AI error's public text, or ``None``.
+    """
+
+    enabled: bool = False
+    connectionPending: bool = False
+    controllingUser: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoomInfo:
+    """Operator facts of one room's activation (``RoomActor.info``). No secrets.
+
+    Attributes:
+        room: the room id.
+        lifecycle: the activation's lifecycle (``"active"``, ...).
+        epoch: the epoch this activation claimed.
+        seq: the newest outbox sequence number handed out.
+        durable_version: the newest turn version whose snapshot is durable.
+        connections: connections in the room state.
+        users: users in the room state.
+        meetingId: the meeting's id, or ``None`` when nobody is in it.
+        peakUserCount: the most users at once in this meeting.
+        alarmAt: the room's alarm (UNIX seconds), or ``None``.
+        ai: the AI agent's facts.
+        jobs: background (AI) jobs under way.
+        pid: the worker process's id (operators only; never in a client response).
+        recent_save_s: durations (seconds) of the newest snapshot saves (at most 1024).
+        turns: turns this activation ran.
+        saves: snapshots this activation saved.
+        duplicate_frames: numbered frames skipped as already applied.
+        activated_at: when the activation finished (UNIX seconds; 0: not yet).
+        last_save_s: the newest save's duration (seconds), or ``None``.
+        snapshot_bytes: the newest snapshot's size (bytes), or ``None``.
+    """
+
+    room: str
+    lifecycle: str
+    epoch: int
+    seq: int
+    durable_version: int
+    connections: int
+    users: int
+    meetingId: str | None
+    peakUserCount: int
+    alarmAt: float | None
+    ai: AiFacts
+    jobs: int
+    pid: int
+    recent_save_s: tuple[float, ...] = ()
+    turns: int = 0
+    saves: int = 0
+    duplicate_frames: int = 0
+    activated_at: float = 0.0
+    last_save_s: float | None = None
+    snapshot_bytes: int | None = None
+
+    def record(self) -> dict[str, Any]:
+        """Return the facts as a JSON-friendly dict (what ``rooms show`` prints)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Activity:
+    """How busy a room is (``RoomActor.activity``, for shedding at the slot bound).
+
+    Attributes:
+        room: the room id.
+        idle_s: seconds since its last turn other than its own alarm.
+        jobs: background (AI) jobs under way.
+        lifecycle: the activation's lifecycle (``"active"``, ...).
+    """
+
+    room: str
+    idle_s: float
+    jobs: int
+    lifecycle: str
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where a room's actor runs (``RoomActor.where``).
+
+    Attributes:
+        node_id: the Ray node id (hex), or ``None`` outside Ray.
+        pid: the worker process's id.
+        lifecycle: the activation's lifecycle.
+        preloaded_at: when its worker imported the room runtime (UNIX seconds; a warm
+            worker: before the room was asked for), or ``None``.
+    """
+
+    node_id: str | None
+    pid: int
+    lifecycle: str
+    preloaded_at: float | None = None

@@ -67,17 +67,17 @@ def save_throughput(config: RoomsConfig, rooms: int, burst: int) -> dict:
     beat = json.dumps({"type": "heartbeat"})
     handles = [get_room(f"burst-{uuid.uuid4().hex[:8]}", config) for _ in range(rooms)]
     ray.get([h.connect.remote("c1", "bench") for h in handles], timeout=600)
-    before = {i: ray.get(h.info.remote())["saves"] for i, h in enumerate(handles)}
+    before = {i: ray.get(h.info.remote()).saves for i, h in enumerate(handles)}
     start = time.perf_counter()
     ray.get([h.message.remote("c1", beat) for h in handles for _ in range(burst)],
             timeout=600)
     elapsed = time.perf_counter() - start
     infos = ray.get([h.info.remote() for h in handles])
-    saves = sum(info["saves"] - before[i] for i, info in enumerate(infos))
+    saves = sum(info.saves - before[i] for i, info in enumerate(infos))
     durations: list[float] = []
     for i, info in enumerate(infos):
-        new = info["saves"] - before[i]
-        durations += info["recent_save_s"][-new:] if new else []
+        new = info.saves - before[i]
+        durations += info.recent_save_s[-new:] if new else []
     for h in handles:
         ray.kill(h, no_restart=True)
     return {"saves_per_s": saves / elapsed, "turns_per_s": rooms * burst / elapsed,

@@ -66,7 +66,7 @@ def update(conn: str, n: int) -> str:
 
 
 def node_of(handle) -> str:
-    return ray.get(handle.where.remote(), timeout=60)["node_id"]
+    return ray.get(handle.where.remote(), timeout=60).node_id
 
 
 async def age_alarm(url: str, room_id: str, at: float) -> None:
@@ -242,13 +242,13 @@ async def run(pg_url: str, held: dict[str, Any]) -> dict[str, Any]:
             try:
                 handle = get_room(room_id, config)
                 where = await asyncio.wait_for(handle.where.remote(), 2.0)
-                if where["node_id"] == victim:  # the old worker has not exited yet
+                if where.node_id == victim:  # the old worker has not exited yet
                     await asyncio.sleep(0.05)
                     continue
                 state = await asyncio.wait_for(handle.state.remote(), 2.0)
                 recovered[room_id] = {
                     "seconds": round(time.monotonic() - lost_at, 2),
-                    "state_ok": state == acked[room_id], "node": where["node_id"]}
+                    "state_ok": state == acked[room_id], "node": where.node_id}
                 return
             except Exception:  # noqa: BLE001 - restarting
                 await asyncio.sleep(0.05)

@@ -53,7 +53,7 @@ def user_of(message: dict, conn: str) -> dict | None:
 async def r0_jobs(namespace: str) -> int:
     """AI jobs under way in room r0 (its enableAi, held by the emulator)."""
     info = await ray.get_actor(ACTOR_PREFIX + "r0", namespace=namespace).info.remote()
-    return info["jobs"]
+    return info.jobs
 
 
 async def scenario(facts: dict) -> None:
@@ -159,7 +159,7 @@ async def scenario(facts: dict) -> None:
         await asyncio.sleep(1.5)  # idle again: the seventh room may shed one now
         facts["idle_before_seventh"] = {
             r: round((await ray.get_actor(ACTOR_PREFIX + r, namespace=config.namespace)
-                      .activity.remote())["idle_s"], 2)
+                      .activity.remote()).idle_s, 2)
             for r in alive_rooms(config.namespace)}
         seventh = await open_client(f"{ws}/parties/rooms/r6?_pk=c6&username=u6")
         seventh.send({"type": "userUpdate", "user": {"id": "c6", "name": "u6", "joined": True}})

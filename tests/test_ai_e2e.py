@@ -377,15 +377,15 @@ async def test_room_killed_during_enable(ray_session, emu: Emulators, make_room,
         assert time.monotonic() < deadline, "the enable never reached " + operation
         await asyncio.sleep(0.02)
     info = await room.info.remote()
-    assert info["ai"]["connectionPending"] is True and info["jobs"] >= 1
-    old_pid = info["pid"]
+    assert info.ai.connectionPending is True and info.jobs >= 1
+    old_pid = info.pid
 
     ray.kill(room, no_restart=False)
     deadline = time.monotonic() + 60
     while True:
         try:
             info = await asyncio.wait_for(room.info.remote(), 10)
-            if info["pid"] != old_pid:
+            if info.pid != old_pid:
                 break
         except (ray.exceptions.RayError, asyncio.TimeoutError):
             pass
@@ -419,7 +419,7 @@ async def test_second_enable_while_pending_is_refused(emu: Emulators, make_room)
     await room.connect.remote("bob", "Bob")
     emu.calls.faults.set("tracks/new", delay=1.0, times=1)  # keep the first enable pending
     assert await send(room, "alice", ENABLE) == []
-    assert (await room.info.remote())["ai"]["connectionPending"] is True
+    assert (await room.info.remote()).ai.connectionPending is True
     [reply] = await send(room, "bob", ENABLE)
     assert (reply["type"], reply["error"]) == ("error", "the AI is already being enabled")
     state = await wait_state(room, settled)
@@ -449,7 +449,7 @@ async def test_disable_while_pending_releases_the_late_result(emu: Emulators,
     # the enable job finishes late (its renegotiate fails or succeeds): its result is
     # stale, never shown, and what it created is released
     deadline = time.monotonic() + 10
-    while (await room.info.remote())["jobs"]:
+    while (await room.info.remote()).jobs:
         assert time.monotonic() < deadline, "the stale enable job never finished"
         await asyncio.sleep(0.05)
     assert await ledger.wait_released(timeout=10) == {"sessions": [], "tracks": [], "calls": []}

@@ -92,7 +92,7 @@ async def test_deliver_handles_a_batch_in_order_with_one_group_commit(sqlite_url
     actor = await connected_actor(RoomsConfig(idle_timeout=0, store_url=sqlite_url))
     try:
         before = await actor.info()
-        cursor = before["seq"]
+        cursor = before.seq
         frames = [("one" if k % 2 == 0 else "two", update("one" if k % 2 == 0 else "two", k))
                   for k in range(50)]
         result = await actor.deliver(frames, cursor)
@@ -101,13 +101,13 @@ async def test_deliver_handles_a_batch_in_order_with_one_group_commit(sqlite_url
         assert result.gap is False and result.hibernating is False
         entries = result.entries
         assert [e.seq for e in entries] == list(range(cursor + 1, cursor + 51))
-        assert result.cursor == cursor + 50 == after["seq"]
+        assert result.cursor == cursor + 50 == after.seq
         messages = [json.loads(e.data) for e in entries]
         assert all(e.to == "all" for e in entries)
         # reply k carries frame k's marker for its sender
         assert [marker(m, frames[k][0]) for k, m in enumerate(messages)] == list(range(50))
-        assert after["turns"] - before["turns"] == 50
-        assert 1 <= after["saves"] - before["saves"] <= 2, (before["saves"], after["saves"])
+        assert after.turns - before.turns == 50
+        assert 1 <= after.saves - before.saves <= 2, (before.saves, after.saves)
         # the durable snapshot holds the last frame of each connection
         last = json.loads(entries[-1].data)["state"]
         assert {u["id"]: u["tracks"]["audio"] for u in last["users"]} == {
@@ -125,7 +125,7 @@ async def test_a_bad_frame_in_a_batch_gets_one_error_to_its_sender_and_the_rest_
     frames after it are still handled."""
     actor = await connected_actor(RoomsConfig(idle_timeout=0), MemoryStore())
     try:
-        cursor = (await actor.info())["seq"]
+        cursor = (await actor.info()).seq
         frames = [("one", update("one", 0)), ("two", update("two", 1)),
                   ("two", "{this is not json"), ("one", update("one", 3)),
                   ("two", update("two", 4))]
@@ -150,7 +150,7 @@ async def test_deliver_claims_its_entries_from_its_own_pollers_poll():
     gets the same entries; a turn not from a deliver wakes P with only the new ones."""
     actor = await connected_actor(RoomsConfig(idle_timeout=0, poll_timeout=5), MemoryStore())
     try:
-        cursor = (await actor.info())["seq"]
+        cursor = (await actor.info()).seq
         p_poll = asyncio.ensure_future(actor.poll(cursor, 5.0, "P"))
         q_poll = asyncio.ensure_future(actor.poll(cursor, 5.0, "Q"))
         await asyncio.sleep(0.05)
@@ -182,8 +182,8 @@ async def test_deliver_on_a_hibernating_room_raises_and_handles_no_frame():
     store = MemoryStore()
     actor = await connected_actor(RoomsConfig(idle_timeout=0), store)
     room_id = actor.room_id
-    seq = (await actor.info())["seq"]
-    turns = actor._stats["turns"]
+    seq = (await actor.info()).seq
+    turns = actor._stats.turns
 
     # hibernate() takes the gate while a deliver is waiting for it
     await actor._gate.acquire()
@@ -200,7 +200,7 @@ async def test_deliver_on_a_hibernating_room_raises_and_handles_no_frame():
     with pytest.raises(RoomHibernating):
         await actor.deliver([("two", update("two", 2))], seq, "P")
 
-    assert actor._stats["turns"] == turns
+    assert actor._stats.turns == turns
     assert actor._next_seq - 1 == seq and actor.outbox.released == seq
     saved = decode_snapshot(room_id, await store.load(room_id))
     assert saved.seq == seq
@@ -209,7 +209,7 @@ async def test_deliver_on_a_hibernating_room_raises_and_handles_no_frame():
     # the next activation sees the same room: no frame of either batch was handled
     again = RoomActor(room_id, RoomsConfig(idle_timeout=0), store=store)
     try:
-        assert (await again.info())["seq"] == seq
+        assert (await again.info()).seq == seq
         assert all(u["tracks"].get("audio") is None for u in (await again.state())["users"])
     finally:
         stop_timers(again)
@@ -267,7 +267,7 @@ def make_channel(config: RoomsConfig | None = None, room_id: str = "unit",
     socks = {c: RecordingSocket(c) for c in ("a", "b")}
     for conn, sock in socks.items():
         channel.sockets[conn] = {sock}
-    channel.cursor = cursor
+    channel.merge.cursor = cursor
     return channel, socks
 
 
@@ -275,22 +275,20 @@ async def test_accept_holds_entries_after_a_hole_until_the_deliver_fills_it():
     """Poll brings 7, 8 while a deliver is in flight (cursor 5): held; the deliver's
     6, 7, 8 then go out once each, in order; repeats deliver nothing."""
     channel, socks = make_channel()
-    channel._in_flight = True
-    await channel.accept(result([entry(7), entry(8)]))
+    await channel.accept(result([entry(7), entry(8)]), delivering=True)
     assert socks["a"].sent == [] and socks["b"].sent == []
-    assert sorted(channel.held) == [7, 8] and channel.cursor == 5
+    assert sorted(channel.merge.held) == [7, 8] and channel.cursor == 5
 
-    channel._in_flight = False
-    await channel.accept(result([entry(6), entry(7), entry(8)]))
+    await channel.accept(result([entry(6), entry(7), entry(8)]), delivering=False)
     assert seqs(socks["a"]) == [6, 7, 8] and seqs(socks["b"]) == [6, 7, 8]
-    assert channel.held == {} and channel.cursor == 8
+    assert channel.merge.held == {} and channel.cursor == 8
 
     # the same results again (a late poll, a repeated deliver): nothing twice
     await channel.accept(result([entry(6), entry(7), entry(8)]))
     await channel.accept(result([entry(7), entry(8)]))
     await channel.accept(result([], cursor=8))
     assert seqs(socks["a"]) == [6, 7, 8] and seqs(socks["b"]) == [6, 7, 8]
-    assert channel.stats["entries"] == 3 and channel.stats["gaps"] == 0
+    assert channel.counters()["entries"] == 3 and channel.counters()["gaps"] == 0
 
 
 async def test_a_gap_in_a_stale_deliver_result_sends_nothing_twice():
@@ -306,7 +304,7 @@ async def test_a_gap_in_a_stale_deliver_result_sends_nothing_twice():
 
     channel._send_state = send_state
     await channel.accept(result([entry(seq) for seq in range(7, 13)], gap=True))
-    assert seqs(socks["a"]) == [11, 12] and channel.cursor == 12 and resent == [10]
+    assert seqs(socks["a"]) == [11, 12] and channel.cursor == 12 and len(resent) == 1
 
     await channel.accept(result([], cursor=3, gap=True))
     assert channel.cursor == 3 and len(resent) == 2
@@ -318,18 +316,18 @@ async def test_accept_merges_interleaved_results_and_addresses_each_entry():
     """Overlapping poll and deliver results, in any order, come out as one in-order
     stream; ``one``/``except`` entries and closes reach only their sockets."""
     channel, socks = make_channel(cursor=10)
-    channel._in_flight = True
-    await channel.accept(result([entry(11), entry(12, "one", "a")]))  # no hole: at once
-    await channel.accept(result([entry(14, "except", "a"), entry(15)]))  # hole at 13: held
+    await channel.accept(result([entry(11), entry(12, "one", "a")]),  # no hole: at once
+                         delivering=True)
+    await channel.accept(result([entry(14, "except", "a"), entry(15)]),  # hole at 13: held
+                         delivering=True)
     assert seqs(socks["a"]) == [11, 12] and seqs(socks["b"]) == [11]
     await channel.accept(result([entry(12, "one", "a"), entry(13, "one", "b", [1000, "bye"]),
-                                 entry(14, "except", "a")]))
-    channel._in_flight = False
-    await channel.accept(result([entry(15), entry(16)]))
+                                 entry(14, "except", "a")]), delivering=True)
+    await channel.accept(result([entry(15), entry(16)]), delivering=False)
     assert seqs(socks["a"]) == [11, 12, 15, 16]
     assert seqs(socks["b"]) == [11, 13, 14, 15, 16]
     assert socks["b"].closed == [(1000, "bye")] and socks["a"].closed == []
-    assert channel.cursor == 16 and channel.held == {}
+    assert channel.cursor == 16 and channel.merge.held == {}
 
     # an empty result moves the cursor on (the room's cursor is never behind ours)
     await channel.accept(result([], cursor=20))
@@ -409,7 +407,7 @@ async def test_a_close_reaches_the_room_after_the_sockets_queued_frames(gateway)
 
         handle = get_room(room, gateway["config"])
         deadline = time.monotonic() + 15
-        while (await handle.info.remote())["connections"] != 1:
+        while (await handle.info.remote()).connections != 1:
             assert time.monotonic() < deadline, "the room never heard of a's close"
             await asyncio.sleep(0.05)
         await b.ws.send(json.dumps({"type": "directMessage", "to": "a", "message": "hi"}))
@@ -437,7 +435,7 @@ async def test_a_hole_no_deliver_can_fill_resends_room_state(gateway):
         assert state["type"] == "roomState"
         assert [u["id"] for u in state["state"]["users"]] == ["x"]
         assert [m["n"] for m in rest] == [7, 8]
-    assert channel.cursor == 8 and channel.held == {} and channel.stats["gaps"] == 1
+    assert channel.cursor == 8 and channel.merge.held == {} and channel.counters()["gaps"] == 1
 
 
 # ---- reconnects: replay of owed messages, stale closes ---------------------------------
@@ -491,13 +489,13 @@ async def test_a_close_reports_what_its_socket_had_and_a_stale_close_changes_not
         await actor.connect("b", "b", "P1", "s-b")
         await actor.connect("a", "a", "P1", "s2")  # the reconnect overtakes s1's close
         await actor.close("a", 1006, "", "s1", None)
-        assert (await actor.info())["connections"] == 2  # s2 stays
+        assert (await actor.info()).connections == 2  # s2 stays
         delivered = (await actor.poll(None, 0)).cursor
         # b's message to a, released before s2 closes, that s2 never got
         await actor.message("b", json.dumps({"type": "directMessage", "to": "a",
                                              "message": "late"}))
         await actor.close("a", 1001, "going away", "s2", delivered)
-        assert (await actor.info())["connections"] == 1
+        assert (await actor.info()).connections == 1
         before = (await actor.poll(None, 0)).cursor
         await actor.connect("a", "a", "P1", "s3")
         replayed = [m for m in _data((await actor.poll(before, 0)).entries)
@@ -559,10 +557,10 @@ async def test_a_room_refuses_a_connection_past_its_limit_but_not_a_reconnect():
         seq = (await actor.poll(None, 0)).cursor
         with pytest.raises(RoomFull, match="full"):
             await actor.connect("c", "c", "P", "s-c")
-        assert (await actor.info())["connections"] == 2
+        assert (await actor.info()).connections == 2
         assert (await actor.poll(None, 0)).cursor == seq  # nothing was sent
         await actor.connect("a", "a", "P", "s-a2")
-        assert (await actor.info())["connections"] == 2
+        assert (await actor.info()).connections == 2
     finally:
         stop_timers(actor)
 

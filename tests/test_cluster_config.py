@@ -73,11 +73,9 @@ def test_config_validates_against_rays_schema(schema, config, aws_config, varian
 @pytest.mark.parametrize("variant", ["local", "aws"])
 def test_ray_up_preparation_accepts_it(config, aws_config, variant):
     """``ray up`` fills in the provider's defaults, then validates; both must pass."""
-    from ray.autoscaler._private.util import prepare_config, validate_config
+    from actors.seam import validate_cluster_config
 
-    cfg = copy.deepcopy(config if variant == "local" else aws_config)
-    prepared = prepare_config(cfg)
-    validate_config(prepared)
+    prepared = validate_cluster_config(config if variant == "local" else aws_config)
     assert prepared["head_node_type"] in prepared["available_node_types"]
 
 

@@ -77,7 +77,7 @@ async def test_a_batch_cut_after_its_save_is_applied_once_when_sent_again(tmp_pa
         assert dms(again.entries, "two") == ["hello-2"]  # hello-1 was not applied twice
         state = await second.state()
         assert next(u for u in state["users"] if u["id"] == "one")["tracks"]["audio"] == "one/1"
-        assert second._stats["duplicate_frames"] == 2
+        assert second._stats.duplicate_frames == 2
         # frames without numbers are not deduplicated (the CLI's and old callers' path)
         plain = await second.deliver([("one", direct("two", "hello-3"))] * 2, again.cursor, "P")
         assert dms(plain.entries, "two") == ["hello-3", "hello-3"]

@@ -207,10 +207,10 @@ async def test_closing_a_socket_tells_the_room(gateway):
     await a.wait_for(lambda m: m["type"] == "roomState" and len(m["state"]["users"]) == 2,
                      "both users")
     handle = get_room(room, config)
-    assert (await handle.info.remote())["connections"] == 2
+    assert (await handle.info.remote()).connections == 2
     await b.ws.close(1000, "bye")
     deadline = time.monotonic() + 15
-    while (await handle.info.remote())["connections"] != 1:
+    while (await handle.info.remote()).connections != 1:
         assert time.monotonic() < deadline, "the room never heard of the close"
         await asyncio.sleep(0.05)
     # and a direct message to the gone connection is refused by the room
@@ -240,8 +240,8 @@ async def test_hibernated_room_is_reactivated_by_the_next_frame(gateway):
     client.send({"type": "directMessage", "to": "h1", "message": "still here"})
     await client.wait_for(lambda m: m["type"] == "directMessage", "direct message")
     after = await get_room(room, config).info.remote()
-    assert after["epoch"] > before["epoch"]  # a new activation, from the snapshot
-    assert after["seq"] > before["seq"]  # the outbox sequence went on
+    assert after.epoch > before.epoch  # a new activation, from the snapshot
+    assert after.seq > before.seq  # the outbox sequence went on
     await client.ws.close()
 
 

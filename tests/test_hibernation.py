@@ -20,6 +20,7 @@ import uuid
 
 import pytest
 
+from actors.seam import actor_id
 from actors.config import RoomsConfig
 from actors.directory import actor_name, get_room
 from rooms.room import ALARM_INTERVAL
@@ -90,7 +91,7 @@ def test_idle_room_hibernates_and_wakes_with_its_state(ray_session, config, uniq
     assert {u["id"] for u in before["users"]} == {"a", "b"} and before["meetingId"]
 
     # a gateway's long-poll is waiting when the room goes to sleep
-    poll = room.poll.remote(info["seq"], 30)
+    poll = room.poll.remote(info.seq, 30)
     answer = ray.get(poll, timeout=20)
     assert answer.hibernating is True and answer.entries == ()
 
@@ -101,7 +102,7 @@ def test_idle_room_hibernates_and_wakes_with_its_state(ray_session, config, uniq
         ray.get(room.pid.remote(), timeout=20)
 
     snap = _load(sqlite_url, unique_room)
-    assert snap is not None and snap.epoch == info["epoch"]
+    assert snap is not None and snap.epoch == info.epoch
     assert set(snap.state["room"]["users"]) == {"a", "b"}
     assert snap.state["room"]["meetingId"] == before["meetingId"]
 
@@ -111,10 +112,10 @@ def test_idle_room_hibernates_and_wakes_with_its_state(ray_session, config, uniq
     after = ray.get(woken.state.remote())
     assert after == before
     info2 = ray.get(woken.info.remote())
-    assert info2["epoch"] == info["epoch"] + 1
-    assert info2["pid"] != info["pid"]
-    assert seq == info["seq"] + 1  # the outbox sequence goes on across activations
-    polled = ray.get(woken.poll.remote(info["seq"], 5))
+    assert info2.epoch == info.epoch + 1
+    assert info2.pid != info.pid
+    assert seq == info.seq + 1  # the outbox sequence goes on across activations
+    polled = ray.get(woken.poll.remote(info.seq, 5))
     assert [json.loads(e.data) for e in polled.entries] == [{"type": "partyserver-pong"}]
 
 
@@ -122,12 +123,12 @@ def test_a_busy_room_does_not_hibernate(ray_session, config, unique_room):
     ray = ray_session
     room = get_room(unique_room, config)
     ray.get(room.connect.remote("a", "alice"))
-    epoch = ray.get(room.info.remote())["epoch"]
+    epoch = ray.get(room.info.remote()).epoch
     deadline = time.monotonic() + 2.5 * config.idle_timeout
     while time.monotonic() < deadline:  # a turn every idle_timeout / 4
         ray.get(room.message.remote("a", json.dumps({"type": "heartbeat"})))
         time.sleep(config.idle_timeout / 4)
-    assert ray.get(room.info.remote())["epoch"] == epoch  # the same activation throughout
+    assert ray.get(room.info.remote()).epoch == epoch  # the same activation throughout
 
 
 @pytest.fixture
@@ -147,8 +148,8 @@ def test_ensure_scheduler_is_get_or_create(ray_session, scheduler, config):
 
     handle, name = scheduler
     again = ensure_scheduler(config, name=name)
-    assert again._actor_id == handle._actor_id
-    assert ray.get_actor(name, namespace=TEST_NAMESPACE)._actor_id == handle._actor_id
+    assert actor_id(again) == actor_id(handle) is not None
+    assert actor_id(ray.get_actor(name, namespace=TEST_NAMESPACE)) == actor_id(handle)
     stats = ray.get(handle.stats.remote())
     assert stats["running"] is True and stats["namespace"] == TEST_NAMESPACE
     assert stats["store"] == config.store_url and stats["in_flight"] == []
@@ -166,7 +167,7 @@ def test_alarm_fires_while_the_room_hibernates(ray_session, config, scheduler, s
     ray.get(rooms[busy].connect.remote("b", "bob"))
     infos = {r: ray.get(h.info.remote()) for r, h in rooms.items()}
     for info in infos.values():
-        assert info["alarmAt"] is not None and info["alarmAt"] > time.time() + 10
+        assert info.alarmAt is not None and info.alarmAt > time.time() + 10
 
     until("both rooms to hibernate", lambda: not any(_alive(ray, r) for r in rooms), 20,
           every=0.1)
@@ -174,9 +175,9 @@ def test_alarm_fires_while_the_room_hibernates(ray_session, config, scheduler, s
 
     # let 15 s pass for the sleeping rooms: the alarm falls due in 1 s, and the users
     # who stopped sending heartbeats are older than the heartbeat timeout by then
-    shift = infos[lonely]["alarmAt"] - (time.time() + 1.0)
+    shift = infos[lonely].alarmAt - (time.time() + 1.0)
     _age_snapshot(sqlite_url, lonely, shift, stale={"a"})
-    shift_busy = infos[busy]["alarmAt"] - (time.time() + 1.0)
+    shift_busy = infos[busy].alarmAt - (time.time() + 1.0)
     aged = _age_snapshot(sqlite_url, busy, shift_busy, stale={"a"})
     alarm_busy = aged.state["room"]["alarmAt"]
     assert not any(_alive(ray, r) for r in rooms)
@@ -184,25 +185,25 @@ def test_alarm_fires_while_the_room_hibernates(ray_session, config, scheduler, s
     # nobody calls the rooms: the scheduler wakes them when their alarm is due
     def swept():
         snaps = {r: _load(sqlite_url, r) for r in rooms}
-        return snaps if all(s.epoch > infos[r]["epoch"] for r, s in snaps.items()) else None
+        return snaps if all(s.epoch > infos[r].epoch for r, s in snaps.items()) else None
 
     snaps = until("the scheduler to wake both rooms", swept, 20, every=0.1)
 
     # the lonely room: its stale user is gone and the meeting ended
     state = snaps[lonely].state["room"]
-    assert snaps[lonely].epoch == infos[lonely]["epoch"] + 1
+    assert snaps[lonely].epoch == infos[lonely].epoch + 1
     assert not state.get("users") and state.get("meetingId") is None
     assert state.get("alarmAt") is None
 
     # the busy room: only the stale user went; the meeting goes on, the alarm re-armed
     state = snaps[busy].state["room"]
-    assert snaps[busy].epoch == infos[busy]["epoch"] + 1
+    assert snaps[busy].epoch == infos[busy].epoch + 1
     assert set(state["users"]) == {"b"}
-    assert state["meetingId"] == infos[busy]["meetingId"]
+    assert state["meetingId"] == infos[busy].meetingId
     fired_at = state["alarmAt"] - ALARM_INTERVAL  # the alarm turn re-arms at now + 15 s
     assert alarm_busy <= fired_at < alarm_busy + 5.0  # on time: not early, not much late
 
-    assert snaps[busy].seq > infos[busy]["seq"]  # it told the others (userLeftNotification)
+    assert snaps[busy].seq > infos[busy].seq  # it told the others (userLeftNotification)
 
     stats = ray.get(scheduler[0].stats.remote())
     # the scheduler woke both (the woken room's own timer may run the alarm first; then

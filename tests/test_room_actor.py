@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from actors.seam import actor_id
 from actors.config import RoomsConfig
 from actors.room_actor import RoomActor
 from storage import MemoryStore, SqliteStore, StaleEpoch, decode_snapshot
@@ -42,7 +43,7 @@ def test_concurrent_get_or_create_is_one_actor(ray_session, config, unique_room)
     @ray.remote(num_cpus=0)
     def racer(room_id, cfg):
         handle = get_room(room_id, cfg)
-        return ray.get(handle.pid.remote()), handle._actor_id.hex()
+        return ray.get(handle.pid.remote()), actor_id(handle)
 
     results = ray.get([racer.remote(unique_room, config) for _ in range(20)])
     assert len({actor_id for _, actor_id in results}) == 1
@@ -65,7 +66,7 @@ def test_restart_keeps_last_acknowledged_turn(ray_session, config, unique_room, 
     ray.get(room.message.remote("b", json.dumps({"type": "userLeft"})))
     acknowledged = ray.get(room.state.remote())
     info = ray.get(room.info.remote())
-    old_pid = info["pid"]
+    old_pid = info.pid
 
     if how == "ray.kill":
         ray.kill(room, no_restart=False)
@@ -75,12 +76,12 @@ def test_restart_keeps_last_acknowledged_turn(ray_session, config, unique_room, 
 
     assert ray.get(room.state.remote()) == acknowledged
     after = ray.get(room.info.remote())
-    assert after["epoch"] == info["epoch"] + 1
-    assert after["seq"] >= info["seq"]
+    assert after.epoch == info.epoch + 1
+    assert after.seq >= info.seq
     # the room goes on: the outbox sequence continues where it was
     seq = ray.get(room.message.remote("a", json.dumps({"type": "partyserver-ping"})))
-    assert seq == after["seq"] + 1
-    polled = ray.get(room.poll.remote(after["seq"], 5))
+    assert seq == after.seq + 1
+    polled = ray.get(room.poll.remote(after.seq, 5))
     assert [json.loads(e.data) for e in polled.entries] == [{"type": "partyserver-pong"}]
 
 
@@ -160,10 +161,10 @@ async def test_activity_counts_clients_turns_not_the_rooms_own_alarm():
     await actor.connect("a", "alice")
     await asyncio.sleep(0.3)
     assert await actor.alarm(force=True)
-    idle = actor.activity()["idle_s"]
+    idle = actor.activity().idle_s
     assert idle >= 0.3, idle  # the alarm ran, and the room still counts as quiet
     await actor.message("a", json.dumps({"type": "heartbeat"}))
-    assert actor.activity()["idle_s"] < idle  # a client's frame is activity
+    assert actor.activity().idle_s < idle  # a client's frame is activity
 
 
 class _FailingSaves(MemoryStore):

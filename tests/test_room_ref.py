@@ -10,6 +10,7 @@ import pytest
 from actors.config import RoomsConfig
 from actors.gateway.limits import GatewayLimits
 from actors.gateway.room_ref import ActivationLost, RoomRef
+from actors.room_client import RoomClient
 from actors.wire import Delivery
 
 
@@ -48,8 +49,8 @@ async def test_a_call_to_a_dead_activation_is_abandoned_and_sent_again():
     ref = _ref()
     ref.epoch = 1  # the last answer came from activation 1
     handle = _Handle()
-    ref.handle = handle
-    result = await asyncio.wait_for(ref.call("deliver", [], 0, "p"), 5)
+    ref.client = RoomClient(handle)
+    result = await asyncio.wait_for(ref.deliver([], 0, "p"), 5)
     assert result.cursor == 7 and ref.epoch == 2 and handle.deliver.calls == 2
 
 
@@ -58,7 +59,7 @@ async def test_a_newer_epoch_seen_elsewhere_abandons_a_long_poll_at_once():
     ref.epoch = 1
     handle = _Handle()
     never = asyncio.get_running_loop().create_future()
-    waiting = asyncio.ensure_future(ref.wait(handle, never, probe_after=60))
+    waiting = asyncio.ensure_future(ref.wait(RoomClient(handle), never, probe_after=60))
     await asyncio.sleep(0.05)
     assert not waiting.done()
     ref.see(2)  # a deliver's result came from activation 2
@@ -73,7 +74,7 @@ async def test_a_slow_call_of_the_live_activation_is_awaited():
     handle = _Handle()
     slow = asyncio.get_running_loop().create_future()
     asyncio.get_running_loop().call_later(0.3, slow.set_result, Delivery(cursor=3, epoch=2))
-    result = await ref.wait(handle, slow)
+    result = await ref.wait(RoomClient(handle), slow)
     assert result.cursor == 3 and handle.activation.calls >= 2  # probed, same epoch
 
 

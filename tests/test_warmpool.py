@@ -42,7 +42,7 @@ def test_a_rooms_worker_imports_the_room_runtime_before_the_room_starts(ray_sess
     asked, where, handle = _new_room(ray, config)
     ray.kill(handle)
     # the setup hook ran in the room's worker (prestarted or not) before its __init__
-    assert where["preloaded_at"] is not None
+    assert where.preloaded_at is not None
 
 
 def test_new_rooms_take_prestarted_workers_and_the_pool_replaces_them(ray_session, config):
@@ -64,9 +64,9 @@ def test_new_rooms_take_prestarted_workers_and_the_pool_replaces_them(ray_sessio
         time.sleep(3.0)  # their processes start and preload
         for k in range(3):  # more rooms than the pool holds: it must replace workers
             asked, where, handle = _new_room(ray, config)
-            assert where["preloaded_at"] is not None
+            assert where.preloaded_at is not None
             # the worker had started and imported the runtime before the room existed
-            assert where["preloaded_at"] < asked, f"room {k} started in a new process"
+            assert where.preloaded_at < asked, f"room {k} started in a new process"
             time.sleep(3.0)  # the pool replaces the worker 1 s later; it starts, preloads
             ray.kill(handle)  # (after the room has told its pool)
         stats = ray.get(pool.stats.remote())

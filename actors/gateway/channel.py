@@ -14,32 +14,63 @@ is resent).
 
 When the room hibernates the channel stops polling, keeps its cursor, and resumes when a
 frame reactivates the room (through :func:`actors.directory.get_room`), or when another
-replica has reactivated it (it looks the actor up every ``wake_check_s``).
+replica has reactivated it (it looks the actor up every ``wake_check_s`` and asks its
+activation epoch: newer than the one that hibernated means awake).
+
+The channel's lifecycle is one explicit state, :class:`ChannelState`::
+
+    STARTING --first poll result (a cursor)--> POLLING
+    STARTING --no free slot--> STOPPED (the waiting sockets are refused)
+    POLLING --the room hibernates--> HIBERNATING --reactivated--> POLLING
+    any --last socket left / replica shutting down--> STOPPED
+
+The batches (:mod:`actors.gateway.batcher`, whose own state says whether a ``deliver``
+is under way) and the ordered merge (:mod:`actors.gateway.ordered`) are pure code of
+their own; this module joins them to the room.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import logging
-import time
 import uuid
-from collections import deque
-from typing import Any, Callable
+from typing import Callable
 
 import ray
 
 from ..directory import actor_name
 from ..errors import NoFreeSlot, RoomUnavailable
-from ..wire import Delivery, OutboxEntry
+from ..room_client import RoomClient
+from ..wire import Delivery, Frame, OutboxEntry
+from .batcher import Batcher
+from .client_socket import ClientSocket
 from .errors import public_error
 from .limits import GatewayLimits
+from .ordered import OrderedMerge
 from .room_ref import ActivationLost, RoomRef
-from .client_socket import ClientSocket
 
-__all__ = ["RoomChannel"]
+__all__ = ["ChannelState", "RoomChannel"]
 
 log = logging.getLogger("ray.serve.ray_rooms.gateway")
+
+_Queued = tuple[ClientSocket, "str | bytes", int]
+"""A frame waiting for its batch: the socket, the data, the socket's frame number."""
+
+
+class ChannelState(enum.Enum):
+    """The lifecycle of a :class:`RoomChannel` (see the module docstring)."""
+
+    STARTING = "starting"
+    """No cursor yet: sockets wait in :meth:`RoomChannel.ready`."""
+    POLLING = "polling"
+    """Long-polling the room; sockets are admitted."""
+    HIBERNATING = "hibernating"
+    """The room hibernated; waiting for it to be reactivated (the cursor is kept)."""
+    STOPPED = "stopped"
+    """No poll: the last socket left, the replica is shutting down, or the room could
+    not be started."""
 
 
 class RoomChannel:
@@ -59,35 +90,49 @@ class RoomChannel:
         self.limits = limits
         self.poller = f"{replica}:{uuid.uuid4().hex[:8]}"
         self.sockets: dict[str, set[ClientSocket]] = {}
-        self.cursor: int | None = None
-        self.held: dict[int, OutboxEntry] = {}
-        self.hibernating = False
-        """The room said it hibernates: the poll waits for a reactivation."""
+        self.state = ChannelState.STOPPED
+        self.merge = OrderedMerge()
+        self.batcher: Batcher[_Queued] = Batcher(self._deliver_batch, limits.max_batch,
+                                                 limits.room_queue)
         self._on_empty = on_empty
-        self._ready: asyncio.Future | None = None
-        self._task: asyncio.Task | None = None
-        self._reactivated = asyncio.Event()
+        self._changed = asyncio.Event()  # set on every state change
+        self._refusal: BaseException | None = None  # why STARTING ended in STOPPED
+        self._poll: asyncio.Task | None = None  # runs while not STOPPED
         self._hibernated_epoch = 0  # the epoch of the activation that hibernated
-        self._frames: deque[tuple[ClientSocket, str | bytes, int]] = deque()
-        self._sender: asyncio.Task | None = None
-        self._in_flight = False
-        self._room_caught_up = asyncio.Event()
-        self._room_caught_up.set()
         self._accepting = asyncio.Lock()
         ref.on_activation = self._activated
-        self.stats = {"entries": 0, "gaps": 0, "polls": 0, "hibernations": 0,
-                      "batches": 0, "frames": 0, "redeliveries": 0}
+        self.stats = {"entries": 0, "polls": 0, "hibernations": 0, "redeliveries": 0}
+
+    @property
+    def cursor(self) -> int | None:
+        """The sequence number of the newest entry fanned out (``None``: not started)."""
+        return self.merge.cursor
+
+    def counters(self) -> dict[str, int]:
+        """The channel's counters (for ``/healthz``): entries, gaps, polls,
+        hibernations, batches, frames, redeliveries."""
+        return {**self.stats, "gaps": self.merge.gaps, "batches": self.batcher.batches,
+                "frames": self.batcher.items}
+
+    def _set(self, state: ChannelState) -> None:
+        if state is not self.state:
+            self.state = state
+            self._changed.set()
+            self._changed = asyncio.Event()
 
     def count(self) -> int:
         """Return the number of sockets of the room in this replica."""
         return sum(len(s) for s in self.sockets.values())
 
     def add(self, sock: ClientSocket) -> None:
-        """Register ``sock`` (before its ``connect`` turn, so it gets that broadcast)."""
+        """Register ``sock`` (before its ``connect`` turn, so it gets that broadcast);
+        a stopped channel starts its poll (STARTING)."""
         self.sockets.setdefault(sock.conn, set()).add(sock)
-        if self._task is None:
-            self._ready = asyncio.get_running_loop().create_future()
-            self._task = asyncio.ensure_future(self._run())
+        if self.state is ChannelState.STOPPED:
+            self._refusal = None
+            self._set(ChannelState.POLLING if self.merge.cursor is not None
+                      else ChannelState.STARTING)
+            self._poll = asyncio.ensure_future(self._run())
 
     def remove(self, sock: ClientSocket) -> bool:
         """Unregister ``sock``; return whether another socket of the same connection id
@@ -103,19 +148,31 @@ class RoomChannel:
         return bool(self.sockets.get(sock.conn))
 
     async def ready(self) -> None:
-        """Wait until the poll holds a cursor (so a following ``connect`` is seen)."""
-        assert self._ready is not None
-        await asyncio.shield(self._ready)
+        """Wait until the poll holds a cursor (so a following ``connect`` is seen).
+
+        Raises:
+            NoFreeSlot: the room could not be started (no free room slot).
+            RoomUnavailable: the channel stopped before it started.
+        """
+        while self.state is ChannelState.STARTING:
+            await self._changed.wait()
+        if self._refusal is not None:
+            raise self._refusal
+        if self.state is ChannelState.STOPPED:
+            raise RoomUnavailable(f"room {self.ref.room_id!r} is unavailable")
 
     def stop(self) -> None:
-        """Cancel the poll task (frames already queued are still sent)."""
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
+        """Stop the poll (STOPPED); frames already queued are still sent."""
+        self._set(ChannelState.STOPPED)
+        if self._poll is not None:
+            self._poll.cancel()
+            self._poll = None
 
     def _activated(self) -> None:
-        if self.hibernating:
-            self._reactivated.set()
+        """A call of the room succeeded (through :meth:`RoomRef.call`): a hibernated
+        room is awake again."""
+        if self.state is ChannelState.HIBERNATING:
+            self._set(ChannelState.POLLING)
 
     # ---- frames to the room ----------------------------------------------------------
 
@@ -123,55 +180,33 @@ class RoomChannel:
         """Queue one frame of ``sock`` for the room; returns at once unless
         ``room_queue`` frames are already waiting (then when the room has caught up).
         Errors come back to ``sock`` as ``error`` frames."""
-        while len(self._frames) >= self.limits.room_queue:
-            self._room_caught_up.clear()
-            await self._room_caught_up.wait()
         sock.frames += 1
-        self._frames.append((sock, data, sock.frames))
         sock.pending += 1
         sock.drained.clear()
-        if self._sender is None:
-            self._sender = asyncio.ensure_future(self._send_frames())
 
-    async def _send_frames(self) -> None:
-        try:
-            while self._frames:
-                batch = [self._frames.popleft()
-                         for _ in range(min(self.limits.max_batch, len(self._frames)))]
-                if len(self._frames) < self.limits.room_queue:
-                    self._room_caught_up.set()
-                self.stats["batches"] += 1
-                self.stats["frames"] += len(batch)
-                self._in_flight = True
-                try:
-                    result = await self._deliver_batch(batch)
-                finally:
-                    self._in_flight = False
-                try:
-                    await self.accept(result)
-                finally:
-                    for sock, _, _ in batch:
-                        sock.pending -= 1
-                        if sock.pending == 0:
-                            sock.drained.set()
-        finally:
-            self._sender = None
-            self._room_caught_up.set()
+        def done() -> None:
+            sock.pending -= 1
+            if sock.pending == 0:
+                sock.drained.set()
 
-    async def _deliver_batch(self, batch: list[tuple[ClientSocket, str | bytes, int]]
-                             ) -> Delivery | None:
+        await self.batcher.submit((sock, data, sock.frames), done)
+
+    async def _deliver_batch(self, batch: list[_Queued]) -> None:
         """Send ``batch`` until the room acknowledges it (a ``deliver`` result), also
-        across the room's death and restart: each frame goes with its socket's id and
-        number, and the room skips what it applied already (:mod:`actors.applied`).
-        Returns ``None`` after telling the senders why, when the room stays unreachable
-        for ``redeliver_s`` or cannot take the frames."""
-        frames = [(sock.conn, data, sock.id, number) for sock, data, number in batch]
-        deadline = time.monotonic() + self.limits.redeliver_s
+        across the room's death and restart, and fan out the result: each frame goes
+        with its socket's id and number, and the room skips what it applied already
+        (:mod:`actors.applied`). After ``redeliver_s`` of an unreachable room, or when
+        the room cannot take the frames, the senders are told why (an ``error``)."""
+        frames = [Frame(sock.conn, data, sock.id, number) for sock, data, number in batch]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.limits.redeliver_s
+        result: Delivery | None = None
         while True:
             try:
-                return await self.ref.call("deliver", frames, self.cursor, self.poller)
+                result = await self.ref.deliver(frames, self.merge.cursor, self.poller)
+                break
             except RoomUnavailable as error:
-                if time.monotonic() < deadline:
+                if loop.time() < deadline:
                     self.stats["redeliveries"] += 1
                     continue  # the room is restarting: send the same frames again
                 failure: BaseException = error
@@ -183,77 +218,71 @@ class RoomChannel:
             public = public_error(failure)
             for sock, _, _ in batch:
                 sock.send(public.frame())
-            return None
+            break
+        # The batcher stays DELIVERING until this result is merged, so a poll result
+        # merged meanwhile holds the entries this one fills in; this result is the last
+        # that could fill a hole of this channel, so it merges as "no deliver under way".
+        await self.accept(result, delivering=False)
 
     # ---- entries from the room -------------------------------------------------------
 
-    async def accept(self, result: Delivery | None) -> None:
+    async def accept(self, result: Delivery | None, delivering: bool | None = None) -> None:
         """Fan out the entries of a ``poll`` or ``deliver`` result (``None``: a failed
-        ``deliver``), each once and in sequence order; resend ``roomState`` on a gap
-        or on a hole no ``deliver`` under way can fill."""
+        ``deliver``), each once and in sequence order (:class:`OrderedMerge`);
+        resend ``roomState`` first on a gap.
+
+        Args:
+            result: the result.
+            delivering: whether a ``deliver`` of this channel is under way whose result
+                may fill a hole (default: whether the batcher is delivering; a batch's
+                own result passes ``False``).
+        """
         async with self._accepting:
-            if result is not None:
-                if self.cursor is None:
-                    self.cursor = result.cursor
-                    return
-                if result.gap:
-                    self.stats["gaps"] += 1
-                    await self._send_state()
-                    if result.entries:  # skip the hole (never back: that would send twice)
-                        self.cursor = max(self.cursor, result.entries[0].seq - 1)
-                    else:  # the room's end; behind us only after its outbox was lost
-                        if result.cursor < self.cursor:
-                            self.held.clear()
-                        self.cursor = result.cursor
-                for entry in result.entries:
-                    if entry.seq > self.cursor:
-                        self.held[entry.seq] = entry
-                while self.cursor + 1 in self.held:
-                    self.cursor += 1
-                    self._fan_out(self.held.pop(self.cursor))
-                if not self.held and not result.entries:
-                    self.cursor = max(self.cursor, result.cursor)
-            if self.held and not self._in_flight:
-                # the entries before the oldest held one will not come: state heals it
-                self.stats["gaps"] += 1
+            if delivering is None:
+                delivering = self.batcher.delivering
+            merged = self.merge.accept(result, delivering)
+            if merged.started and self.state is ChannelState.STARTING:
+                self._set(ChannelState.POLLING)
+            if merged.resend_state:
                 await self._send_state()
-                for seq in sorted(self.held):
-                    self._fan_out(self.held.pop(seq))
-                    self.cursor = seq
+            for entry in merged.entries:
+                self._fan_out(entry)
 
     # ---- the long-poll ---------------------------------------------------------------
 
     async def _run(self) -> None:
+        """Poll the room while the channel is not STOPPED (see the module docstring)."""
         delay = self.limits.backoff_s
         timeout = self.limits.poll_timeout or self.ref.config.poll_timeout
-        while self.sockets:
-            if self.hibernating:
+        while self.state is not ChannelState.STOPPED:
+            if self.state is ChannelState.HIBERNATING:
                 await self._await_reactivation()
                 continue
-            handle = None
+            client = None
             try:
-                handle = await self.ref.resolve()
-                first = self.cursor is None
+                client = await self.ref.resolve()
+                wait = 0 if self.merge.cursor is None else timeout
                 self.stats["polls"] += 1
-                wait = 0 if first else timeout
                 result: Delivery = await self.ref.wait(
-                    handle, handle.poll.remote(self.cursor, wait, self.poller),
+                    client, client.poll(self.merge.cursor, wait, self.poller),
                     probe_after=wait + self.limits.watch_s)
             except asyncio.CancelledError:
                 raise
             except ActivationLost:  # the poll went to an activation that died: poll anew
                 continue
             except NoFreeSlot as error:  # at the bound: refuse the sockets still waiting
-                if self._ready is not None and not self._ready.done():
-                    self._ready.set_exception(error)
+                if self.state is ChannelState.STARTING:
+                    self._refusal = error
+                    self._set(ChannelState.STOPPED)
+                    self._poll = None
                     return
                 await asyncio.sleep(delay)
                 continue
             except Exception as error:  # noqa: BLE001 - back off, resolve again
                 log.info("room %s: poll failed (%s); retrying", self.ref.room_id,
                          type(error).__name__)
-                if handle is not None:
-                    self.ref.forget(handle)
+                if client is not None:
+                    self.ref.forget(client)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.limits.max_backoff_s)
                 continue
@@ -261,41 +290,42 @@ class RoomChannel:
             if result.hibernating:
                 # A room that hibernates before we hold a cursor: resolve (reactivate)
                 # and ask again; otherwise wait for a reactivation with the cursor kept.
-                self.ref.forget(handle)
-                if self.cursor is None:
+                self.ref.forget(client)
+                if self.merge.cursor is None:
                     await asyncio.sleep(delay)
                     continue
-                self.stats["hibernations"] += 1
-                self.hibernating = True
-                self._hibernated_epoch = max(self.ref.epoch, result.epoch)
-                self._reactivated.clear()
+                if self.state is ChannelState.POLLING:
+                    self.stats["hibernations"] += 1
+                    self._hibernated_epoch = max(self.ref.epoch, result.epoch)
+                    self._set(ChannelState.HIBERNATING)
                 continue
             await self.accept(result)
-            if self._ready is not None and not self._ready.done():
-                self._ready.set_result(None)
 
     async def _await_reactivation(self) -> None:
-        """Wait for a frame to reactivate the room, or for another replica to have
-        done it (a live actor with a new id under the room's name)."""
+        """Wait for a frame to reactivate the room (:meth:`_activated`), or for another
+        replica to have done it (a live actor under the room's name whose activation
+        epoch is newer than the one that hibernated)."""
+        changed = self._changed
         try:
-            await asyncio.wait_for(self._reactivated.wait(), self.limits.wake_check_s)
+            await asyncio.wait_for(changed.wait(), self.limits.wake_check_s)
+            return  # the state changed (POLLING or STOPPED)
         except asyncio.TimeoutError:
-            try:
-                handle = await asyncio.to_thread(
-                    ray.get_actor, actor_name(self.ref.room_id), self.ref.config.namespace)
-                epoch = await asyncio.wait_for(handle.activation.remote(),
-                                               self.limits.wake_check_s)
-            except ValueError:  # no actor: still hibernating
-                return
-            except Exception:  # noqa: BLE001 - the hibernating actor is exiting
-                return
-            if epoch <= self._hibernated_epoch:
-                return  # the hibernating actor is still exiting (or not yet active)
-        self.hibernating = False
+            pass
+        try:
+            handle = await asyncio.to_thread(
+                ray.get_actor, actor_name(self.ref.room_id), self.ref.config.namespace)
+            epoch = await asyncio.wait_for(RoomClient(handle).activation(),
+                                           self.limits.wake_check_s)
+        except ValueError:  # no actor: still hibernating
+            return
+        except Exception:  # noqa: BLE001 - the hibernating actor is exiting
+            return
+        if epoch > self._hibernated_epoch and self.state is ChannelState.HIBERNATING:
+            self._set(ChannelState.POLLING)
 
     async def _send_state(self) -> None:
         try:
-            state = await self.ref.call("state")
+            state = await self.ref.state()
         except Exception as error:  # noqa: BLE001 - the next gap or broadcast repairs it
             log.warning("room %s: state after a gap failed (%s)", self.ref.room_id,
                         type(error).__name__)

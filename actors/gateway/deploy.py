@@ -31,7 +31,6 @@ import time
 from typing import Literal, Optional
 
 import httpx
-import ray
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from ray import serve
@@ -40,6 +39,7 @@ from ray.serve.schema import ApplicationStatus
 from ..auth import AuthSettings
 from ..config import RoomsConfig
 from ..net import free_port
+from ..seam import serve_controller, stop_serve
 from .app import Gateway
 from .haproxy import reap_orphan_haproxy
 from .limits import GatewayLimits
@@ -190,47 +190,9 @@ def _running(name: str) -> bool:
     return app is not None and app.status == ApplicationStatus.RUNNING
 
 
-def _serve_controller() -> Optional["ray.actor.ActorHandle"]:
-    """The Serve controller of the connected Ray cluster, or ``None``."""
-    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
-
-    try:
-        return ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
-    except ValueError:
-        return None
-
-
 def _serve_running() -> bool:
     """Whether a Serve controller runs in the connected Ray cluster."""
-    return _serve_controller() is not None
-
-
-def _stop_serve(timeout_s: float = 30.0) -> None:
-    """Shut Serve down without a task in flight when its controller exits.
-
-    ``serve.shutdown()`` waits in ``ServeController.graceful_shutdown`` until the
-    controller kills itself, so Ray reports that task as failed ("killed by
-    ``ray.kill``") on every stop. Here the controller is only told to shut down
-    (``wait=False``), we wait for it to be gone, and ``serve.shutdown()`` then just
-    drops the driver's cached client (its two INFO lines saying the controller is gone
-    are held back: that is what we waited for).
-    """
-    controller = _serve_controller()
-    if controller is not None:
-        try:
-            ray.get(controller.graceful_shutdown.remote(False), timeout=timeout_s)
-        except ray.exceptions.RayActorError:
-            pass  # already exiting
-        deadline = time.monotonic() + timeout_s
-        while _serve_controller() is not None and time.monotonic() < deadline:
-            time.sleep(0.1)
-    serve_log = logging.getLogger("ray.serve")
-    level = serve_log.level
-    serve_log.setLevel(logging.WARNING)
-    try:
-        serve.shutdown()
-    finally:
-        serve_log.setLevel(level)
+    return serve_controller() is not None
 
 
 def shutdown_gateway(name: str | None = "rooms-gateway") -> None:
@@ -246,4 +208,4 @@ def shutdown_gateway(name: str | None = "rooms-gateway") -> None:
                 return
         except Exception:  # noqa: BLE001
             pass
-    _stop_serve()
+    stop_serve()

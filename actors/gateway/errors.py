@@ -47,7 +47,6 @@ from dataclasses import dataclass
 
 from fastapi.responses import JSONResponse
 
-from rooms.errors import RoomsError
 from rooms.messages import ProtocolError
 from storage.base import StorageUnavailable
 

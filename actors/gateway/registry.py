@@ -62,7 +62,7 @@ class RoomRegistry:
         if room_id in self.channels:
             return
         ref = self._refs.get(room_id)
-        if ref is not None and ref.handle is not None:
+        if ref is not None and ref.client is not None:
             return
         if not await asyncio.to_thread(self._live, room_id):
             quotas.room_start(identity)

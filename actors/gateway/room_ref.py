@@ -20,15 +20,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 from ray.exceptions import RayActorError
 
 from ..config import RoomsConfig
 from ..directory import get_room
 from ..errors import RoomHibernating, RoomUnavailable
-from ..wire import Delivery
+from ..room_client import RoomClient
+from ..wire import Delivery, Frame
 from .limits import GatewayLimits
+
+if TYPE_CHECKING:
+    from ray import ObjectRef
+
+T = TypeVar("T")
 
 __all__ = ["ActivationLost", "RoomRef"]
 
@@ -63,25 +69,33 @@ class RoomRef:
         self.room_id = room_id
         self.config = config
         self.limits = limits
-        self.handle: Any = None
+        self.client: RoomClient | None = None
+        """The room's client while resolved (``None``: resolve before the next call)."""
         self.on_activation: Callable[[], None] | None = None
         self.epoch = 0
         """The newest activation epoch of the room this reference has seen (0: none)."""
         self._new_epoch = asyncio.Event()
 
-    async def resolve(self) -> Any:
-        """Return the room's actor handle, getting or creating the actor if needed
-        (reactivating a hibernated room), on the resolvers' own threads."""
-        if self.handle is None:
-            loop = asyncio.get_running_loop()
-            self.handle = await loop.run_in_executor(_RESOLVERS, get_room, self.room_id,
-                                                     self.config)
-        return self.handle
+    async def resolve(self) -> RoomClient:
+        """Return the room's client, getting or creating the actor if needed
+        (reactivating a hibernated room), on the resolvers' own threads.
 
-    def forget(self, handle: Any) -> None:
-        """Drop ``handle`` (it failed) so that the next call resolves the room again."""
-        if self.handle is handle:
-            self.handle = None
+        Raises:
+            NoFreeSlot: the room has no actor and no slot freed within
+                ``ROOMS_SLOT_WAIT_S``.
+        """
+        if self.client is None:
+            loop = asyncio.get_running_loop()
+            handle = await loop.run_in_executor(_RESOLVERS, get_room, self.room_id,
+                                                self.config)
+            self.client = RoomClient(handle)
+        return self.client
+
+    def forget(self, client: RoomClient) -> None:
+        """Drop ``client`` (its call failed) so that the next call resolves the room
+        again."""
+        if self.client is client:
+            self.client = None
 
     def see(self, epoch: int) -> None:
         """Note that the room answers from activation ``epoch``; an epoch newer than
@@ -91,12 +105,13 @@ class RoomRef:
             changed, self._new_epoch = self._new_epoch, asyncio.Event()
             changed.set()
 
-    async def wait(self, handle: Any, ref: Any, probe_after: float | None = None) -> Any:
-        """Await ``ref``, a call made on ``handle``, and return its result, unless the
-        room moves to another activation meanwhile (see the module docstring).
+    async def wait(self, client: RoomClient, ref: "ObjectRef[T]",
+                   probe_after: float | None = None) -> T:
+        """Await ``ref``, a call made through ``client``, and return its result, unless
+        the room moves to another activation meanwhile (see the module docstring).
 
         Args:
-            handle: the actor handle the call was made on.
+            client: the client the call was made through.
             ref: the call's ``ObjectRef``.
             probe_after: seconds before the first check of a call still outstanding
                 (default ``limits.watch_s``; a long-poll passes its own timeout plus
@@ -130,7 +145,7 @@ class RoomRef:
                         self.see(result.epoch)
                     return result
                 if self.epoch <= sent:
-                    current = await self._probe(handle)
+                    current = await self._probe(client)
                     if current is not None:
                         self.see(current)
                 if self.epoch > sent:
@@ -141,42 +156,76 @@ class RoomRef:
             if not task.done():
                 task.cancel()
 
-    async def _probe(self, handle: Any) -> int | None:
+    async def _probe(self, client: RoomClient) -> int | None:
         """The epoch of the room's activation now, or ``None`` when it does not answer
         within ``watch_s`` (restarting: the call's own fate decides)."""
         try:
-            return await asyncio.wait_for(_result(handle.activation.remote()),
+            return await asyncio.wait_for(_result(client.activation()),
                                           self.limits.watch_s)
         except Exception:  # noqa: BLE001 - restarting, or gone
             return None
 
-    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Call ``method`` of the room actor with ``args`` and ``kwargs`` and return
-        its result.
+    # ---- the room's calls, typed (see actors.room_client) --------------------------
+
+    async def deliver(self, frames: Sequence[Frame], cursor: int | None,
+                      poller: str | None) -> Delivery:
+        """``RoomActor.deliver`` with :meth:`call`'s retries (a batch sent twice is
+        applied once: its frames are numbered)."""
+        return await self.call(lambda room: room.deliver(frames, cursor, poller))
+
+    async def connect(self, conn: str, name: str, poller: str | None,
+                      socket: str | None) -> int:
+        """``RoomActor.connect`` with :meth:`call`'s retries."""
+        return await self.call(lambda room: room.connect(conn, name, poller, socket))
+
+    async def close(self, conn: str, code: int, reason: str, socket: str | None,
+                    delivered: int | None) -> int:
+        """``RoomActor.close`` with :meth:`call`'s retries."""
+        return await self.call(lambda room: room.close(conn, code, reason, socket,
+                                                       delivered))
+
+    async def message(self, conn: str, text: str | bytes, sender: str | None,
+                      key: str | None) -> int:
+        """``RoomActor.message`` (refusals raised as ``MessageRefused``) with
+        :meth:`call`'s retries; the idempotency ``key`` makes a retry apply once."""
+        return await self.call(lambda room: room.message(conn, text, sender, key,
+                                                         refusals=True))
+
+    async def state(self) -> dict[str, Any]:
+        """``RoomActor.state`` (the ``RoomState`` JSON object) with :meth:`call`'s
+        retries."""
+        return await self.call(lambda room: room.state())
+
+    async def call(self, send: Callable[[RoomClient], "ObjectRef[T]"]) -> T:
+        """Make one call of the room, ``send(client)``, and return its result.
 
         Retries, with exponential back-off, when the actor is dead or unavailable
         (``RayActorError``) or hibernating (:class:`RoomHibernating`), resolving the
         room again each time (which reactivates it); and at once when the call went to
         an activation that is gone (:class:`ActivationLost`, see :meth:`wait`).
 
+        Args:
+            send: makes the call through the client it is given (a
+                :class:`~actors.room_client.RoomClient` method) and returns its ref.
+
         Raises:
             RoomUnavailable: every attempt failed that way.
+            NoFreeSlot: the room could not be started (see :meth:`resolve`).
             Exception: any other error the room raised (not retried).
         """
         delay = self.limits.backoff_s
         for attempt in range(self.limits.call_attempts):
-            handle = await self.resolve()
+            client = await self.resolve()
             try:
-                result = await self.wait(handle, getattr(handle, method).remote(*args,
-                                                                                **kwargs))
+                result = await self.wait(client, send(client))
             except ActivationLost as lost:
-                log.info("room %s: %s abandoned (%s), attempt %d", self.room_id, method,
-                         lost, attempt + 1)
+                log.info("room %s: call abandoned (%s), attempt %d", self.room_id, lost,
+                         attempt + 1)
                 continue
             except (RayActorError, RoomHibernating) as error:
-                log.info("room %s: %s failed (%s), attempt %d", self.room_id, method,
+                log.info("room %s: call failed (%s), attempt %d", self.room_id,
                          type(error).__name__, attempt + 1)
-                self.forget(handle)
+                self.forget(client)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.limits.max_backoff_s)
                 continue

@@ -131,7 +131,7 @@ class GatewayServer:
         ``frames``)."""
         totals: dict[str, int] = {}
         for channel in self.channels.values():
-            for key, value in channel.stats.items():
+            for key, value in channel.counters().items():
                 totals[key] = totals.get(key, 0) + value
         return {"ok": True, "replica": self.replica, "node": self.node,
                 "rooms": len(self.channels),
@@ -153,7 +153,7 @@ class GatewayServer:
         only (403 otherwise): participants get it over their socket."""
 
         async def work(name: str) -> Any:
-            return await self.registry.ref(room).call("state")
+            return await self.registry.ref(room).state()
 
         return await self._guard(request, room, work, operator=True)
 
@@ -189,8 +189,7 @@ class GatewayServer:
                 raise ProtocolError("Idempotency-Key must be 1-128 printable ASCII characters")
             parse_client_message(body, max_bytes=limit)  # 400 here, before the room
             await self.registry.check_start(room, name, self.quotas)
-            seq = await self.registry.ref(room).call("message", conn, body, name, key,
-                                                     refusals=True)
+            seq = await self.registry.ref(room).message(conn, body, name, key)
             return {"seq": seq}
 
         return await self._guard(request, room, work)

@@ -105,7 +105,7 @@ async def serve_websocket(ws: WebSocket, room: str, registry: RoomRegistry,
         await channel.ready()
         if sock.sent_seq is None:
             sock.sent_seq = channel.cursor
-        await channel.ref.call("connect", conn, name, channel.poller, sock.id)
+        await channel.ref.connect(conn, name, channel.poller, sock.id)
         connected = True
         sock.admit()
         code, reason = await _relay(ws, sock, channel, registry.config.max_message_bytes,
@@ -139,7 +139,7 @@ async def _close_after(sock: ClientSocket, channel: RoomChannel, code: int, reas
     seconds later). The room then forgets the socket's frame numbers, so none of its
     frames may still be on the way."""
     await _wait(sock.drained, limits.redeliver_s + limits.max_backoff_s * 4)
-    await channel.ref.call("close", sock.conn, code, reason, sock.id, sock.sent_seq)
+    await channel.ref.close(sock.conn, code, reason, sock.id, sock.sent_seq)
 
 
 async def _relay(ws: WebSocket, sock: ClientSocket, channel: RoomChannel, max_bytes: int,

@@ -8,7 +8,6 @@ per second): every test here failed before the work named in its note.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import uuid
 from urllib.parse import urlsplit
@@ -19,6 +18,7 @@ import ray
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from actors.wire import RoomInfo
 from actors.config import RoomsConfig
 from actors.directory import actor_name
 from actors.gateway import GatewayLimits, deploy_gateway, shutdown_gateway
@@ -66,19 +66,19 @@ async def refused_status(url: str, **kwargs) -> int:
     return refused.value.response.status_code
 
 
-def facts(gateway, room: str) -> dict:
+def facts(gateway, room: str) -> "RoomInfo":
     handle = ray.get_actor(actor_name(room), namespace=gateway["config"].namespace)
     return ray.get(handle.info.remote(), timeout=30)
 
 
 def epoch(gateway, room: str) -> int:
-    return facts(gateway, room)["epoch"]
+    return facts(gateway, room).epoch
 
 
 async def until_connections(gateway, room: str, n: int, timeout: float = 20.0) -> None:
     """Wait until the room counts ``n`` open connections (a close reached it)."""
     deadline = asyncio.get_running_loop().time() + timeout
-    while (await asyncio.to_thread(facts, gateway, room))["connections"] != n:
+    while (await asyncio.to_thread(facts, gateway, room)).connections != n:
         assert asyncio.get_running_loop().time() < deadline, "the close never reached the room"
         await asyncio.sleep(0.1)
 

@@ -22,6 +22,7 @@ import ray
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from actors.wire import RoomInfo
 from actors.directory import actor_name
 from tests.gateways import dev_gateway
 from tests.wsclient import Client, open_client
@@ -43,7 +44,7 @@ def _ws(gateway, conn: str, name: str) -> str:
     return f"{gateway['ws']}/parties/rooms/{ROOM}?_pk={conn}&username={name}"
 
 
-def _room_facts(gateway) -> dict:
+def _room_facts(gateway) -> "RoomInfo":
     handle = ray.get_actor(actor_name(ROOM), namespace=gateway["config"].namespace)
     return ray.get(handle.info.remote(), timeout=30)
 
@@ -128,7 +129,7 @@ def test_hostile_frames_get_an_error_and_the_room_goes_on_for_everyone(gateway):
 
     attack()
     after = _room_facts(gateway)
-    assert (after["epoch"], after["pid"]) == (before["epoch"], before["pid"]), \
+    assert (after.epoch, after.pid) == (before.epoch, before.pid), \
         "the room's actor restarted"
     assert not leaked, leaked[:5]
 

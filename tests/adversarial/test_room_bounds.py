@@ -179,4 +179,4 @@ async def test_a_snapshot_that_cannot_be_saved_is_refused_and_the_room_goes_on()
     assert actor.lifecycle is Lifecycle.ACTIVE
     assert await actor.state() == before
     await actor.message("a", msg(type="heartbeat"))  # the room goes on
-    assert (await actor.info())["lifecycle"] == "active"
+    assert (await actor.info()).lifecycle == "active"
