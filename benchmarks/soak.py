@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import statistics
 import tempfile
@@ -93,13 +94,18 @@ class Sample:
 
 def _pids(namespace: str, app: str) -> tuple[list[int], list[int]]:
     """The pids of the gateway application's replicas and of the live room actors."""
-    from ray.util.state import list_actors
-
     from actors.directory import ACTOR_PREFIX
     from actors.room_client import RoomClient
 
-    replicas = [a.pid for a in list_actors(filters=[("state", "=", "ALIVE")], limit=10_000)
-                if a.class_name and a.class_name.startswith(f"ServeReplica:{app}:")]
+    replicas = []  # Ray titles an actor's worker process "ray::<class name>"
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                title = f.read().split(b"\0")[0].decode(errors="replace")
+        except OSError:
+            continue
+        if title.startswith(f"ray::ServeReplica:{app}:"):
+            replicas.append(int(pid))
     rooms = []
     for entry in ray.util.list_named_actors(all_namespaces=True):
         if entry["namespace"] == namespace and entry["name"].startswith(ACTOR_PREFIX):
