@@ -282,13 +282,17 @@ def _ray_pid_of(namespace: str) -> Callable[[str], int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m benchmarks.killstorm [--url URL] [--kills 30] [--namespace rooms]``."""
+    """``python -m benchmarks.killstorm [--url URL] [--kills 30] [--replicas 1]
+    [--namespace rooms]``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", help="a running dev-mode gateway (default: start "
                                       "`rooms serve --dev` on a free port)")
     parser.add_argument("--kills", type=int, default=30)
     parser.add_argument("--writers", type=int, default=4)
     parser.add_argument("--namespace", default="rooms")
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="gateway replicas to start, the sockets spread over them "
+                             "(without --url)")
     args = parser.parse_args(argv)
     import subprocess
 
@@ -304,7 +308,8 @@ def main(argv: list[str] | None = None) -> None:
         env = {**os.environ, "ROOMS_GATEWAY_RATE_PER_S": "1000",
                "ROOMS_GATEWAY_BURST": "1000"}
         server = subprocess.Popen(["rooms", "serve", "--dev", "--port", str(port),
-                                   "--address", "local"], env=env,
+                                   "--address", "local", "--replicas", str(args.replicas)],
+                                  env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 180
         while True:
@@ -320,7 +325,8 @@ def main(argv: list[str] | None = None) -> None:
         ray.init(address="auto", namespace=args.namespace, log_to_driver=False,
                  configure_logging=False)
         result = asyncio.run(kill_storm(url, _ray_pid_of(args.namespace), kills=args.kills,
-                                        writers=args.writers, progress=print))
+                                        writers=args.writers, spread=args.replicas,
+                                        progress=print))
         print(result.summary())
         if result.dms_lost:
             print("lost:", result.dms_lost[:20])
