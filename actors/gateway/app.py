@@ -25,6 +25,7 @@ from ray import serve
 from ..auth import AuthSettings
 from ..config import RoomsConfig
 from ..seam import limit_websocket_frames
+from .application import start_side_actors
 from .limits import GatewayLimits
 from .pages import WebAssets
 from .partytracks import PartyTracksSettings
@@ -45,15 +46,20 @@ class Gateway:
 
     Args:
         config, auth, limits, assets, partytracks: as :class:`GatewayServer`.
+        side_actors: make sure the alarm scheduler and the warm pools run
+            (:func:`actors.gateway.application.start_side_actors`, in the background).
     """
 
     def __init__(self, config: RoomsConfig, auth: Optional[AuthSettings] = None,
                  limits: Optional[GatewayLimits] = None, assets: Optional[WebAssets] = None,
-                 partytracks: Optional[PartyTracksSettings] = None) -> None:
+                 partytracks: Optional[PartyTracksSettings] = None,
+                 side_actors: bool = False) -> None:
         # Before Serve starts this replica's uvicorn (see actors.seam): frames larger
         # than a message are refused by the WebSocket layer, before they are buffered.
         limit_websocket_frames(config.max_message_bytes)
         self.server = GatewayServer(config, auth, limits, assets, partytracks)
+        if side_actors:
+            start_side_actors(config)
 
     @app.get("/healthz")
     async def healthz(self) -> Any:

@@ -26,12 +26,11 @@ timeouts).
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from typing import Literal, Optional
 
 import httpx
-from pydantic import Field, SecretStr
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from ray import serve
 from ray.serve.schema import ApplicationStatus
@@ -40,10 +39,10 @@ from ..auth import AuthSettings
 from ..config import RoomsConfig
 from ..net import free_port
 from ..seam import serve_controller, stop_serve
-from .app import Gateway
+from .application import application, resolve_auth
 from .haproxy import reap_orphan_haproxy
 from .limits import GatewayLimits
-from .pages import WebAssets, load_web_assets
+from .pages import WebAssets
 from .partytracks import PartyTracksSettings
 
 __all__ = ["GatewayIngress", "SERVE_INGRESS_ENV", "deploy_gateway", "shutdown_gateway"]
@@ -65,12 +64,18 @@ class GatewayIngress(BaseSettings):
             (Serve's ``RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S``, whose own
             default of 30 s is for external load balancers; Serve's HAProxy is told
             at once and retries refused connections on another replica).
+        app_name: the Serve application name ``rooms serve`` deploys and, on stop,
+            deletes (``ROOMS_GATEWAY_APP_NAME``; other applications are left alone).
+        stop_timeout_s: seconds a stop of ``rooms serve`` waits for Ray before it
+            gives up (``ROOMS_GATEWAY_STOP_TIMEOUT_S``; Ray may already be gone).
     """
 
     model_config = SettingsConfigDict(env_prefix="ROOMS_GATEWAY_", extra="ignore")
 
     ingress: Literal["haproxy", "proxy"] = "haproxy"
     drain_s: float = Field(2.0, ge=0)
+    app_name: str = Field("rooms-gateway", min_length=1, max_length=64)
+    stop_timeout_s: float = Field(60.0, gt=0)
 
 
 def deploy_gateway(
@@ -89,6 +94,7 @@ def deploy_gateway(
     replicas_per_node: Optional[int] = None,
     assets: Optional[WebAssets] = None,
     partytracks: Optional[PartyTracksSettings] = None,
+    side_actors: bool = False,
 ) -> str:
     """Start Serve's ingress (HAProxy or the proxy) and run the gateway application;
     return its base URL.
@@ -119,6 +125,10 @@ def deploy_gateway(
             replica).
         partytracks: the ``/partytracks`` proxy's limits and ICE servers (default:
             ``ROOMS_PARTYTRACKS_*`` read here).
+        side_actors: the replicas make sure the alarm scheduler of
+            ``config.namespace`` and the warm pools run (what ``rooms serve`` and the
+            Serve config do; off for tests, which would leave a detached scheduler per
+            namespace).
 
     Returns:
         ``"http://<host>:<port>"``, once Serve reports the application RUNNING (all
@@ -133,14 +143,7 @@ def deploy_gateway(
     WebSocket connections too (see the module docstring). If Serve is already running
     with other HTTP options, Serve keeps its own.
     """
-    auth = (auth or AuthSettings()).model_copy()
-    if dev:
-        auth.dev_auth = True
-    if auth.dev_auth and auth.session_secret is None:
-        # One key for every replica, so a cookie set by one is accepted by all.
-        auth.session_secret = SecretStr(secrets.token_urlsafe(32))
-    if auth.token_secret is None and not auth.dev_auth:
-        raise ValueError("set ROOMS_TOKEN_SECRET (or pass auth=) or deploy with dev=True")
+    auth = resolve_auth(auth, dev)
     limits = limits or GatewayLimits()
     settings = GatewayIngress()
     ingress = ingress or settings.ingress
@@ -160,16 +163,10 @@ def deploy_gateway(
     serve.start(http_options={"host": host, "port": port, "request_timeout_s": None},
                 controller_options={"runtime_env": {"env_vars": dict(env)}},
                 proxy_location=proxy_location)
-    deployment = Gateway.options(
-        num_replicas=replicas,
-        max_ongoing_requests=limits.max_ongoing_requests,
-        ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": dict(env)}},
-        **({"max_replicas_per_node": replicas_per_node} if replicas_per_node else {}),
-    )
-    serve.run(deployment.bind(
-        config, auth, limits, assets if assets is not None else load_web_assets(),
-        partytracks or PartyTracksSettings()), name=name, route_prefix="/",
-              blocking=False)
+    serve.run(application(config, auth, limits, replicas=replicas,
+                          max_replicas_per_node=replicas_per_node, side_actors=side_actors,
+                          assets=assets, partytracks=partytracks, env=env),
+              name=name, route_prefix="/", blocking=False)
     url = f"http://{host}:{port}"
     deadline = time.monotonic() + ready_timeout_s
     while True:

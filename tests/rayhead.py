@@ -1,0 +1,92 @@
+"""A Ray head of a test's own, started as an operator starts one (``ray start --head
+--block`` in a subprocess), on ports of its own so that it runs beside the session's
+Ray; and the ``serve`` CLI pointed at it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+from actors.net import free_port
+
+
+class RayHead:
+    """``ray start --head --block`` with its own ports and temporary directory.
+
+    Args:
+        tmp: a directory for Ray's session files.
+        resources: custom resources of the node (e.g. ``{"room_slot": 8}``).
+        env: extra environment variables of the head (and so of every worker).
+    """
+
+    def __init__(self, tmp: Path, resources: dict[str, float] | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.tmp = tmp
+        self.resources = resources or {}
+        self.port = free_port()
+        self.dashboard_port = free_port()
+        self.env = {**os.environ, "RAY_AUTH_MODE": "disabled",
+                    "RAY_USAGE_STATS_ENABLED": "0", **(env or {})}
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def dashboard(self) -> str:
+        """The dashboard's URL (Serve's REST API, which ``serve deploy`` calls)."""
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def start(self, timeout: float = 120.0) -> "RayHead":
+        """Start the head and wait until its dashboard answers.
+
+        Raises:
+            AssertionError: it did not come up within ``timeout`` seconds.
+        """
+        ports = {"--port": self.port, "--dashboard-port": self.dashboard_port,
+                 "--ray-client-server-port": free_port(),
+                 "--dashboard-agent-listen-port": free_port(),
+                 "--dashboard-agent-grpc-port": free_port(),
+                 "--metrics-export-port": free_port(),
+                 "--runtime-env-agent-port": free_port(),
+                 "--node-manager-port": free_port(), "--object-manager-port": free_port(),
+                 "--min-worker-port": 61000, "--max-worker-port": 61999}
+        argv = ["ray", "start", "--head", "--block", "--include-dashboard", "true",
+                "--dashboard-host", "127.0.0.1", "--node-ip-address", "127.0.0.1",
+                "--num-cpus", "2", "--disable-usage-stats",
+                "--temp-dir", str(self.tmp), "--resources", json.dumps(self.resources)]
+        for flag, value in ports.items():
+            argv += [flag, str(value)]
+        self.process = subprocess.Popen(argv, env=self.env, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if httpx.get(f"{self.dashboard}/api/version", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            assert self.process.poll() is None, "ray start exited"
+            assert time.monotonic() < deadline, "the Ray head did not come up"
+            time.sleep(0.5)
+
+    def serve(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+        """Run ``serve ARGS -a <dashboard>`` (Serve's CLI) and return it."""
+        return subprocess.run(["serve", *args, "-a", self.dashboard], env=self.env,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def stop(self) -> None:
+        """Stop the head and every process it started (its process group)."""
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+        for pattern in (str(self.tmp),):  # what outlived it (raylet children)
+            subprocess.run(["pkill", "-9", "-f", pattern], check=False)
+        self.process = None

@@ -1,0 +1,175 @@
+"""The RayService path, for real (issue 20): a Ray head started with ``ray start`` (room
+slots, a temporary directory), ``serve deploy`` of ``deploy/serve.yaml`` (with the test's
+port, namespace and store; the REST API KubeRay uses), and then, through the gateway
+only and with no ``rooms`` process: a meeting works; a room hibernates and its alarm
+fires (the application started the alarm scheduler); a second ``serve deploy`` with a
+changed setting rolls the gateway while the room's state survives and the clients
+reconnect; deleting the application (deploying a config without it) leaves another
+Serve application running.
+
+The head runs beside the session's Ray, on ports of its own (``tests/rayhead.py``)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from actors.net import free_port
+from storage import decode_snapshot, open_store
+from tests.rayhead import RayHead
+from tests.wsclient import open_client
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.ray
+
+
+def _config(port: int, namespace: str, store: str, *, rate: int = 100,
+            other: bool = False, rooms: bool = True) -> dict:
+    """``deploy/serve.yaml`` with the test's port, identities, namespace and store; with
+    ``other``, a second application (the same builder under ``/other``)."""
+    config = yaml.safe_load((ROOT / "deploy" / "serve.yaml").read_text())
+    config["http_options"]["port"] = port
+    config["http_options"]["host"] = "127.0.0.1"
+    [app] = config["applications"]
+    app["args"].update(dev=True, replicas=1)
+    app["args"]["rooms"].update(namespace=namespace, store_url=store, idle_timeout=3)
+    app["args"]["limits"] = {"rate_per_s": rate, "burst": rate}
+    apps = [app] if rooms else []
+    if other:
+        second = copy.deepcopy(app)
+        second.update(name="other", route_prefix="/other")
+        second["args"].update(side_actors=False)
+        second["args"]["rooms"]["namespace"] = namespace + "-other"
+        apps.append(second)
+    config["applications"] = apps
+    return config
+
+
+def _deploy(head: RayHead, tmp: Path, config: dict) -> None:
+    path = tmp / f"serve-{uuid.uuid4().hex[:6]}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    done = head.serve("deploy", str(path))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _healthy(url: str, timeout: float = 180.0, replica_not: str | None = None) -> str:
+    """Wait for ``url``'s /healthz (from a replica other than ``replica_not``); return
+    the answering replica's id."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            reply = httpx.get(f"{url}/healthz", timeout=3)
+            if reply.status_code == 200 and reply.json()["replica"] != replica_not:
+                return reply.json()["replica"]
+        except (httpx.HTTPError, ValueError, KeyError):
+            pass
+        assert time.monotonic() < deadline, f"{url} never became healthy"
+        time.sleep(0.5)
+
+
+def _epoch(store: str, room: str) -> int | None:
+    async def load():
+        s = open_store(store)
+        try:
+            raw = await s.load(room)
+        finally:
+            await s.close()
+        return None if raw is None else decode_snapshot(room, raw).epoch
+    return asyncio.run(load())
+
+
+def _update(conn: str, mark: str) -> str:
+    return json.dumps({"type": "userUpdate", "user": {
+        "id": conn, "name": conn, "raisedHand": False, "speaking": False, "joined": True,
+        "tracks": {"audioUnavailable": False, "audio": mark}}})
+
+
+def _shows(message: dict, conn: str, mark: str) -> bool:
+    return message["type"] == "roomState" and any(
+        u["id"] == conn and u["tracks"].get("audio") == mark
+        for u in message["state"]["users"])
+
+
+async def _until(predicate, what: str, timeout: float):
+    deadline = time.monotonic() + timeout
+    while not (value := await predicate()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.2)
+    return value
+
+
+async def test_serve_deploy_runs_the_whole_system_without_a_driver(tmp_path):
+    head = RayHead(tmp_path / "ray", resources={"room_slot": 8}).start()
+    port = free_port()
+    url, ws = f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}"
+    namespace = f"rooms-sd-{uuid.uuid4().hex[:6]}"
+    store = f"sqlite:///{tmp_path / 'rooms.sqlite3'}"
+    try:
+        _deploy(head, tmp_path, _config(port, namespace, store))
+        first = await asyncio.to_thread(_healthy, url)
+
+        # a meeting: b sees a's update
+        room = f"m-{uuid.uuid4().hex[:6]}"
+        a = await open_client(f"{ws}/parties/rooms/{room}?_pk=a&username=alice")
+        b = await open_client(f"{ws}/parties/rooms/{room}?_pk=b&username=bob")
+        await b.wait_for(lambda m: m["type"] == "roomState" and len(m["state"]["users"]) == 2,
+                         "both seated", 60)
+        await a.ws.send(_update("a", "a/1"))
+        await b.wait_for(lambda m: _shows(m, "a", "a/1"), "a's update at b", 30)
+
+        # a quiet room hibernates (idle 3 s); nobody calls it; the scheduler the
+        # application started wakes it at its alarm (15 s after the first connect)
+        quiet = f"q-{uuid.uuid4().hex[:6]}"
+        q = await open_client(f"{ws}/parties/rooms/{quiet}?_pk=q&username=quinn")
+        await q.wait_for(lambda m: m["type"] == "roomState", "q seated", 60)
+
+        async def hibernated():
+            async with httpx.AsyncClient(timeout=10) as http:
+                rows = (await http.get(f"{url}/rooms", params={"username": "op"})).json()
+            return not any(r["room"] == quiet and r["state"] == "ALIVE"
+                           for r in rows["rooms"])
+
+        await _until(hibernated, "the quiet room to hibernate", 30)
+        slept = await asyncio.to_thread(_epoch, store, quiet)
+        assert slept is not None
+
+        async def woken():
+            epoch = await asyncio.to_thread(_epoch, store, quiet)
+            return epoch is not None and epoch > slept
+
+        await _until(woken, "the alarm to wake the hibernated room", 40)
+
+        # a changed setting rolls the gateway; the room's state survives; a and b
+        # reconnect with their _pk and see it
+        _deploy(head, tmp_path, _config(port, namespace, store, rate=120))
+        await asyncio.wait_for(a.closed.wait(), 120)
+        second = await asyncio.to_thread(_healthy, url, 180.0, first)
+        assert second != first
+        b2 = await open_client(f"{ws}/parties/rooms/{room}?_pk=b&username=bob")
+        await b2.wait_for(lambda m: _shows(m, "a", "a/1"), "the state after the roll", 60)
+
+        # another application, then a config without ours: the other one stays up
+        _deploy(head, tmp_path, _config(port, namespace, store, rate=120, other=True))
+        await asyncio.to_thread(lambda: _healthy(url + "/other"))
+        _deploy(head, tmp_path, _config(port, namespace, store, rooms=False, other=True))
+        async with httpx.AsyncClient(timeout=10) as http:
+            async def ours_gone():
+                try:
+                    return (await http.get(f"{url}/healthz")).status_code == 404
+                except httpx.HTTPError:
+                    return False
+            await _until(ours_gone, "the rooms application to be deleted", 120)
+            assert (await http.get(f"{url}/other/healthz")).status_code == 200
+        for client in (a, b, q, b2):
+            await client.ws.close()
+    finally:
+        await asyncio.to_thread(head.stop)
