@@ -56,7 +56,7 @@ import hmac
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Literal, Mapping
+from typing import Literal, Mapping, Sequence
 from urllib.parse import urlsplit
 
 import jwt
@@ -148,7 +148,7 @@ class Identity:
 
     Attributes:
         name: the user's name (a token's ``sub``, or the dev-mode username).
-        operator: whether the request may use the operator routes.
+        operator: whether the request may use the operator routes (and every room).
         source: which credential named it: ``"token"``, ``"proxy"``, ``"cookie"`` (an
             ambient credential a browser sends by itself: see :func:`origin_allowed`)
             or ``"dev"`` (not part of equality).
@@ -158,6 +158,12 @@ class Identity:
     operator: bool = False
     source: Literal["token", "proxy", "cookie", "dev"] = field(default="token",
                                                               compare=False)
+    rooms: frozenset[str] | None = None
+    """The rooms a room-scoped token admits (its ``rooms`` claim), or ``None``: any."""
+
+    def may_enter(self, room: str) -> bool:
+        """Whether this identity may use room ``room`` (an operator may use any)."""
+        return self.rooms is None or self.operator or room in self.rooms
 
 
 def _key(secret: str | SecretStr) -> bytes:
@@ -192,7 +198,7 @@ def validate_user_name(name: object) -> str:
 
 
 def issue_token(name: str, secret: str | SecretStr, ttl_s: float = 3600.0, *,
-                operator: bool = False) -> str:
+                operator: bool = False, rooms: Sequence[str] | None = None) -> str:
     """Sign a token for user ``name``.
 
     Args:
@@ -200,15 +206,24 @@ def issue_token(name: str, secret: str | SecretStr, ttl_s: float = 3600.0, *,
         secret: the HMAC key, at least :data:`MIN_SECRET_BYTES` bytes.
         ttl_s: seconds until the token expires (the ``exp`` claim), > 0.
         operator: add the claim ``"operator": true`` (the operator routes).
+        rooms: room ids the token admits, and only those (the claim ``"rooms":
+            [...]``, as LiveKit's room grants); ``None``: every room.
 
     Returns:
         The compact JWT (``header.payload.signature``, base64url).
 
     Raises:
         AuthError: the name is not usable.
-        ValueError: the secret is too short or ``ttl_s`` is not positive.
+        ValueError: the secret is too short, ``ttl_s`` is not positive, or a room id
+            is not valid (or ``rooms`` is empty).
     """
     validate_user_name(name)
+    if rooms is not None:
+        from .directory import validate_room_id
+
+        rooms = [validate_room_id(room) for room in rooms]
+        if not rooms:
+            raise ValueError("a room-scoped token needs at least one room")
     if not ttl_s > 0:
         raise ValueError("ttl_s must be > 0 seconds")
     now = int(time.time())
@@ -216,6 +231,8 @@ def issue_token(name: str, secret: str | SecretStr, ttl_s: float = 3600.0, *,
                                  "exp": now + max(1, int(round(ttl_s)))}
     if operator:
         claims["operator"] = True
+    if rooms is not None:
+        claims["rooms"] = list(rooms)
     return jwt.encode(claims, _key(secret), algorithm=ALGORITHM)
 
 
@@ -321,6 +338,7 @@ def identify(
         AuthError: no credential, or a refused one (the caller answers 401).
     """
     token = query.get("token") or _bearer(headers)
+    rooms: frozenset[str] | None = None
     proxied = (headers.get(settings.auth_proxy_header.lower())
                if settings.auth_proxy_header else None)
     cookie = (cookies or {}).get(SESSION_COOKIE) if settings.cookies_accepted else None
@@ -331,6 +349,12 @@ def identify(
         name = validate_user_name(claims.get("sub"))
         operator = claims.get("operator") is True
         source = "token"
+        granted = claims.get("rooms")
+        if granted is not None:
+            if not (isinstance(granted, list) and granted
+                    and all(isinstance(r, str) for r in granted)):
+                raise AuthError("the token's 'rooms' claim is not a list of room ids")
+            rooms = frozenset(granted)
     elif proxied:
         name = validate_user_name(proxied.strip())
         operator = False
@@ -352,7 +376,7 @@ def identify(
                         + (f", or come through the proxy that sets {settings.auth_proxy_header}"
                            if settings.auth_proxy_header else ""))
     return Identity(name, operator or settings.dev_auth or _operator_secret(headers, settings),
-                    source)
+                    source, rooms)
 
 
 def origin_allowed(headers: Mapping[str, str], settings: AuthSettings) -> bool:

@@ -1,15 +1,20 @@
 """The ``rooms`` command line.
 
-``rooms ls``                         the rooms: stored snapshots and live actors
+``rooms ls [--json]``                the rooms: stored snapshots and live actors
 ``rooms show ROOM``                  a room's state (``RoomState`` JSON) and its actor facts
 ``rooms send ROOM --as CONN 'JSON'`` send a protocol message to a room as a connection
-``rooms serve``                      start (or join) Ray, deploy the gateway, start the
-                                     local emulators when no credentials are configured
+``rooms serve``                      start Ray (or join one), deploy the gateway
+``rooms token NAME``                 print a signed identity token
+``rooms config``                     print the effective settings (secrets redacted)
 ``rooms demo``                       a scripted meeting with real clients and media
+``rooms --version``                  the installed version
 
-``--address`` names a running Ray cluster (``auto`` for the local one); by default the
-commands join a local Ray if one runs, or start one. Settings come from ``ROOMS_*``
-environment variables (see :mod:`actors.config`); secrets are never printed.
+``--address`` names a running Ray cluster (``auto`` for the local one). ``ls``,
+``show`` and ``send`` join a local Ray if one runs, or start one; ``serve`` and
+``demo`` start a new local Ray unless given ``--address``. ``show`` and ``send`` never
+create a room: a room with neither a snapshot nor a live actor is reported as unknown.
+Settings come from ``ROOMS_*`` environment variables (see :mod:`actors.config`);
+secrets are never printed.
 """
 
 from __future__ import annotations
@@ -26,8 +31,32 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Chat rooms as Ray actors (ray-rooms).")
 
 AddressOption = typer.Option(
-    None, "--address", help="Ray cluster address (default: join a local Ray or start one)."
+    None, "--address", help="Ray cluster address ('auto': the local cluster; default: "
+    "join a local Ray if one runs, else start one)."
 )
+NewRayAddressOption = typer.Option(
+    None, "--address", help="Ray cluster address to join ('auto': the local cluster; "
+    "default: start a new local Ray for this run)."
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"ray-rooms {version('ray-rooms')}")
+        except PackageNotFoundError:  # pragma: no cover - run from a bare checkout
+            typer.echo("ray-rooms (not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    _version_flag: bool = typer.Option(False, "--version", callback=_version,
+                                       is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Chat rooms as Ray actors (ray-rooms)."""
 
 
 def _init_ray(address: str | None, config: RoomsConfig) -> None:
@@ -51,7 +80,9 @@ def _print_json(value) -> None:
 
 
 @app.command("ls")
-def ls(address: Optional[str] = AddressOption) -> None:
+def ls(address: Optional[str] = AddressOption,
+       as_json: bool = typer.Option(False, "--json", help="print a JSON list of "
+                                    "{room, stored, actor, node}")) -> None:
     """List rooms: those with a stored snapshot and those with a live actor, with the
     node each live one runs on (cluster-wide)."""
     import asyncio
@@ -75,6 +106,11 @@ def ls(address: Optional[str] = AddressOption) -> None:
     for row in list_room_actors(config.namespace):
         entry = rooms.setdefault(row["room"], {"room": row["room"], "stored": False})
         entry.update(actor=row["state"], node=row["node"])
+    if as_json:
+        _print_json(sorted(({"room": r["room"], "stored": r["stored"],
+                             "actor": r.get("actor"), "node": r.get("node")}
+                            for r in rooms.values()), key=lambda r: r["room"]))
+        return
     if not rooms:
         typer.echo("no rooms")
         return
@@ -82,6 +118,42 @@ def ls(address: Optional[str] = AddressOption) -> None:
     for row in sorted(rooms.values(), key=lambda r: r["room"]):
         typer.echo(f"{row['room']:40} {'yes' if row['stored'] else 'no':7} "
                    f"{row['actor'] or '-':11} {row.get('node') or '-'}")
+
+
+def _known_or_exit(room: str, config: RoomsConfig) -> None:
+    """Exit 2 with a message, creating nothing, when ``room`` is not a valid room id
+    or has neither a live actor nor a stored snapshot."""
+    import asyncio
+
+    import ray
+
+    from storage import open_store
+
+    from .directory import actor_name, validate_room_id
+    from .errors import InvalidRoomId
+
+    try:
+        validate_room_id(room)
+    except InvalidRoomId as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        ray.get_actor(actor_name(room), namespace=config.namespace)
+        return
+    except ValueError:
+        pass
+
+    async def stored() -> bool:
+        store = open_store(config.store_url)
+        try:
+            return await store.load(room) is not None
+        finally:
+            await store.close()
+
+    if not asyncio.run(stored()):
+        typer.echo(f"error: no room {room!r} (no snapshot in the store and no live actor "
+                   f"in namespace {config.namespace!r}); nothing was created", err=True)
+        raise typer.Exit(2)
 
 
 @app.command("show")
@@ -94,6 +166,7 @@ def show(room: str, address: Optional[str] = AddressOption) -> None:
 
     config = RoomsConfig()
     _init_ray(address, config)
+    _known_or_exit(room, config)
     client = RoomClient(get_room(room, config))
     state, info = ray.get([client.state(), client.info()])
     _print_json({"state": state, "actor": info.record()})
@@ -116,6 +189,7 @@ def send(
 
     config = RoomsConfig()
     _init_ray(address, config)
+    _known_or_exit(room, config)
     client = RoomClient(get_room(room, config))
     start = ray.get(client.poll(None, 0)).cursor
     seq = ray.get(client.message(conn, message))
@@ -128,7 +202,7 @@ def send(
 
 @app.command("serve")
 def serve_cmd(
-    address: Optional[str] = AddressOption,
+    address: Optional[str] = NewRayAddressOption,
     host: str = typer.Option("127.0.0.1", help="the gateway's listen address"),
     port: int = typer.Option(8000, help="the gateway's port (0: any free port)"),
     replicas: int = typer.Option(1, help="gateway replicas"),
@@ -137,21 +211,33 @@ def serve_cmd(
     ingress: Optional[str] = typer.Option(
         None, help="haproxy (Serve's HAProxy + direct ingress) or proxy (Serve's proxy "
                    "actor); default ROOMS_GATEWAY_INGRESS or haproxy"),
+    emulators: Optional[bool] = typer.Option(
+        None, "--emulators/--no-emulators", help="start the local Calls and OpenAI "
+        "emulators for the AI agent (default: with --dev when no credentials are set)"),
 ) -> None:
-    """Start Ray (or join one with --address), deploy the gateway, and start the local Calls and OpenAI
-    emulators when no credentials are configured; print the URLs and wait (Ctrl-C stops)."""
+    """Start a local Ray (or join one with --address) and deploy the gateway (with the
+    alarm scheduler and the warm pools); print the URLs and wait (Ctrl-C stops).
+    Outside --dev it needs ROOMS_TOKEN_SECRET; the local Calls and OpenAI emulators
+    start with --dev (when no credentials are set) or --emulators."""
     import signal
     import time
 
+    from .auth import AuthSettings
     from .errors import StoreNotShared
     from .system import start_system
 
+    if not dev and AuthSettings().dev_auth:
+        dev = True
+        typer.echo("WARNING: development mode is on (ROOMS_DEV_AUTH=true in the "
+                   "environment): anyone is admitted by name and every identity is an "
+                   "operator", err=True)
     typer.echo("starting…")
     # a new local Ray unless told to join one (--address auto joins the local cluster)
     try:
         system = start_system(address=address or "local", host=host, port=port,
-                              replicas=replicas, dev=dev, ingress=ingress)
-    except StoreNotShared as error:
+                              replicas=replicas, dev=dev, ingress=ingress,
+                              emulators=emulators)
+    except (StoreNotShared, ValueError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
     # before anything is printed: a SIGTERM right after the URLs must stop cleanly (Ray's
@@ -176,7 +262,60 @@ def serve_cmd(
         pass
     finally:
         typer.echo("stopping…")
-        system.stop()
+        if not system.stop():
+            import os
+
+            # Ray is gone: its exit handlers would wait for it too
+            typer.echo(f"stopped without Ray (it did not answer within "
+                       f"{system.stop_timeout_s:.0f} s)", err=True)
+            sys.stdout.flush()
+            os._exit(1)
+
+
+@app.command("token")
+def token(
+    name: str = typer.Argument(..., help="the user's name (the token's sub claim)"),
+    operator: bool = typer.Option(False, "--operator", help="add \"operator\": true "
+                                  "(the operator routes, every room)"),
+    room: Optional[list[str]] = typer.Option(None, "--room", help="admit only this room "
+                                             "(repeatable): the rooms claim"),
+    ttl: float = typer.Option(3600.0, "--ttl", help="seconds until it expires (exp)"),
+) -> None:
+    """Print a signed identity token (HS256 with ROOMS_TOKEN_SECRET). Claims: sub (the
+    name), iat, exp, and optionally operator and rooms; see docs/operating.md."""
+    from .auth import AuthSettings, issue_token
+    from .errors import AuthError
+
+    secret = AuthSettings().token_secret
+    if secret is None:
+        typer.echo("error: ROOMS_TOKEN_SECRET is not set (the gateway's token secret, at "
+                   "least 32 bytes)", err=True)
+        raise typer.Exit(2)
+    try:
+        typer.echo(issue_token(name, secret, ttl, operator=operator, rooms=room or None))
+    except (AuthError, ValueError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command("config")
+def config_cmd() -> None:
+    """Print the effective settings (ROOMS_*, CALLS_*, OPENAI_* and their defaults) as
+    JSON; secrets and store passwords are redacted."""
+    from bridges.config import CallsSettings, OpenAISettings
+    from storage import redact_url
+
+    from .auth import AuthSettings
+    from .gateway.limits import GatewayLimits
+
+    def dump(model) -> dict:
+        return json.loads(model.model_dump_json())  # SecretStr prints as **********
+
+    rooms = dump(RoomsConfig())
+    rooms["store_url"] = redact_url(rooms["store_url"])
+    _print_json({"rooms": rooms, "auth": dump(AuthSettings()),
+                 "gateway": dump(GatewayLimits()), "calls": dump(CallsSettings()),
+                 "openai": dump(OpenAISettings())})
 
 
 web = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -187,7 +326,8 @@ app.add_typer(web, name="web")
 @web.command("build")
 def web_build() -> None:
     """Build the meeting page's script: `npm ci` and esbuild in web/ (needs Node.js and
-    npm). `rooms serve` serves it from web/dist on its next start."""
+    npm). It is written to the package (actors/gateway/static; a wheel carries it
+already); `rooms serve` serves it from there on its next start."""
     from .webbuild import WebBuildError, build_web
 
     try:
@@ -198,7 +338,7 @@ def web_build() -> None:
 
 
 @app.command("demo")
-def demo(address: Optional[str] = AddressOption) -> None:
+def demo(address: Optional[str] = NewRayAddressOption) -> None:
     """Run a scripted meeting with real clients and media against a fresh local system;
     print a timeline and a summary; exit 1 if a step fails."""
     from .demo import run_demo

@@ -179,6 +179,12 @@ def run_demo(*, address: str | None = None, echo: Callable[[str], None] = print)
     from .config import RoomsConfig
     from .directory import actor_name
     from .room_client import RoomClient
+    import secrets
+
+    from pydantic import SecretStr
+
+    from bridges.config import CallsSettings, OpenAISettings
+
     from .system import start_system
 
     t0 = time.monotonic()
@@ -191,7 +197,10 @@ def run_demo(*, address: str | None = None, echo: Callable[[str], None] = print)
     store = tempfile.mkdtemp(prefix="rooms-demo-")
     config = RoomsConfig(namespace="rooms-demo", store_url=f"sqlite:///{store}/demo.sqlite3")
     echo("starting Ray, the local Calls and OpenAI emulators, and the gateway…")
-    system = start_system(address=address or "local", port=0, config=config)
+    system = start_system(address=address or "local", port=0, config=config,
+                          token_secret=SecretStr(secrets.token_urlsafe(32)),
+                          emulators=not (CallsSettings().configured
+                                         and OpenAISettings().configured))
     say("system up: " + ", ".join(f"{k} {v}" for k, v in system.urls.items()))
     room = f"demo-{uuid.uuid4().hex[:8]}"
     ok = False

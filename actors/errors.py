@@ -11,6 +11,7 @@ draws the whole tree::
     ├── AuthError             (also ValueError) a credential was missing or refused
     ├── NotOwner              the connection id belongs to another identity
     ├── OperatorRequired      an operator route called without an operator credential
+    ├── RoomNotGranted        a token scoped to other rooms used for this one
     ├── OriginRefused         a browser credential (the session cookie) sent from a
     │                         page of another origin
     ├── QuotaExceeded         an identity is at one of its bounds (seats, users, new
@@ -31,7 +32,7 @@ from __future__ import annotations
 from rooms.errors import RoomsError
 
 __all__ = ["AuthError", "InvalidRoomId", "MessageRefused", "NoFreeSlot", "NotOwner", "OperatorRequired",
-           "OriginRefused", "QuotaExceeded", "RoomFull", "RoomHibernating", "RoomRuntimeError",
+           "OriginRefused", "QuotaExceeded", "RoomFull", "RoomNotGranted", "RoomHibernating", "RoomRuntimeError",
            "RoomUnavailable", "SnapshotRefused", "StoreNotShared"]
 
 
@@ -112,6 +113,11 @@ class SnapshotRefused(RoomRuntimeError):
     encoded or passed ``ROOMS_MAX_SNAPSHOT_BYTES``. They were rolled back (nothing of
     them was released) and the room goes on from its last durable state; the detail is
     logged under the error id the message names."""
+
+
+class RoomNotGranted(RoomRuntimeError):
+    """The caller's token is scoped to rooms (its ``rooms`` claim, as LiveKit's room
+    grants) and this room is not one of them."""
 
 
 class OriginRefused(RoomRuntimeError):

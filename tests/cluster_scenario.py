@@ -150,7 +150,8 @@ async def run(pg_url: str, held: dict[str, Any]) -> dict[str, Any]:
     from actors.cli import app
 
     os.environ["ROOMS_STORE_URL"] = sqlite.store_url
-    served = CliRunner().invoke(app, ["serve", "--address", cluster.address, "--port", "0"])
+    served = CliRunner().invoke(app, ["serve", "--address", cluster.address, "--port", "0"],
+                                env={"ROOMS_TOKEN_SECRET": "t" * 40})
     os.environ["ROOMS_STORE_URL"] = pg_url
     facts["sqlite_serve"] = {"exit": served.exit_code, "output": served.output}
 

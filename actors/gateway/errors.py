@@ -13,6 +13,7 @@ error                     HTTP    close  reason sent with the close
 ``NotOwner``              403     1008   ``connection belongs to another user``
 ``OperatorRequired``      403     1008   ``operator only``
 ``OriginRefused``         403     1008   ``origin refused``
+``RoomNotGranted``        403     1008   ``room not granted``
 ``QuotaExceeded``         429     1013   ``quota exceeded``
 ``SnapshotRefused``       422     1011   ``message refused``
 ``RoomFull``              503     1013   ``room full``
@@ -51,7 +52,7 @@ from rooms.messages import ProtocolError
 from storage.base import StorageUnavailable
 
 from ..errors import (AuthError, InvalidRoomId, MessageRefused, NoFreeSlot, NotOwner, OperatorRequired,
-                      OriginRefused, QuotaExceeded, RoomFull, RoomHibernating, RoomUnavailable,
+                      OriginRefused, RoomNotGranted, QuotaExceeded, RoomFull, RoomHibernating, RoomUnavailable,
                       SnapshotRefused, StoreNotShared)
 from .limits import CLOSE_POLICY, CLOSE_ROOM_UNAVAILABLE, CLOSE_TRY_AGAIN
 
@@ -134,6 +135,7 @@ _ANSWERS: dict[type[BaseException], Answer] = {
     InvalidRoomId: Answer(400, CLOSE_POLICY, "invalid room id"),
     NotOwner: Answer(403, CLOSE_POLICY, "connection belongs to another user"),
     OperatorRequired: Answer(403, CLOSE_POLICY, "operator only"),
+    RoomNotGranted: Answer(403, CLOSE_POLICY, "room not granted"),
     OriginRefused: Answer(403, CLOSE_POLICY, "origin refused"),
     QuotaExceeded: Answer(429, CLOSE_TRY_AGAIN, "quota exceeded"),
     SnapshotRefused: Answer(422, CLOSE_ROOM_UNAVAILABLE, "message refused"),

@@ -23,7 +23,7 @@ from ..auth import (SESSION_COOKIE, AuthSettings, Identity, identify, origin_all
                     session_cookie)
 from ..config import RoomsConfig
 from ..directory import list_room_actors, validate_room_id
-from ..errors import AuthError, OperatorRequired, OriginRefused
+from ..errors import AuthError, OperatorRequired, OriginRefused, RoomNotGranted
 from ..services import calls_settings
 from .bodies import read_body
 from .errors import BodyTooLarge, public_error
@@ -118,6 +118,8 @@ class GatewayServer:
                 raise OriginRefused("this page's origin may not use the session cookie")
             if room is not None:
                 validate_room_id(room)
+                if not identity.may_enter(room):
+                    raise RoomNotGranted("this token does not admit this room")
             return await work(identity.name)
         except Exception as error:  # noqa: BLE001 - every error is answered, sanitized
             return public_error(error).response()

@@ -18,7 +18,8 @@ gateway's log line, ``"<reason> (<error id>)"``:
 =====  ===========================================================================
 
 A refused handshake is answered with an HTTP response ``{"error", "errorId"}``, not a
-close: no identity 401; a session cookie from another origin 403; a bad room id or
+close: no identity 401; a session cookie from another origin 403; a token scoped to
+other rooms 403; a bad room id or
 ``_pk`` 400; the identity's new-room quota 429. Frames over the rate limit are
 answered with an ``error`` frame and the socket stays open; every frame counts toward
 it, refused ones too.
@@ -39,7 +40,7 @@ from rooms.messages import ProtocolError, check_socket_conn_id
 
 from ..auth import AuthSettings, identify, origin_allowed
 from ..directory import validate_room_id
-from ..errors import OriginRefused
+from ..errors import OriginRefused, RoomNotGranted
 from .channel import RoomChannel
 from .errors import error_frame, public_error
 from .limits import CLOSE_POLICY, CLOSE_TRY_AGAIN, NODE_HEADER, REPLICA_HEADER, GatewayLimits
@@ -61,7 +62,8 @@ async def serve_websocket(ws: WebSocket, room: str, registry: RoomRegistry,
 
     The handshake is refused with an HTTP response (the error's public text and id,
     :func:`~actors.gateway.errors.public_error`) when: no identity (401); a session
-    cookie from another site's page (403, :func:`~actors.auth.origin_allowed`); a bad
+    cookie from another site's page (403, :func:`~actors.auth.origin_allowed`); a token
+    whose ``rooms`` claim does not name the room (403); a bad
     room id or ``_pk`` (400, :func:`rooms.messages.check_socket_conn_id`: ``ai`` and
     ``http:`` ids are reserved); the identity's ``rooms_per_minute`` is spent and the
     room has no live actor (429). An accepted socket is written nothing until the room
@@ -82,6 +84,8 @@ async def serve_websocket(ws: WebSocket, room: str, registry: RoomRegistry,
         if identity.source == "cookie" and not origin_allowed(ws.headers, auth):
             raise OriginRefused("this page's origin may not use the session cookie")
         validate_room_id(room)
+        if not identity.may_enter(room):
+            raise RoomNotGranted("this token does not admit this room")
         conn = query.get("_pk")
         conn = uuid.uuid4().hex if conn is None else check_socket_conn_id(conn)
         await registry.check_start(room, identity.name, quotas)
