@@ -1,6 +1,8 @@
 """Building the meeting page's script: ``npm ci`` and esbuild in ``web/`` (``rooms web
-build``). The result, ``web/dist/meeting.js``, is what :mod:`actors.gateway.pages`
-serves; nothing third-party is committed, the build fetches it from npm.
+build``, and the package build: ``setup.py``'s ``build_py`` runs it when the script is
+missing, so a wheel carries it). The result, ``actors/gateway/static/meeting.js``
+(package data), is what :mod:`actors.gateway.pages` serves; nothing third-party is
+committed, the build fetches it from npm.
 """
 
 from __future__ import annotations
@@ -10,12 +12,17 @@ import subprocess
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["WebBuildError", "build_web", "web_source_dir"]
+__all__ = ["WebBuildError", "build_web", "static_dir", "web_source_dir"]
 
 
 class WebBuildError(RuntimeError):
     """The meeting page could not be built (no npm, no sources, or a failing step); the
     message says which and how to fix it."""
+
+
+def static_dir() -> Path:
+    """Where the build writes the script: ``actors/gateway/static`` (package data)."""
+    return Path(__file__).resolve().parent / "gateway" / "static"
 
 
 def web_source_dir() -> Path:
@@ -33,7 +40,7 @@ def build_web(echo: Callable[[str], None] = print, *, timeout_s: float = 600.0) 
         timeout_s: seconds each npm step may take.
 
     Returns:
-        The directory of the built script (``web/dist``).
+        The directory of the built script (``actors/gateway/static``).
 
     Raises:
         WebBuildError: npm is missing, ``web/`` is missing, or a step failed (its last
@@ -57,8 +64,8 @@ def build_web(echo: Callable[[str], None] = print, *, timeout_s: float = 600.0) 
         if done.returncode != 0:
             tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
             raise WebBuildError(f"`npm {step[1]}` failed (exit {done.returncode}):\n{tail}")
-    dist = source / "dist"
+    dist = static_dir()
     if not (dist / "meeting.js").is_file():
-        raise WebBuildError("the build ran but wrote no web/dist/meeting.js")
+        raise WebBuildError(f"the build ran but wrote no {dist / 'meeting.js'}")
     echo(f"web: built {dist / 'meeting.js'} ({(dist / 'meeting.js').stat().st_size} bytes)")
     return dist

@@ -14,14 +14,17 @@
 
 The script (``web/src/meeting.js``) uses Cloudflare's own browser libraries from npm,
 partysocket and partytracks; ``rooms web build`` (``npm ci`` + esbuild) writes it to
-``web/dist``. :func:`load_web_assets` reads it in the process that deploys the gateway,
-which hands the bytes to every replica (so replicas on other nodes need no build). Without
-a build the meeting page answers 503 saying how to build it.
+``actors/gateway/static``, package data that the wheel carries (the package build runs
+the same build). :func:`load_web_assets` reads it, with :mod:`importlib.resources`, in
+the process that deploys the gateway, which hands the bytes to every replica (so
+replicas on other nodes need no build). Without a build the meeting page answers 503
+saying how to build it.
 """
 
 from __future__ import annotations
 
 import html
+import importlib.resources
 import json
 import os
 import re
@@ -34,8 +37,8 @@ __all__ = ["WEB_DIST_ENV", "WebAssets", "index_page", "load_web_assets", "meetin
            "safe_return_path", "web_dist_dir"]
 
 WEB_DIST_ENV = "ROOMS_WEB_DIST"
-"""Environment variable naming the directory of the built script (default ``web/dist``
-beside the package)."""
+"""Environment variable naming the directory of the built script (default: the
+package's ``actors/gateway/static``)."""
 
 _ASSET_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}\.js")
 _CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
@@ -92,12 +95,13 @@ class WebAssets:
 
 
 def web_dist_dir() -> Path:
-    """Where the built script is: ``$ROOMS_WEB_DIST``, else ``web/dist`` beside the
-    package (a clone or an editable install)."""
+    """Where the built script is: ``$ROOMS_WEB_DIST``, else the package data directory
+    ``static`` of :mod:`actors.gateway` (an installed wheel, a clone, an editable
+    install alike)."""
     configured = os.environ.get(WEB_DIST_ENV)
     if configured:
         return Path(configured)
-    return Path(__file__).resolve().parents[2] / "web" / "dist"
+    return Path(str(importlib.resources.files("actors.gateway").joinpath("static")))
 
 
 def load_web_assets(directory: Path | None = None) -> WebAssets:
