@@ -6,6 +6,7 @@
 ``rooms serve``                      start Ray (or join one), deploy the gateway
 ``rooms token NAME``                 print a signed identity token
 ``rooms config``                     print the effective settings (secrets redacted)
+``rooms slots``                      this node's room slots, as ``ray start --resources``
 ``rooms demo``                       a scripted meeting with real clients and media
 ``rooms --version``                  the installed version
 
@@ -296,6 +297,16 @@ def token(
     except (AuthError, ValueError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
+
+
+@app.command("slots")
+def slots_cmd() -> None:
+    """Print this node's room slots as `ray start --resources` JSON: {"room_slot": N}
+    (ROOMS_MAX_LIVE_ROOMS, else from the node's memory). For example:
+    ray start --head --resources="$(rooms slots)"."""
+    from .slots import slot_resources
+
+    typer.echo(json.dumps({k: int(v) for k, v in slot_resources(RoomsConfig()).items()}))
 
 
 @app.command("config")

@@ -100,23 +100,30 @@ def test_nodes_install_this_package(config):
     assert ".git" in config["rsync_exclude"]
 
 
-def test_head_starts_ray_then_the_gateway_in_the_background(config):
+def test_head_starts_ray_then_deploys_the_serve_config(config):
+    """No long-lived driver: the head deploys deploy/serve.yaml (one gateway replica per
+    node, the scheduler and the pools owned by the application); every node offers its
+    room slots."""
     commands = config["head_start_ray_commands"]
     ray_start = next(i for i, c in enumerate(commands) if "ray start --head" in c)
-    serve = next(i for i, c in enumerate(commands) if "rooms serve" in c)
+    serve = next(i for i, c in enumerate(commands) if "serve deploy" in c)
     assert ray_start < serve
-    command = commands[serve]
-    assert "--address auto" in command and "--host 0.0.0.0" in command
-    assert command.rstrip().endswith("&"), "`ray up` would wait for the gateway for ever"
+    assert commands[serve].rstrip().endswith("serve deploy ~/ray-rooms/deploy/serve.yaml")
+    assert '--resources="$(rooms slots)"' in commands[ray_start]
     worker = " ".join(config["worker_start_ray_commands"])
     assert "ray start --address=$RAY_HEAD_IP:6379" in worker
+    assert '--resources="$(rooms slots)"' in worker
+    serve_yaml = yaml.safe_load((ROOT / "deploy" / "serve.yaml").read_text())
+    [app] = serve_yaml["applications"]
+    assert app["args"]["max_replicas_per_node"] == 1
+    assert app["args"]["replicas"] == 1 + config["max_workers"]  # one per node
 
 
 def test_secrets_come_from_a_file_not_from_the_config(config, text):
     env_file = "~/.config/ray-rooms/env"
     assert config["file_mounts"][env_file] == env_file
     for command in config["head_start_ray_commands"] + config["worker_start_ray_commands"]:
-        if "ray start" in command or "rooms serve" in command:
+        if "ray start" in command or "serve deploy" in command:
             assert f". {env_file}" in command, command
     for secret in ("ROOMS_TOKEN_SECRET", "CALLS_APP_SECRET", "OPENAI_API_KEY"):
         assert not re.search(rf"^\s*{secret}\s*[:=]\s*[^.\s]", text, re.M), secret

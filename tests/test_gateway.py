@@ -173,6 +173,31 @@ async def test_websocket_without_a_valid_token_is_refused_with_401(gateway):
         assert refused.value.response.status_code == 401
 
 
+async def test_a_room_scoped_token_admits_only_its_rooms(gateway):
+    """``rooms token NAME --room R``: the ``rooms`` claim admits R (socket and HTTP) and
+    refuses any other room with 403, as LiveKit's room grants; an operator token is
+    not scoped."""
+    mine, other = room_id(), room_id()
+    scoped = issue_token("erin", SECRET, ttl_s=600, rooms=[mine])
+    client = await open_client(f"{gateway['ws']}/parties/rooms/{mine}?_pk=e1&token={scoped}")
+    try:
+        await client.wait_for(lambda m: m["type"] == "roomState", "roomState in her room")
+    finally:
+        await client.ws.close()
+    with pytest.raises(InvalidStatus) as refused:
+        await connect(f"{gateway['ws']}/parties/rooms/{other}?_pk=e1&token={scoped}",
+                      open_timeout=20)
+    assert refused.value.response.status_code == 403
+    async with httpx.AsyncClient(timeout=20) as http:
+        bearer = {"Authorization": f"Bearer {scoped}"}
+        sent = await http.post(f"{gateway['url']}/rooms/{other}/messages", headers=bearer,
+                               json={"type": "heartbeat"})
+        assert sent.status_code == 403 and sent.json()["error"], sent.text
+        ok = await http.post(f"{gateway['url']}/rooms/{mine}/messages", headers=bearer,
+                             json={"type": "heartbeat"})
+        assert ok.status_code == 200, ok.text
+
+
 async def test_valid_token_connects_and_an_oversized_frame_is_refused_by_the_websocket_layer(
         gateway):
     room = room_id()

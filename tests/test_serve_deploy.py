@@ -173,3 +173,49 @@ async def test_serve_deploy_runs_the_whole_system_without_a_driver(tmp_path):
             await client.ws.close()
     finally:
         await asyncio.to_thread(head.stop)
+
+
+def test_the_rayservice_carries_serve_yaml_and_it_validates():
+    """``deploy/kubernetes/rayservice.yaml``'s ``serveConfigV2`` is ``deploy/serve.yaml``,
+    and both validate against Ray's own Serve config schema; the worker groups offer
+    room slots; the secrets come from a Kubernetes Secret, not the file."""
+    from ray.serve.schema import ServeDeploySchema
+
+    serve_yaml = yaml.safe_load((ROOT / "deploy" / "serve.yaml").read_text())
+    service = yaml.safe_load((ROOT / "deploy" / "kubernetes" / "rayservice.yaml").read_text())
+    assert service["kind"] == "RayService" and service["apiVersion"] == "ray.io/v1"
+    inner = yaml.safe_load(service["spec"]["serveConfigV2"])
+    assert inner == serve_yaml
+    [app] = ServeDeploySchema.model_validate(inner).applications
+    assert app.import_path == "actors.gateway.application:build"
+    cluster = service["spec"]["rayClusterConfig"]
+    import ray
+
+    assert cluster["rayVersion"] == ray.__version__
+    assert cluster["gcsFaultToleranceOptions"]["redisAddress"]
+    for group in cluster["workerGroupSpecs"]:
+        slots = json.loads(json.loads(group["rayStartParams"]["resources"]))
+        assert slots["room_slot"] > 0
+        [container] = group["template"]["spec"]["containers"]
+        assert container["envFrom"][0]["secretRef"]["name"] == "ray-rooms-secrets"
+    text = (ROOT / "deploy" / "kubernetes" / "rayservice.yaml").read_text()
+    assert "ROOMS_TOKEN_SECRET=" not in text.replace('ROOMS_TOKEN_SECRET="$(openssl', "")
+    docker = (ROOT / "Dockerfile").read_text()
+    assert f"FROM rayproject/ray:{ray.__version__}-" in docker
+
+
+def test_the_builder_refuses_bad_args_and_a_missing_secret(monkeypatch):
+    from pydantic import ValidationError
+
+    from actors.gateway.application import build
+
+    monkeypatch.delenv("ROOMS_TOKEN_SECRET", raising=False)
+    monkeypatch.delenv("ROOMS_DEV_AUTH", raising=False)
+    with pytest.raises(ValueError, match="ROOMS_TOKEN_SECRET"):
+        build({})
+    with pytest.raises(ValidationError):
+        build({"dev": True, "replica": 2})
+    with pytest.raises(ValueError, match="idle_timout"):
+        build({"dev": True, "rooms": {"idle_timout": 3}})
+    monkeypatch.setenv("ROOMS_TOKEN_SECRET", "s" * 40)
+    assert type(build({"replicas": 2})).__name__ == "Application"
