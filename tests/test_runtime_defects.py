@@ -1,0 +1,130 @@
+"""One test per hidden fault path of the runtime listed in issue 19 that had none yet,
+each written to fail on the defect (no Ray: the pieces run in this process with Ray's
+calls replaced where they would need a cluster). The others: a retried activation
+(``tests/test_room_actor.py``), the scheduler's holds (``tests/test_scheduler.py``),
+``get_room`` on its own threads (``tests/test_room_ref.py``), the store URL's password
+(``tests/test_storage.py``)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from types import SimpleNamespace
+
+import pytest
+
+import actors.room_actor as room_actor
+import actors.warmpool as warmpool
+from actors.config import RoomsConfig
+from actors.gateway.channel import ChannelState, RoomChannel
+from actors.gateway.limits import GatewayLimits
+from actors.gateway.room_ref import RoomRef
+from actors.room_actor import RoomActor
+from storage import MemoryStore
+
+
+async def test_exit_from_a_background_task_asks_the_actor_to_stop(monkeypatch):
+    """Before: ``_exit`` raised ``ray.actor.exit_actor()`` inside the idle, alarm or
+    job task, whose ``except Exception`` could swallow it (whether the actor exited
+    depended on a Ray flag). Now it asks the actor to call its own ``stop``."""
+    actor = RoomActor("exit-room", RoomsConfig(idle_timeout=0), store=MemoryStore())
+    stops: list[str] = []
+
+    def exit_actor():
+        raise RuntimeError("exit_actor raised inside a background task")
+
+    monkeypatch.setattr(room_actor, "_in_ray_actor", lambda: True)
+    monkeypatch.setattr(room_actor.ray.actor, "exit_actor", exit_actor)
+    fake = SimpleNamespace(current_actor=SimpleNamespace(
+        stop=SimpleNamespace(remote=lambda: stops.append("stop"))))
+    monkeypatch.setattr(room_actor.ray, "get_runtime_context", lambda: fake)
+
+    async def background():  # as the idle watch runs it
+        try:
+            actor._exit()
+        except Exception as error:  # noqa: BLE001 - what a background task does
+            return error
+        return None
+
+    assert await asyncio.ensure_future(background()) is None
+    assert stops == ["stop"]
+
+
+async def test_a_warm_pool_looks_its_node_up_off_the_event_loop(monkeypatch):
+    """Before: ``WarmPool._prestart`` called the blocking ``ray.nodes()`` on the pool
+    actor's event loop; now the loop keeps running while it waits."""
+    def slow_nodes():
+        time.sleep(0.5)  # a GCS round trip under load
+        return [{"NodeID": "n1", "Alive": True, "NodeManagerAddress": "127.0.0.1",
+                 "NodeManagerPort": 1}]
+
+    monkeypatch.setattr(warmpool.ray, "nodes", slow_nodes)
+    monkeypatch.setattr(warmpool, "prestart", lambda *a, **k: True)
+    pool = warmpool.WarmPool("n1", 2, refill_s=3600)
+    gaps: list[float] = []
+
+    async def ticker():
+        last = time.monotonic()
+        for _ in range(40):
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    await asyncio.gather(pool._prestart(("job", "env"), 2), ticker())
+    pool._task.cancel()
+    assert pool.prestarted == 2
+    assert max(gaps) < 0.3, f"the event loop stalled for {max(gaps):.2f} s"
+
+
+async def test_a_warm_pool_keeps_every_task_it_starts(monkeypatch):
+    """Before: the initial top-ups were created with no reference kept, so the event
+    loop's weak reference was all that held them (they could be collected mid-run)."""
+    release = asyncio.Event()
+
+    async def held(*args, **kwargs):
+        await release.wait()
+
+    monkeypatch.setattr(warmpool.WarmPool, "_prestart", held)
+    pool = warmpool.WarmPool("n1", 2, refill_s=3600, initial=[("job", "env")])
+    await asyncio.sleep(0)
+    assert len(pool._tasks) == 1 and not next(iter(pool._tasks)).done()
+    release.set()
+    await asyncio.sleep(0.01)
+    assert not pool._tasks  # dropped once done
+    pool._task.cancel()
+
+
+class _Handle:
+    """A room actor handle whose ``activation`` answers ``epoch`` (made on a thread,
+    as ``ray.get_actor`` runs there; its call is awaited on ``loop``)."""
+
+    def __init__(self, epoch: int, loop: asyncio.AbstractEventLoop) -> None:
+
+        def remote():
+            future = loop.create_future()
+            future.set_result(epoch)
+            return future
+
+        self.activation = SimpleNamespace(remote=remote)
+
+
+@pytest.mark.parametrize("epoch, awake", [(5, False), (6, True)])
+async def test_a_hibernating_channel_learns_of_a_reactivation_from_the_rooms_epoch(
+        monkeypatch, epoch, awake):
+    """Before: a channel compared the private ``handle._actor_id`` of the hibernated
+    actor and the one found now; if Ray renamed that attribute both were ``None``,
+    compared equal, and a reactivation by another replica was never noticed. Now the
+    room reports its activation epoch: newer than the one that hibernated is awake."""
+    import actors.gateway.channel as channel_module
+
+    limits = GatewayLimits(wake_check_s=0.05)
+    channel = RoomChannel(RoomRef("r", RoomsConfig(), limits), limits,
+                          on_empty=lambda c: None)
+    channel.state = ChannelState.HIBERNATING
+    channel._hibernated_epoch = 5
+    loop = asyncio.get_running_loop()
+    monkeypatch.setattr(channel_module.ray, "get_actor",
+                        lambda name, ns: _Handle(epoch, loop))
+    await channel._await_reactivation()
+    assert channel.state is (ChannelState.POLLING if awake else ChannelState.HIBERNATING)
