@@ -43,6 +43,7 @@ from typing import Awaitable, Callable
 
 import httpx
 
+from benchmarks.killstorm import room_answers, update_frame
 from tests.wsclient import Client, open_client
 
 __all__ = ["ChaosResult", "Fault", "chaos"]
@@ -97,12 +98,6 @@ class ChaosResult:
                 f"{len(self.dms_twice)} twice, {len(self.replayed)} replayed after a "
                 f"replica died; lost acknowledged updates: {len(self.lost_updates)}; "
                 f"reconnects: {self.reconnects}; error replies: {dict(self.errors)}")
-
-
-def _update(conn: str, n: int) -> str:
-    return json.dumps({"type": "userUpdate", "user": {
-        "id": conn, "name": conn, "raisedHand": n % 2 == 1, "speaking": False,
-        "joined": True, "tracks": {"audioUnavailable": False, "audio": f"{conn}/{n}"}}})
 
 
 class Writers:
@@ -238,7 +233,7 @@ async def chaos(base_url: str, faults: list[Fault], *, writers: int = 4,
         target = names[(names.index(w) + 1) % len(names)]
         while not stop.is_set():
             n += 1
-            await send_until(w, _update(w, n), shown(w, n))
+            await send_until(w, update_frame(w, n), shown(w, n))
             if stop.is_set():
                 return
             applied[w] = n
@@ -249,17 +244,6 @@ async def chaos(base_url: str, faults: list[Fault], *, writers: int = 4,
                                             "message": text}), arrived(target, text))
             moved[w].append(time.monotonic())
 
-    async def answers(http: httpx.AsyncClient, deadline: float) -> None:
-        while time.monotonic() < deadline:
-            try:
-                reply = await http.get(f"/rooms/{room}", params={"username": "chaos-op"},
-                                       timeout=5)
-                if reply.status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.05)
-
     tasks = [asyncio.ensure_future(writer(w)) for w in names]
     try:
         async with httpx.AsyncClient(base_url=base_url) as http:
@@ -268,7 +252,7 @@ async def chaos(base_url: str, faults: list[Fault], *, writers: int = 4,
                 started = time.monotonic()
                 label = await fault(socks)
                 deadline = time.monotonic() + wait_s
-                await answers(http, deadline)
+                await room_answers(http, room, deadline)
                 while not socks.all_open() and time.monotonic() < deadline:
                     await asyncio.sleep(0.05)
                 healed = time.monotonic()

@@ -40,7 +40,7 @@ import httpx
 
 from tests.wsclient import Client, open_client
 
-__all__ = ["StormResult", "kill_storm"]
+__all__ = ["StormResult", "kill_storm", "room_answers", "update_frame"]
 
 
 @dataclass
@@ -95,7 +95,24 @@ class StormResult:
                 f"replicas: {len(set(self.replicas.values()))}")
 
 
-def _update(conn: str, n: int) -> str:
+async def room_answers(http: httpx.AsyncClient, room: str,
+                       deadline: float | None = None) -> bool:
+    """Wait until ``GET /rooms/{room}`` answers 200 (dev-mode operator), polling every
+    20 ms; return ``False`` if ``deadline`` (``time.monotonic()``) passed first."""
+    while deadline is None or time.monotonic() < deadline:
+        try:
+            reply = await http.get(f"/rooms/{room}", params={"username": "storm-op"},
+                                   timeout=5)
+            if reply.status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        await asyncio.sleep(0.02)
+    return False
+
+
+def update_frame(conn: str, n: int) -> str:
+    """A ``userUpdate`` of ``conn`` whose audio track name carries the counter ``n``."""
     return json.dumps({"type": "userUpdate", "user": {
         "id": conn, "name": conn, "raisedHand": n % 2 == 1, "speaking": False,
         "joined": True, "tracks": {"audioUnavailable": False, "audio": f"{conn}/{n}"}}})
@@ -170,7 +187,7 @@ async def kill_storm(base_url: str, pid_of: Callable[[str], int], *, kills: int 
         last_beat = time.monotonic()
         while not stop.is_set():
             n += 1
-            await client.ws.send(_update(w, n))
+            await client.ws.send(update_frame(w, n))
             if time.monotonic() - last_beat > 4.0:
                 await client.ws.send(json.dumps({"type": "heartbeat"}))
                 last_beat = time.monotonic()
@@ -186,17 +203,6 @@ async def kill_storm(base_url: str, pid_of: Callable[[str], int], *, kills: int 
             sent[f"{target}<-{text}"] += 1
             await client.ws.send(json.dumps({"type": "directMessage", "to": target,
                                              "message": text}))
-
-    async def answers(http: httpx.AsyncClient) -> None:
-        while True:
-            try:
-                reply = await http.get(f"/rooms/{room}", params={"username": "storm-op"},
-                                       timeout=5)
-                if reply.status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.02)
 
     tasks = [asyncio.ensure_future(writer(w)) for w in names]
     try:
@@ -214,7 +220,7 @@ async def kill_storm(base_url: str, pid_of: Callable[[str], int], *, kills: int 
                 os.kill(pid, signal.SIGKILL)
                 killed = time.monotonic()
                 await asyncio.sleep(0.05)
-                await answers(http)
+                await room_answers(http, room)
                 answered = time.monotonic()
                 deadline = answered + wait_s
                 while any(applied[w] <= before[w] for w in names) and \
