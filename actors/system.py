@@ -193,7 +193,7 @@ def start_system(
     settings = GatewayIngress()
     gateway_url = deploy_gateway(config, host=host, port=port, replicas=replicas, dev=dev,
                                  auth=auth, ingress=ingress, side_actors=True,
-                                 name=settings.app_name)
+                                 name=settings.app_name, route_prefix=settings.route_prefix)
     try:
         dashboard = getattr(context, "dashboard_url", None)
         if dashboard:

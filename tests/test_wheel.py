@@ -81,8 +81,14 @@ def test_the_wheel_carries_the_built_page(wheel):
     assert not any(n.startswith(("tests/", "web/")) for n in names), names[:20]
 
 
-def test_the_installed_wheel_serves_the_page_from_its_own_files(venv, tmp_path):
-    env = _env(tmp_path)
+async def test_the_installed_wheel_serves_the_page_from_its_own_files(venv, tmp_path):
+    """From the wheel, under a route prefix and an application name of its own
+    (``ROOMS_GATEWAY_ROUTE_PREFIX``, ``ROOMS_GATEWAY_APP_NAME``): the page, its script
+    and the room's WebSocket are all served under the prefix."""
+    from tests.wsclient import open_client
+
+    env = {**_env(tmp_path), "ROOMS_GATEWAY_ROUTE_PREFIX": "/meetings",
+           "ROOMS_GATEWAY_APP_NAME": "wheel-rooms"}
     where = subprocess.run([str(venv / "python"), "-c",
                             "import actors; print(actors.__file__)"], cwd=tmp_path,
                            env=env, capture_output=True, text=True, check=True).stdout
@@ -96,17 +102,28 @@ def test_the_installed_wheel_serves_the_page_from_its_own_files(venv, tmp_path):
         while True:
             assert proc.poll() is None, proc.stdout.read()
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                if httpx.get(f"http://127.0.0.1:{port}/meetings/healthz",
+                             timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             assert time.monotonic() < deadline, "rooms serve from the wheel never answered"
             time.sleep(1)
-        meet = httpx.get(f"http://127.0.0.1:{port}/meet/wheel-room",
-                         params={"username": "w"}, timeout=10, follow_redirects=True)
-        assert meet.status_code == 200 and "meeting.js" in meet.text, meet.text[:300]
-        script = httpx.get(f"http://127.0.0.1:{port}/web/meeting.js", timeout=10)
+        base = f"http://127.0.0.1:{port}/meetings"
+        meet = httpx.get(f"{base}/meet/wheel-room", params={"username": "w"}, timeout=10)
+        assert meet.status_code == 200, meet.text[:300]
+        assert 'src="/meetings/web/meeting.js"' in meet.text and '"base": "/meetings"' in \
+            meet.text, meet.text[:600]
+        script = httpx.get(f"{base}/web/meeting.js", timeout=10)
         assert script.status_code == 200 and len(script.content) > 10_000
+        start = httpx.get(f"{base}/", timeout=10)
+        assert 'action="/meetings/set-username"' in start.text, start.text[:600]
+        client = await open_client(base.replace("http://", "ws://")
+                                   + "/parties/rooms/wheel-room?_pk=w1&username=w")
+        try:
+            await client.wait_for(lambda m: m["type"] == "roomState", "roomState", 60)
+        finally:
+            await client.ws.close()
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

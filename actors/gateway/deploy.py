@@ -66,6 +66,9 @@ class GatewayIngress(BaseSettings):
             at once and retries refused connections on another replica).
         app_name: the Serve application name ``rooms serve`` deploys and, on stop,
             deletes (``ROOMS_GATEWAY_APP_NAME``; other applications are left alone).
+        route_prefix: the path ``rooms serve`` serves the gateway under
+            (``ROOMS_GATEWAY_ROUTE_PREFIX``, e.g. ``/rooms``; default ``/``); the pages
+            and the meeting script follow it.
         stop_timeout_s: seconds a stop of ``rooms serve`` waits for Ray before it
             gives up (``ROOMS_GATEWAY_STOP_TIMEOUT_S``; Ray may already be gone).
     """
@@ -75,6 +78,7 @@ class GatewayIngress(BaseSettings):
     ingress: Literal["haproxy", "proxy"] = "haproxy"
     drain_s: float = Field(2.0, ge=0)
     app_name: str = Field("rooms-gateway", min_length=1, max_length=64)
+    route_prefix: str = Field("/", pattern=r"^/([A-Za-z0-9_.~-]+(/[A-Za-z0-9_.~-]+)*)?$")
     stop_timeout_s: float = Field(60.0, gt=0)
 
 
@@ -95,6 +99,7 @@ def deploy_gateway(
     assets: Optional[WebAssets] = None,
     partytracks: Optional[PartyTracksSettings] = None,
     side_actors: bool = False,
+    route_prefix: str = "/",
 ) -> str:
     """Start Serve's ingress (HAProxy or the proxy) and run the gateway application;
     return its base URL.
@@ -129,10 +134,12 @@ def deploy_gateway(
             ``config.namespace`` and the warm pools run (what ``rooms serve`` and the
             Serve config do; off for tests, which would leave a detached scheduler per
             namespace).
+        route_prefix: the path the application is served under (``/``: the root).
 
     Returns:
-        ``"http://<host>:<port>"``, once Serve reports the application RUNNING (all
-        its replicas up) and ``GET /healthz`` answers 200.
+        ``"http://<host>:<port>"`` followed by the route prefix (nothing at ``/``),
+        once Serve reports the application RUNNING (all its replicas up) and its
+        ``GET /healthz`` answers 200.
 
     Raises:
         ValueError: neither a token secret nor dev mode is configured, or ``ingress``
@@ -166,8 +173,8 @@ def deploy_gateway(
     serve.run(application(config, auth, limits, replicas=replicas,
                           max_replicas_per_node=replicas_per_node, side_actors=side_actors,
                           assets=assets, partytracks=partytracks, env=env),
-              name=name, route_prefix="/", blocking=False)
-    url = f"http://{host}:{port}"
+              name=name, route_prefix=route_prefix, blocking=False)
+    url = f"http://{host}:{port}" + route_prefix.rstrip("/")
     deadline = time.monotonic() + ready_timeout_s
     while True:
         try:

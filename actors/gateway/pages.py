@@ -30,10 +30,11 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fastapi.responses import HTMLResponse, Response
 
-__all__ = ["WEB_DIST_ENV", "WebAssets", "index_page", "load_web_assets", "meeting_page",
+__all__ = ["WEB_DIST_ENV", "WebAssets", "base_path", "index_page", "load_web_assets", "meeting_page",
            "safe_return_path", "web_dist_dir"]
 
 WEB_DIST_ENV = "ROOMS_WEB_DIST"
@@ -62,7 +63,8 @@ border-bottom:1px solid #e5e5e0} #users .name{flex:1;font-weight:600}
 
 
 def _page(title: str, body: str, script: str | None = None) -> HTMLResponse:
-    tag = f'<script src="{script}" defer></script>' if script else ""
+    tag = (f'<script src="{html.escape(script, quote=True)}" defer></script>' if script
+           else "")
     return HTMLResponse(
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         '<meta name=viewport content="width=device-width,initial-scale=1">'
@@ -129,7 +131,15 @@ def safe_return_path(value: str | None, default: str = "/") -> str:
     return value
 
 
-def index_page(dev: bool, name: str | None, room: str | None = None) -> HTMLResponse:
+def base_path(request: Any) -> str:
+    """The path the gateway application is served under: Serve's route prefix, which
+    it gives the application as the ASGI ``root_path`` (``""`` at ``/``). Every link,
+    redirect and cookie path of the pages starts with it."""
+    return str(request.scope.get("root_path") or "").rstrip("/")
+
+
+def index_page(dev: bool, name: str | None, room: str | None = None, *,
+               base: str = "") -> HTMLResponse:
     """The start page: a name field (development mode) and a room field.
 
     Args:
@@ -137,6 +147,7 @@ def index_page(dev: bool, name: str | None, room: str | None = None) -> HTMLResp
             the session cookie).
         name: the caller's name if already known, to fill in.
         room: the room to fill in (default ``lobby``).
+        base: the application's route prefix (:func:`base_path`).
     """
     value = html.escape(name or "", quote=True)
     room_value = html.escape(room or "lobby", quote=True)
@@ -144,29 +155,30 @@ def index_page(dev: bool, name: str | None, room: str | None = None) -> HTMLResp
            f'value="{value}" autofocus></label>' if dev else
            f"<p>Signed in as <b>{html.escape(name)}</b></p>" if name else
            "<p>Sign in through your organisation's proxy first.</p>")
-    action = "/set-username" if dev else "/meet"
+    action = html.escape(base + ("/set-username" if dev else "/meet"), quote=True)
     method = "post" if dev else "get"
     body = (f"<h1>ray-rooms <small>meetings on Ray</small></h1>"
-            f"<form method={method} action={action}>{who}"
+            f"<form method={method} action=\"{action}\">{who}"
             "<label>Room <input name=room required maxlength=64 pattern=\"[A-Za-z0-9_.:\\-]+\" "
             f"value=\"{room_value}\"></label><button type=submit>Join</button></form>")
     return _page("ray-rooms", body)
 
 
-def meeting_page(room: str, name: str, assets: WebAssets) -> HTMLResponse:
+def meeting_page(room: str, name: str, assets: WebAssets, *, base: str = "") -> HTMLResponse:
     """The meeting page of ``room`` for user ``name`` (see the module docstring), or a
-    503 page saying how to build the script when it is missing."""
+    503 page saying how to build the script when it is missing. ``base`` is the
+    application's route prefix (:func:`base_path`): the script connects under it."""
     if not assets.built:
         response = _page("meeting page not built", "<h1>The meeting page is not built</h1>"
                          "<p>Run <code>rooms web build</code> (needs Node.js and npm), then "
                          "restart <code>rooms serve</code>.</p>")
         response.status_code = 503
         return response
-    config = json.dumps({"room": room, "name": name}).replace("<", "\\u003c")
+    config = json.dumps({"room": room, "name": name, "base": base}).replace("<", "\\u003c")
     body = (f"<h1>{html.escape(room)} <small id=status>connecting…</small></h1>"
             f'<script type="application/json" id="rooms-config">{config}</script>'
             "<div class=controls><button id=mic aria-pressed=true>Mic on</button>"
             "<button id=ai-toggle>Enable AI</button>"
             "<button id=ai-talk disabled>Hold to talk to AI</button></div>"
             "<p id=ai-state>AI off</p><ul id=users></ul><ul id=errors></ul>")
-    return _page(f"{room} · ray-rooms", body, "/web/meeting.js")
+    return _page(f"{room} · ray-rooms", body, base + "/web/meeting.js")

@@ -161,13 +161,16 @@ class PartyTracksProxy:
 
     # ---- the route ---------------------------------------------------------------------
 
-    async def handle(self, path: str, request: Request, user: str) -> Response:
+    async def handle(self, path: str, request: Request, user: str, *,
+                     base: str = "") -> Response:
         """Answer one ``/partytracks/<path>`` request of identified ``user``.
 
         Args:
             path: the part after ``/partytracks/`` (no leading slash).
             request: the HTTP request (method, query, cookies, body).
             user: the caller's name (already identified by the gateway).
+            base: the application's route prefix (the session lock cookie's path is
+                ``base + "/partytracks"``).
 
         Returns:
             The forwarded Calls answer, the ICE servers, or an error response
@@ -200,7 +203,7 @@ class PartyTracksProxy:
             created = self._session_id(upstream.content)
             if created is not None:
                 answer.set_cookie(SESSION_COOKIE_PREFIX + created, self._lock(created, user),
-                                  path=PREFIX, httponly=True, samesite="strict",
+                                  path=base + PREFIX, httponly=True, samesite="strict",
                                   secure=request.url.scheme == "https")
         return answer
 

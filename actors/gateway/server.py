@@ -29,7 +29,7 @@ from .bodies import read_body
 from .errors import BodyTooLarge, public_error
 from .limits import MAX_CONN_ID_CHARS, GatewayLimits
 from .quotas import IdentityQuotas
-from .pages import WebAssets, index_page, meeting_page, safe_return_path
+from .pages import WebAssets, base_path, index_page, meeting_page, safe_return_path
 from .partytracks import PartyTracksProxy, PartyTracksSettings
 from .registry import RoomRegistry
 from .websocket import serve_websocket
@@ -201,7 +201,7 @@ class GatewayServer:
     async def index(self, request: Request) -> Response:
         """The start page (:func:`actors.gateway.pages.index_page`); no identity needed."""
         return index_page(self.auth.dev_auth, self._name_or_none(request),
-                          request.query_params.get("room"))
+                          request.query_params.get("room"), base=base_path(request))
 
     async def set_username(self, request: Request) -> Response:
         """Development mode only (404 otherwise): take the form field ``username``, set
@@ -226,17 +226,20 @@ class GatewayServer:
             return JSONResponse({"error": str(error)}, status_code=400)
         except RoomsError as error:
             return public_error(error).response()
-        target = (f"/meet/{quote(room, safe='')}" if room
-                  else safe_return_path(request.query_params.get("return-url")))
+        base = base_path(request)
+        target = (f"{base}/meet/{quote(room, safe='')}" if room
+                  else safe_return_path(request.query_params.get("return-url"), base + "/"))
         response = RedirectResponse(target, status_code=303)
-        response.set_cookie(SESSION_COOKIE, value, max_age=7 * 86400, path="/", httponly=True,
-                            samesite="lax", secure=request.url.scheme == "https")
+        response.set_cookie(SESSION_COOKIE, value, max_age=7 * 86400, path=base + "/",
+                            httponly=True, samesite="lax",
+                            secure=request.url.scheme == "https")
         return response
 
     async def meet_redirect(self, request: Request) -> Response:
         """``GET /meet?room=<r>``: 303 to ``/meet/<r>`` (to ``/`` without a room)."""
         room = request.query_params.get("room", "").strip()
-        return RedirectResponse(f"/meet/{quote(room, safe='')}" if room else "/",
+        base = base_path(request)
+        return RedirectResponse(f"{base}/meet/{quote(room, safe='')}" if room else base + "/",
                                 status_code=303)
 
     async def meeting(self, room: str, request: Request) -> Response:
@@ -250,10 +253,11 @@ class GatewayServer:
         name = self._name_or_none(request)
         if name is None:
             if self.auth.dev_auth:
-                return RedirectResponse(f"/?room={quote(room, safe='')}", status_code=303)
+                return RedirectResponse(f"{base_path(request)}/?room={quote(room, safe='')}",
+                                        status_code=303)
             error = AuthError("sign in first (no token, proxy header or session cookie)")
             return public_error(error).response()
-        return meeting_page(room, name, self.assets)
+        return meeting_page(room, name, self.assets, base=base_path(request))
 
     async def web_asset(self, name: str) -> Response:
         """The meeting page's built script ``name`` (404 if there is none)."""
@@ -285,7 +289,7 @@ class GatewayServer:
                 return JSONResponse({"errorCode": "calls_not_configured",
                                      "errorDescription": "no Cloudflare Calls app is configured"},
                                     status_code=503)
-            return await proxy.handle(path, request, name)
+            return await proxy.handle(path, request, name, base=base_path(request))
 
         return await self._guard(request, None, work)
 

@@ -18,6 +18,8 @@ import { PartyTracks, getMic } from "partytracks/client";
 import { BehaviorSubject, combineLatest, of, shareReplay, switchMap } from "rxjs";
 
 const config = JSON.parse(document.getElementById("rooms-config").textContent);
+// the gateway's route prefix ("" at /): every URL of the page starts with it
+const base = (config.base || "").replace(/\/+$/, "");
 const connectionId = crypto.randomUUID();
 const $ = (id) => document.getElementById(id);
 
@@ -50,6 +52,7 @@ const socket = new PartySocket({
   host: location.host,
   protocol: location.protocol === "https:" ? "wss" : "ws",
   party: "rooms",
+  prefix: `${base.replace(/^\//, "")}${base ? "/" : ""}parties`,
   room: config.room,
   id: connectionId,
 });
@@ -82,7 +85,7 @@ window.addEventListener("beforeunload", () => send({ type: "userLeft" }));
 
 // ---- media: push the mic and the AI track, pull the others ---------------------------
 
-const partyTracks = new PartyTracks({ prefix: "/partytracks" });
+const partyTracks = new PartyTracks({ prefix: `${base}/partytracks` });
 meeting.calls = partyTracks; // its .history holds the last Calls requests (debugging)
 partyTracks.sessionError$.subscribe((error) => showError(`calls: ${error}`));
 
