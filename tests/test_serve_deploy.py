@@ -76,6 +76,32 @@ def _healthy(url: str, timeout: float = 180.0, replica_not: str | None = None) -
         time.sleep(0.5)
 
 
+def _rooms_serve_then_stop(head: RayHead, port: int, store: str) -> None:
+    """Run ``rooms serve --address <head>`` on Serve's port until it answers, then stop
+    it with SIGTERM (as an operator's Ctrl-C)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    env = {**head.env, "ROOMS_GATEWAY_APP_NAME": "cli-rooms", "ROOMS_STORE_URL": store,
+           "ROOMS_NAMESPACE": f"rooms-cli-{uuid.uuid4().hex[:6]}"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen([sys.executable, "-m", "actors.cli", "serve", "--dev",
+                             "--no-emulators", "--address", f"127.0.0.1:{head.port}",
+                             "--port", str(port), "--ingress", "proxy"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        _healthy(f"http://127.0.0.1:{port}", 180.0)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, output
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 def _epoch(store: str, room: str) -> int | None:
     async def load():
         s = open_store(store)
@@ -171,6 +197,11 @@ async def test_serve_deploy_runs_the_whole_system_without_a_driver(tmp_path):
             assert (await http.get(f"{url}/other/healthz")).status_code == 200
         for client in (a, b, q, b2):
             await client.ws.close()
+
+        # `rooms serve` joining this cluster: its stop deletes its own application only
+        await asyncio.to_thread(_rooms_serve_then_stop, head, port, store)
+        async with httpx.AsyncClient(timeout=10) as http:
+            assert (await http.get(f"{url}/other/healthz")).status_code == 200
     finally:
         await asyncio.to_thread(head.stop)
 
