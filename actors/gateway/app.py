@@ -25,7 +25,7 @@ from ray import serve
 from ..auth import AuthSettings
 from ..config import RoomsConfig
 from ..seam import limit_websocket_frames
-from .application import start_side_actors
+from ..side_actors import start_side_actors
 from .limits import GatewayLimits
 from .pages import WebAssets
 from .partytracks import PartyTracksSettings
@@ -47,7 +47,7 @@ class Gateway:
     Args:
         config, auth, limits, assets, partytracks: as :class:`GatewayServer`.
         side_actors: make sure the alarm scheduler and the warm pools run
-            (:func:`actors.gateway.application.start_side_actors`, in the background).
+            (:func:`actors.side_actors.start_side_actors`, in the background).
     """
 
     def __init__(self, config: RoomsConfig, auth: Optional[AuthSettings] = None,

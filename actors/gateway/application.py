@@ -31,9 +31,7 @@ runtime environment); ``rooms`` entries override it.
 
 from __future__ import annotations
 
-import logging
 import secrets
-import threading
 from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -42,10 +40,7 @@ from ..auth import AuthSettings
 from ..config import RoomsConfig
 from .limits import GatewayLimits
 
-__all__ = ["GatewayArgs", "application", "build", "resolve_auth", "start_side_actors"]
-
-log = logging.getLogger("ray.serve.ray_rooms.gateway")
-
+__all__ = ["GatewayArgs", "application", "build", "resolve_auth"]
 
 class GatewayArgs(BaseModel):
     """The Serve ``args`` of the application (see the module docstring).
@@ -114,7 +109,7 @@ def application(config: RoomsConfig, auth: AuthSettings, limits: GatewayLimits, 
         replicas: gateway replicas (>= 1).
         max_replicas_per_node: at most this many on one node, or ``None``.
         side_actors: each replica makes sure the alarm scheduler and the warm pools
-            run (:func:`start_side_actors`).
+            run (:func:`actors.side_actors.start_side_actors`).
         assets: the meeting page's script (default: the packaged build,
             :func:`actors.gateway.pages.load_web_assets`).
         partytracks: the Calls proxy's settings (default: the environment's).
@@ -165,35 +160,3 @@ def build(args: dict[str, Any]) -> Any:
                        replicas=parsed.replicas,
                        max_replicas_per_node=parsed.max_replicas_per_node,
                        side_actors=parsed.side_actors)
-
-
-def start_side_actors(config: RoomsConfig, *, background: bool = True) -> None:
-    """Make sure the alarm scheduler of ``config.namespace`` and a warm pool on every
-    node run (get-if-exists: idempotent; detached: they outlive this replica).
-
-    Args:
-        config: the rooms' settings (namespace, store, ``warm_workers``).
-        background: do it on a daemon thread (a replica's constructor must not wait
-            on the GCS); ``False``: here, now (tests).
-
-    Raises nothing: a failure is logged and the next replica start tries again
-    (without the scheduler, alarms of hibernated rooms wait; without a pool, rooms
-    start cold).
-    """
-    def run() -> None:
-        from ..scheduler import ensure_scheduler
-        from ..warmpool import ensure_warm_pools
-
-        try:
-            ensure_scheduler(config)
-        except Exception:  # noqa: BLE001 - logged; the next replica tries again
-            log.exception("could not start the alarm scheduler")
-        try:
-            ensure_warm_pools(config.warm_workers, config.store_url)
-        except Exception:  # noqa: BLE001
-            log.exception("could not start the warm pools")
-
-    if background:
-        threading.Thread(target=run, name="rooms-side-actors", daemon=True).start()
-    else:
-        run()
