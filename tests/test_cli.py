@@ -45,6 +45,12 @@ def test_send_show_ls(ray_session, unique_room, sqlite_url, monkeypatch, emu):
 
     update = {"type": "userUpdate", "user": {"id": "x", "name": "x", "raisedHand": True,
               "speaking": False, "joined": True, "tracks": {"audioUnavailable": False}}}
+    # send and show never create a room (tests/test_cli_production.py): the room is
+    # created the way a client creates one, by using it (here: its state, directly)
+    from actors.config import RoomsConfig
+    from actors.directory import get_room
+
+    ray_session.get(get_room(unique_room, RoomsConfig()).state.remote(), timeout=60)
     # a connection with no open socket acts over HTTP's own id, http:<name>
     result = runner.invoke(app, ["send", unique_room, "--as", "http:c1", json.dumps(update)])
     assert result.exit_code == 0, result.output
