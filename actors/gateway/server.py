@@ -29,6 +29,7 @@ from .bodies import read_body
 from .errors import BodyTooLarge, public_error
 from .limits import MAX_CONN_ID_CHARS, GatewayLimits
 from .quotas import IdentityQuotas
+from .memwatch import start_memory_watch
 from .pages import WebAssets, base_path, index_page, meeting_page, safe_return_path
 from .partytracks import PartyTracksProxy, PartyTracksSettings
 from .registry import RoomRegistry
@@ -77,6 +78,7 @@ class GatewayServer:
         if self.auth.dev_auth:
             log.warning("development mode: ?username= is accepted without a token and "
                         "every identity is an operator")
+        start_memory_watch()  # only with ROOMS_GATEWAY_MEMWATCH_S set
 
     @property
     def channels(self) -> dict:
