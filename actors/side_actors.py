@@ -31,8 +31,8 @@ def start_side_actors(config: RoomsConfig, *, background: bool = True) -> None:
     start cold).
     """
     def run() -> None:
-        from ..scheduler import ensure_scheduler
-        from ..warmpool import ensure_warm_pools
+        from .scheduler import ensure_scheduler
+        from .warmpool import ensure_warm_pools
 
         try:
             ensure_scheduler(config)

@@ -20,14 +20,18 @@ class RayHead:
     """``ray start --head --block`` with its own ports and temporary directory.
 
     Args:
-        tmp: a directory for Ray's session files.
+        tmp: unused beyond naming (Ray's session files go to a short directory of its
+            own under /tmp: Unix socket paths under pytest's long temporary paths pass
+            the 107-byte limit and ``ray start`` exits).
         resources: custom resources of the node (e.g. ``{"room_slot": 8}``).
         env: extra environment variables of the head (and so of every worker).
     """
 
     def __init__(self, tmp: Path, resources: dict[str, float] | None = None,
                  env: dict[str, str] | None = None) -> None:
-        self.tmp = tmp
+        import tempfile
+
+        self.tmp = Path(tempfile.mkdtemp(prefix="rh-", dir="/tmp"))
         self.resources = resources or {}
         self.port = free_port()
         self.dashboard_port = free_port()
@@ -84,9 +88,15 @@ class RayHead:
             return
         try:
             os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(30)
+            self.process.wait(10)
         except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         for pattern in (str(self.tmp),):  # what outlived it (raylet children)
             subprocess.run(["pkill", "-9", "-f", pattern], check=False)
         self.process = None
+        import shutil
+
+        shutil.rmtree(self.tmp, ignore_errors=True)

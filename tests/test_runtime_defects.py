@@ -115,7 +115,7 @@ class _Handle:
 @pytest.mark.parametrize("epoch, awake", [(5, False), (6, True)])
 async def test_a_hibernating_channel_learns_of_a_reactivation_from_the_rooms_epoch(
         monkeypatch, epoch, awake):
-    """Before: a channel compared the private ``handle._actor_id`` of the hibernated
+    """Before: a channel compared a private attribute of the actor handles (the hibernated
     actor and the one found now; if Ray renamed that attribute both were ``None``,
     compared equal, and a reactivation by another replica was never noticed. Now the
     room reports its activation epoch: newer than the one that hibernated is awake."""

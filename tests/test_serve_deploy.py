@@ -93,7 +93,17 @@ def _rooms_serve_then_stop(head: RayHead, port: int, store: str) -> None:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
-        _healthy(f"http://127.0.0.1:{port}", 180.0)
+        lines = []
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:  # up, and its SIGTERM handler installed
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("identity:"):
+                break
+        assert lines and lines[-1].startswith("identity:"), "".join(lines)
+        _healthy(f"http://127.0.0.1:{port}", 60.0)
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=120)
         assert proc.returncode == 0, output
@@ -151,6 +161,20 @@ async def test_serve_deploy_runs_the_whole_system_without_a_driver(tmp_path):
                          "both seated", 60)
         await a.ws.send(_update("a", "a/1"))
         await b.wait_for(lambda m: _shows(m, "a", "a/1"), "a's update at b", 30)
+        # the meeting's clients send heartbeats, as Orange's do (users without them for
+        # 15 s are swept by the alarm); sent on whatever socket each has now
+        live = {"a": a, "b": b}
+
+        async def heartbeats():
+            while True:
+                await asyncio.sleep(3)
+                for client in list(live.values()):
+                    try:
+                        await client.ws.send(json.dumps({"type": "heartbeat"}))
+                    except Exception:  # noqa: BLE001 - closed by the roll: reopened below
+                        pass
+
+        beating = asyncio.ensure_future(heartbeats())
 
         # a quiet room hibernates (idle 3 s); nobody calls it; the scheduler the
         # application started wakes it at its alarm (15 s after the first connect)
@@ -180,8 +204,11 @@ async def test_serve_deploy_runs_the_whole_system_without_a_driver(tmp_path):
         await asyncio.wait_for(a.closed.wait(), 120)
         second = await asyncio.to_thread(_healthy, url, 180.0, first)
         assert second != first
+        a2 = await open_client(f"{ws}/parties/rooms/{room}?_pk=a&username=alice")
         b2 = await open_client(f"{ws}/parties/rooms/{room}?_pk=b&username=bob")
+        live.update(a=a2, b=b2)
         await b2.wait_for(lambda m: _shows(m, "a", "a/1"), "the state after the roll", 60)
+        beating.cancel()
 
         # another application, then a config without ours: the other one stays up
         _deploy(head, tmp_path, _config(port, namespace, store, rate=120, other=True))
@@ -195,7 +222,7 @@ async def test_serve_deploy_runs_the_whole_system_without_a_driver(tmp_path):
                     return False
             await _until(ours_gone, "the rooms application to be deleted", 120)
             assert (await http.get(f"{url}/other/healthz")).status_code == 200
-        for client in (a, b, q, b2):
+        for client in (a, b, q, a2, b2):
             await client.ws.close()
 
         # `rooms serve` joining this cluster: its stop deletes its own application only
