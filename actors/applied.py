@@ -10,7 +10,16 @@ acknowledges them and re-sends the rest after the room reactivates; the room ski
 numbers it has applied. The HTTP message route does the same with an
 ``Idempotency-Key`` header.
 
-Both tables are bounded (the oldest entries are forgotten first) and a socket's entry
+A connection is owned by its newest socket: once a frame of a connection's new socket
+has been applied, its earlier sockets are *retired* and frames of theirs that arrive
+later are not applied. That is the case of a replica that died with frames of a socket
+in flight: its ``deliver`` call may still run in the room after the client reconnected
+through another replica and sent newer frames, and applying the old ones then would
+take the state back (a ``userUpdate`` older than the last one the client saw
+acknowledged). Frames of the old socket that reach the room before the new socket's
+first frame are applied as usual.
+
+The tables are bounded (the oldest entries are forgotten first) and a socket's entry
 is forgotten when the socket closes. Idempotency keys are kept per identity (the
 authenticated sender), each identity's own bounded table, so that no identity's keys can
 push another's out.
@@ -43,13 +52,27 @@ class AppliedFrames:
             keys = {}
         self._keys: dict[str, dict[str, None]] = {
             identity: dict.fromkeys(values) for identity, values in keys.items()}
+        self._writer: dict[str, str] = dict(record.get("writers", {}))  # conn -> socket
+        self._retired: dict[str, None] = dict.fromkeys(record.get("retired", []))
         self.max_sockets = max_sockets
         self.max_keys = max_keys
         self.max_identities = max_identities
 
-    def apply_frame(self, socket: str, number: int) -> bool:
-        """Record that frame ``number`` of ``socket`` is being applied; return ``False``
-        (and record nothing) if it, or a later frame of the socket, was applied before."""
+    def apply_frame(self, socket: str, number: int, conn: str | None = None) -> bool:
+        """Record that frame ``number`` of ``socket`` (a socket of connection ``conn``)
+        is being applied; return ``False`` (and record nothing) if it, or a later frame
+        of the socket, was applied before, or if the socket is retired (a newer socket
+        of ``conn`` has had a frame applied; see the module docstring)."""
+        if socket in self._retired:
+            return False
+        if conn is not None:
+            previous = self._writer.pop(conn, None)
+            self._writer[conn] = socket  # most recently used goes last
+            if previous is not None and previous != socket:
+                self._retired[previous] = None
+                self._frames.pop(previous, None)
+                _trim(self._retired, self.max_sockets)
+            _trim(self._writer, self.max_sockets)
         last = self._frames.pop(socket, 0)
         self._frames[socket] = max(last, number)  # most recently used goes last
         if number <= last:
@@ -80,6 +103,13 @@ class AppliedFrames:
         self._frames.pop(socket, None)
 
     def record(self) -> dict[str, Any]:
-        """A copy of both tables for a snapshot (msgpack-friendly)."""
+        """A copy of the tables for a snapshot (msgpack-friendly)."""
         return {"frames": dict(self._frames),
-                "keys": {identity: list(keys) for identity, keys in self._keys.items()}}
+                "keys": {identity: list(keys) for identity, keys in self._keys.items()},
+                "writers": dict(self._writer), "retired": list(self._retired)}
+
+
+def _trim(table: dict, size: int) -> None:
+    """Forget the oldest keys of ``table`` beyond ``size`` (insertion order)."""
+    while len(table) > size:
+        table.pop(next(iter(table)))

@@ -64,7 +64,7 @@ class Outbox:
         self._wakeup = asyncio.Event()
         self._waiting: Counter[str | None] = Counter()  # pollers waiting in wait()
         self._claimed: dict[str, int] = {}  # poller -> newest seq its deliver returned
-        self._claiming: set[str] = set()  # pollers whose deliver is staging turns now
+        self._claiming: Counter[str] = Counter()  # pollers with a deliver under way
         self._cursors: dict[str, int] = {}  # poller -> the newest cursor it sent
         self._cursor_at: dict[str, float] = {}  # poller -> when it sent it (monotonic s)
         self._conn_poller: dict[str, str] = {}  # conn -> poller of its last socket
@@ -89,25 +89,37 @@ class Outbox:
         wakeup.set()
 
     @contextmanager
-    def claiming(self, poller: str | None, newest: Callable[[], int]) -> Iterator[None]:
-        """While the block stages a ``deliver`` batch, claim for ``poller`` everything
-        released; when it ends, claim up to ``newest()`` (the newest sequence number a
-        turn was given: the call returns all of them). On an error the previous claim
-        stays, and the waiting polls are woken to see what was released."""
+    def claiming(self, poller: str | None) -> Iterator[None]:
+        """While a ``deliver`` of ``poller`` runs (its turns, their save, and reading
+        its result), entries released do not wake ``poller``'s poll: the call returns
+        them. The call then records what it returned with :meth:`claim`. If it fails,
+        nothing more is claimed and the waiting polls are woken to see what was
+        released (a claim must never cover an entry the caller was not given: its poll
+        would never wake for it)."""
         if poller is None:
             yield
             return
-        self._claiming.add(poller)
+        self._claiming[poller] += 1
         try:
             yield
         except BaseException:
+            self._release_claiming(poller)
             self.wake()
             raise
         else:
-            self._claimed[poller] = newest()
+            self._release_claiming(poller)
+
+    def _release_claiming(self, poller: str) -> None:
+        self._claiming[poller] -= 1
+        if self._claiming[poller] <= 0:
+            del self._claiming[poller]
+
+    def claim(self, poller: str | None, upto: int) -> None:
+        """Record that ``poller``'s ``deliver`` returned every released entry up to
+        ``upto``: its poll skips them."""
+        if poller is not None:
+            self._claimed[poller] = max(self._claimed.get(poller, 0), upto)
             _bounded(self._claimed, 256)  # pollers of replicas long gone
-        finally:
-            self._claiming.discard(poller)
 
     # ---- reading -----------------------------------------------------------------------
 

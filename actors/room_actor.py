@@ -237,16 +237,13 @@ class RoomActor:
 
     # ---- turns ------------------------------------------------------------------------
 
-    async def _turns(self, hooks: Sequence[tuple[Hook, str | None]],
-                     poller: str | None = None) -> None:
+    async def _turns(self, hooks: Sequence[tuple[Hook, str | None]]) -> None:
         """Run ``hooks`` as turns, one at a time through the input gate, and return once
         the snapshot holding all of them is durable (they share one save).
 
         Args:
             hooks: ``[(hook, kind)]``; ``kind`` names the turn for metrics (``None``:
                 the type of the message the room just handled).
-            poller: the gateway poller whose ``deliver`` runs these turns; what they
-                release is claimed for it (see :meth:`Outbox.claiming`).
 
         Raises:
             RoomHibernating: the room is exiting; no hook ran.
@@ -260,12 +257,11 @@ class RoomActor:
         async with self._gate:
             self._refuse_if_exiting()  # hibernate() may have taken the gate first
             version = self._version
-            with self.outbox.claiming(poller, lambda: self._next_seq - 1):
-                for hook, kind in hooks:
-                    fx = hook(room, self._clock())
-                    kinds.append(kind or room.last_message_type)
-                    effects.append(fx)
-                    version = self._stage(fx)
+            for hook, kind in hooks:
+                fx = hook(room, self._clock())
+                kinds.append(kind or room.last_message_type)
+                effects.append(fx)
+                version = self._stage(fx)
         await self._commit_through(version)
         for fx in effects:
             self._after_turn(fx)
@@ -580,10 +576,16 @@ class RoomActor:
                 send the batch again (no frame of it was handled).
         """
         self.outbox.note_cursor(poller, cursor)
-        await self._turns([(self._frame_hook(*frame), None) for frame in frames], poller)
-        if cursor is None:
-            return Delivery(cursor=self.outbox.released, epoch=self.epoch)
-        return dataclasses.replace(self.outbox.since(cursor), epoch=self.epoch)
+        # until the result is read, entries released do not wake this poller's poll
+        # (the result carries them); the claim then covers exactly what it carries
+        with self.outbox.claiming(poller):
+            await self._turns([(self._frame_hook(*frame), None) for frame in frames])
+            if cursor is None:
+                result = Delivery(cursor=self.outbox.released)
+            else:
+                result = self.outbox.since(cursor)
+                self.outbox.claim(poller, result.cursor)
+        return dataclasses.replace(result, epoch=self.epoch)
 
     def _frame_hook(self, conn: str, text: str | bytes, socket: str | None = None,
                     number: int | None = None) -> Hook:
@@ -592,7 +594,7 @@ class RoomActor:
         def hook(room: Room, now: float) -> Effects:
             if socket is None or number is None:
                 return room.on_message(conn, text, now)
-            first = self.applied.apply_frame(socket, number)
+            first = self.applied.apply_frame(socket, number, conn)
             return self._apply_once(room, conn, text, now, first)
 
         return hook

@@ -189,6 +189,7 @@ async def chaos(base_url: str, faults: list[Fault], *, writers: int = 4,
 
     async def send_until(w: str, frame: str, done: Callable[[], bool]) -> None:
         """Send ``frame`` until ``done()``; resend after an error or a reopen."""
+        began, told = time.monotonic(), False
         while not stop.is_set():
             client = await socks.socket(w)
             start = len(client.messages)
@@ -200,6 +201,12 @@ async def chaos(base_url: str, faults: list[Fault], *, writers: int = 4,
             while not stop.is_set():
                 if done():
                     return
+                if not told and time.monotonic() - began > 5:
+                    told = True
+                    progress(f"  {w} has waited 5 s for {json.loads(frame)['type']} "
+                             f"(socket {len(socks.history[w])}, replica "
+                             f"{socks.replicas.get(w, '?')}, last: "
+                             f"{[m['type'] for m in client.messages[-3:]]})")
                 errors = [m for m in client.messages[start:] if m["type"] == "error"]
                 if errors:
                     result.errors[errors[0]["error"][:80]] += 1
@@ -266,7 +273,9 @@ async def chaos(base_url: str, faults: list[Fault], *, writers: int = 4,
                 result.heal_s.append(healed - started)
                 result.stall_s.append(stall)
                 progress(f"{label}: healed in {healed - started:.2f} s, slowest writer "
-                         f"{'never' if stall is None else f'{stall:.2f} s'} after")
+                         f"{'never' if stall is None else f'{stall:.2f} s'} after ("
+                         + ", ".join(f"{w} {'-' if f is None else f'{f:.2f}'}"
+                                     for w, f in zip(names, firsts)) + ")")
                 await asyncio.sleep(settle_s)
         stop.set()
         await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)

@@ -131,3 +131,67 @@ async def test_a_hibernating_channel_learns_of_a_reactivation_from_the_rooms_epo
                         lambda name, ns: _Handle(epoch, loop))
     await channel._await_reactivation()
     assert channel.state is (ChannelState.POLLING if awake else ChannelState.HIBERNATING)
+
+
+async def test_a_late_frame_of_a_replaced_socket_does_not_take_the_state_back():
+    """Found by the chaos benchmark (2 rounds: 2 of 4 writers' acknowledged updates
+    lost): a replica dies with a batch of socket S1 in flight; the client reconnects
+    through another replica as S2 and sends newer updates; the dead replica's
+    ``deliver`` then runs in the room. Before, S1's old update was applied last and the
+    state went back. Now a connection is owned by its newest socket: once S2's frame
+    is applied, S1 is retired; S1's frames that come first are still applied. The
+    retirement is part of the snapshot (it survives a restart)."""
+    from actors.applied import AppliedFrames
+    from actors.wire import Frame
+
+    def update(n: int) -> str:
+        import json
+        return json.dumps({"type": "userUpdate", "user": {
+            "id": "a", "name": "a", "raisedHand": False, "speaking": False, "joined": True,
+            "tracks": {"audioUnavailable": False, "audio": f"a/{n}"}}})
+
+    def audio(state: dict) -> str:
+        return next(u["tracks"]["audio"] for u in state["users"] if u["id"] == "a")
+
+    store = MemoryStore()
+    actor = RoomActor("retire-room", RoomsConfig(idle_timeout=0), store=store)
+    await actor.connect("a", "alice", None, "S1")
+    await actor.deliver([Frame("a", update(1), "S1", 1)], None)
+    await actor.connect("a", "alice", None, "S2")
+    await actor.deliver([Frame("a", update(2), "S1", 2)], None)  # S1's, before S2's: applied
+    assert audio(await actor.state()) == "a/2"
+    await actor.deliver([Frame("a", update(3), "S2", 1)], None)
+    await actor.deliver([Frame("a", update(1), "S1", 3)], None)  # the dead replica's, late
+    assert audio(await actor.state()) == "a/3"
+
+    again = AppliedFrames(actor.applied.record())  # as a restarted room loads it
+    assert again.apply_frame("S1", 9, "a") is False
+    assert again.apply_frame("S2", 2, "a") is True
+
+
+async def test_a_failed_deliver_claims_nothing_so_its_pollers_poll_still_wakes():
+    """Found by the chaos benchmark (a writer stalled ~25 s, a poll timeout, after the
+    store came back): a ``deliver`` claimed for its poller every sequence number its
+    turns were given as soon as they were staged; when the save then failed, the
+    deliver returned an error, not the entries, yet the poller's poll skipped them when
+    they were released later. Now a deliver claims only what its result carries."""
+    from actors.outbox import Outbox
+    from actors.wire import OutboxEntry
+
+    outbox = Outbox(100)
+    with pytest.raises(RuntimeError):
+        with outbox.claiming("P"):
+            raise RuntimeError("storage unavailable")  # the batch's save failed
+    waiting = asyncio.ensure_future(outbox.wait(0, 5.0, "P", lambda: False))
+    await asyncio.sleep(0.05)
+    outbox.publish(OutboxEntry(seq=1, to="all", data="{}"))  # released after the store is back
+    result = await asyncio.wait_for(waiting, 1.0)
+    assert [e.seq for e in result.entries] == [1]
+
+    # a deliver that returned entries up to 1 claims exactly those
+    with outbox.claiming("P"):
+        outbox.claim("P", 1)
+    later = asyncio.ensure_future(outbox.wait(1, 5.0, "P", lambda: False))
+    await asyncio.sleep(0.05)
+    outbox.publish(OutboxEntry(seq=2, to="all", data="{}"))
+    assert [e.seq for e in (await asyncio.wait_for(later, 1.0)).entries] == [2]
