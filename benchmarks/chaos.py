@@ -3,7 +3,8 @@ gateway replica killed, the PostgreSQL server stopped and restarted, against a r
 gateway, checked from the clients' side.
 
 Each writer is one socket in the room and behaves as a careful partysocket client: one
-frame in flight at a time. It sends a ``userUpdate`` with a counter and waits until a
+frame in flight at a time, and a heartbeat every 4 s (over HTTP as its own connection,
+so that an ``error`` on its socket is always its frame's). It sends a ``userUpdate`` with a counter and waits until a
 ``roomState`` shows it; then a ``directMessage`` to the next writer, and waits until that
 writer received it. A frame answered with an ``error`` (the store is down, the room
 could not be reached) was not applied: the writer sends it again. A socket that closes
@@ -251,7 +252,22 @@ async def chaos(base_url: str, faults: list[Fault], *, writers: int = 4,
                                             "message": text}), arrived(target, text))
             moved[w].append(time.monotonic())
 
+    async def heartbeats(w: str) -> None:
+        """Orange's client sends a heartbeat every 5 s (the room sweeps users without
+        one for 15 s, closing their sockets). Sent over HTTP as the writer's own
+        connection, so that an ``error`` on its socket is always its frame's."""
+        async with httpx.AsyncClient(base_url=base_url, timeout=5) as http:
+            while not stop.is_set():
+                try:
+                    await http.post(f"/rooms/{room}/messages",
+                                    params={"conn": w, "username": w},
+                                    content=b'{"type":"heartbeat"}')
+                except httpx.HTTPError:
+                    pass  # the room or the store is down: the next one
+                await asyncio.sleep(4.0)
+
     tasks = [asyncio.ensure_future(writer(w)) for w in names]
+    tasks += [asyncio.ensure_future(heartbeats(w)) for w in names]
     try:
         async with httpx.AsyncClient(base_url=base_url) as http:
             await asyncio.sleep(settle_s)
