@@ -67,3 +67,19 @@ async def until_reconnected(connect: Callable[[], Awaitable[T]], timeout: float 
         except Exception as error:  # noqa: BLE001 - refused or 502/503 while Serve replaces it
             assert time.monotonic() < deadline, f"no replica took the reconnect: {error}"
             await asyncio.sleep(0.5)
+
+
+def read_until_serving(proc, timeout: float = 120.0) -> list[str]:
+    """The output lines of a ``rooms serve`` subprocess (text stdout) up to and
+    including its ``identity:`` line, which it prints once it serves and its SIGTERM
+    handler is in place; fewer if it exits or ``timeout`` seconds pass first."""
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith("identity:"):
+            break
+    return lines

@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from actors.cli import app
+from tests.gateways import read_until_serving
 from bridges.local import start_emulators
 
 from .conftest import TEST_NAMESPACE
@@ -111,16 +112,8 @@ def test_serve_tells_how_to_reach_the_dashboard_and_stops_quietly(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "actors.cli", "serve", "--port", "0",
                              "--dev"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=env, cwd=tmp_path)
-    lines: list[str] = []
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if line.startswith("identity:"):
-                break
+        lines = read_until_serving(proc, 120)
         dashboard = [l for l in lines if l.startswith("dashboard")]
         assert dashboard, "".join(lines)
         assert "ray get-auth-token" in dashboard[0], dashboard[0]

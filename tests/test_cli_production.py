@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from actors.auth import verify_claims
 from actors.cli import app
+from tests.gateways import read_until_serving
 
 from .conftest import TEST_NAMESPACE
 
@@ -95,16 +96,8 @@ def test_dev_mode_from_the_environment_is_announced_and_a_stop_is_bounded_withou
     proc = subprocess.Popen([sys.executable, "-m", "actors.cli", "serve", "--port", "0",
                              "--no-emulators"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    lines: list[str] = []
     try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if line.startswith("identity:"):
-                break
+        lines = read_until_serving(proc, 240)
         output = "".join(lines)
         assert "WARNING: development mode is on (ROOMS_DEV_AUTH=true" in output, output
         assert "calls emulator" not in output and "AI agent" in output, output

@@ -24,6 +24,7 @@ import yaml
 
 from actors.net import free_port
 from storage import decode_snapshot, open_store
+from tests.gateways import read_until_serving
 from tests.rayhead import RayHead
 from tests.wsclient import open_client
 
@@ -93,15 +94,7 @@ def _rooms_serve_then_stop(head: RayHead, port: int, store: str) -> None:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
-        lines = []
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:  # up, and its SIGTERM handler installed
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if line.startswith("identity:"):
-                break
+        lines = read_until_serving(proc, 180)
         assert lines and lines[-1].startswith("identity:"), "".join(lines)
         _healthy(f"http://127.0.0.1:{port}", 60.0)
         proc.send_signal(signal.SIGTERM)
