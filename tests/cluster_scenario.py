@@ -297,8 +297,18 @@ async def run(pg_url: str, held: dict[str, Any]) -> dict[str, Any]:
             lambda self: ray.get_runtime_context().get_node_id()), timeout=30)}
 
     # 6. after both losses, every room is still listed, now on the head node
-    facts["list_room_actors"] = [{"room": r["room"], "node": r["node"]}
-                                 for r in list_room_actors(namespace)]
+    # (a room that was on the lost node may still be restarting: wait until Ray has
+    # placed every room again, up to 60 s, and say how long that took)
+    listed_at = time.monotonic()
+    while True:
+        rows = list_room_actors(namespace)
+        alive = {r["room"] for r in rows if r["state"] == "ALIVE" and r["node"]}
+        if set(facts["placement"]) <= alive or time.monotonic() - listed_at > 60:
+            break
+        await asyncio.sleep(0.5)
+    facts["list_room_actors_after_s"] = round(time.monotonic() - listed_at, 2)
+    facts["list_room_actors"] = [{"room": r["room"], "node": r["node"], "state": r["state"]}
+                                 for r in rows]
 
     beating.cancel()
     for s in sockets:
