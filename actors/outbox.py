@@ -18,7 +18,11 @@ its ``LongPollHost`` and the actors that embed it.
 The outbox also keeps what a reconnect is owed: which socket each connection has now
 (so a close that a reconnect overtook is recognised as stale), the last sequence
 number each closed socket was sent, and each poller's newest cursor (for a replica that
-died without closing its sockets). All of it lasts for one activation and is bounded.
+died without closing its sockets). That *readers' table* is part of the room's snapshot
+(:meth:`Outbox.readers`): a socket that stayed open across a restart of the room is
+still owed what its replica did not send it when that replica dies later. It is
+bounded: the connections the room has, the last 256 closes, the 64 pollers heard from
+most recently.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import logging
 import time
 from collections import Counter, deque
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Any, Callable, Collection, Iterator
 
 from .wire import Delivery, OutboxEntry
 
@@ -54,9 +58,15 @@ class Outbox:
         size: entries kept; a reader further behind gets ``gap`` (it resends state).
         released: the sequence number released last before this activation (entries
             up to it are gone with the previous process).
+        readers: the readers' table a previous activation saved (:meth:`readers`), or
+            ``None``.
     """
 
-    def __init__(self, size: int, released: int = 0) -> None:
+    _SAVED_CLOSES = 256
+    _SAVED_POLLERS = 64
+
+    def __init__(self, size: int, released: int = 0,
+                 readers: dict[str, Any] | None = None) -> None:
         self._entries: deque[OutboxEntry] = deque(maxlen=size)
         self._seqs: deque[int] = deque(maxlen=size)
         self.released = released
@@ -70,6 +80,44 @@ class Outbox:
         self._conn_poller: dict[str, str] = {}  # conn -> poller of its last socket
         self._conn_socket: dict[str, str] = {}  # conn -> id of its current socket
         self._conn_delivered: dict[str, int] = {}  # conn -> last seq its closed socket had
+        if readers:
+            self._restore(readers)
+
+    # ---- the readers' table in the snapshot -------------------------------------------
+
+    def readers(self, connections: Collection[str]) -> dict[str, Any]:
+        """The readers' table for the room's snapshot (msgpack-friendly).
+
+        Args:
+            connections: the connection ids the room has now (only theirs are kept).
+
+        Returns:
+            ``{"conns": {conn: [poller, socket]}, "delivered": {conn: seq},
+            "cursors": {poller: seq}}``: which poller and socket serve each connection,
+            the last sequence number sent to each of the last 256 closed sockets, and
+            the newest cursor of the 64 pollers heard from most recently.
+        """
+        conns = {conn: [self._conn_poller.get(conn), self._conn_socket.get(conn)]
+                 for conn in connections
+                 if conn in self._conn_poller or conn in self._conn_socket}
+        delivered = dict(list(self._conn_delivered.items())[-self._SAVED_CLOSES:])
+        recent = list(self._cursor_at)[-self._SAVED_POLLERS:]
+        cursors = {p: self._cursors[p] for p in recent if p in self._cursors}
+        return {"conns": conns, "delivered": delivered, "cursors": cursors}
+
+    def _restore(self, readers: dict[str, Any]) -> None:
+        """Load a saved readers' table; its pollers count as heard from now."""
+        for conn, (poller, socket) in dict(readers.get("conns") or {}).items():
+            if poller is not None:
+                self._conn_poller[str(conn)] = str(poller)
+            if socket is not None:
+                self._conn_socket[str(conn)] = str(socket)
+        self._conn_delivered.update({str(c): int(s) for c, s in
+                                     dict(readers.get("delivered") or {}).items()})
+        now = time.monotonic()
+        for poller, cursor in dict(readers.get("cursors") or {}).items():
+            self._cursors[str(poller)] = int(cursor)
+            self._cursor_at[str(poller)] = now
 
     # ---- writing -----------------------------------------------------------------------
 

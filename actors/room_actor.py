@@ -203,6 +203,7 @@ class RoomActor:
         # a failed one (StorageUnavailable) must not publish the restored entries twice.
         restored: list[OutboxEntry] = []
         released = 0
+        readers = None
         self._pending.clear()
         self._next_seq = 1
         self.applied = AppliedFrames()
@@ -215,7 +216,8 @@ class RoomActor:
             restored = [OutboxEntry.from_record(r) for r in snapshot.state.get("outbox", [])]
             released = snapshot.seq - len(restored)
             self.applied = AppliedFrames(snapshot.state.get("applied"))
-        self.outbox = Outbox(self.config.outbox_size, released=released)
+            readers = snapshot.state.get("readers")
+        self.outbox = Outbox(self.config.outbox_size, released=released, readers=readers)
         self._durable_state = ({"room": data.model_dump(mode="json", exclude_none=True),
                                 "applied": self.applied.record()}, self._next_seq - 1)
         room = self._new_room(data)
@@ -302,7 +304,8 @@ class RoomActor:
 
     def _snapshot(self) -> tuple[int, bytes, dict[str, Any], int]:
         """The state to save now: (version, encoded record, state, sequence). The state
-        is ``{"room": RoomData, "outbox": [entries], "applied": frames}``; the entries
+        is ``{"room": RoomData, "outbox": [entries], "applied": frames, "readers":
+        table}`` (the readers' table: :meth:`Outbox.readers`); the entries
         are a run of consecutive sequence numbers ending at the record's sequence: the
         released ones a live gateway replica may not have read yet
         (:meth:`Outbox.unacknowledged`: a replica's long-poll may have died with the
@@ -313,7 +316,8 @@ class RoomActor:
         unreleased = [e.record() for e in unread]
         unreleased += [e.record() for _, entries, _ in self._pending for e in entries]
         state = {"room": room.data.model_dump(mode="json", exclude_none=True),
-                 "outbox": unreleased, "applied": self.applied.record()}
+                 "outbox": unreleased, "applied": self.applied.record(),
+                 "readers": self.outbox.readers(room.data.connections)}
         seq = self._next_seq - 1
         data = encode_snapshot(Snapshot(self.room_id, self.epoch, seq, state))
         return self._version, data, state, seq
@@ -575,6 +579,10 @@ class RoomActor:
             RoomHibernating: the actor is exiting; reactivate through ``get_room`` and
                 send the batch again (no frame of it was handled).
         """
+        # activate first: an activation builds a new outbox, which must hold the cursor
+        # and the claim (before, the first deliver to a new activation noted them on
+        # the outbox it then replaced)
+        await self._ensure_active()
         self.outbox.note_cursor(poller, cursor)
         # until the result is read, entries released do not wake this poller's poll
         # (the result carries them); the claim then covers exactly what it carries

@@ -98,7 +98,8 @@ class ChaosResult:
                 f"messages: {self.dms_sent} sent, {len(self.dms_lost)} lost, "
                 f"{len(self.dms_twice)} twice, {len(self.replayed)} replayed after a "
                 f"replica died; lost acknowledged updates: {len(self.lost_updates)}; "
-                f"reconnects: {self.reconnects}; error replies: {dict(self.errors)}")
+                f"reconnects: {self.reconnects}; error replies: {dict(self.errors)}"
+                + (f"; lost: {self.dms_lost[:10]}" if self.dms_lost else ""))
 
 
 class Writers:
