@@ -70,10 +70,12 @@ class ChaosResult:
             replica died (at least once by design, see the module docstring).
         lost_updates: writers whose last acknowledged update is not in the final state.
         reconnects: sockets opened again.
+        close_codes: why the reopened sockets had closed (``"code reason"``: count).
         errors: ``error`` replies, by text (each made the writer resend).
     """
 
     faults: list[str] = field(default_factory=list)
+    close_codes: dict[str, int] = field(default_factory=dict)
     heal_s: list[float] = field(default_factory=list)
     stall_s: list[float | None] = field(default_factory=list)
     dms_sent: int = 0
@@ -98,7 +100,7 @@ class ChaosResult:
                 f"messages: {self.dms_sent} sent, {len(self.dms_lost)} lost, "
                 f"{len(self.dms_twice)} twice, {len(self.replayed)} replayed after a "
                 f"replica died; lost acknowledged updates: {len(self.lost_updates)}; "
-                f"reconnects: {self.reconnects}; error replies: {dict(self.errors)}"
+                f"reconnects: {self.reconnects} {self.close_codes}; error replies: {dict(self.errors)}"
                 + (f"; lost: {self.dms_lost[:10]}" if self.dms_lost else ""))
 
 
@@ -119,6 +121,8 @@ class Writers:
         self.history: dict[str, list[Client]] = {w: [] for w in names}
         self.reopened_after: dict[str, float] = {}
         self.reconnects = 0
+        self.close_codes: Counter[str] = Counter()
+        """Why the sockets that were reopened had closed (``code reason``)."""
 
     @property
     def replicas(self) -> dict[str, str]:
@@ -140,6 +144,8 @@ class Writers:
                 await asyncio.sleep(0.2)
         if w in self.sockets:
             self.reconnects += 1
+            old = self.sockets[w].ws
+            self.close_codes[f"{old.close_code} {old.close_reason or ''}".strip()] += 1
             self.reopened_after[w] = time.monotonic()
         self.sockets[w] = client
         self.history[w].append(client)
@@ -292,7 +298,9 @@ async def chaos(base_url: str, faults: list[Fault], *, writers: int = 4,
                 progress(f"{label}: healed in {healed - started:.2f} s, slowest writer "
                          f"{'never' if stall is None else f'{stall:.2f} s'} after ("
                          + ", ".join(f"{w} {'-' if f is None else f'{f:.2f}'}"
-                                     for w, f in zip(names, firsts)) + ")")
+                                     for w, f in zip(names, firsts)) + ")"
+                         + (f"; sockets closed so far: {dict(socks.close_codes)}"
+                            if socks.close_codes else ""))
                 await asyncio.sleep(settle_s)
         stop.set()
         await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
@@ -318,6 +326,7 @@ async def chaos(base_url: str, faults: list[Fault], *, writers: int = 4,
              for u in state["users"]}
     result.lost_updates = [w for w in names if final.get(w, 0) < applied[w]]
     result.reconnects = socks.reconnects
+    result.close_codes = dict(socks.close_codes)
     for w in names:
         await socks.sockets[w].ws.close()
     return result
