@@ -435,6 +435,7 @@ class RoomActor:
         """Leave the process: with ``restart`` Ray restarts the actor from its snapshot;
         without, the actor exits for good (a zombie of an older epoch frees its name)."""
         metrics.room_stopped(self.room_id)
+        metrics.flush_before_exit()
         self.lifecycle = Lifecycle.STOPPED
         if restart and _in_ray_actor():
             os._exit(1)
@@ -752,6 +753,7 @@ class RoomActor:
         await asyncio.sleep(0.05)  # let the pollers' answers leave
         log.info("room %s hibernates", self.room_id)
         metrics.room_hibernated(self.room_id)
+        metrics.flush_before_exit()  # a short-lived room's counts leave with it
         if self._store is not None:
             await self._store.close()  # a networked store's connection goes with it
         self._exit()

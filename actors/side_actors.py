@@ -1,6 +1,6 @@
 """The system's side actors: the namespace's alarm scheduler (wakes hibernated rooms
-whose alarm is due, :mod:`actors.scheduler`) and a warm pool on every node
-(:mod:`actors.warmpool`). Both are detached named actors started with get-if-exists,
+whose alarm is due, :mod:`actors.scheduler`), a warm pool on every node
+(:mod:`actors.warmpool`) and the metrics sink (:mod:`actors.metrics_sink`). All are detached named actors started with get-if-exists,
 so starting them is idempotent and they outlive whoever started them; every gateway
 replica of a Serve application built with ``side_actors`` makes sure they run
 (:mod:`actors.gateway.application`)."""
@@ -18,8 +18,8 @@ log = logging.getLogger("ray.serve.ray_rooms.gateway")
 
 
 def start_side_actors(config: RoomsConfig, *, background: bool = True) -> None:
-    """Make sure the alarm scheduler of ``config.namespace`` and a warm pool on every
-    node run (get-if-exists: idempotent; detached: they outlive this replica).
+    """Make sure the alarm scheduler of ``config.namespace``, a warm pool on every
+    node and the metrics sink run (get-if-exists: idempotent; detached: they outlive this replica).
 
     Args:
         config: the rooms' settings (namespace, store, ``warm_workers``).
@@ -31,6 +31,7 @@ def start_side_actors(config: RoomsConfig, *, background: bool = True) -> None:
     start cold).
     """
     def run() -> None:
+        from .metrics_sink import ensure_sink
         from .scheduler import ensure_scheduler
         from .warmpool import ensure_warm_pools
 
@@ -42,6 +43,10 @@ def start_side_actors(config: RoomsConfig, *, background: bool = True) -> None:
             ensure_warm_pools(config.warm_workers, config.store_url)
         except Exception:  # noqa: BLE001
             log.exception("could not start the warm pools")
+        try:
+            ensure_sink()
+        except Exception:  # noqa: BLE001 - the first process that reports starts it
+            log.exception("could not start the metrics sink")
 
     if background:
         threading.Thread(target=run, name="rooms-side-actors", daemon=True).start()

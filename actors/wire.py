@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Literal, Mapping, NamedTuple, TypeVar
 
-__all__ = ["Activity", "AiFacts", "Delivery", "Frame", "OutboxEntry", "Placement",
-           "Recipients", "RoomInfo"]
+__all__ = ["Activity", "AiFacts", "Delivery", "Frame", "MetricsReport", "OutboxEntry",
+           "Placement", "Recipients", "RoomInfo"]
 
 T = TypeVar("T")
 
@@ -225,3 +225,26 @@ class Placement:
     pid: int
     lifecycle: str
     preloaded_at: float | None = None
+
+
+MetricKey = tuple[str, tuple[str, ...]]
+"""A metric's name and its tag values, in the order of its catalogue entry's tags."""
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsReport:
+    """What one process recorded since its previous report (:mod:`actors.metrics`), as
+    it sends it to the metrics sink (:mod:`actors.metrics_sink`).
+
+    Attributes:
+        process: an id of the reporting process (random, per process).
+        counters: ``{(name, tags): increment}``.
+        histograms: ``{(name, tags): [count per bucket]}``: one count per bucket of
+            the metric's boundaries, then the overflow bucket.
+        gauges: ``{(name, tags): this process's current value}``.
+    """
+
+    process: str
+    counters: dict[MetricKey, float] = field(default_factory=dict)
+    histograms: dict[MetricKey, list[int]] = field(default_factory=dict)
+    gauges: dict[MetricKey, float] = field(default_factory=dict)

@@ -266,7 +266,8 @@ def test_a_failing_wake_is_retried_and_the_alarm_kept(ray_session, config, uniqu
 
 
 def test_metrics_are_exported_from_a_room_process(ray_session):
-    """The room metrics reach the node's Prometheus endpoint, with bounded tags."""
+    """The room metrics reach the node's Prometheus endpoint through the metrics sink,
+    with bounded tags and without the room process's ``WorkerId``."""
     import httpx
 
     ray = ray_session
@@ -282,7 +283,9 @@ def test_metrics_are_exported_from_a_room_process(ray_session):
         metrics.ai_session(tag, True)
         metrics.ai_error("calls tracks/new: HTTP 503 from the SFU")
         facts_live = metrics.process_facts()
+        metrics.flush()  # the report that carries the room as live
         metrics.room_hibernated(tag)
+        metrics.flush()
         return {"live": facts_live, "after": metrics.process_facts()}
 
     facts = ray.get(a_room_process.remote(uuid.uuid4().hex[:8]))
@@ -313,6 +316,14 @@ def test_metrics_are_exported_from_a_room_process(ray_session):
     series = until("the room metrics at the metrics endpoint", exported, 30, every=0.5)
     assert any('type="other"' in s for s in series if s.startswith("ray_rooms_messages"))
     assert not any("client-chosen" in s for s in series)
+    from actors.metrics_sink import SINK_NAME, SINK_NAMESPACE
+
+    sink = ray.get_actor(SINK_NAME, namespace=SINK_NAMESPACE)
+    sink_worker = ray.get(sink.__ray_call__.remote(
+        lambda self: ray.get_runtime_context().get_worker_id()))
+    workers = {part.split('"')[1] for s in series for part in s.split(",")
+               if part.startswith("WorkerId=")}
+    assert workers <= {sink_worker}, (workers, sink_worker)
 
 
 def test_metrics_are_no_ops_outside_ray():

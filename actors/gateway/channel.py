@@ -35,11 +35,13 @@ import asyncio
 import enum
 import json
 import logging
+import time
 import uuid
 from typing import Callable
 
 import ray
 
+from .. import metrics
 from ..directory import actor_name
 from ..errors import NoFreeSlot, RoomUnavailable
 from ..room_client import RoomClient
@@ -55,8 +57,9 @@ __all__ = ["ChannelState", "RoomChannel"]
 
 log = logging.getLogger("ray.serve.ray_rooms.gateway")
 
-_Queued = tuple[ClientSocket, "str | bytes", int]
-"""A frame waiting for its batch: the socket, the data, the socket's frame number."""
+_Queued = tuple[ClientSocket, "str | bytes", int, float]
+"""A frame waiting for its batch: the socket, the data, the socket's frame number, and
+when it was queued (``time.perf_counter()``, seconds)."""
 
 
 class ChannelState(enum.Enum):
@@ -189,7 +192,7 @@ class RoomChannel:
             if sock.pending == 0:
                 sock.drained.set()
 
-        await self.batcher.submit((sock, data, sock.frames), done)
+        await self.batcher.submit((sock, data, sock.frames, time.perf_counter()), done)
 
     async def _deliver_batch(self, batch: list[_Queued]) -> None:
         """Send ``batch`` until the room acknowledges it (a ``deliver`` result), also
@@ -197,13 +200,18 @@ class RoomChannel:
         with its socket's id and number, and the room skips what it applied already
         (:mod:`actors.applied`). After ``redeliver_s`` of an unreachable room, or when
         the room cannot take the frames, the senders are told why (an ``error``)."""
-        frames = [Frame(sock.conn, data, sock.id, number) for sock, data, number in batch]
+        started = time.perf_counter()
+        frames = [Frame(sock.conn, data, sock.id, number) for sock, data, number, _ in batch]
+        for *_, queued in batch:
+            metrics.stage("queue", started - queued)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.limits.redeliver_s
         result: Delivery | None = None
         while True:
             try:
+                sent = time.perf_counter()
                 result = await self.ref.deliver(frames, self.merge.cursor, self.poller)
+                metrics.deliver(time.perf_counter() - sent, len(frames))
                 break
             except RoomUnavailable as error:
                 if loop.time() < deadline:
@@ -216,7 +224,7 @@ class RoomChannel:
                 # case nothing of the batch was applied.
                 failure = error
             public = public_error(failure)
-            for sock, _, _ in batch:
+            for sock, *_ in batch:
                 sock.send(public.frame())
             break
         # The batcher stays DELIVERING until this result is merged, so a poll result
@@ -245,8 +253,11 @@ class RoomChannel:
                 self._set(ChannelState.POLLING)
             if merged.resend_state:
                 await self._send_state()
-            for entry in merged.entries:
-                self._fan_out(entry)
+            if merged.entries:
+                started = time.perf_counter()
+                for entry in merged.entries:
+                    self._fan_out(entry)
+                metrics.stage("fanout", time.perf_counter() - started)
 
     # ---- the long-poll ---------------------------------------------------------------
 

@@ -10,6 +10,7 @@ import uuid
 from fastapi import WebSocket
 from starlette.websockets import WebSocketState
 
+from .. import metrics
 from .limits import CLOSE_TRY_AGAIN
 
 __all__ = ["ClientSocket", "SocketState"]
@@ -145,6 +146,7 @@ class ClientSocket:
                     await self._close_now(*extra)
                     return
                 await self.ws.send_text(text)
+                metrics.frame_out(text)
                 if extra is not None:
                     self.sent_seq = extra
         except asyncio.CancelledError:

@@ -39,6 +39,7 @@ import ipaddress
 import json
 import logging
 import re
+import time
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
@@ -49,6 +50,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .. import metrics
 from ..auth import ALGORITHM
 from .bodies import read_body
 from .ratelimit import TokenBucket
@@ -246,12 +248,17 @@ class PartyTracksProxy:
         headers = {"Authorization": f"Bearer {self._secret.get_secret_value()}"}
         if body:
             headers["Content-Type"] = request.headers.get("content-type", "application/json")
+        started = time.perf_counter()
+        operation = _operation(path)
         try:
             params = [(k, v) for k, v in request.query_params.multi_items()
                       if k not in _IDENTITY_PARAMS]
-            return await self._client.request(request.method, url, params=params,
-                                              content=body or None, headers=headers)
+            answer = await self._client.request(request.method, url, params=params,
+                                                content=body or None, headers=headers)
+            metrics.partytracks(operation, answer.status_code, time.perf_counter() - started)
+            return answer
         except httpx.HTTPError as error:
+            metrics.partytracks(operation, None, time.perf_counter() - started)
             log.warning("partytracks proxy: Calls %s %s failed (%s)", request.method,
                         path.split("/")[0], type(error).__name__)
             return _problem(502, "calls_unreachable",
@@ -263,10 +270,13 @@ class PartyTracksProxy:
             return JSONResponse({"iceServers": []})
         if s.turn_key_id and s.turn_key_api_token is not None:
             url = f"{self.base_url}/turn/keys/{s.turn_key_id}/credentials/generate-ice-servers"
+            started = time.perf_counter()
             try:
                 upstream = await self._client.post(url, json={"ttl": s.turn_ttl_s}, headers={
                     "Authorization": f"Bearer {s.turn_key_api_token.get_secret_value()}"})
+                metrics.partytracks("ice", upstream.status_code, time.perf_counter() - started)
             except httpx.HTTPError as error:
+                metrics.partytracks("ice", None, time.perf_counter() - started)
                 return _problem(502, "turn_unreachable",
                                 f"the TURN service did not answer ({type(error).__name__})")
             return Response(upstream.content, status_code=upstream.status_code,
@@ -296,3 +306,13 @@ class PartyTracksProxy:
         except jwt.InvalidTokenError:
             return False
         return claims.get("sessionId") == session and claims.get("sub") == user
+
+
+def _operation(path: str) -> str:
+    """The ``operation`` tag of a Calls API path (``sessions/new``, ``tracks/new``,
+    ``renegotiate``, ``tracks/close``, ``session``; see
+    :data:`actors.metrics.PARTYTRACKS_OPS`)."""
+    if path == "sessions/new":
+        return path
+    parts = path.split("/")
+    return "/".join(parts[2:]) if len(parts) > 2 else "session"

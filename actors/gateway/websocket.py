@@ -38,9 +38,11 @@ from starlette.websockets import WebSocketDisconnect
 from rooms.errors import RoomsError
 from rooms.messages import ProtocolError, check_socket_conn_id
 
+from .. import metrics
 from ..auth import AuthSettings, identify, origin_allowed
 from ..directory import validate_room_id
-from ..errors import OriginRefused, RoomNotGranted
+from ..errors import (AuthError, NoFreeSlot, NotOwner, OriginRefused, QuotaExceeded,
+                      RoomFull, RoomNotGranted)
 from .channel import RoomChannel
 from .errors import error_frame, public_error
 from .limits import CLOSE_POLICY, CLOSE_TRY_AGAIN, NODE_HEADER, REPLICA_HEADER, GatewayLimits
@@ -49,7 +51,30 @@ from .quotas import IdentityQuotas
 from .ratelimit import TokenBucket
 from .registry import RoomRegistry
 
-__all__ = ["serve_websocket"]
+__all__ = ["refusal_reason", "serve_websocket"]
+
+_open_sockets = 0  # this replica's accepted sockets not yet closed (a metrics gauge)
+
+_REASONS: tuple[tuple[type[BaseException], str], ...] = (
+    (NotOwner, "not_owner"), (RoomFull, "room_full"), (QuotaExceeded, "quota"),
+    (NoFreeSlot, "no_slot"), (AuthError, "unauthorized"), (OriginRefused, "unauthorized"),
+    (RoomNotGranted, "unauthorized"), (ProtocolError, "invalid"), (ValueError, "invalid"),
+)
+
+
+def refusal_reason(error: BaseException) -> str:
+    """The ``reason`` tag (:data:`actors.metrics.REFUSALS`) of a refused handshake or
+    connect, from its error's type (``other`` for any other)."""
+    for kind, reason in _REASONS:
+        if isinstance(error, kind):
+            return reason
+    return "other"
+
+
+def _count_open(change: int) -> None:
+    global _open_sockets
+    _open_sockets += change
+    metrics.gauge("rooms_gateway_sockets_open", _open_sockets)
 
 log = logging.getLogger("ray.serve.ray_rooms.gateway")
 
@@ -90,6 +115,7 @@ async def serve_websocket(ws: WebSocket, room: str, registry: RoomRegistry,
         conn = uuid.uuid4().hex if conn is None else check_socket_conn_id(conn)
         await registry.check_start(room, identity.name, quotas)
     except (RoomsError, ProtocolError) as error:
+        metrics.refused(refusal_reason(error))
         await _deny(ws, public_error(error).response())
         return
     name = identity.name
@@ -97,6 +123,8 @@ async def serve_websocket(ws: WebSocket, room: str, registry: RoomRegistry,
     await ws.accept(headers=[(REPLICA_HEADER.encode(), registry.replica.encode()),
                              (NODE_HEADER.encode(), registry.node.encode())])
     if channel.count() >= limits.max_connections_per_room:
+        metrics.refused("room_full")
+        metrics.closed(CLOSE_TRY_AGAIN)
         await ws.close(CLOSE_TRY_AGAIN, "room full")
         if not channel.sockets:
             channel.stop()
@@ -105,6 +133,7 @@ async def serve_websocket(ws: WebSocket, room: str, registry: RoomRegistry,
     sock = ClientSocket(conn, ws, limits.send_queue)
     channel.add(sock)
     code, reason, connected = 1006, "", False
+    _count_open(+1)
     try:
         await channel.ready()
         if sock.sent_seq is None:
@@ -119,10 +148,14 @@ async def serve_websocket(ws: WebSocket, room: str, registry: RoomRegistry,
     except Exception as error:  # noqa: BLE001 - RoomFull, NotOwner, QuotaExceeded, ...;
         # never let one socket take the replica down
         public = public_error(error)
+        if not connected:
+            metrics.refused(refusal_reason(error))
         sock.close(public.answer.close, public.close_reason)
         code, reason = public.answer.close, public.close_reason
         await _wait(sock.closed, 2.0)
     finally:
+        _count_open(-1)
+        metrics.closed(sock.close_code[0] if sock.close_code else code)
         others = channel.remove(sock)
         sock.stop()
         if connected and not others:
@@ -180,8 +213,10 @@ async def _read(ws: WebSocket, sock: ClientSocket, channel: RoomChannel, limit: 
         # Every frame counts toward the rate limit and the abuse close, refused ones too.
         if not bucket.take():
             if not strikes.take():
+                metrics.refused("abuse")
                 sock.close(CLOSE_POLICY, "rate limit abuse")
                 continue
+            metrics.refused("rate")
             sock.send(error_frame(f"rate limit exceeded ({limits.rate_per_s:g} messages/s)"))
             continue
         if isinstance(data, bytes) or len(data) > quick:
@@ -190,8 +225,10 @@ async def _read(ws: WebSocket, sock: ClientSocket, channel: RoomChannel, limit: 
             size = len(data.encode("utf-8", "surrogatepass")) if isinstance(data, str) \
                 else len(data)
             if size > limit:
+                metrics.refused("size")
                 sock.send(error_frame(f"message too large ({size} > {limit} bytes)"))
                 continue
+        metrics.frame_in(data)
         await channel.submit(sock, data)
 
 
