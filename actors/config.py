@@ -34,6 +34,9 @@ variable                          meaning                                    def
                                   it is refused with ``no free room slot``
 ``ROOMS_WARM_WORKERS``            idle worker processes per node kept        ``2``
                                   ready for new rooms (0: none)
+``ROOMS_LOG_FORMAT``              log lines of every process: ``text`` or    ``text``
+                                  ``json`` (:mod:`actors.logs`)
+``ROOMS_LOG_LEVEL``               level of the ``ray_rooms`` loggers         ``INFO``
 ================================  =========================================  ===========
 
 The default store is ``storage.factory.DEFAULT_STORE_URL``: a SQLite file under
@@ -44,6 +47,8 @@ emulators), as :class:`pydantic.SecretStr`, which never prints its value.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -102,6 +107,10 @@ class RoomsConfig(BaseSettings):
         10.0, ge=0, description="seconds a new room waits for a free slot at the bound")
     warm_workers: int = Field(
         2, ge=0, description="idle worker processes per node ready for new rooms")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="log lines of every ray-rooms process: text or JSON "
+                            "(actors.logs)")
+    log_level: str = Field("INFO", description="the level of the ray_rooms loggers")
     services: ServiceEndpoints = Field(default_factory=ServiceEndpoints)
 
     def room_limits(self) -> RoomLimits:

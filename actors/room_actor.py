@@ -51,7 +51,7 @@ from storage import (SnapshotStore, StaleEpoch, StorageError, StorageUnavailable
                      decode_snapshot, encode_snapshot, open_store)
 from storage.codec import Snapshot
 
-from . import metrics
+from . import logs, metrics
 from .applied import AppliedFrames
 from .cluster import check_store_fits_cluster
 from .config import RoomsConfig
@@ -135,6 +135,8 @@ class RoomActor:
     ) -> None:
         self.room_id = room_id
         self.config = config or RoomsConfig()
+        if _in_ray_actor():  # a process of its own: its log lines as configured
+            logs.configure(self.config.log_format, self.config.log_level)
         self._store = store
         self._services = services
         self._clock = clock
@@ -286,7 +288,9 @@ class RoomActor:
         if fx.changed:
             self._version += 1
         for record in fx.log:
-            log.info("%s", json.dumps(record, default=str)[:2000])
+            log.info("%s", json.dumps(record, default=str)[:2000], extra={
+                "room": self.room_id, "conn": record.get("connectionId"),
+                "error_id": record.get("errorId"), "event": record.get("eventName")})
         entries = []
         for out in fx.messages:
             entries.append(_entry(self._next_seq, out))

@@ -41,6 +41,7 @@ from tenacity import wait_exponential_jitter
 
 from storage import SnapshotStore, open_store, redact_url
 
+from . import logs
 from .config import RoomsConfig
 
 __all__ = ["SCHEDULER_NAME", "AlarmScheduler", "RemoteAlarmScheduler", "ensure_scheduler",
@@ -106,6 +107,8 @@ class AlarmScheduler:
             raise ValueError("poll_interval and call_timeout must be > 0, grace >= 0, "
                              "max_attempts >= 1")
         self.config = config or RoomsConfig()
+        if ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:
+            logs.configure(self.config.log_format, self.config.log_level)
         self._store = store
         self._wake_fn = wake
         self.poll_interval = poll_interval

@@ -14,7 +14,7 @@ from .config import RoomsConfig
 
 __all__ = ["start_side_actors"]
 
-log = logging.getLogger("ray.serve.ray_rooms.gateway")
+log = logging.getLogger("ray_rooms.gateway")
 
 
 def start_side_actors(config: RoomsConfig, *, background: bool = True) -> None:

@@ -59,7 +59,7 @@ SERVICE = "calls"
 #: already closed: closing it again is not a failure.
 CLOSE_TRACK_ERROR = "close_track_error"
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("ray_rooms.bridges.calls")
 
 
 class CallsClient(HttpBridge):

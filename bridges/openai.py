@@ -49,7 +49,7 @@ SERVICE = "openai"
 
 _CALL_PATH = re.compile(r"/realtime/calls/([^/?#]+)/?$")
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("ray_rooms.bridges.openai")
 
 
 def session_config(model: str, *, instructions: str | None = None,

@@ -31,7 +31,7 @@ __all__ = ["DEFAULT_MODEL", "run_control", "run_enable", "run_release"]
 DEFAULT_MODEL = "gpt-realtime"
 """The OpenAI Realtime model used when none is configured."""
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("ray_rooms.ai")
 
 Record = Callable[[AiProgress], Awaitable[None]]
 

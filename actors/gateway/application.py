@@ -128,6 +128,8 @@ def application(config: RoomsConfig, auth: AuthSettings, limits: GatewayLimits, 
                                    {"runtime_env": {"env_vars": dict(env)}} if env else {})}}
     if max_replicas_per_node:
         options["max_replicas_per_node"] = max_replicas_per_node
+    if config.log_format == "json":  # Serve's own lines of the replicas too
+        options["logging_config"] = {"encoding": "JSON"}
     return Gateway.options(**options).bind(
         config, auth, limits, assets if assets is not None else load_web_assets(),
         partytracks or PartyTracksSettings(), side_actors)

@@ -25,7 +25,7 @@ __all__ = ["Batcher", "BatcherState"]
 
 T = TypeVar("T")
 
-log = logging.getLogger("ray.serve.ray_rooms.gateway")
+log = logging.getLogger("ray_rooms.gateway")
 
 
 class BatcherState(enum.Enum):

@@ -55,7 +55,7 @@ from .room_ref import ActivationLost, RoomRef
 
 __all__ = ["ChannelState", "RoomChannel"]
 
-log = logging.getLogger("ray.serve.ray_rooms.gateway")
+log = logging.getLogger("ray_rooms.gateway")
 
 _Queued = tuple[ClientSocket, "str | bytes", int, float]
 """A frame waiting for its batch: the socket, the data, the socket's frame number, and

@@ -15,7 +15,7 @@ from .limits import CLOSE_TRY_AGAIN
 
 __all__ = ["ClientSocket", "SocketState"]
 
-log = logging.getLogger("ray.serve.ray_rooms.gateway")
+log = logging.getLogger("ray_rooms.gateway")
 
 
 class SocketState(enum.Enum):

@@ -47,7 +47,7 @@ from .partytracks import PartyTracksSettings
 
 __all__ = ["GatewayIngress", "SERVE_INGRESS_ENV", "deploy_gateway", "shutdown_gateway"]
 
-log = logging.getLogger("ray.serve.ray_rooms.gateway")
+log = logging.getLogger("ray_rooms.gateway")
 
 
 SERVE_INGRESS_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}

@@ -58,7 +58,7 @@ from .limits import CLOSE_POLICY, CLOSE_ROOM_UNAVAILABLE, CLOSE_TRY_AGAIN
 
 __all__ = ["Answer", "BodyTooLarge", "PublicError", "answer_for", "error_frame", "public_error"]
 
-log = logging.getLogger("ray.serve.ray_rooms.gateway")
+log = logging.getLogger("ray_rooms.gateway")
 
 MAX_PUBLIC_CHARS = 300
 """Longest public error text, in characters."""
@@ -205,7 +205,8 @@ def public_error(error: BaseException, *, level: int = logging.INFO) -> PublicEr
     if answer is _DEFAULT and level < logging.WARNING:
         level = logging.WARNING
     log.log(level, "error id %s: %s: %s", error_id, type(inner).__name__, str(error)[:4000],
-            exc_info=error if level >= logging.WARNING else None)
+            exc_info=error if level >= logging.WARNING else None,
+            extra={"error_id": error_id})
     return PublicError(answer, text, error_id, getattr(inner, "retry_after", None))
 
 
@@ -215,6 +216,6 @@ def error_frame(text: str, error_id: str | None = None) -> str:
     logged with ``text`` (INFO), so every error a client sees has a log line."""
     if error_id is None:
         error_id = secrets.token_hex(6)
-        log.info("error id %s: %s", error_id, text[:500])
+        log.info("error id %s: %s", error_id, text[:500], extra={"error_id": error_id})
     return json.dumps({"type": "error", "error": text, "errorId": error_id},
                       separators=(",", ":"))

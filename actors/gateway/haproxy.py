@@ -8,7 +8,7 @@ import signal
 
 __all__ = ["reap_orphan_haproxy"]
 
-log = logging.getLogger("ray.serve.ray_rooms.gateway")
+log = logging.getLogger("ray_rooms.gateway")
 
 
 def reap_orphan_haproxy() -> list[int]:

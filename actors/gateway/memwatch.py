@@ -17,7 +17,7 @@ __all__ = ["MEMWATCH_ENV", "start_memory_watch"]
 MEMWATCH_ENV = "ROOMS_GATEWAY_MEMWATCH_S"
 """The environment variable that turns the watch on: its period in seconds."""
 
-log = logging.getLogger("ray.serve.ray_rooms.gateway")
+log = logging.getLogger("ray_rooms.gateway")
 
 
 def _rss_kb() -> int:

@@ -58,7 +58,7 @@ from .ratelimit import TokenBucket
 __all__ = ["CLOUDFLARE_STUN", "PREFIX", "PartyTracksProxy", "PartyTracksSettings",
            "SESSION_COOKIE_PREFIX"]
 
-log = logging.getLogger("ray.serve.ray_rooms.gateway")
+log = logging.getLogger("ray_rooms.gateway")
 
 PREFIX = "/partytracks"
 """Where the proxy is mounted (partytracks' default ``prefix``)."""

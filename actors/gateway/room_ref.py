@@ -38,8 +38,7 @@ T = TypeVar("T")
 
 __all__ = ["ActivationLost", "RoomRef"]
 
-# A child of Serve's logger, so that lines land in the replica's Serve log.
-log = logging.getLogger("ray.serve.ray_rooms.gateway")
+log = logging.getLogger("ray_rooms.gateway")
 
 
 _RESOLVERS = ThreadPoolExecutor(max_workers=64, thread_name_prefix="rooms-resolve")

@@ -37,7 +37,7 @@ from .websocket import serve_websocket
 
 __all__ = ["GatewayServer"]
 
-log = logging.getLogger("ray.serve.ray_rooms.gateway")
+log = logging.getLogger("ray_rooms.gateway")
 
 
 def _replica_id() -> str:

@@ -76,7 +76,7 @@ def _count_open(change: int) -> None:
     _open_sockets += change
     metrics.gauge("rooms_gateway_sockets_open", _open_sockets)
 
-log = logging.getLogger("ray.serve.ray_rooms.gateway")
+log = logging.getLogger("ray_rooms.gateway")
 
 
 async def serve_websocket(ws: WebSocket, room: str, registry: RoomRegistry,

@@ -27,7 +27,7 @@ import uvicorn
 __all__ = ["LocalService"]
 
 T = TypeVar("T")
-log = logging.getLogger(__name__)
+log = logging.getLogger("ray_rooms.emulators")
 
 
 class LocalService:

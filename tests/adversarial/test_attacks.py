@@ -315,7 +315,7 @@ async def test_errors_carry_an_id_and_no_internals(gateway):
     records: list[logging.LogRecord] = []
     handler = logging.Handler(logging.INFO)
     handler.emit = records.append  # Ray's loggers do not propagate to pytest's
-    logger = logging.getLogger("ray.serve.ray_rooms.gateway")
+    logger = logging.getLogger("ray_rooms.gateway")
     logger.addHandler(handler)
     level, logger.level = logger.level, logging.INFO
     try:
