@@ -56,6 +56,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from rooms.limits import RoomLimits
 from storage.factory import DEFAULT_STORE_URL
 
+from .webhooks import WebhookSettings
+
 __all__ = ["RoomsConfig", "ServiceEndpoints"]
 
 
@@ -112,6 +114,9 @@ class RoomsConfig(BaseSettings):
                             "(actors.logs)")
     log_level: str = Field("INFO", description="the level of the ray_rooms loggers")
     services: ServiceEndpoints = Field(default_factory=ServiceEndpoints)
+    webhooks: WebhookSettings = Field(
+        default_factory=WebhookSettings,
+        description="lifecycle webhooks (ROOMS_WEBHOOK_*, actors.webhooks)")
 
     def room_limits(self) -> RoomLimits:
         """The bounds a room enforces (:class:`rooms.limits.RoomLimits`) from these

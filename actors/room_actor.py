@@ -60,6 +60,7 @@ from .errors import (MessageRefused, NotOwner, QuotaExceeded, RoomFull, RoomHibe
 from .outbox import Outbox
 from .services import build_services, realtime_model
 from .warmpool import notify_started, preloaded_at
+from .webhooks import WebhookSender, derive, facts_of, new_event
 from .wire import Activity, AiFacts, Delivery, Frame, OutboxEntry, Placement, RoomInfo
 
 __all__ = ["Lifecycle", "RoomActor", "RoomFull", "RoomHibernating"]
@@ -155,6 +156,12 @@ class RoomActor:
         self._next_seq = 1
         self._commit_task: asyncio.Task | None = None
         self.outbox = Outbox(self.config.outbox_size)
+        # lifecycle webhooks (actors.webhooks): events of turns not yet durable, by
+        # version; the sender holds the released ones until every URL has them
+        self._staged_events: list[tuple[int, list[dict[str, Any]]]] = []
+        self._sender: WebhookSender | None = None
+        self._event_seq = 0
+        self._meeting_started_at: float | None = None
         # timers and jobs
         self._alarm_task: asyncio.Task | None = None
         self._alarm_at: float | None = None
@@ -206,6 +213,7 @@ class RoomActor:
         restored: list[OutboxEntry] = []
         released = 0
         readers = None
+        hooks: dict[str, Any] = {}
         self._pending.clear()
         self._next_seq = 1
         self.applied = AppliedFrames()
@@ -219,10 +227,12 @@ class RoomActor:
             released = snapshot.seq - len(restored)
             self.applied = AppliedFrames(snapshot.state.get("applied"))
             readers = snapshot.state.get("readers")
+            hooks = snapshot.state.get("webhooks") or {}
         self.outbox = Outbox(self.config.outbox_size, released=released, readers=readers)
         self._durable_state = ({"room": data.model_dump(mode="json", exclude_none=True),
                                 "applied": self.applied.record()}, self._next_seq - 1)
         room = self._new_room(data)
+        self._restore_webhooks(hooks)
         for entry in restored:  # saved, maybe never released or never read: (re)publish
             self.outbox.publish(entry)
         self._stats.activated_at = time.time()
@@ -262,10 +272,14 @@ class RoomActor:
             self._refuse_if_exiting()  # hibernate() may have taken the gate first
             version = self._version
             for hook, kind in hooks:
-                fx = hook(room, self._clock())
+                now = self._clock()
+                before = facts_of(room.data) if self._sender is not None else None
+                fx = hook(room, now)
                 kinds.append(kind or room.last_message_type)
                 effects.append(fx)
                 version = self._stage(fx)
+                if before is not None:
+                    self._stage_events(version, before, room, fx, now)
         await self._commit_through(version)
         for fx in effects:
             self._after_turn(fx)
@@ -322,6 +336,8 @@ class RoomActor:
         state = {"room": room.data.model_dump(mode="json", exclude_none=True),
                  "outbox": unreleased, "applied": self.applied.record(),
                  "readers": self.outbox.readers(room.data.connections)}
+        if self._sender is not None:
+            state["webhooks"] = self._webhooks_record()
         seq = self._next_seq - 1
         data = encode_snapshot(Snapshot(self.room_id, self.epoch, seq, state))
         return self._version, data, state, seq
@@ -413,11 +429,16 @@ class RoomActor:
         self.room = self._new_room(RoomData.model_validate(state["room"]))
         self.applied = AppliedFrames(state["applied"])
         self._pending.clear()
+        self._staged_events.clear()
         self._version = self._durable
         self._next_seq = seq + 1
 
     def _release(self) -> None:
         """Release, in order, every queued turn whose snapshot is durable."""
+        while self._staged_events and self._staged_events[0][0] <= self._durable:
+            _, events = self._staged_events.pop(0)
+            if self._sender is not None:
+                self._sender.add(events)
         while self._pending and self._pending[0][0] <= self._durable:
             _, entries, jobs = self._pending.popleft()
             for entry in entries:
@@ -763,6 +784,50 @@ class RoomActor:
         self._exit()
         return True
 
+    # ---- lifecycle webhooks (actors.webhooks) ---------------------------------------
+
+    def _restore_webhooks(self, saved: dict[str, Any]) -> None:
+        """A new activation's sender, with the events the last snapshot still held."""
+        if self._sender is not None:
+            self._sender.stop()
+        self._staged_events.clear()
+        self._sender = None
+        settings = self.config.webhooks
+        if settings.url_list():
+            self._sender = WebhookSender(settings)
+            self._event_seq = int(saved.get("seq", 0))
+            self._meeting_started_at = saved.get("startedAt")
+            self._sender.add(list(saved.get("pending") or []))
+
+    def _stage_events(self, version: int, before: Any, room: Room, fx: Effects,
+                      now: float) -> None:
+        """Derive one turn's lifecycle events; they leave with its snapshot."""
+        found = derive(before, facts_of(room.data), fx.log, self._meeting_started_at, now)
+        if not found:
+            return
+        events = []
+        for kind, data in found:
+            self._event_seq += 1
+            events.append(new_event(self.room_id, self._event_seq, kind, data, now))
+            if kind == "meeting_started":
+                self._meeting_started_at = now
+            elif kind == "meeting_ended":
+                self._meeting_started_at = None
+        if version <= self._durable and self._sender is not None:
+            self._sender.add(events)  # a turn that changed nothing durable
+        else:
+            self._staged_events.append((version, events))
+
+    def _webhooks_record(self) -> dict[str, Any]:
+        """The snapshot's ``webhooks``: every event not yet delivered (released ones
+        first, then those of turns not yet durable), the event counter, and when the
+        meeting started."""
+        pending = list(self._sender.pending) if self._sender is not None else []
+        for _, events in self._staged_events:
+            pending.extend(events)
+        return {"pending": pending, "seq": self._event_seq,
+                "startedAt": self._meeting_started_at}
+
     def _exit(self) -> None:
         """End the actor for good (Ray frees its name): stop the timers, and inside Ray
         ask the actor itself to :meth:`stop`. ``ray.actor.exit_actor()`` is meant for
@@ -770,6 +835,8 @@ class RoomActor:
         AI job), it would be caught by that task's error handling, and whether the
         actor exits would depend on a flag internal to Ray. As a call of its own it
         always runs in a method."""
+        if self._sender is not None:
+            self._sender.stop()
         if self._idle_task:
             self._idle_task.cancel()
         if self._alarm_task:
@@ -830,7 +897,9 @@ class RoomActor:
         timeout = self.config.idle_timeout
         while self.lifecycle is Lifecycle.ACTIVE:
             await asyncio.sleep(min(timeout, max(0.05, timeout / 4)))
-            if time.monotonic() - self._last_turn >= timeout and not self._jobs:
+            waiting = self._sender is not None and bool(self._sender.pending)
+            if time.monotonic() - self._last_turn >= timeout and not self._jobs \
+                    and not waiting:
                 self._last_turn = time.monotonic()  # if it cannot now, wait another round
                 if _in_ray_actor():  # as an actor call, so it queues like any other
                     ray.get_runtime_context().current_actor.hibernate.remote()
