@@ -302,8 +302,10 @@ class RoomActor:
         if fx.changed:
             self._version += 1
         for record in fx.log:
+            conn = record.get("connectionId")
+            owner = self.room.owner(conn) if conn and self.room is not None else None
             log.info("%s", json.dumps(record, default=str)[:2000], extra={
-                "room": self.room_id, "conn": record.get("connectionId"),
+                "room": self.room_id, "conn": conn, "identity": owner,
                 "error_id": record.get("errorId"), "event": record.get("eventName")})
         entries = []
         for out in fx.messages:

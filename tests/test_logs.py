@@ -92,6 +92,7 @@ async def test_an_error_a_client_sees_is_found_in_the_logs_by_its_id(ray_session
                                                          namespace=namespace)),
                                 error["errorId"])
         assert entry["room"] == room and entry["conn"] == "alice-pk", entry
+        assert entry["identity"] == "alice", entry
         assert entry["event"] == "clientError" and entry["logger"] == "ray_rooms.room"
 
         async with httpx.AsyncClient(base_url=url, timeout=20) as http:  # the gateway says

@@ -30,6 +30,7 @@ import yaml
 
 from actors.metrics_catalogue import CATALOGUE
 from actors.net import free_port
+from tests.polling import until
 from tests.rayhead import RayHead
 from tests.test_metrics import dashboard_queries
 from tests.test_serve_deploy import _config, _deploy, _healthy
@@ -60,16 +61,15 @@ class Prometheus:
              f"--web.listen-address=127.0.0.1:{self.port}"],
             stdout=subprocess.DEVNULL, stderr=(tmp / "prometheus.log").open("w"))
         self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
+
+        def ready() -> bool:
             assert self.process.poll() is None, (tmp / "prometheus.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, "Prometheus did not come up"
-            time.sleep(0.3)
+            try:
+                return httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        until("Prometheus to be ready", ready, 60, every=0.3)
 
     def query(self, expr: str) -> list[dict]:
         """The result vector of the instant query ``expr`` (now)."""
