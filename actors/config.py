@@ -37,6 +37,8 @@ variable                          meaning                                    def
 ``ROOMS_LOG_FORMAT``              log lines of every process: ``text`` or    ``text``
                                   ``json`` (:mod:`actors.logs`)
 ``ROOMS_LOG_LEVEL``               level of the ``ray_rooms`` loggers         ``INFO``
+``ROOMS_OTEL_ENDPOINT``           OTLP/HTTP traces URL: a trace per frame    unset (off)
+                                  (:mod:`actors.tracing`, extra ``otel``)
 ================================  =========================================  ===========
 
 The default store is ``storage.factory.DEFAULT_STORE_URL``: a SQLite file under
@@ -113,6 +115,9 @@ class RoomsConfig(BaseSettings):
         "text", description="log lines of every ray-rooms process: text or JSON "
                             "(actors.logs)")
     log_level: str = Field("INFO", description="the level of the ray_rooms loggers")
+    otel_endpoint: str = Field(
+        "", description="OTLP/HTTP traces URL; spans per frame (actors.tracing); "
+                        "empty: off")
     services: ServiceEndpoints = Field(default_factory=ServiceEndpoints)
     webhooks: WebhookSettings = Field(
         default_factory=WebhookSettings,

@@ -51,7 +51,7 @@ from storage import (SnapshotStore, StaleEpoch, StorageError, StorageUnavailable
                      decode_snapshot, encode_snapshot, open_store)
 from storage.codec import Snapshot
 
-from . import logs, metrics
+from . import logs, metrics, tracing
 from .applied import AppliedFrames
 from .cluster import check_store_fits_cluster
 from .config import RoomsConfig
@@ -138,6 +138,8 @@ class RoomActor:
         self.config = config or RoomsConfig()
         if _in_ray_actor():  # a process of its own: its log lines as configured
             logs.configure(self.config.log_format, self.config.log_level)
+            tracing.configure(self.config.otel_endpoint, "room")
+        self._save_window: tuple[int, int] | None = None  # the last save, ns (tracing)
         self._store = store
         self._services = services
         self._clock = clock
@@ -380,6 +382,7 @@ class RoomActor:
             delay = 0.05
             while True:
                 started = time.perf_counter()
+                began_ns = time.time_ns()
                 version, data, state, seq = self._encoded_snapshot()
                 try:
                     alarm_at = self.room.alarm_at if self.room is not None else None
@@ -410,6 +413,7 @@ class RoomActor:
                     raise
             self._stats.saves += 1
             self._stats.last_save_s = time.perf_counter() - started
+            self._save_window = (began_ns, time.time_ns())
             self._save_seconds.append(self._stats.last_save_s)
             self._stats.snapshot_bytes = len(data)
             metrics.snapshot_saved(len(data), self._stats.last_save_s)
@@ -616,6 +620,8 @@ class RoomActor:
         # (the result carries them); the claim then covers exactly what it carries
         with self.outbox.claiming(poller):
             await self._turns([(self._frame_hook(*frame), None) for frame in frames])
+            if tracing.enabled():
+                self._trace_save(frames)
             if cursor is None:
                 result = Delivery(cursor=self.outbox.released)
             else:
@@ -624,16 +630,34 @@ class RoomActor:
         return dataclasses.replace(result, epoch=self.epoch)
 
     def _frame_hook(self, conn: str, text: str | bytes, socket: str | None = None,
-                    number: int | None = None) -> Hook:
+                    number: int | None = None, trace: str | None = None) -> Hook:
         """The turn of one client frame; a numbered frame is applied once (its number
-        is saved with the turn, so the turn always changes the state)."""
+        is saved with the turn, so the turn always changes the state). With tracing on,
+        the turn is a ``rooms.turn`` span, a child of the frame's ``trace``."""
         def hook(room: Room, now: float) -> Effects:
-            if socket is None or number is None:
-                return room.on_message(conn, text, now)
-            first = self.applied.apply_frame(socket, number, conn)
-            return self._apply_once(room, conn, text, now, first)
+            with tracing.span("rooms.turn", parent=tracing.extract(trace),
+                              attributes={"rooms.room": self.room_id, "rooms.conn": conn}):
+                if socket is None or number is None:
+                    return room.on_message(conn, text, now)
+                first = self.applied.apply_frame(socket, number, conn)
+                return self._apply_once(room, conn, text, now, first)
 
         return hook
+
+    def _trace_save(self, frames: Sequence[Frame] | Sequence[tuple]) -> None:
+        """The ``rooms.save`` span of a batch: the last save's window, a child of the
+        first traced frame, linked to the others (:mod:`actors.tracing`)."""
+        traces = [f[4] for f in frames if len(f) > 4 and f[4]]
+        if not traces or self._save_window is None:
+            return
+        began, ended = self._save_window
+        current = tracing.start("rooms.save", parent=tracing.extract(traces[0]),
+                                links=[tracing.link_context(t) for t in traces[1:]],
+                                attributes={"rooms.room": self.room_id,
+                                            "rooms.frames": len(frames)},
+                                start_time=began)
+        if current is not None:
+            current.end(end_time=ended)
 
     def _apply_once(self, room: Room, conn: str, text: str | bytes, now: float,
                     first: bool) -> Effects:

@@ -114,12 +114,15 @@ class Frame(NamedTuple):
         socket: the id of the socket that received it (``None``: not deduplicated).
         number: the frame's number among ``socket``'s frames, from 1 (``None``: not
             deduplicated). A numbered frame is applied once (:mod:`actors.applied`).
+        trace: the W3C ``traceparent`` of the frame's gateway span, when tracing is on
+            (:mod:`actors.tracing`), else ``None``.
     """
 
     conn: str
     data: str | bytes
     socket: str | None = None
     number: int | None = None
+    trace: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

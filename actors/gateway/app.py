@@ -22,7 +22,7 @@ from typing import Any, Optional
 from fastapi import FastAPI, Request, WebSocket
 from ray import serve
 
-from .. import logs
+from .. import logs, tracing
 from ..auth import AuthSettings
 from ..config import RoomsConfig
 from ..seam import limit_websocket_frames
@@ -59,6 +59,7 @@ class Gateway:
         # than a message are refused by the WebSocket layer, before they are buffered.
         limit_websocket_frames(config.max_message_bytes)
         logs.configure(config.log_format, config.log_level)
+        tracing.configure(config.otel_endpoint, "gateway")
         self.server = GatewayServer(config, auth, limits, assets, partytracks)
         if side_actors:
             start_side_actors(config)

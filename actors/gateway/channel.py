@@ -41,7 +41,7 @@ from typing import Callable
 
 import ray
 
-from .. import metrics
+from .. import metrics, tracing
 from ..directory import actor_name
 from ..errors import NoFreeSlot, RoomUnavailable
 from ..room_client import RoomClient
@@ -57,9 +57,10 @@ __all__ = ["ChannelState", "RoomChannel"]
 
 log = logging.getLogger("ray_rooms.gateway")
 
-_Queued = tuple[ClientSocket, "str | bytes", int, float]
-"""A frame waiting for its batch: the socket, the data, the socket's frame number, and
-when it was queued (``time.perf_counter()``, seconds)."""
+_Queued = tuple[ClientSocket, "str | bytes", int, float, object]
+"""A frame waiting for its batch: the socket, the data, the socket's frame number, when
+it was queued (``time.perf_counter()``, seconds), and its ``rooms.frame`` span (``None``
+when tracing is off, :mod:`actors.tracing`)."""
 
 
 class ChannelState(enum.Enum):
@@ -192,7 +193,11 @@ class RoomChannel:
             if sock.pending == 0:
                 sock.drained.set()
 
-        await self.batcher.submit((sock, data, sock.frames, time.perf_counter()), done)
+        frame_span = tracing.start("rooms.frame", attributes={
+            "rooms.room": self.ref.room_id, "rooms.conn": sock.conn}) \
+            if tracing.enabled() else None
+        await self.batcher.submit((sock, data, sock.frames, time.perf_counter(),
+                                   frame_span), done)
 
     async def _deliver_batch(self, batch: list[_Queued]) -> None:
         """Send ``batch`` until the room acknowledges it (a ``deliver`` result), also
@@ -201,8 +206,9 @@ class RoomChannel:
         (:mod:`actors.applied`). After ``redeliver_s`` of an unreachable room, or when
         the room cannot take the frames, the senders are told why (an ``error``)."""
         started = time.perf_counter()
-        frames = [Frame(sock.conn, data, sock.id, number) for sock, data, number, _ in batch]
-        for *_, queued in batch:
+        frames = [Frame(sock.conn, data, sock.id, number, tracing.traceparent(span))
+                  for sock, data, number, _, span in batch]
+        for *_, queued, _ in batch:
             metrics.stage("queue", started - queued)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.limits.redeliver_s
@@ -230,7 +236,12 @@ class RoomChannel:
         # The batcher stays DELIVERING until this result is merged, so a poll result
         # merged meanwhile holds the entries this one fills in; this result is the last
         # that could fill a hole of this channel, so it merges as "no deliver under way".
-        await self.accept(result, delivering=False)
+        spans = [s for *_, s in batch if s is not None]
+        with tracing.span("rooms.fanout", parent=tracing.extract(
+                tracing.traceparent(spans[0]) if spans else None)):
+            await self.accept(result, delivering=False)
+        for frame_span in spans:
+            frame_span.end()
 
     # ---- entries from the room -------------------------------------------------------
 
