@@ -634,15 +634,21 @@ class RoomActor:
         """The turn of one client frame; a numbered frame is applied once (its number
         is saved with the turn, so the turn always changes the state). With tracing on,
         the turn is a ``rooms.turn`` span, a child of the frame's ``trace``."""
-        def hook(room: Room, now: float) -> Effects:
+        def apply(room: Room, now: float) -> Effects:
+            if socket is None or number is None:
+                return room.on_message(conn, text, now)
+            first = self.applied.apply_frame(socket, number, conn)
+            return self._apply_once(room, conn, text, now, first)
+
+        if trace is None or not tracing.enabled():
+            return apply  # the hot path: no span machinery when tracing is off
+
+        def traced(room: Room, now: float) -> Effects:
             with tracing.span("rooms.turn", parent=tracing.extract(trace),
                               attributes={"rooms.room": self.room_id, "rooms.conn": conn}):
-                if socket is None or number is None:
-                    return room.on_message(conn, text, now)
-                first = self.applied.apply_frame(socket, number, conn)
-                return self._apply_once(room, conn, text, now, first)
+                return apply(room, now)
 
-        return hook
+        return traced
 
     def _trace_save(self, frames: Sequence[Frame] | Sequence[tuple]) -> None:
         """The ``rooms.save`` span of a batch: the last save's window, a child of the

@@ -237,8 +237,11 @@ class RoomChannel:
         # merged meanwhile holds the entries this one fills in; this result is the last
         # that could fill a hole of this channel, so it merges as "no deliver under way".
         spans = [s for *_, s in batch if s is not None]
-        with tracing.span("rooms.fanout", parent=tracing.extract(
-                tracing.traceparent(spans[0]) if spans else None)):
+        if not spans:  # tracing off
+            await self.accept(result, delivering=False)
+            return
+        with tracing.span("rooms.fanout",
+                          parent=tracing.extract(tracing.traceparent(spans[0]))):
             await self.accept(result, delivering=False)
         for frame_span in spans:
             frame_span.end()
