@@ -7,7 +7,10 @@ contract ``bridges/contracts/openai_realtime.yaml`` (from OpenAI's published Ope
   ``sdp`` part (``application/sdp``, the offer) and a ``session`` part
   (``application/json``, a ``RealtimeSessionCreateRequestGA``); answers 201 with the SDP
   answer as body and the call id in the ``Location`` header;
-* ``POST {base}/realtime/calls/{call_id}/hangup`` (hangup-realtime-call): 200.
+* ``POST {base}/realtime/calls/{call_id}/hangup`` (hangup-realtime-call): 200;
+* the call's sideband, ``wss://.../realtime?call_id=<call id>``
+  (:meth:`RealtimeClient.attach`, :mod:`bridges.openai_sideband`): an
+  :class:`rooms.ports.AiSideband` too.
 
 The retired beta endpoint ``POST /v1/realtime?model=...`` is not used.
 
@@ -32,6 +35,7 @@ import httpx
 from rooms.ports import InvalidAnswer, RealtimeCall, SessionDescription
 
 from .http import HttpBridge
+from .openai_sideband import RealtimeSideband, SidebandConnection
 from .errors import (
     OpenAIError,
     is_retryable_status,
@@ -174,6 +178,17 @@ class RealtimeClient(HttpBridge):
             raise
         return RealtimeCall(call_id=call_id, answer=SessionDescription(sdp=answer,
                                                                         type="answer"))
+
+    async def attach(self, call_id: str) -> "SidebandConnection":
+        """Open the sideband of call ``call_id``: ``wss://.../realtime?call_id=``
+        (:class:`bridges.openai_sideband.RealtimeSideband`, same key and base URL).
+
+        Raises:
+            CallEnded: the call is unknown or ended (404).
+            BridgeError: any other failure (``retryable`` when trying again may help).
+        """
+        return await RealtimeSideband(self._key, base_url=self.base_url,
+                                      timeout=self.timeout).attach(call_id)
 
     async def hangup(self, call_id: str) -> None:
         """End a call: ``POST {base}/realtime/calls/{call_id}/hangup`` (hangup-realtime-call).

@@ -28,12 +28,18 @@ class RoomLimits:
             ``userUpdate`` that would add one more is refused (16).
         max_seats_per_identity: open connections one identity may hold in the room at
             once; the next connect is refused (16).
+        transcript_lines: the newest AI transcript lines a room keeps in its state and
+            snapshot (50); older lines are only in the store's transcript.
+        transcript_chars: the longest transcript line kept, characters (2,000); a
+            longer one is cut.
     """
 
     max_message_bytes: int = 64 * 1024
     max_state_bytes: int = 256 * 1024
     max_users_per_identity: int = 16
     max_seats_per_identity: int = 16
+    transcript_lines: int = 50
+    transcript_chars: int = 2000
 
 
 DEFAULT_LIMITS = RoomLimits()

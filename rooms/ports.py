@@ -16,8 +16,14 @@ Exception hierarchy::
 
     BridgeError                 a call to an outside service failed
     ├── (bridges.errors.*)      HTTP status, service error code, per-track errors, timeouts
-    └── InvalidAnswer           the service answered with something that is not what the
-                                protocol promises (e.g. an SDP answer that is not SDP)
+    ├── InvalidAnswer           the service answered with something that is not what the
+    │                           protocol promises (e.g. an SDP answer that is not SDP)
+    └── CallEnded               the voice session a sideband attaches to no longer exists
+                                (the service answered 404, or closed it for good)
+
+A third port, :class:`AiSideband`, is the server-side control channel of a live voice
+session (OpenAI's "sideband": ``wss://.../v1/realtime?call_id=<call id>``); its events
+are the typed models of :mod:`rooms.realtime_events`.
 """
 
 from __future__ import annotations
@@ -27,9 +33,14 @@ from typing import Literal, Protocol, runtime_checkable
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import RoomsError
+from .realtime_events import InputAudioBufferClear, ServerEvent, SessionUpdate
 
 __all__ = [
     "AiService",
+    "AiSideband",
+    "CallEnded",
+    "ClientEvent",
+    "SidebandLink",
     "BridgeError",
     "CloseTracksResult",
     "InvalidAnswer",
@@ -86,6 +97,15 @@ class BridgeError(RoomsError):
 
 class InvalidAnswer(BridgeError):
     """The service answered, but not with what the protocol promises (e.g. bad SDP)."""
+
+
+ClientEvent = SessionUpdate | InputAudioBufferClear
+"""The client events a room sends on its sideband."""
+
+
+class CallEnded(BridgeError):
+    """The voice session a sideband attaches to is gone (hung up, expired, unknown):
+    attaching again cannot succeed."""
 
 
 class _Wire(BaseModel):
@@ -234,3 +254,48 @@ class AiService(Protocol):
     async def hangup(self, call_id: str) -> None:
         """``POST /v1/realtime/calls/{call_id}/hangup`` (hangup-realtime-call)."""
         ...
+
+
+@runtime_checkable
+class SidebandLink(Protocol):
+    """One attached sideband: a WebSocket to a live voice session (OpenAI's server-side
+    control channel; source: "Webhooks and server-side controls")."""
+
+    async def send(self, event: ClientEvent) -> None:
+        """Send one client event (:class:`~rooms.realtime_events.SessionUpdate`, ...).
+
+        Raises:
+            BridgeError: the link is closed or the send failed.
+        """
+        ...
+
+    async def receive(self) -> ServerEvent | None:
+        """Wait for the next server event.
+
+        Returns:
+            The typed event, or ``None`` for one the room does not use.
+
+        Raises:
+            BridgeError: the link closed (normally or not); :class:`CallEnded` when the
+                service closed it because the session ended.
+        """
+        ...
+
+    async def close(self) -> None:
+        """Close the link (idempotent; never raises)."""
+        ...
+
+
+@runtime_checkable
+class AiSideband(Protocol):
+    """Opens sidebands to live voice sessions."""
+
+    async def attach(self, call_id: str) -> SidebandLink:
+        """Attach to the live session of call ``call_id``.
+
+        Raises:
+            CallEnded: the service does not know the call (404): it ended.
+            BridgeError: any other failure (retryable ones have ``retryable`` set).
+        """
+        ...
+

@@ -52,13 +52,16 @@ from .state import (
     Outgoing,
     ReleaseJob,
     RoomData,
+    TranscriptLine,
 )
 
 __all__ = [
     "ALARM_INTERVAL",
+    "AiCallEnded",
     "AiControlResult",
     "AiEnableResult",
     "AiProgress",
+    "AiTranscript",
     "HEARTBEAT_TIMEOUT",
     "MAX_IDLE_OWNERS",
     "Room",
@@ -143,7 +146,36 @@ class AiControlResult:
     restore: bool = False
 
 
-AiEvent = AiProgress | AiEnableResult | AiControlResult
+@dataclass(frozen=True, slots=True)
+class AiTranscript:
+    """A final transcript line from the AI's sideband (:mod:`rooms.sideband`).
+
+    Attributes:
+        call_id: the call whose sideband heard it (a line of another call is stale).
+        item_id: the session's conversation item id.
+        direction: ``"in"`` (a user spoke) or ``"out"`` (the AI spoke).
+        speaker: for ``"in"``, the connection id that held control when the speech
+            began (``None``: nobody did); ignored for ``"out"``.
+        text: the transcript.
+    """
+
+    call_id: str
+    item_id: str
+    direction: str
+    speaker: str | None
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class AiCallEnded:
+    """The AI's live session ``call_id`` is gone (its sideband was refused with 404 or
+    closed for good): the AI leaves the room with ``reason`` as its error."""
+
+    call_id: str
+    reason: str
+
+
+AiEvent = AiProgress | AiEnableResult | AiControlResult | AiTranscript | AiCallEnded
 
 
 def _room_state_message(data: RoomData) -> dict[str, Any]:
@@ -284,7 +316,8 @@ class Room:
 
         Restores or creates the connection's user, records its heartbeat, starts the
         meeting if there is none, keeps the peak user count, sweeps timed-out users,
-        broadcasts ``roomState`` and makes sure the alarm is set.
+        broadcasts ``roomState``, sends the newest AI transcript lines to ``conn``
+        (``aiTranscript``) and makes sure the alarm is set.
         """
         data = self.data
         data.connections[conn] = name
@@ -307,6 +340,8 @@ class Room:
         if data.alarmAt is None:
             data.alarmAt = now + ALARM_INTERVAL
         self._broadcast_state()
+        for line in data.transcript:  # a late joiner's captions start with the recent lines
+            self._send(conn, line.wire())
         self._log("onConnect", connectionId=conn)
         return self._take()
 
@@ -396,6 +431,10 @@ class Room:
             self._enable_finished(event)
         elif isinstance(event, AiControlResult):
             self._control_finished(event)
+        elif isinstance(event, AiTranscript):
+            self._transcribed(event, now)
+        elif isinstance(event, AiCallEnded):
+            self._call_ended(event)
         return self._take()
 
     # ---- message handlers -------------------------------------------------------------
@@ -467,6 +506,7 @@ class Room:
         ai.connectionPending = True
         ai.error = None
         ai.step = "start"
+        ai.instructions = msg.instructions
         self._changed()
         self._broadcast_state()
         self._fx.jobs.append(EnableJob(
@@ -587,6 +627,36 @@ class Room:
         else:
             ai.error = f"requestAiControl failed at {result.error}"
             self._log("aiError", error=result.error)
+        self._changed()
+        self._broadcast_state()
+
+    def _transcribed(self, event: AiTranscript, now: float) -> None:
+        ai, data = self.data.ai, self.data
+        if not ai.enabled or ai.callId != event.call_id:
+            return  # stale: the AI left, or this is another call's line
+        line_id = f"{event.direction}:{event.item_id}"[:200]
+        if any(line.id == line_id for line in data.transcript):
+            return  # delivered again (a sideband that re-attached)
+        if event.direction == "out":
+            speaker, name = AI_USER_ID, "AI"
+        else:
+            speaker = event.speaker
+            name = self._user_name(speaker) if speaker is not None else None
+        line = TranscriptLine(id=line_id, speaker=speaker, name=name,
+                              text=event.text[:self.limits.transcript_chars], at=now)
+        data.transcript.append(line)
+        del data.transcript[:max(0, len(data.transcript) - self.limits.transcript_lines)]
+        self._fx.messages.append(Outgoing("all", None, line.wire()))
+        self._changed()
+
+    def _call_ended(self, event: AiCallEnded) -> None:
+        ai = self.data.ai
+        if ai.callId != event.call_id or not ai.enabled:
+            return
+        self._fx.jobs.append(ReleaseJob(
+            ai.sessionId, tuple(m for m in [ai.mid] if m), None, reason="the AI call ended"))
+        self.data.ai = AiState(attempt=ai.attempt + 1, error=f"the AI left: {event.reason}")
+        self._log("aiError", error=event.reason)
         self._changed()
         self._broadcast_state()
 

@@ -27,6 +27,7 @@ __all__ = [
     "Outgoing",
     "ReleaseJob",
     "RoomData",
+    "TranscriptLine",
 ]
 
 
@@ -48,6 +49,8 @@ class AiState(BaseModel):
         attempt: increases with every enable, disable and control request; a job's
             result whose attempt is no longer current is stale and is released.
         step: the step an enable is at (for a clear error after a restart).
+        instructions: the instructions the AI was enabled with (the sideband adds the
+            name of whoever holds control to them on every change).
     """
 
     model_config = ConfigDict(extra="ignore")
@@ -64,6 +67,34 @@ class AiState(BaseModel):
     controlPending: str | None = None
     attempt: int = 0
     step: str | None = None
+    instructions: str | None = None
+
+
+class TranscriptLine(BaseModel):
+    """One final line of the meeting's transcript (docs/ai.md, "Transcripts").
+
+    Attributes:
+        id: unique in the meeting: ``"<kind>:<item id>"`` (``in`` for what a user said,
+            ``out`` for what the AI said), so a line delivered twice is kept once.
+        speaker: the user id (connection id) who held control when it was spoken, or
+            ``"ai"``; ``None`` when nobody held control.
+        name: the speaker's display name at the time (``"AI"`` for the AI).
+        text: what was said, at most ``RoomLimits.transcript_chars`` characters.
+        at: when the line became final, UNIX seconds.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    speaker: str | None = None
+    name: str | None = None
+    text: str
+    at: float = 0.0
+
+    def wire(self) -> dict[str, Any]:
+        """The ``aiTranscript`` message of this line: ``{type, id, speaker, name, text}``."""
+        return {"type": "aiTranscript", "id": self.id, "speaker": self.speaker,
+                "name": self.name, "text": self.text}
 
 
 class RoomData(BaseModel):
@@ -84,6 +115,9 @@ class RoomData(BaseModel):
     peakUserCount: int = 0
     alarmAt: float | None = None
     ai: AiState = Field(default_factory=AiState)
+    transcript: list[TranscriptLine] = Field(default_factory=list)
+    """The meeting's newest final transcript lines, oldest first (at most
+    ``RoomLimits.transcript_lines``; the whole transcript is in the store)."""
 
 
 @dataclass(frozen=True, slots=True)

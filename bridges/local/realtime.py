@@ -10,15 +10,30 @@ Paths, under ``base_path`` (``/v1``):
 * ``POST /realtime/calls/{call_id}/hangup`` (hangup-realtime-call): 200, the peer
   connection is closed; an unknown call -> 404.
 
+* ``GET /realtime?call_id=<call_id>`` (WebSocket): the call's **sideband** (OpenAI's
+  "Webhooks and server-side controls"): an unknown or ended call is refused with 404
+  ``call_id_not_found``; an attached sideband gets ``session.created``, then every
+  event of the session, and may send client events. Ending the call closes it.
+
 plus ``/__emulator/faults`` (:mod:`bridges.local.faults`) and ``GET /healthz``. Every
 call needs ``Authorization: Bearer <api key>`` (401 otherwise). Errors are OpenAI's
 ``{"error": {"message", "type", "code", "param"}}``.
 
-The "model": on an ``oai-events`` data channel (if the offer has one) it sends
-``session.created`` when the channel opens, answers ``session.update`` with
-``session.updated`` and any other event with an ``error`` event. Its voice sends back
-what it hears on the audio track ``echo_delay`` seconds later (silence before anything is
-heard), so a 440 Hz tone in comes back as a 440 Hz tone out.
+The "model" (events typed by :mod:`rooms.realtime_events`, the wire the room reads):
+
+* on an ``oai-events`` data channel (if the offer has one) and on every sideband it
+  sends ``session.created``; it answers ``session.update`` with ``session.updated``
+  (recording each update in ``_Call.session_updates``), ``input_audio_buffer.clear``
+  with ``input_audio_buffer.cleared``, and any other event with an ``error`` event;
+* it *hears*: while ``audio.input.turn_detection`` is not ``null``, each stretch of
+  sound on its input (at most ``utterance_s`` long) becomes an utterance:
+  ``input_audio_buffer.speech_started``, ``speech_stopped``, ``committed``, then, when
+  input transcription is on, ``conversation.item.input_audio_transcription.completed``
+  whose transcript is the dominant tone's frequency (``"tone 440 Hz"``, to 10 Hz), and
+  the model's answer ``response.output_audio_transcript.done`` (``"you said: tone 440
+  Hz"``). With ``turn_detection: null`` it hears nothing: no utterance, no echo;
+* its voice sends back what it hears on the audio track ``echo_delay`` seconds later
+  (silence before anything is heard), so a 440 Hz tone in comes back as a 440 Hz tone out.
 """
 
 from __future__ import annotations
@@ -41,13 +56,19 @@ from av import AudioFrame
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from rooms.realtime_events import SERVER_EVENT_TYPES
 
 from .faults import MALFORMED_SDP, Faults, fault_routes
 from .ice import loopback_peer_connection
-from .media import PacedAudioTrack, frame_to_mono
+from .media import PacedAudioTrack, dominant_frequency, frame_to_mono, rms
 
-__all__ = ["EchoTrack", "OpenAIHTTPError", "RealtimeEmulator"]
+__all__ = ["EchoTrack", "Hearing", "OpenAIHTTPError", "RealtimeEmulator"]
+
+_OTHER_EVENTS = frozenset({"input_audio_buffer.speech_stopped", "input_audio_buffer.cleared"})
+"""Server events the emulator sends that the room does not model (it ignores them)."""
 
 DEFAULT_MODEL = "gpt-realtime"
 DEFAULT_VOICE = "alloy"
@@ -76,15 +97,19 @@ class EchoTrack(PacedAudioTrack):
 
     Produces 20 ms ``s16`` mono 48 kHz frames at real-time pace; silence when nothing is
     due. At most ``max_buffer`` seconds of audio are held (the oldest is dropped).
+    With ``hears``, every frame heard goes to that :class:`Hearing` first, and a frame it
+    refuses (the session's input is off) is not echoed.
     Call :meth:`start` to begin consuming ``source``; :meth:`stop` ends both.
     """
 
     kind = "audio"
 
     def __init__(self, source: MediaStreamTrack | None, delay: float = 0.2,
-                 sample_rate: int = 48000, max_buffer: float = 2.0) -> None:
+                 sample_rate: int = 48000, max_buffer: float = 2.0,
+                 hears: "Hearing | None" = None) -> None:
         super().__init__(sample_rate)
         self.source = source
+        self.hears = hears
         self.delay = float(delay)
         self.max_buffer = max_buffer
         self._n = self._samples_per_frame
@@ -102,13 +127,15 @@ class EchoTrack(PacedAudioTrack):
         with contextlib.suppress(MediaStreamError):
             while True:
                 frame = await self.source.recv()
+                self.frames_heard += 1  # received, whether heard or not
                 mono = frame_to_mono(frame)
                 if frame.sample_rate and frame.sample_rate != self.sample_rate:
                     idx = np.linspace(0, len(mono) - 1, int(len(mono) * self.sample_rate / frame.sample_rate))
                     mono = np.interp(idx, np.arange(len(mono)), mono)
+                if self.hears is not None and not self.hears.feed(mono, self.sample_rate):
+                    continue  # the session's input is off: nothing heard, nothing echoed
                 self._chunks.append((time.monotonic() + self.delay, mono))
                 self._held += len(mono)
-                self.frames_heard += 1
                 while self._held > self.max_buffer * self.sample_rate:
                     self._held -= len(self._chunks.popleft()[1])
 
@@ -141,6 +168,98 @@ class EchoTrack(PacedAudioTrack):
             self._task = None
 
 
+class Hearing:
+    """The emulated model's ears: turns what it hears into utterances.
+
+    Args:
+        emit: sends one server event (a dict) to the session's listeners.
+        listening: whether the session's input is on (``turn_detection`` not null).
+        transcribing: whether input transcription is on.
+        utterance_s: the longest utterance, seconds: a continuous tone is cut into
+            utterances this long.
+        threshold: the RMS level (of s16 samples) above which a frame is sound.
+        silence_frames: this many quiet frames in a row end an utterance.
+    """
+
+    def __init__(self, emit, listening, transcribing, *, utterance_s: float = 1.0,
+                 threshold: float = 300.0, silence_frames: int = 10) -> None:
+        self._emit = emit
+        self._listening = listening
+        self._transcribing = transcribing
+        self.utterance_s = utterance_s
+        self.threshold = threshold
+        self.silence_frames = silence_frames
+        self._item: str | None = None
+        self._heard: list[np.ndarray] = []
+        self._samples = 0
+        self._quiet = 0
+        self._started = time.monotonic()
+        self.transcripts: list[str] = []
+        """Every user transcript the model produced, in order."""
+
+    def feed(self, mono: np.ndarray, rate: int) -> bool:
+        """Hear one frame of mono samples at ``rate`` Hz.
+
+        Returns:
+            ``False`` when the session's input is off (the frame is not heard).
+        """
+        if not self._listening():
+            self.clear()
+            return False
+        loud = rms(mono) >= self.threshold
+        if self._item is None:
+            if not loud:
+                return True
+            self._item = "item_" + secrets.token_hex(10)
+            self._heard, self._samples, self._quiet = [], 0, 0
+            self._emit({"type": "input_audio_buffer.speech_started", "item_id": self._item,
+                        "audio_start_ms": int((time.monotonic() - self._started) * 1000)})
+        if loud:
+            self._heard.append(mono)
+            self._samples += len(mono)
+            self._quiet = 0
+        else:
+            self._quiet += 1
+        if self._samples >= self.utterance_s * rate or self._quiet >= self.silence_frames:
+            self._finish(rate)
+        return True
+
+    def clear(self) -> None:
+        """Forget the utterance under way (``input_audio_buffer.clear``, input off)."""
+        self._item = None
+        self._heard, self._samples, self._quiet = [], 0, 0
+
+    def _finish(self, rate: int) -> None:
+        item, heard = self._item, self._heard
+        self.clear()
+        if not heard:
+            return
+        ms = int((time.monotonic() - self._started) * 1000)
+        self._emit({"type": "input_audio_buffer.speech_stopped", "item_id": item,
+                    "audio_end_ms": ms})
+        self._emit({"type": "input_audio_buffer.committed", "item_id": item,
+                    "previous_item_id": None})
+        if not self._transcribing():
+            return
+        freq = dominant_frequency(np.concatenate(heard), rate)
+        said = f"tone {int(round(freq / 10.0) * 10)} Hz"
+        self.transcripts.append(said)
+        self._emit({"type": "conversation.item.input_audio_transcription.completed",
+                    "item_id": item, "content_index": 0, "transcript": said})
+        self._emit({"type": "response.output_audio_transcript.done",
+                    "response_id": "resp_" + secrets.token_hex(10),
+                    "item_id": "item_" + secrets.token_hex(10), "output_index": 0,
+                    "content_index": 0, "transcript": f"you said: {said}"})
+
+
+@dataclass(eq=False)
+class _Sideband:
+    """One attached sideband WebSocket and the events queued for it."""
+
+    ws: WebSocket
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+
+
 @dataclass(eq=False)
 class _Call:
     id: str
@@ -150,6 +269,37 @@ class _Call:
     events_sent: list[dict] = field(default_factory=list)
     events_received: list[dict] = field(default_factory=list)
     hung_up: bool = False
+    channel: RTCDataChannel | None = None
+    sidebands: list[_Sideband] = field(default_factory=list)
+    attaches: int = 0
+    """How many sidebands attached to this call, ever."""
+    session_updates: list[dict] = field(default_factory=list)
+    """Every ``session`` object received in a ``session.update``, in order."""
+    clears: int = 0
+    """How many ``input_audio_buffer.clear`` events were received."""
+    hearing: Hearing | None = None
+
+    @property
+    def listening(self) -> bool:
+        """Whether the session's input is on (``audio.input.turn_detection`` not null)."""
+        audio_in = (self.session.get("audio") or {}).get("input") or {}
+        return audio_in.get("turn_detection", {"type": "server_vad"}) is not None
+
+    @property
+    def transcribing(self) -> bool:
+        """Whether input transcription is on (``audio.input.transcription`` set)."""
+        audio_in = (self.session.get("audio") or {}).get("input") or {}
+        return bool(audio_in.get("transcription"))
+
+
+def _merge(into: dict[str, Any], update: dict[str, Any]) -> None:
+    """Merge a ``session.update``'s session into the session (objects merged key by key,
+    anything else, ``null`` included, replaced)."""
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
 
 
 class RealtimeEmulator:
@@ -162,14 +312,18 @@ class RealtimeEmulator:
         unconnected_timeout_s: seconds after which a call whose peer connection never
             connected is ended, as the real service ends a call nobody joins (so a
             call whose answer the caller never received does not stay open for ever).
+        utterance_s: the longest utterance the model hears, seconds (see
+            :class:`Hearing`).
 
     Serve :attr:`app` with :class:`bridges.local.server.LocalService`; call :meth:`close`
     in the service loop on shutdown. :meth:`active_calls` is safe from any thread.
     """
 
     def __init__(self, api_key: str = "sk-local", base_path: str = "/v1",
-                 echo_delay: float = 0.2, unconnected_timeout_s: float = 30.0) -> None:
+                 echo_delay: float = 0.2, unconnected_timeout_s: float = 30.0,
+                 utterance_s: float = 1.0) -> None:
         self._api_key = api_key
+        self.utterance_s = utterance_s
         self.base_path = base_path.rstrip("/")
         self.echo_delay = echo_delay
         self.unconnected_timeout_s = unconnected_timeout_s
@@ -194,6 +348,7 @@ class RealtimeEmulator:
             self._app = Starlette(routes=[
                 Route(p, self._endpoint("realtime/calls", self._create_call), methods=["POST"]),
                 Route(p + "/{call_id}/hangup", self._endpoint("hangup", self._hangup), methods=["POST"]),
+                WebSocketRoute(self.base_path + "/realtime", self._sideband),
                 Route("/healthz", self._healthz, methods=["GET"]),
                 *fault_routes(self.faults),
             ])
@@ -291,54 +446,124 @@ class RealtimeEmulator:
             "include": None,
         }
 
-    def _send_event(self, call: _Call, channel: RTCDataChannel, event: dict[str, Any]) -> None:
+    def _emit(self, call: _Call, event: dict[str, Any]) -> None:
+        """Send a server event to every listener of ``call``: its ``oai-events`` data
+        channel (if open) and its sidebands (run in the service loop)."""
         event = {"event_id": "event_" + secrets.token_hex(10), **event}
+        assert event["type"] in SERVER_EVENT_TYPES or event["type"] in _OTHER_EVENTS, event
         call.events_sent.append(event)
-        channel.send(json.dumps(event))
+        text = json.dumps(event)
+        if call.channel is not None and call.channel.readyState == "open":
+            call.channel.send(text)
+        for sideband in call.sidebands:
+            sideband.queue.put_nowait(text)
+
+    def _handle_event(self, call: _Call, message: str | bytes) -> None:
+        """Apply one client event from the data channel or a sideband."""
+        try:
+            event = json.loads(message)
+        except ValueError:
+            event = None
+        if not isinstance(event, dict):
+            self._emit(call, {"type": "error", "error": {
+                "type": "invalid_request_error", "code": "invalid_json",
+                "message": "The event is not a JSON object.", "param": None, "event_id": None}})
+            return
+        call.events_received.append(event)
+        kind = event.get("type")
+        if kind == "session.update" and isinstance(event.get("session"), dict):
+            update = {k: v for k, v in event["session"].items() if k != "type"}
+            call.session_updates.append(event["session"])
+            _merge(call.session, update)
+            self._emit(call, {"type": "session.updated", "session": call.session})
+        elif kind == "input_audio_buffer.clear":
+            call.clears += 1
+            if call.hearing is not None:
+                call.hearing.clear()
+            self._emit(call, {"type": "input_audio_buffer.cleared"})
+        else:
+            self._emit(call, {"type": "error", "error": {
+                "type": "invalid_request_error", "code": "unsupported_event",
+                "message": f"The emulator does not handle {str(kind)[:60]!r}.",
+                "param": None, "event_id": event.get("event_id")}})
 
     def _attach_channel(self, call: _Call, channel: RTCDataChannel) -> None:
         if channel.label != "oai-events":
             return
+        call.channel = channel
 
         def greet() -> None:
-            self._send_event(call, channel, {"type": "session.created", "session": call.session})
+            self._emit(call, {"type": "session.created", "session": call.session})
 
-        @channel.on("message")
-        def on_message(message: str | bytes) -> None:
-            try:
-                event = json.loads(message)
-            except ValueError:
-                event = None
-            if not isinstance(event, dict):
-                self._send_event(call, channel, {"type": "error", "error": {
-                    "type": "invalid_request_error", "code": "invalid_json",
-                    "message": "The event is not a JSON object.", "param": None, "event_id": None}})
-                return
-            call.events_received.append(event)
-            if event.get("type") == "session.update" and isinstance(event.get("session"), dict):
-                call.session.update({k: v for k, v in event["session"].items() if k != "type"})
-                self._send_event(call, channel, {"type": "session.updated", "session": call.session})
-            else:
-                self._send_event(call, channel, {"type": "error", "error": {
-                    "type": "invalid_request_error", "code": "unsupported_event",
-                    "message": f"The emulator does not handle {event.get('type')!r}.",
-                    "param": None, "event_id": event.get("event_id")}})
-
+        channel.on("message", lambda message: self._handle_event(call, message))
         if channel.readyState == "open":
             greet()
         else:
             channel.on("open", greet)
+
+    async def _sideband(self, websocket: WebSocket) -> None:
+        """``GET {base}/realtime?call_id=...`` upgraded to a WebSocket: the call's sideband."""
+        self.request_counts["sideband"] += 1
+        scheme, _, token = websocket.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip(), self._api_key):
+            await websocket.send_denial_response(OpenAIHTTPError(
+                401, "Incorrect API key provided.", "invalid_request_error",
+                "invalid_api_key").response())
+            return
+        call = self.calls.get(websocket.query_params.get("call_id", ""))
+        if call is None or call.hung_up:
+            await websocket.send_denial_response(OpenAIHTTPError(
+                404, "No session found for the provided call_id", "invalid_request_error",
+                "call_id_not_found", param="").response())
+            return
+        await websocket.accept()
+        sideband = _Sideband(websocket)
+        call.sidebands.append(sideband)
+        call.attaches += 1
+
+        async def write() -> None:
+            while True:
+                text = await sideband.queue.get()
+                if text is None:
+                    await websocket.close(1000, "call ended")
+                    return
+                await websocket.send_text(text)
+
+        writer = asyncio.ensure_future(write())
+        self._emit_to(sideband, {"type": "session.created", "session": call.session})
+        try:
+            while not writer.done():
+                receive = asyncio.ensure_future(websocket.receive_text())
+                await asyncio.wait({receive, writer}, return_when=asyncio.FIRST_COMPLETED)
+                if not receive.done():
+                    receive.cancel()
+                    break
+                self._handle_event(call, receive.result())
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        finally:
+            writer.cancel()
+            if sideband in call.sidebands:
+                call.sidebands.remove(sideband)
+
+    def _emit_to(self, sideband: _Sideband, event: dict[str, Any]) -> None:
+        sideband.queue.put_nowait(json.dumps({"event_id": "event_" + secrets.token_hex(10),
+                                              **event}))
 
     async def _create_call(self, request: Request, malformed: bool) -> Response:
         sdp, config = await self._read_offer(request)
         pc = loopback_peer_connection()
         call = _Call(id="rtc_" + secrets.token_hex(16), pc=pc, session=self._session_object(config))
         pc.on("datachannel", lambda channel: self._attach_channel(call, channel))
+        call.hearing = Hearing(lambda event: self._emit(call, event),
+                               lambda: call.listening, lambda: call.transcribing,
+                               utterance_s=self.utterance_s)
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             for transceiver in pc.getTransceivers():
                 if transceiver.kind == "audio" and transceiver.receiver.track is not None:
-                    echo = EchoTrack(transceiver.receiver.track, delay=self.echo_delay)
+                    echo = EchoTrack(transceiver.receiver.track, delay=self.echo_delay,
+                                     hears=call.hearing if not call.echoes else None)
                     transceiver.sender.replaceTrack(echo)
                     transceiver.direction = "sendrecv"
                     echo.start()
@@ -372,7 +597,24 @@ class RealtimeEmulator:
         call.hung_up = True
         for echo in call.echoes:
             echo.stop()
+        for sideband in call.sidebands:
+            sideband.queue.put_nowait(None)  # closes it (1000) after what is queued
         await call.pc.close()
+
+    async def drop_sidebands(self, call_id: str, code: int = 1011) -> int:
+        """Close every sideband of ``call_id`` with ``code`` while the call goes on, as
+        a network failure or a service restart would (run in the service loop; tests).
+
+        Returns:
+            how many sidebands were closed.
+        """
+        call = self.calls.get(call_id)
+        dropped = 0
+        for sideband in list(call.sidebands if call is not None else []):
+            with contextlib.suppress(Exception):
+                await sideband.ws.close(code, "dropped by the emulator")
+            dropped += 1
+        return dropped
 
     async def close(self) -> None:
         """Hang up every call (run in the service loop)."""

@@ -1,0 +1,187 @@
+"""The OpenAI Realtime sideband client: a server-side WebSocket to a live WebRTC call.
+
+Implements :class:`rooms.ports.AiSideband` with the ``websockets`` library, as specified
+by OpenAI's "Webhooks and server-side controls" guide and the contract
+``bridges/contracts/openai_realtime.yaml`` (section ``sideband``):
+
+* ``GET wss://api.openai.com/v1/realtime?call_id=<call id>`` with
+  ``Authorization: Bearer <api key>`` (the base URL's ``http(s)`` becomes ``ws(s)``);
+* an unknown or ended call is refused with HTTP 404
+  (``{"error": {"code": "call_id_not_found"}}``): :class:`rooms.ports.CallEnded`;
+* then JSON text frames both ways: the Realtime client and server events
+  (:mod:`rooms.realtime_events`).
+
+Usage::
+
+    sideband = RealtimeSideband(api_key, base_url="https://api.openai.com/v1")
+    link = await sideband.attach("rtc_123")
+    await link.send(SessionUpdate(session={...}))
+    event = await link.receive()
+    await link.close()
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+
+from rooms.ports import BridgeError, CallEnded, ClientEvent
+from rooms.realtime_events import ServerEvent, parse_server_event
+
+from .errors import is_retryable_status, scrub
+
+__all__ = ["RealtimeSideband", "SidebandConnection", "sideband_url"]
+
+SERVICE = "openai"
+OPERATION = "realtime sideband"
+MAX_EVENT_BYTES = 4 * 1024 * 1024
+"""The largest server event accepted, bytes (a session object with tools fits easily)."""
+
+log = logging.getLogger("ray_rooms.bridges.openai")
+
+
+def sideband_url(base_url: str, call_id: str) -> str:
+    """The sideband URL of call ``call_id`` under the API root ``base_url``.
+
+    Args:
+        base_url: ``https://api.openai.com/v1`` or an emulator's ``http://127.0.0.1:P/v1``.
+        call_id: the call id (``rtc_...``), percent-encoded into the query.
+
+    Returns:
+        e.g. ``wss://api.openai.com/v1/realtime?call_id=rtc_123``.
+
+    Raises:
+        ValueError: ``base_url`` is not http(s) or ws(s), or ``call_id`` is empty.
+    """
+    if not call_id:
+        raise ValueError("call_id is empty")
+    parts = urlsplit(base_url.rstrip("/"))
+    scheme = {"https": "wss", "http": "ws", "wss": "wss", "ws": "ws"}.get(parts.scheme)
+    if scheme is None:
+        raise ValueError(f"not an http(s) URL: {scrub(base_url)!r}")
+    return urlunsplit((scheme, parts.netloc, parts.path + "/realtime",
+                       f"call_id={quote(call_id, safe='')}", ""))
+
+
+class SidebandConnection:
+    """One open sideband: a :class:`rooms.ports.SidebandLink` over a WebSocket."""
+
+    def __init__(self, ws: ClientConnection, call_id: str, secrets: list[str]) -> None:
+        self._ws = ws
+        self.call_id = call_id
+        self._secrets = secrets
+
+    def __repr__(self) -> str:
+        return f"<SidebandConnection {self.call_id}>"
+
+    def _closed(self, exc: ConnectionClosed) -> BridgeError:
+        code = exc.rcvd.code if exc.rcvd is not None else None
+        reason = scrub(exc.rcvd.reason if exc.rcvd is not None else "", self._secrets)
+        return BridgeError(f"the sideband closed (code {code}{': ' + reason if reason else ''})",
+                           service=SERVICE, operation=OPERATION, retryable=True)
+
+    async def send(self, event: ClientEvent) -> None:
+        """Send one client event as a JSON text frame.
+
+        Raises:
+            BridgeError: the connection is closed (``retryable``).
+        """
+        try:
+            await self._ws.send(json.dumps(event.wire()))
+        except ConnectionClosed as exc:
+            raise self._closed(exc) from None
+
+    async def receive(self) -> ServerEvent | None:
+        """Wait for the next server event.
+
+        Returns:
+            The typed event, or ``None`` for an event type the room does not use, a
+            binary frame, or a frame that is not a well-formed event (logged).
+
+        Raises:
+            BridgeError: the connection closed (``retryable``: attaching again decides
+                whether the call still exists).
+        """
+        try:
+            frame = await self._ws.recv()
+        except ConnectionClosed as exc:
+            raise self._closed(exc) from None
+        if not isinstance(frame, str):
+            return None
+        try:
+            return parse_server_event(json.loads(frame))
+        except ValueError as error:
+            log.warning("sideband to call %s: %s", self.call_id, str(error)[:300])
+            return None
+
+    async def close(self) -> None:
+        """Close the WebSocket (code 1000); never raises."""
+        try:
+            await self._ws.close()
+        except Exception:  # noqa: BLE001 - closing is best effort
+            pass
+
+
+class RealtimeSideband:
+    """Opens sidebands to OpenAI Realtime calls: a :class:`rooms.ports.AiSideband`.
+
+    Args:
+        api_key: the OpenAI API key (the one that created the calls), sent as
+            ``Authorization: Bearer``; never in a repr, log line or error.
+        base_url: the API root (``https://api.openai.com/v1`` or an emulator's).
+        timeout: seconds allowed to open the WebSocket.
+    """
+
+    def __init__(self, api_key: str, *, base_url: str, timeout: float = 10.0) -> None:
+        self._key = api_key
+        self.base_url = base_url
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"RealtimeSideband(base_url={self.base_url!r})"
+
+    async def attach(self, call_id: str) -> SidebandConnection:
+        """Attach to call ``call_id``'s live session.
+
+        Returns:
+            the open connection.
+
+        Raises:
+            CallEnded: HTTP 404 (the call ended or never existed).
+            BridgeError: another refusal (``retryable`` for 408/429/5xx), a timeout or a
+                connection error (``retryable``).
+        """
+        url = sideband_url(self.base_url, call_id)
+        failure: BridgeError | None = None
+        try:
+            ws = await connect(url, additional_headers={"Authorization": f"Bearer {self._key}"},
+                               open_timeout=self.timeout, max_size=MAX_EVENT_BYTES,
+                               compression=None)
+            return SidebandConnection(ws, call_id, [self._key])
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            body = scrub(_error_message(exc.response.body), [self._key])
+            cls = CallEnded if status == 404 else BridgeError
+            failure = cls(body or "the sideband was refused", service=SERVICE,
+                          operation=OPERATION, status=status,
+                          retryable=is_retryable_status(status))
+        except (OSError, TimeoutError, WebSocketException) as exc:
+            failure = BridgeError(scrub(f"{type(exc).__name__}: {exc}", [self._key]),
+                                  service=SERVICE, operation=OPERATION, retryable=True)
+        raise failure  # outside the except: no reference to the handshake kept
+
+
+def _error_message(body: bytes | None) -> str:
+    """The ``error.message`` of an OpenAI error body, else its first 200 characters."""
+    if not body:
+        return ""
+    try:
+        error = json.loads(body).get("error") or {}
+        return str(error.get("message") or error.get("code") or "")[:300]
+    except (ValueError, AttributeError):
+        return body[:200].decode("utf-8", "replace")
+

@@ -1,0 +1,188 @@
+"""The AI sideband without Ray: the OpenAI emulator's sideband and its hearing, the
+sideband bridge (:mod:`bridges.openai_sideband`) and the room's :class:`rooms.sideband.Sideband`
+runner, over real WebSockets on loopback with real aiortc media.
+
+A call is made directly against the emulator (create-realtime-call with an aiortc offer
+that sends a tone), then the sideband attaches to it as a room would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from aiortc import RTCSessionDescription
+
+from bridges.local import Emulators, start_emulators
+from bridges.local.ice import loopback_peer_connection
+from bridges.local.media import ToneTrack
+from bridges.openai import RealtimeClient
+from rooms.ports import BridgeError, CallEnded, SessionDescription
+from rooms.realtime_events import InputTranscriptionCompleted, OutputTranscriptDone
+from rooms.room import AiCallEnded, AiTranscript
+from rooms.sideband import Sideband, SidebandState, session_control
+
+pytestmark = pytest.mark.media
+
+API_KEY = "sk-sideband-test"
+
+
+@pytest.fixture(scope="module")
+def emu() -> Emulators:
+    emulators = start_emulators(api_key=API_KEY)
+    yield emulators
+    emulators.stop()
+
+
+class Caller:
+    """An aiortc peer in a call with the emulated model, sending a tone."""
+
+    def __init__(self, emu: Emulators, freq_hz: float = 440.0) -> None:
+        self.emu = emu
+        self.tone = ToneTrack(freq_hz)
+        self.pc = loopback_peer_connection()
+        self.client = RealtimeClient(API_KEY, base_url=emu.openai_base_url, timeout=5)
+        self.call_id = ""
+
+    async def __aenter__(self) -> "Caller":
+        self.pc.addTransceiver(self.tone, direction="sendrecv")
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        call = await self.client.create_call(
+            SessionDescription(sdp=self.pc.localDescription.sdp, type="offer"),
+            model="gpt-realtime", instructions="Say what you hear.")
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=call.answer.sdp,
+                                                                 type="answer"))
+        self.call_id = call.call_id
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.pc.close()
+        await self.client.aclose()
+
+    @property
+    def call(self):
+        return self.emu.openai.calls[self.call_id]
+
+
+async def until(predicate, timeout: float = 10.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def next_of(link, kind, timeout: float = 8.0):
+    """The next event of type ``kind`` on ``link``."""
+    async def read():
+        while True:
+            event = await link.receive()
+            if isinstance(event, kind):
+                return event
+    return await asyncio.wait_for(read(), timeout)
+
+
+async def test_the_emulator_transcribes_what_it_hears_only_while_listening(emu) -> None:
+    async with Caller(emu, 440) as caller:
+        link = await caller.client.attach(caller.call_id)
+        try:
+            for event in session_control("Say what you hear.", "Alice").events():
+                await link.send(event)
+            heard = await next_of(link, InputTranscriptionCompleted)
+            assert heard.transcript == "tone 440 Hz"
+            said = await next_of(link, OutputTranscriptDone)
+            assert said.transcript == "you said: tone 440 Hz"
+            update = caller.call.session_updates[-1]
+            assert "Alice" in update["instructions"]
+            assert update["audio"]["input"]["transcription"]["model"]
+            # the tone changes: so does what it hears
+            caller.tone.freq_hz = 660
+            await until(lambda: "tone 660 Hz" in caller.call.hearing.transcripts, 8,
+                        "a 660 Hz transcript")
+            # nobody holds control: the session's input is off and it hears nothing
+            for event in session_control("Say what you hear.", None).events():
+                await link.send(event)
+            await until(lambda: not caller.call.listening and caller.call.clears == 1, 5,
+                        "the input to go off and the buffer to be cleared")
+            count = len(caller.call.hearing.transcripts)
+            echoed = caller.call.echoes[0].frames_heard
+            await asyncio.sleep(2.5)
+            assert len(caller.call.hearing.transcripts) == count
+            assert caller.call.echoes[0].frames_heard > echoed  # audio still arrives
+        finally:
+            await link.close()
+
+
+async def test_a_sideband_to_an_unknown_or_ended_call_is_refused(emu) -> None:
+    client = RealtimeClient(API_KEY, base_url=emu.openai_base_url, timeout=5)
+    with pytest.raises(CallEnded) as refused:
+        await client.attach("rtc_does_not_exist")
+    assert refused.value.status == 404 and not refused.value.retryable
+    wrong = RealtimeClient("sk-wrong", base_url=emu.openai_base_url, timeout=5)
+    with pytest.raises(BridgeError) as denied:
+        await wrong.attach("rtc_does_not_exist")
+    assert denied.value.status == 401 and not denied.value.retryable
+    assert "sk-wrong" not in str(denied.value)
+    async with Caller(emu) as caller:
+        link = await client.attach(caller.call_id)
+        await client.hangup(caller.call_id)
+        with pytest.raises(BridgeError):  # the service closes the sideband of an ended call
+            async with asyncio.timeout(5):
+                while True:
+                    await link.receive()
+        with pytest.raises(CallEnded):
+            await client.attach(caller.call_id)
+    await client.aclose()
+    await wrong.aclose()
+
+
+async def test_the_runner_attributes_lines_steers_and_attaches_again(emu) -> None:
+    lines: list[AiTranscript] = []
+    ended: list[AiCallEnded] = []
+    holder = {"conn": "alice"}
+
+    async def on_line(line: AiTranscript) -> None:
+        lines.append(line)
+
+    async def on_ended(event: AiCallEnded) -> None:
+        ended.append(event)
+
+    async with Caller(emu, 440) as caller:
+        sideband = Sideband(caller.call_id, caller.client, speaker=lambda: holder["conn"],
+                            on_line=on_line, on_ended=on_ended, backoff=0.05, max_backoff=0.5)
+        sideband.steer(session_control(None, "Alice"))
+        sideband.start()
+        await until(lambda: any(l.direction == "in" for l in lines), 10, "a line")
+        first = next(l for l in lines if l.direction == "in")
+        assert (first.speaker, first.text) == ("alice", "tone 440 Hz")
+        assert any(l.direction == "out" and l.text == "you said: tone 440 Hz" for l in lines)
+        assert sideband.state is SidebandState.ATTACHED and sideband.attaches == 1
+
+        # control passes to bob, who sends 660 Hz: an update names him, lines are his
+        holder["conn"] = "bob"
+        caller.tone.freq_hz = 660
+        sideband.steer(session_control(None, "Bob"))
+        await until(lambda: "Bob" in caller.call.session_updates[-1]["instructions"], 5,
+                    "an update naming Bob")
+        await until(lambda: any(l.speaker == "bob" and l.text == "tone 660 Hz" for l in lines),
+                    10, "a line of bob's")
+
+        # the link drops while the call goes on: it attaches again and re-sends the control
+        updates = len(caller.call.session_updates)
+        dropped = emu.openai_service.run_coroutine(emu.openai.drop_sidebands(caller.call_id))
+        assert dropped == 1
+        await until(lambda: sideband.attaches == 2 and sideband.state is SidebandState.ATTACHED,
+                    10, "a second attach")
+        await until(lambda: len(caller.call.session_updates) > updates, 5, "the control again")
+        assert "Bob" in caller.call.session_updates[-1]["instructions"]
+
+        # the call ends: the runner reports it once and stops
+        await caller.client.hangup(caller.call_id)
+        await until(lambda: ended, 10, "the end to be reported")
+        assert len(ended) == 1 and ended[0].call_id == caller.call_id
+        assert sideband.state is SidebandState.CLOSED
+        await sideband.close()
