@@ -56,6 +56,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rooms.limits import RoomLimits
+from rooms.sideband import DEFAULT_SPEAKER_TEMPLATE
 from storage.factory import DEFAULT_STORE_URL
 
 from .webhooks import WebhookSettings
@@ -119,6 +120,10 @@ class RoomsConfig(BaseSettings):
         "", description="OTLP/HTTP traces URL; spans per frame (actors.tracing); "
                         "empty: off")
     services: ServiceEndpoints = Field(default_factory=ServiceEndpoints)
+    ai_speaker_template: str = Field(
+        DEFAULT_SPEAKER_TEMPLATE, max_length=2000,
+        description="the sentence the room adds to the AI's instructions naming who "
+                    "holds control; {name} is replaced by their display name")
     webhooks: WebhookSettings = Field(
         default_factory=WebhookSettings,
         description="lifecycle webhooks (ROOMS_WEBHOOK_*, actors.webhooks)")

@@ -46,6 +46,9 @@ import ray
 from rooms import AiControlResult, AiEnableResult, Effects, Outgoing, Room, RoomData
 from rooms.ai import run_control, run_enable, run_release
 from rooms.ports import AiService, MediaBridge
+from rooms.ports import AiSideband
+from rooms.room import AiCallEnded, AiTranscript
+from rooms.sideband import Sideband, session_control
 from rooms.state import ControlJob, EnableJob, Job, ReleaseJob
 from storage import (SnapshotStore, StaleEpoch, StorageError, StorageUnavailable,
                      decode_snapshot, encode_snapshot, open_store)
@@ -172,6 +175,8 @@ class RoomActor:
         self._last_active = self._last_turn  # the last turn not the room's own alarm
         self._idle_task: asyncio.Task | None = None
         self._ai_active = False
+        self._sideband: Sideband | None = None  # while the room's AI is enabled
+        self._closing: set[asyncio.Task] = set()  # sidebands being closed
         if _in_ray_actor():  # its node's warm pool replaces the worker (off the critical path)
             threading.Thread(target=notify_started, name="warm-pool-notify",
                              daemon=True).start()
@@ -461,6 +466,58 @@ class RoomActor:
         if room.data.ai.enabled != self._ai_active:
             self._ai_active = room.data.ai.enabled
             metrics.ai_session(self.room_id, self._ai_active)
+        self._keep_sideband(room)
+
+    # ---- the AI's sideband (rooms.sideband) -----------------------------------------
+
+    def _keep_sideband(self, room: Room) -> None:
+        """Make the sideband match the room's AI state after a turn: one per enabled
+        call (attached on the first turn that shows it, and by a new activation whose
+        snapshot shows it), steered to name whoever holds control, closed when the AI
+        leaves."""
+        ai = room.data.ai
+        wanted = ai.callId if ai.enabled else None
+        current = self._sideband
+        if current is not None and current.call_id != wanted:
+            self._sideband = None
+            self._close_sideband_later(current)
+            current = None
+        if wanted is None:
+            return
+        if current is None:
+            try:
+                _, service = self._get_services()
+            except Exception as error:  # noqa: BLE001 - the enable job reports it
+                log.warning("room %s: no AI sideband: %s", self.room_id, error)
+                return
+            if not isinstance(service, AiSideband):
+                log.warning("room %s: the AI service %s has no sideband; the AI is "
+                            "not steered", self.room_id, type(service).__name__)
+                return
+            current = self._sideband = Sideband(
+                wanted, service, speaker=self._ai_speaker, on_line=self._ai_line,
+                on_ended=self._ai_ended)
+            current.start()
+        holder = ai.controllingUser
+        name = room.data.users[holder].name if holder in room.data.users else None
+        current.steer(session_control(ai.instructions, name,
+                                      self.config.ai_speaker_template))
+
+    def _close_sideband_later(self, sideband: Sideband) -> None:
+        """Close ``sideband`` in the background (its task is kept until it is done)."""
+        task = asyncio.ensure_future(sideband.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def _ai_speaker(self) -> str | None:
+        """The connection holding the AI's control now (for the sideband)."""
+        return self.room.data.ai.controllingUser if self.room is not None else None
+
+    async def _ai_line(self, line: AiTranscript) -> None:
+        await self._turn(lambda room, now: room.on_ai_event(line, now), "ai")
+
+    async def _ai_ended(self, event: AiCallEnded) -> None:
+        await self._turn(lambda room, now: room.on_ai_event(event, now), "ai")
 
     def _die(self, *, restart: bool) -> None:
         """Leave the process: with ``restart`` Ray restarts the actor from its snapshot;
@@ -780,7 +837,10 @@ class RoomActor:
             meetingId=room.data.meetingId, peakUserCount=room.data.peakUserCount,
             alarmAt=room.alarm_at,
             ai=AiFacts(enabled=ai.enabled, connectionPending=ai.connectionPending,
-                       controllingUser=ai.controllingUser, error=ai.error),
+                       controllingUser=ai.controllingUser, error=ai.error,
+                       sideband=self._sideband.state.value if self._sideband else None,
+                       sideband_attaches=self._sideband.attaches if self._sideband else 0,
+                       transcript_lines=len(room.data.transcript)),
             jobs=len(self._jobs), pid=os.getpid(), recent_save_s=tuple(self._save_seconds),
             turns=self._stats.turns, saves=self._stats.saves,
             duplicate_frames=self._stats.duplicate_frames,
@@ -791,14 +851,14 @@ class RoomActor:
         """Save, tell the pollers, and exit the actor for good if the room is idle.
 
         Returns:
-            ``False`` if the room cannot hibernate now (AI jobs under way, or its last
-            save failed with :class:`StorageUnavailable`); ``True``
+            ``False`` if the room cannot hibernate now (AI jobs under way, its AI
+            enabled or being enabled, or its last save failed with :class:`StorageUnavailable`); ``True``
             once it has saved and its actor is exiting. (Inside Ray the actor exits
             during this call, so a remote caller sees the actor go away instead.)
         """
-        await self._ensure_active()
-        if self._jobs:
-            return False
+        room = await self._ensure_active()
+        if self._jobs or room.data.ai.enabled or room.data.ai.connectionPending:
+            return False  # an AI's live session would end with the activation
         async with self._gate:
             self.lifecycle = Lifecycle.HIBERNATING
         try:
@@ -869,6 +929,9 @@ class RoomActor:
         always runs in a method."""
         if self._sender is not None:
             self._sender.stop()
+        if self._sideband is not None:
+            self._close_sideband_later(self._sideband)
+            self._sideband = None
         if self._idle_task:
             self._idle_task.cancel()
         if self._alarm_task:
@@ -891,8 +954,10 @@ class RoomActor:
         last turn other than its own alarm (a client's frame, a connect or close, an AI
         job's result). The alarm's sweeps do not make a room recently active: the least
         recently active room is the one its users left quiet."""
+        ai = self.room.data.ai if self.room is not None else None
         return Activity(room=self.room_id, idle_s=time.monotonic() - self._last_active,
-                        jobs=len(self._jobs), lifecycle=self.lifecycle.value)
+                        jobs=len(self._jobs), lifecycle=self.lifecycle.value,
+                        ai=ai is not None and (ai.enabled or ai.connectionPending))
 
     def where(self) -> Placement:
         """Return where this actor runs, without activating the room (a
@@ -930,6 +995,8 @@ class RoomActor:
         while self.lifecycle is Lifecycle.ACTIVE:
             await asyncio.sleep(min(timeout, max(0.05, timeout / 4)))
             waiting = self._sender is not None and bool(self._sender.pending)
+            ai = self.room.data.ai if self.room is not None else None
+            waiting = waiting or (ai is not None and (ai.enabled or ai.connectionPending))
             if time.monotonic() - self._last_turn >= timeout and not self._jobs \
                     and not waiting:
                 self._last_turn = time.monotonic()  # if it cannot now, wait another round

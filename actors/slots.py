@@ -80,7 +80,7 @@ def free_slots() -> float:
 def shed_one(config: RoomsConfig, *, prefix: str = "room:", exclude: str | None = None,
              timeout_s: float = 5.0) -> str | None:
     """Hibernate the least recently active room of ``config.namespace`` that may go:
-    no AI job under way and idle at least ``config.shed_idle_s`` seconds.
+    no AI job under way, no AI enabled, and idle at least ``config.shed_idle_s`` seconds.
 
     Args:
         config: the namespace and the idle threshold.
@@ -113,7 +113,8 @@ def shed_one(config: RoomsConfig, *, prefix: str = "room:", exclude: str | None 
             fact: Activity = ray.get(ref)
         except Exception:  # noqa: BLE001 - dead or restarting: not a candidate
             continue
-        if fact.lifecycle == "active" and not fact.jobs and fact.idle_s >= config.shed_idle_s:
+        if fact.lifecycle == "active" and not fact.jobs and not fact.ai \
+                and fact.idle_s >= config.shed_idle_s:
             candidates.append(fact)
     for fact in sorted(candidates, key=lambda f: -f.idle_s):
         try:

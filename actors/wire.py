@@ -134,12 +134,19 @@ class AiFacts:
         connectionPending: the job that brings it into the call is under way.
         controllingUser: the user id that controls it, or ``None``.
         error: the last AI error's public text, or ``None``.
+        sideband: the state of the room's sideband to the AI's live session
+            (:class:`rooms.sideband.SidebandState` value), or ``None`` without one.
+        sideband_attaches: how many times this activation's sideband attached.
+        transcript_lines: the transcript lines the room's state holds.
     """
 
     enabled: bool = False
     connectionPending: bool = False
     controllingUser: str | None = None
     error: str | None = None
+    sideband: str | None = None
+    sideband_attaches: int = 0
+    transcript_lines: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,12 +211,15 @@ class Activity:
         idle_s: seconds since its last turn other than its own alarm.
         jobs: background (AI) jobs under way.
         lifecycle: the activation's lifecycle (``"active"``, ...).
+        ai: the room's AI is enabled or being enabled (its live session would end with
+            the room: never shed).
     """
 
     room: str
     idle_s: float
     jobs: int
     lifecycle: str
+    ai: bool = False
 
 
 @dataclass(frozen=True, slots=True)

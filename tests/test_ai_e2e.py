@@ -209,7 +209,8 @@ async def test_ai_end_to_end_with_real_media(emu: Emulators, make_room) -> None:
         assert ai_sid in emu.calls.open_sessions()
         [call_id] = ledger.new_calls()
         session = emu.openai.calls[call_id].session
-        assert session["instructions"] == ENABLE["instructions"]
+        # created with enableAi's instructions (the sideband then adds who is speaking)
+        assert session["instructions"].startswith(ENABLE["instructions"])
         assert session["audio"]["output"]["voice"] == "marin"
 
         # alice takes control: her microphone feeds the AI; she hears its voice
@@ -483,3 +484,139 @@ async def test_openai_model_comes_from_the_environment(emu: Emulators, monkeypat
     assert emu.openai.calls[call_id].session["model"] == "gpt-realtime-mini"
     await room.message("alice", json.dumps({"type": "disableAi"}))
     await ledger.wait_released()
+
+
+# ---------------------------------------------------------------- 4. the sideband
+
+
+class Captions:
+    """The ``aiTranscript`` broadcasts of a room, read from its outbox as a gateway would."""
+
+    def __init__(self, room) -> None:
+        self.room = room
+        self.cursor: int | None = None
+        self.lines: list[dict[str, Any]] = []
+
+    async def start(self) -> None:
+        """Start reading at the outbox's current end."""
+        self.cursor = (await self.room.poll.remote(None, 0)).cursor
+
+    async def read(self) -> None:
+        """Take in what was released since the last read (waits up to 0.3 s)."""
+        polled = await self.room.poll.remote(self.cursor, 0.3)
+        if polled.gap:  # e.g. a restarted room: start again at its end
+            await self.start()
+            return
+        self.cursor = polled.cursor
+        for entry in polled.entries:
+            message = json.loads(entry.data) if entry.data else {}
+            if entry.to == "all" and message.get("type") == "aiTranscript":
+                self.lines.append(message)
+
+    async def wait(self, predicate: Callable[[dict[str, Any]], bool], what: str,
+                   timeout: float = 15.0) -> dict[str, Any]:
+        """Wait for a line matching ``predicate`` read after this call began."""
+        seen = len(self.lines)
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.lines[seen:]:
+                if predicate(line):
+                    return line
+            seen = len(self.lines)
+            assert time.monotonic() < deadline, f"no {what}; lines: {self.lines[-6:]}"
+            await self.read()
+
+
+async def until(predicate: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
+    """Wait (bounded) for ``predicate()`` to be true; return its value."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+    return value
+
+
+async def test_the_sideband_hands_the_floor_transcribes_and_survives_a_sigkill(
+        ray_session, emu: Emulators, make_room) -> None:
+    ray = ray_session
+    creds = (emu.calls_base_url, APP_ID, APP_SECRET)
+    ledger = Ledger(emu)
+    room = make_room()
+    captions = Captions(room)
+    async with Participant(*creds, freq_hz=440) as alice, \
+            Participant(*creds, freq_hz=660) as bob:
+        a_sid, a_track = await alice.publish()
+        b_sid, b_track = await bob.publish()
+        await room.connect.remote("alice", "Alice")
+        await room.connect.remote("bob", "Bob")
+        await captions.start()
+        await send(room, "alice", ENABLE)
+        state = await wait_state(room, settled)
+        assert state["ai"]["enabled"] is True, state["ai"]
+        [call_id] = ledger.new_calls()
+        call = emu.openai.calls[call_id]
+
+        # attached; nobody holds control, so the model's input is off
+        await until(lambda: call.attaches == 1 and call.session_updates
+                    and not call.listening, "the sideband to attach and mute the input")
+        assert call.clears >= 1
+
+        # alice holds control: her tone reaches the model, her lines are hers
+        await send(room, "alice", {"type": "requestAiControl",
+                                   "track": {"sessionId": a_sid, "trackName": a_track}})
+        line = await captions.wait(lambda l: l["speaker"] == "alice", "line of alice's")
+        assert (line["name"], line["text"]) == ("Alice", "tone 440 Hz"), line
+        assert "Alice" in call.session_updates[-1]["instructions"] and call.listening
+        assert ENABLE["instructions"] in call.session_updates[-1]["instructions"]
+        await captions.wait(lambda l: l["speaker"] == "ai" and "440" in l["text"],
+                            "the AI's answer")
+
+        # control passes to bob: an update names him and the next lines are his
+        await send(room, "bob", {"type": "requestAiControl",
+                                 "track": {"sessionId": b_sid, "trackName": b_track}})
+        await until(lambda: "Bob" in call.session_updates[-1]["instructions"],
+                    "an update naming Bob")
+        line = await captions.wait(lambda l: l["speaker"] == "bob" and "660" in l["text"],
+                                   "line of bob's")
+        assert line["name"] == "Bob"
+
+        # bob releases while he keeps sending 660 Hz: the model hears nothing
+        await send(room, "bob", {"type": "relinquishAiControl"})
+        await until(lambda: not call.listening, "the input to go off")
+        heard = len(call.hearing.transcripts)
+        await asyncio.sleep(3.0)
+        await captions.read()
+        assert len(call.hearing.transcripts) == heard, call.hearing.transcripts[heard:]
+        assert bob.tone is not None and bob.tone.freq_hz == 660
+
+        # alice again, then the room's process is SIGKILLed: it re-attaches to the same
+        # call, and transcripts go on
+        await send(room, "alice", {"type": "requestAiControl",
+                                   "track": {"sessionId": a_sid, "trackName": a_track}})
+        await captions.wait(lambda l: l["speaker"] == "alice", "line of alice's")
+        old_pid = (await room.info.remote()).pid
+        ray.kill(room, no_restart=False)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                info = await asyncio.wait_for(room.info.remote(), 10)
+                if info.pid != old_pid:
+                    break
+            except (ray.exceptions.RayError, asyncio.TimeoutError):
+                pass
+            assert time.monotonic() < deadline, "the room actor did not restart"
+            await asyncio.sleep(0.1)
+        await until(lambda: call.attaches == 2, "the restarted room to attach again", 20)
+        assert ledger.new_calls() == {call_id}  # the same call, not a new one
+        await captions.start()
+        line = await captions.wait(lambda l: l["speaker"] == "alice", "a line after the kill")
+        assert line["text"] == "tone 440 Hz"
+        info = await room.info.remote()
+        assert info.ai.sideband == "attached" and info.ai.transcript_lines > 0
+
+        # disableAi closes the sideband and the emulator ends the session
+        await send(room, "alice", {"type": "disableAi"})
+        await until(lambda: not call.sidebands, "the sideband to close")
+        left = await ledger.wait_released(exclude={a_sid, b_sid})
+        assert left == {"sessions": [], "tracks": [], "calls": []}
+        assert (await room.info.remote()).ai.sideband is None
