@@ -9,11 +9,15 @@ that sends a tone), then the sideband attaches to it as a room would.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 
+import jsonschema
 import pytest
+import yaml
 from aiortc import RTCSessionDescription
 
+from bridges.contracts import SIDEBAND_CONTRACT
 from bridges.local import Emulators, start_emulators
 from bridges.local.ice import loopback_peer_connection
 from bridges.local.media import ToneTrack
@@ -33,6 +37,28 @@ def emu() -> Emulators:
     emulators = start_emulators(api_key=API_KEY)
     yield emulators
     emulators.stop()
+
+
+@functools.cache
+def contract() -> dict:
+    return yaml.safe_load(SIDEBAND_CONTRACT.read_text())
+
+
+def check_event(event: dict, side: str) -> None:
+    """Validate ``event`` against the sideband contract's ``side`` (``client_events`` or
+    ``server_events``) schema of its type (AssertionError if it breaks it)."""
+    declared = contract()[side].get(event["type"])
+    assert declared is not None, f"{event['type']} is not in the contract's {side}"
+    jsonschema.validate(event, declared["schema"])
+
+
+def test_every_event_the_room_sends_or_reads_is_in_the_contract() -> None:
+    from rooms.realtime_events import SERVER_EVENT_TYPES
+
+    assert SERVER_EVENT_TYPES <= set(contract()["server_events"])
+    for speaker in ("Alice", None):
+        for event in session_control("Be brief.", speaker).events():
+            check_event(event.wire(), "client_events")
 
 
 class Caller:
@@ -98,6 +124,14 @@ async def test_the_emulator_transcribes_what_it_hears_only_while_listening(emu) 
             assert said.transcript == "you said: tone 440 Hz"
             update = caller.call.session_updates[-1]
             assert "Alice" in update["instructions"]
+            from rooms.realtime_events import SERVER_EVENT_TYPES
+            sent = [e for e in caller.call.events_sent if e["type"] in SERVER_EVENT_TYPES]
+            assert {e["type"] for e in sent} >= {
+                "session.created", "session.updated", "input_audio_buffer.speech_started",
+                "input_audio_buffer.committed", "response.output_audio_transcript.done",
+                "conversation.item.input_audio_transcription.completed"}
+            for event in sent:
+                check_event(event, "server_events")
             assert update["audio"]["input"]["transcription"]["model"]
             # the tone changes: so does what it hears
             caller.tone.freq_hz = 660

@@ -11,7 +11,11 @@ for ray-rooms from the facts of the services' published specs, and names its sou
   ``create-realtime-call`` and ``hangup-realtime-call``, from OpenAI's published
   ``openapi.yaml``.
 
-The tests (``tests/contracts.py``) validate every request of :mod:`bridges.calls` and
+* :data:`SIDEBAND_CONTRACT` (``openai_sideband.yaml``): the sideband of a Realtime
+  call (its WebSocket URL and the events the room sends and reads, a JSON schema each),
+  from OpenAI's "Webhooks and server-side controls" guide and GA event references.
+
+The tests (``tests/contracts.py``, ``tests/test_sideband.py``) validate every request of :mod:`bridges.calls` and
 :mod:`bridges.openai` and every answer of the local emulators against them.
 """
 
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["CALLS_CONTRACT", "CONTRACTS_DIR", "OPENAI_CONTRACT"]
+__all__ = ["CALLS_CONTRACT", "CONTRACTS_DIR", "OPENAI_CONTRACT", "SIDEBAND_CONTRACT"]
 
 CONTRACTS_DIR = Path(__file__).resolve().parent
 """The folder holding the contract files (shipped with the package)."""
@@ -27,3 +31,5 @@ CALLS_CONTRACT = CONTRACTS_DIR / "calls.yaml"
 """The Cloudflare Calls contract (OpenAPI 3.0, YAML)."""
 OPENAI_CONTRACT = CONTRACTS_DIR / "openai_realtime.yaml"
 """The OpenAI Realtime contract (OpenAPI 3.1, YAML)."""
+SIDEBAND_CONTRACT = CONTRACTS_DIR / "openai_sideband.yaml"
+"""The OpenAI Realtime sideband contract (events as JSON schemas, YAML)."""

@@ -530,7 +530,7 @@ class RealtimeEmulator:
                 await websocket.send_text(text)
 
         writer = asyncio.ensure_future(write())
-        self._emit_to(sideband, {"type": "session.created", "session": call.session})
+        self._emit_to(call, sideband, {"type": "session.created", "session": call.session})
         try:
             while not writer.done():
                 receive = asyncio.ensure_future(websocket.receive_text())
@@ -546,9 +546,11 @@ class RealtimeEmulator:
             if sideband in call.sidebands:
                 call.sidebands.remove(sideband)
 
-    def _emit_to(self, sideband: _Sideband, event: dict[str, Any]) -> None:
-        sideband.queue.put_nowait(json.dumps({"event_id": "event_" + secrets.token_hex(10),
-                                              **event}))
+    def _emit_to(self, call: _Call, sideband: _Sideband, event: dict[str, Any]) -> None:
+        """Send a server event of ``call`` to one of its sidebands only."""
+        event = {"event_id": "event_" + secrets.token_hex(10), **event}
+        call.events_sent.append(event)
+        sideband.queue.put_nowait(json.dumps(event))
 
     async def _create_call(self, request: Request, malformed: bool) -> Response:
         sdp, config = await self._read_offer(request)
