@@ -173,6 +173,32 @@ def show(room: str, address: Optional[str] = AddressOption) -> None:
     _print_json({"state": state, "actor": info.record()})
 
 
+@app.command("transcript")
+def transcript_cmd(room: str, address: Optional[str] = AddressOption,
+                   as_json: bool = typer.Option(False, "--json", help="print the JSON object")
+                   ) -> None:
+    """Print the AI transcript of ROOM's meeting (the current one, else the last one):
+    one line per utterance, ``speaker: text``, oldest first."""
+    import ray
+
+    from .directory import get_room
+    from .room_client import RoomClient
+
+    config = RoomsConfig()
+    _init_ray(address, config)
+    _known_or_exit(room, config)
+    found = ray.get(RoomClient(get_room(room, config)).transcript("cli", operator=True))
+    if as_json:
+        _print_json(found.record())
+        return
+    if not found.lines:
+        typer.echo(f"room {room!r} has no transcript")
+        return
+    typer.echo(f"meeting {found.meetingId}")
+    for line in found.lines:
+        typer.echo(f"{line.get('name') or line.get('speaker') or '?'}: {line['text']}")
+
+
 @app.command("send")
 def send(
     room: str,

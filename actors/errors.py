@@ -12,6 +12,7 @@ draws the whole tree::
     ├── NotOwner              the connection id belongs to another identity
     ├── OperatorRequired      an operator route called without an operator credential
     ├── RoomNotGranted        a token scoped to other rooms used for this one
+    ├── NotAMember            a member's route called by someone not in the room
     ├── OriginRefused         a browser credential (the session cookie) sent from a
     │                         page of another origin
     ├── QuotaExceeded         an identity is at one of its bounds (seats, users, new
@@ -32,7 +33,7 @@ from __future__ import annotations
 from rooms.errors import RoomsError
 
 __all__ = ["AuthError", "InvalidRoomId", "MessageRefused", "NoFreeSlot", "NotOwner", "OperatorRequired",
-           "OriginRefused", "QuotaExceeded", "RoomFull", "RoomNotGranted", "RoomHibernating", "RoomRuntimeError",
+           "NotAMember", "OriginRefused", "QuotaExceeded", "RoomFull", "RoomNotGranted", "RoomHibernating", "RoomRuntimeError",
            "RoomUnavailable", "SnapshotRefused", "StoreNotShared"]
 
 
@@ -86,6 +87,11 @@ class NotOwner(RoomRuntimeError):
     """A connection id was used by an identity other than the one that opened it (a
     socket with another user's ``_pk``, an HTTP message with another user's ``?conn=``);
     the room is unchanged."""
+
+
+class NotAMember(RoomRuntimeError):
+    """A member's route (a room's transcript) was called by an identity that has no
+    user or connection in the room, without an operator credential."""
 
 
 class OperatorRequired(RoomRuntimeError):

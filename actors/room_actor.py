@@ -58,13 +58,14 @@ from . import logs, metrics, tracing
 from .applied import AppliedFrames
 from .cluster import check_store_fits_cluster
 from .config import RoomsConfig
-from .errors import (MessageRefused, NotOwner, QuotaExceeded, RoomFull, RoomHibernating,
-                     SnapshotRefused)
+from .errors import (MessageRefused, NotAMember, NotOwner, QuotaExceeded, RoomFull,
+                     RoomHibernating, SnapshotRefused)
 from .outbox import Outbox
 from .services import build_services, realtime_model
 from .warmpool import notify_started, preloaded_at
 from .webhooks import WebhookSender, derive, facts_of, new_event
-from .wire import Activity, AiFacts, Delivery, Frame, OutboxEntry, Placement, RoomInfo
+from .wire import (Activity, AiFacts, Delivery, Frame, OutboxEntry, Placement, RoomInfo,
+                   Transcript)
 
 __all__ = ["Lifecycle", "RoomActor", "RoomFull", "RoomHibernating"]
 
@@ -176,7 +177,7 @@ class RoomActor:
         self._idle_task: asyncio.Task | None = None
         self._ai_active = False
         self._sideband: Sideband | None = None  # while the room's AI is enabled
-        self._closing: set[asyncio.Task] = set()  # sidebands being closed
+        self._closing: set[asyncio.Task] = set()  # background work (sideband closes, ...)
         if _in_ray_actor():  # its node's warm pool replaces the worker (off the critical path)
             threading.Thread(target=notify_started, name="warm-pool-notify",
                              daemon=True).start()
@@ -253,6 +254,9 @@ class RoomActor:
         await self._commit_through(version)
         self._after_turn(fx)
         self.lifecycle = Lifecycle.ACTIVE
+        if room.data.transcript and room.data.meetingId:  # lines the last one may not have stored
+            self._background(self._store_transcript(room.data.meetingId,
+                                                    list(room.data.transcript)))
         if self.config.idle_timeout > 0 and self._idle_task is None:
             self._idle_task = asyncio.ensure_future(self._idle_watch())
 
@@ -504,8 +508,12 @@ class RoomActor:
                                       self.config.ai_speaker_template))
 
     def _close_sideband_later(self, sideband: Sideband) -> None:
-        """Close ``sideband`` in the background (its task is kept until it is done)."""
-        task = asyncio.ensure_future(sideband.close())
+        """Close ``sideband`` in the background."""
+        self._background(sideband.close())
+
+    def _background(self, work: Any) -> None:
+        """Run the coroutine ``work`` as a task that is kept until it is done."""
+        task = asyncio.ensure_future(work)
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
@@ -514,7 +522,59 @@ class RoomActor:
         return self.room.data.ai.controllingUser if self.room is not None else None
 
     async def _ai_line(self, line: AiTranscript) -> None:
+        """A final transcript line: a turn (the line joins the room's state and is
+        broadcast once durable), then appended to the store's meeting transcript."""
         await self._turn(lambda room, now: room.on_ai_event(line, now), "ai")
+        room = self.room
+        line_id = f"{line.direction}:{line.item_id}"[:200]
+        if room is not None and room.data.meetingId:
+            kept = [l for l in room.data.transcript[-4:] if l.id == line_id]
+            await self._store_transcript(room.data.meetingId, kept)
+
+    async def _store_transcript(self, meeting_id: str, lines: list) -> None:
+        """Append ``lines`` (:class:`~rooms.state.TranscriptLine`) to the store's
+        transcript of ``meeting_id``. Best effort: a failure is logged, and the lines
+        still in the room's snapshot are appended again by its next activation (the
+        store skips line ids it has)."""
+        if not lines or self._store is None:
+            return
+        try:
+            await self._store.append_transcript(self.room_id, meeting_id, [
+                (l.id, json.dumps(l.model_dump(mode="json"))) for l in lines])
+        except Exception as error:  # noqa: BLE001 - the snapshot still holds the lines
+            log.warning("room %s: transcript lines not stored yet: %s", self.room_id,
+                        str(error)[:300])
+
+    async def transcript(self, identity: str, operator: bool = False) -> Transcript:
+        """The AI transcript of the room's meeting (the current one, else the last one
+        with a transcript), from the store, with the lines the room holds that the
+        store does not have yet.
+
+        Args:
+            identity: the caller's authenticated name.
+            operator: the caller holds an operator credential.
+
+        Returns:
+            A :class:`~actors.wire.Transcript` (at most 10,000 lines).
+
+        Raises:
+            NotAMember: ``identity`` has no user or connection in the room and is not
+                an operator.
+            StorageError: the store could not be read.
+        """
+        room = await self._ensure_active()
+        data = room.data
+        if not operator and identity not in data.owners.values() \
+                and identity not in data.connections.values():
+            raise NotAMember("only the room's members may read its transcript")
+        assert self._store is not None
+        meeting, texts = await self._store.read_transcript(self.room_id, data.meetingId)
+        lines = [json.loads(t) for t in texts]
+        if data.meetingId is not None:
+            stored = {line["id"] for line in lines}
+            lines += [line.model_dump(mode="json") for line in data.transcript
+                      if line.id not in stored]
+        return Transcript(room=self.room_id, meetingId=meeting, lines=tuple(lines))
 
     async def _ai_ended(self, event: AiCallEnded) -> None:
         await self._turn(lambda room, now: room.on_ai_event(event, now), "ai")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Sequence
 
-from .wire import Activity, Delivery, Frame, Placement, RoomInfo
+from .wire import Activity, Delivery, Frame, Placement, RoomInfo, Transcript
 
 if TYPE_CHECKING:
     from ray import ObjectRef
@@ -90,6 +90,11 @@ class RoomClient:
     def info(self) -> "ObjectRef[RoomInfo]":
         """Operator facts of the activation (activates the room)."""
         return self.handle.info.remote()
+
+    def transcript(self, identity: str, operator: bool = False) -> "ObjectRef[Transcript]":
+        """The meeting's AI transcript for ``identity`` (``RoomActor.transcript``; its
+        ``NotAMember`` unless ``identity`` is in the room or ``operator``)."""
+        return self.handle.transcript.remote(identity, operator)
 
     # ---- without activating the room -----------------------------------------------
 

@@ -203,6 +203,27 @@ class RoomInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class Transcript:
+    """One meeting's AI transcript (``RoomActor.transcript``).
+
+    Attributes:
+        room: the room id.
+        meetingId: the meeting the lines belong to (the current one, else the last one
+            with a transcript), or ``None`` when there is none.
+        lines: ``{id, speaker, name, text, at}`` objects, oldest first (``at`` in UNIX
+            seconds).
+    """
+
+    room: str
+    meetingId: str | None
+    lines: tuple[dict[str, Any], ...]
+
+    def record(self) -> dict[str, Any]:
+        """The transcript as JSON-friendly dict (what the HTTP route and the CLI give)."""
+        return {"room": self.room, "meetingId": self.meetingId, "lines": list(self.lines)}
+
+
+@dataclass(frozen=True, slots=True)
 class Activity:
     """How busy a room is (``RoomActor.activity``, for shedding at the slot bound).
 

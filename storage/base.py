@@ -141,6 +141,30 @@ class SnapshotStore(Protocol):
         """Return the earliest persisted alarm time (UNIX s), or ``None``."""
         ...
 
+    async def append_transcript(self, room_id: str, meeting_id: str,
+                                lines: list[tuple[str, str]]) -> None:
+        """Append lines to the transcript of meeting ``meeting_id`` of ``room_id``.
+
+        Args:
+            lines: ``(line id, line as JSON text)`` in order; a line id already stored
+                for this meeting is skipped (appending again is harmless).
+
+        Raises:
+            StorageError: the write failed (StorageUnavailable: the store is unreachable).
+        """
+        ...
+
+    async def read_transcript(self, room_id: str, meeting_id: str | None = None,
+                              limit: int = 10_000) -> tuple[str | None, list[str]]:
+        """Return ``(meeting id, lines as JSON texts)`` of one meeting, oldest first:
+        ``meeting_id``'s, or with ``None`` the meeting last appended to (``(None, [])``
+        when the room has no transcript). At most ``limit`` lines (the first ones).
+
+        Raises:
+            StorageError: the read failed.
+        """
+        ...
+
     async def close(self) -> None:
         """Release the store's resources (files, connections)."""
         ...

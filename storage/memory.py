@@ -38,6 +38,8 @@ class MemoryStore:
         # room_id -> (data, epoch of the writer, alarm_at or None)
         self._snapshots: dict[str, tuple[bytes, int, float | None]] = {}
         self._epochs: dict[str, int] = {}
+        # room -> [(meeting id, line id, JSON text)] in order of appending
+        self._transcripts: dict[str, list[tuple[str, str, str]]] = {}
 
     def __repr__(self) -> str:
         return f"MemoryStore(rooms={len(self._snapshots)})"
@@ -123,6 +125,27 @@ class MemoryStore:
         """Return the earliest persisted alarm time (UNIX s), or ``None``."""
         alarms = [alarm for (_, _, alarm) in self._snapshots.values() if alarm is not None]
         return min(alarms) if alarms else None
+
+    async def append_transcript(self, room_id: str, meeting_id: str,
+                                lines: list[tuple[str, str]]) -> None:
+        """Append transcript lines, skipping ids already kept for the meeting
+        (``SnapshotStore.append_transcript``)."""
+        kept = self._transcripts.setdefault(room_id, [])
+        known = {(m, i) for m, i, _ in kept}
+        for line_id, text in lines:
+            if (meeting_id, line_id) not in known:
+                kept.append((meeting_id, line_id, text))
+                known.add((meeting_id, line_id))
+
+    async def read_transcript(self, room_id: str, meeting_id: str | None = None,
+                              limit: int = 10_000) -> tuple[str | None, list[str]]:
+        """One meeting's lines, oldest first (``SnapshotStore.read_transcript``)."""
+        kept = self._transcripts.get(room_id, [])
+        if meeting_id is None:
+            if not kept:
+                return None, []
+            meeting_id = kept[-1][0]
+        return meeting_id, [t for m, _, t in kept if m == meeting_id][:limit]
 
     async def close(self) -> None:
         """Do nothing: the data stays (see the class docstring)."""

@@ -68,7 +68,7 @@ __all__ = ["APPLICATION_NAME", "PostgresStore", "STORE_SCHEMA_VERSION"]
 APPLICATION_NAME = "ray-rooms"
 """The ``application_name`` of the store's connections (``pg_stat_activity`` shows it)."""
 
-STORE_SCHEMA_VERSION = 1
+STORE_SCHEMA_VERSION = 2
 """The newest table layout this code knows (a row of ``rooms_schema_migrations``)."""
 
 _MIGRATIONS: dict[int, tuple[str, tuple[str, ...]]] = {
@@ -81,6 +81,15 @@ _MIGRATIONS: dict[int, tuple[str, tuple[str, ...]]] = {
         " alarm_at DOUBLE PRECISION)",
         "CREATE INDEX IF NOT EXISTS rooms_snapshots_alarm_at ON rooms_snapshots(alarm_at)"
         " WHERE alarm_at IS NOT NULL",
+    )),
+    2: ("rooms_transcripts: every meeting's AI transcript lines, appended", (
+        "CREATE TABLE IF NOT EXISTS rooms_transcripts("
+        " seq BIGSERIAL PRIMARY KEY,"
+        " room_id TEXT NOT NULL,"
+        " meeting_id TEXT NOT NULL,"
+        " line_id TEXT NOT NULL,"
+        " line TEXT NOT NULL,"
+        " UNIQUE (room_id, meeting_id, line_id))",
     )),
 }
 """Schema migrations by version: (description, statements). Append only; never drop."""
@@ -346,6 +355,45 @@ class PostgresStore:
         current = await self._run(f"room {room_id!r}: delete the snapshot", delete)
         if current is not None and current > epoch:
             raise StaleEpoch(room_id, epoch, current)
+
+    async def append_transcript(self, room_id: str, meeting_id: str,
+                                lines: list[tuple[str, str]]) -> None:
+        """Append transcript lines in one transaction, skipping line ids already stored
+        for the meeting (``SnapshotStore.append_transcript``).
+
+        Raises:
+            StorageUnavailable, StorageError: as :meth:`claim_epoch`.
+        """
+        async def append(conn: asyncpg.Connection) -> None:
+            async with conn.transaction():
+                await conn.executemany(
+                    "INSERT INTO rooms_transcripts(room_id, meeting_id, line_id, line)"
+                    " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                    [(room_id, meeting_id, i, t) for i, t in lines])
+
+        await self._run(f"room {room_id!r}: append to the transcript", append)
+
+    async def read_transcript(self, room_id: str, meeting_id: str | None = None,
+                              limit: int = 10_000) -> tuple[str | None, list[str]]:
+        """One meeting's lines, oldest first (``SnapshotStore.read_transcript``).
+
+        Raises:
+            StorageUnavailable, StorageError: as :meth:`claim_epoch`.
+        """
+        async def read(conn: asyncpg.Connection) -> tuple[str | None, list[str]]:
+            meeting = meeting_id
+            if meeting is None:
+                meeting = await conn.fetchval(
+                    "SELECT meeting_id FROM rooms_transcripts WHERE room_id = $1"
+                    " ORDER BY seq DESC LIMIT 1", room_id)
+                if meeting is None:
+                    return None, []
+            rows = await conn.fetch(
+                "SELECT line FROM rooms_transcripts WHERE room_id = $1 AND meeting_id = $2"
+                " ORDER BY seq LIMIT $3", room_id, meeting, limit)
+            return meeting, [row[0] for row in rows]
+
+        return await self._run(f"room {room_id!r}: read the transcript", read)
 
     async def list_rooms(self) -> list[str]:
         """Return the ids of all rooms that have a snapshot, sorted (code point order).

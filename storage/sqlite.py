@@ -60,6 +60,13 @@ _CREATE = (
     " epoch INTEGER NOT NULL)",
     "CREATE INDEX IF NOT EXISTS snapshots_alarm_at ON snapshots(alarm_at)"
     " WHERE alarm_at IS NOT NULL",
+    "CREATE TABLE IF NOT EXISTS transcripts("
+    " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " room_id TEXT NOT NULL,"
+    " meeting_id TEXT NOT NULL,"
+    " line_id TEXT NOT NULL,"
+    " line TEXT NOT NULL,"
+    " UNIQUE(room_id, meeting_id, line_id))",
 )
 
 # The statements below are module constants so that sqlite3's per-connection statement
@@ -84,6 +91,11 @@ _DUE = (
     " WHERE alarm_at IS NOT NULL AND alarm_at <= ?1 ORDER BY alarm_at, room_id"
 )
 _NEXT = "SELECT min(alarm_at) FROM snapshots WHERE alarm_at IS NOT NULL"
+_APPEND = ("INSERT OR IGNORE INTO transcripts(room_id, meeting_id, line_id, line)"
+           " VALUES (?1, ?2, ?3, ?4)")
+_LAST_MEETING = "SELECT meeting_id FROM transcripts WHERE room_id = ?1 ORDER BY seq DESC LIMIT 1"
+_READ = ("SELECT line FROM transcripts WHERE room_id = ?1 AND meeting_id = ?2"
+         " ORDER BY seq LIMIT ?3")
 
 
 class SqliteStore:
@@ -369,6 +381,44 @@ class SqliteStore:
             except sqlite3.Error as exc:
                 raise StorageError(f"store {str(self._path)!r}: cannot read alarms: {exc}") from exc
         return alarm
+
+    async def append_transcript(self, room_id: str, meeting_id: str,
+                                lines: list[tuple[str, str]]) -> None:
+        """Append transcript lines in one transaction, skipping line ids already stored
+        for the meeting (``SnapshotStore.append_transcript``).
+
+        Raises:
+            StorageError: the store is closed or the write failed.
+        """
+        with self._lock:
+            conn = self._live()
+            try:
+                with conn:
+                    conn.executemany(_APPEND, [(room_id, meeting_id, i, t) for i, t in lines])
+            except sqlite3.Error as exc:
+                raise StorageError(f"room {room_id!r}: cannot append to the transcript: "
+                                   f"{exc}") from exc
+
+    async def read_transcript(self, room_id: str, meeting_id: str | None = None,
+                              limit: int = 10_000) -> tuple[str | None, list[str]]:
+        """One meeting's lines, oldest first (``SnapshotStore.read_transcript``).
+
+        Raises:
+            StorageError: the store is closed or the read failed.
+        """
+        with self._lock:
+            conn = self._live()
+            try:
+                if meeting_id is None:
+                    row = conn.execute(_LAST_MEETING, (room_id,)).fetchone()
+                    if row is None:
+                        return None, []
+                    meeting_id = row[0]
+                lines = [t for (t,) in conn.execute(_READ, (room_id, meeting_id, limit))]
+            except sqlite3.Error as exc:
+                raise StorageError(f"room {room_id!r}: cannot read the transcript: "
+                                   f"{exc}") from exc
+        return meeting_id, lines
 
     async def close(self) -> None:
         """Close the connection; later calls raise :class:`StorageError`. Idempotent."""

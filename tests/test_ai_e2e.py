@@ -614,6 +614,17 @@ async def test_the_sideband_hands_the_floor_transcribes_and_survives_a_sigkill(
         info = await room.info.remote()
         assert info.ai.sideband == "attached" and info.ai.transcript_lines > 0
 
+        # the whole meeting's transcript is in the store, for members only
+        found = await room.transcript.remote("Bob")
+        assert found.meetingId == state["meetingId"]
+        speakers = [(l["speaker"], l["text"]) for l in found.lines]
+        assert ("alice", "tone 440 Hz") in speakers and ("bob", "tone 660 Hz") in speakers
+        assert ("ai", "you said: tone 440 Hz") in speakers
+        assert len({l["id"] for l in found.lines}) == len(found.lines)
+        with pytest.raises(Exception, match="only the room's members"):
+            await room.transcript.remote("Mallory")
+        assert (await room.transcript.remote("Mallory", True)).lines == found.lines
+
         # disableAi closes the sideband and the emulator ends the session
         await send(room, "alice", {"type": "disableAi"})
         await until(lambda: not call.sidebands, "the sideband to close")

@@ -151,6 +151,16 @@ async def test_http_routes_need_a_token_and_work_with_one(gateway):
         operator = {"Authorization": f"Bearer {token('op', operator=True)}"}
         state = (await http.get(f"{url}/rooms/{room}", headers=operator)).json()
         assert set(state) >= {"users", "ai"}
+        # the AI transcript: the room's members (carol sent as http:carol) and operators
+        mine = await http.get(f"{url}/rooms/{room}/transcript", headers=bearer)
+        assert mine.status_code == 200, mine.text
+        assert mine.json() == {"room": room, "meetingId": None, "lines": []}
+        mallory = {"Authorization": f"Bearer {token('mallory')}"}
+        refused = await http.get(f"{url}/rooms/{room}/transcript", headers=mallory)
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["error"] == "only the room's members may read its transcript"
+        assert (await http.get(f"{url}/rooms/{room}/transcript", headers=operator)
+                ).status_code == 200
         too_big = await http.post(f"{url}/rooms/{room}/messages", headers=bearer,
                                   content=b"x" * 5000)
         assert too_big.status_code == 413

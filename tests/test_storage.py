@@ -145,6 +145,21 @@ async def test_delete_keeps_epoch_counter(store):
     await store.delete("never-saved", epoch=0)  # no snapshot: a no-op
 
 
+async def test_transcripts_append_once_per_line_and_read_by_meeting(store):
+    await store.append_transcript("r1", "m1", [("in:a", '{"text": "one"}'),
+                                                ("out:b", '{"text": "two"}')])
+    await store.append_transcript("r1", "m1", [("out:b", '{"text": "two again"}'),
+                                                ("in:c", '{"text": "three"}')])
+    await store.append_transcript("r2", "m9", [("in:a", '{"text": "other room"}')])
+    assert await store.read_transcript("r1", "m1") == (
+        "m1", ['{"text": "one"}', '{"text": "two"}', '{"text": "three"}'])
+    assert await store.read_transcript("r1") == await store.read_transcript("r1", "m1")
+    await store.append_transcript("r1", "m2", [("in:a", '{"text": "next meeting"}')])
+    assert await store.read_transcript("r1") == ("m2", ['{"text": "next meeting"}'])
+    assert await store.read_transcript("r1", "m1", limit=1) == ("m1", ['{"text": "one"}'])
+    assert await store.read_transcript("nobody") == (None, [])
+
+
 async def test_list_rooms_sorted(store):
     for room in ["b", "a", "é", "Z", "a2"]:
         await store.save(room, b"s", epoch=await store.claim_epoch(room))

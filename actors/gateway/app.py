@@ -79,6 +79,11 @@ class Gateway:
         """See :meth:`GatewayServer.room_state`."""
         return await self.server.room_state(room, request)
 
+    @app.get("/rooms/{room}/transcript")
+    async def transcript(self, room: str, request: Request) -> Any:
+        """See :meth:`GatewayServer.transcript`."""
+        return await self.server.transcript(room, request)
+
     @app.post("/rooms/{room}/messages")
     async def post_message(self, room: str, request: Request) -> Any:
         """See :meth:`GatewayServer.post_message`."""

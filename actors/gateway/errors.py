@@ -12,6 +12,7 @@ error                     HTTP    close  reason sent with the close
 ``InvalidRoomId``         400     1008   ``invalid room id``
 ``NotOwner``              403     1008   ``connection belongs to another user``
 ``OperatorRequired``      403     1008   ``operator only``
+``NotAMember``            403     1008   ``not a member of this room``
 ``OriginRefused``         403     1008   ``origin refused``
 ``RoomNotGranted``        403     1008   ``room not granted``
 ``QuotaExceeded``         429     1013   ``quota exceeded``
@@ -51,7 +52,8 @@ from fastapi.responses import JSONResponse
 from rooms.messages import ProtocolError
 from storage.base import StorageUnavailable
 
-from ..errors import (AuthError, InvalidRoomId, MessageRefused, NoFreeSlot, NotOwner, OperatorRequired,
+from ..errors import (AuthError, InvalidRoomId, MessageRefused, NoFreeSlot, NotAMember, NotOwner,
+                      OperatorRequired,
                       OriginRefused, RoomNotGranted, QuotaExceeded, RoomFull, RoomHibernating, RoomUnavailable,
                       SnapshotRefused, StoreNotShared)
 from .limits import CLOSE_POLICY, CLOSE_ROOM_UNAVAILABLE, CLOSE_TRY_AGAIN
@@ -135,6 +137,7 @@ _ANSWERS: dict[type[BaseException], Answer] = {
     InvalidRoomId: Answer(400, CLOSE_POLICY, "invalid room id"),
     NotOwner: Answer(403, CLOSE_POLICY, "connection belongs to another user"),
     OperatorRequired: Answer(403, CLOSE_POLICY, "operator only"),
+    NotAMember: Answer(403, CLOSE_POLICY, "not a member of this room"),
     RoomNotGranted: Answer(403, CLOSE_POLICY, "room not granted"),
     OriginRefused: Answer(403, CLOSE_POLICY, "origin refused"),
     QuotaExceeded: Answer(429, CLOSE_TRY_AGAIN, "quota exceeded"),

@@ -161,6 +161,20 @@ class GatewayServer:
 
         return await self._guard(request, room, work, operator=True)
 
+    async def transcript(self, room: str, request: Request) -> Any:
+        """The AI transcript of the room's meeting (the current one, else the last one):
+        ``{"room", "meetingId", "lines": [{id, speaker, name, text, at}]}``, oldest
+        first. For the room's members (an identity with a user or connection in it) and
+        operators; 403 ``not a member of this room`` otherwise."""
+
+        async def work(name: str) -> Any:
+            operator = self._identify(request).operator
+            found = await self.registry.ref(room).call(
+                lambda client: client.transcript(name, operator))
+            return found.record()
+
+        return await self._guard(request, room, work)
+
     async def post_message(self, room: str, request: Request) -> Any:
         """Hand one protocol message (the JSON body) to the room as the caller's own
         connection: ``http:<name>`` by default, or a ``?conn=`` the caller's identity
