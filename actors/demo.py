@@ -4,8 +4,9 @@ Three participants (alice, bob, carol) connect through the gateway's WebSocket (
 partysocket path, with signed tokens), publish tones through the Calls emulator (440,
 660 and 880 Hz), and then: alice enables the AI and takes control; carol pulls the AI's
 voice and hears it answer with alice's 440 Hz; alice hands control to bob and carol hears
-660 Hz; bob disables the AI; everyone leaves. Every step is checked; the run prints a
-timeline and a summary and exits non-zero if a step fails.
+660 Hz; carol reads each one's caption (``aiTranscript``, the AI's transcript read by the
+room's sideband); bob disables the AI; everyone leaves. Every step is checked; the run
+prints a timeline and a summary and exits non-zero if a step fails.
 """
 
 from __future__ import annotations
@@ -50,6 +51,12 @@ class Client:
 
     def last(self) -> dict:
         return self.states[-1] if self.states else {}
+
+
+def _caption(client: Client, speaker: str) -> dict | None:
+    """The newest ``aiTranscript`` line ``client`` received attributed to ``speaker``."""
+    return next((m for m in reversed(client.others)
+                 if m.get("type") == "aiTranscript" and m.get("speaker") == speaker), None)
 
 
 async def _until(what: str, check: Callable[[], Any], timeout: float = 20.0) -> Any:
@@ -120,6 +127,8 @@ async def _meeting(system, room: str, say: Callable[[str], None]) -> dict[str, A
         await carol.peer.pull(ai_session, ai_track)
         heard = await carol.peer.wait_for_frequency(440.0, timeout=15)
         say(f"carol hears the AI answer alice: {heard:.0f} Hz")
+        line = await _until("a caption of alice's", lambda: _caption(carol, alice.conn))
+        say(f"carol's caption (aiTranscript): {line['name']}: {line['text']}")
 
         # Orange's push-to-talk button sends this from every participant: a quiet no-op
         await bob.send(type="relinquishAiControl")
@@ -138,6 +147,8 @@ async def _meeting(system, room: str, say: Callable[[str], None]) -> dict[str, A
                      lambda: carol.last().get("ai", {}).get("controllingUser") == bob.conn)
         heard = await carol.peer.wait_for_frequency(660.0, timeout=15)
         say(f"alice handed control to bob; carol hears the AI answer bob: {heard:.0f} Hz")
+        line = await _until("a caption of bob's", lambda: _caption(carol, bob.conn))
+        say(f"carol's caption (aiTranscript): {line['name']}: {line['text']}")
 
         await bob.send(type="disableAi")
         await _until("the AI is disabled", lambda: carol.last().get("ai", {}).get("enabled") is False
