@@ -56,7 +56,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rooms.limits import RoomLimits
-from rooms.sideband import DEFAULT_SPEAKER_TEMPLATE
+from rooms.sideband_wire import DEFAULT_SPEAKER_TEMPLATE
 from storage.factory import DEFAULT_STORE_URL
 
 from .webhooks import WebhookSettings
@@ -124,6 +124,10 @@ class RoomsConfig(BaseSettings):
         DEFAULT_SPEAKER_TEMPLATE, max_length=2000,
         description="the sentence the room adds to the AI's instructions naming who "
                     "holds control; {name} is replaced by their display name")
+    ai_tools: str = Field(
+        "", description="the application's AI tools: 'module:attribute' naming a list of "
+                        "rooms.tools.Tool (empty: none)")
+    ai_tool_timeout_s: float = Field(30.0, gt=0, description="seconds one tool call may take")
     webhooks: WebhookSettings = Field(
         default_factory=WebhookSettings,
         description="lifecycle webhooks (ROOMS_WEBHOOK_*, actors.webhooks)")

@@ -47,9 +47,10 @@ from rooms import AiControlResult, AiEnableResult, Effects, Outgoing, Room, Room
 from rooms.ai import run_control, run_enable, run_release
 from rooms.ports import AiService, MediaBridge
 from rooms.ports import AiSideband
-from rooms.room import AiCallEnded, AiTranscript
+from rooms.room import AiCallEnded, AiToolCall, AiToolDelivered, AiToolOutput, AiTranscript
 from rooms.sideband import Sideband, session_control
-from rooms.state import ControlJob, EnableJob, Job, ReleaseJob
+from rooms.state import ControlJob, EnableJob, Job, ReleaseJob, ToolCallRecord, ToolJob
+from rooms.tools import ToolsError, declarations, load_tools
 from storage import (SnapshotStore, StaleEpoch, StorageError, StorageUnavailable,
                      decode_snapshot, encode_snapshot, open_store)
 from storage.codec import Snapshot
@@ -62,6 +63,7 @@ from .errors import (MessageRefused, NotAMember, NotOwner, QuotaExceeded, RoomFu
                      RoomHibernating, SnapshotRefused)
 from .outbox import Outbox
 from .services import build_services, realtime_model
+from .tool_runner import ToolRunner, tool_runner
 from .warmpool import notify_started, preloaded_at
 from .webhooks import WebhookSender, derive, facts_of, new_event
 from .wire import (Activity, AiFacts, Delivery, Frame, OutboxEntry, Placement, RoomInfo,
@@ -178,6 +180,8 @@ class RoomActor:
         self._ai_active = False
         self._sideband: Sideband | None = None  # while the room's AI is enabled
         self._closing: set[asyncio.Task] = set()  # background work (sideband closes, ...)
+        self._tools: tuple[dict, ...] | None = None  # the declared tools, loaded once
+        self._local_runner: ToolRunner | None = None  # outside Ray
         if _in_ray_actor():  # its node's warm pool replaces the worker (off the critical path)
             threading.Thread(target=notify_started, name="warm-pool-notify",
                              daemon=True).start()
@@ -500,12 +504,53 @@ class RoomActor:
                 return
             current = self._sideband = Sideband(
                 wanted, service, speaker=self._ai_speaker, on_line=self._ai_line,
-                on_ended=self._ai_ended)
+                on_ended=self._ai_ended, on_tool_call=self._ai_tool_call,
+                on_delivered=self._ai_tool_delivered)
             current.start()
         holder = ai.controllingUser
         name = room.data.users[holder].name if holder in room.data.users else None
         current.steer(session_control(ai.instructions, name,
-                                      self.config.ai_speaker_template))
+                                      self.config.ai_speaker_template, self._declared_tools()))
+        for call in room.data.toolCalls:
+            if call.status == "done" and call.callId == wanted and call.output is not None:
+                current.deliver(call.id, call.output)
+
+    def _declared_tools(self) -> tuple[dict, ...]:
+        """The ``session.tools`` of the configured tools (``ROOMS_AI_TOOLS``), loaded
+        once per activation; none (and one log line) if they cannot be loaded."""
+        if self._tools is None:
+            try:
+                self._tools = declarations(load_tools(self.config.ai_tools))
+            except ToolsError as error:
+                log.error("room %s: no AI tools: %s", self.room_id, error)
+                self._tools = ()
+        return self._tools
+
+    async def _ai_tool_call(self, call: AiToolCall) -> None:
+        await self._turn(lambda room, now: room.on_ai_event(call, now), "ai")
+
+    async def _ai_tool_delivered(self, tool_call_id: str) -> None:
+        delivered = AiToolDelivered(tool_call_id)
+        await self._turn(lambda room, now: room.on_ai_event(delivered, now), "ai")
+
+    async def _run_tool(self, call: ToolCallRecord) -> str:
+        """Run ``call`` through the tool runner (``rooms-tools`` inside Ray, one of its
+        own outside); return the output (JSON text). A runner that died is asked again
+        once (Ray restarts it)."""
+        args = (self.config.ai_tools, self.room_id, call.id, call.name, call.arguments,
+                self.config.ai_tool_timeout_s)
+        if not _in_ray_actor():
+            if self._local_runner is None:
+                self._local_runner = ToolRunner()
+            return await self._local_runner.run(*args)
+        for attempt in range(2):
+            try:
+                return await tool_runner(self.config.namespace).run.remote(*args)
+            except ray.exceptions.RayActorError:
+                if attempt:
+                    raise
+                await asyncio.sleep(0.5)
+        raise AssertionError("unreachable")
 
     def _close_sideband_later(self, sideband: Sideband) -> None:
         """Close ``sideband`` in the background."""
@@ -1076,6 +1121,15 @@ class RoomActor:
         task.add_done_callback(self._jobs.discard)
 
     async def _run_job(self, job: Job) -> None:
+        if isinstance(job, ToolJob):
+            try:
+                output = AiToolOutput(job.call.id, await self._run_tool(job.call))
+                await self._turn(lambda room, now: room.on_ai_event(output, now), "ai")
+            except RoomHibernating:
+                pass
+            except Exception:  # noqa: BLE001 - the next activation asks the runner again
+                log.exception("room %s: tool call %s failed", self.room_id, job.call.id)
+            return
         try:
             try:
                 calls, ai = self._get_services()

@@ -29,12 +29,34 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
-from rooms.ports import BridgeError, CallEnded, ClientEvent
-from rooms.realtime_events import ServerEvent, parse_server_event
+from rooms.ports import BridgeError, CallEnded
+from rooms.realtime_events import (
+    AudioCommitted,
+    ConversationItemCreate,
+    ErrorEvent,
+    FunctionCallArgumentsDone,
+    InputAudioBufferClear,
+    InputTranscriptionCompleted,
+    OutputTranscriptDone,
+    ResponseCreate,
+    SessionUpdate,
+    SpeechStarted,
+    input_config,
+    parse_server_event,
+)
+from rooms.sideband_wire import (
+    AiSaid,
+    Note,
+    Refused,
+    SessionControl,
+    SpeechBegan,
+    ToolCalled,
+    UserSaid,
+)
 
 from .errors import is_retryable_status, scrub
 
-__all__ = ["RealtimeSideband", "SidebandConnection", "sideband_url"]
+__all__ = ["RealtimeSideband", "SidebandConnection", "control_events", "sideband_url"]
 
 SERVICE = "openai"
 OPERATION = "realtime sideband"
@@ -67,8 +89,38 @@ def sideband_url(base_url: str, call_id: str) -> str:
                        f"call_id={quote(call_id, safe='')}", ""))
 
 
+def control_events(control: SessionControl) -> list[SessionUpdate | InputAudioBufferClear]:
+    """The Realtime client events that make the session what ``control`` says: a
+    ``session.update`` (the full instructions, input transcription on,
+    ``turn_detection`` ``server_vad`` or ``null``, the tools with ``tool_choice:
+    auto``), and when not listening an ``input_audio_buffer.clear`` after it (the
+    Realtime equivalent of muting the session's input: nothing heard is committed)."""
+    session = {"type": "realtime", "instructions": control.full_instructions,
+               "audio": {"input": input_config(listening=control.listening)}}
+    if control.tools:
+        session["tools"] = list(control.tools)
+        session["tool_choice"] = "auto"
+    update = SessionUpdate(session=session)
+    return [update] if control.listening else [update, InputAudioBufferClear()]
+
+
+def _note(event) -> Note | None:
+    """The room's note for a Realtime server event (``None``: not one the room uses)."""
+    if isinstance(event, (SpeechStarted, AudioCommitted)):
+        return SpeechBegan(event.item_id)
+    if isinstance(event, InputTranscriptionCompleted):
+        return UserSaid(event.item_id, event.transcript)
+    if isinstance(event, OutputTranscriptDone):
+        return AiSaid(event.item_id, event.transcript)
+    if isinstance(event, FunctionCallArgumentsDone):
+        return ToolCalled(event.call_id, event.name, event.arguments)
+    if isinstance(event, ErrorEvent):
+        return Refused(str(event.error.get("message") or event.error.get("code") or ""))
+    return None
+
+
 class SidebandConnection:
-    """One open sideband: a :class:`rooms.ports.SidebandLink` over a WebSocket."""
+    """One open Realtime sideband: a :class:`rooms.ports.SidebandLink` over a WebSocket."""
 
     def __init__(self, ws: ClientConnection, call_id: str, secrets: list[str]) -> None:
         self._ws = ws
@@ -84,23 +136,40 @@ class SidebandConnection:
         return BridgeError(f"the sideband closed (code {code}{': ' + reason if reason else ''})",
                            service=SERVICE, operation=OPERATION, retryable=True)
 
-    async def send(self, event: ClientEvent) -> None:
-        """Send one client event as a JSON text frame.
-
-        Raises:
-            BridgeError: the connection is closed (``retryable``).
-        """
+    async def _send(self, event) -> None:
         try:
             await self._ws.send(json.dumps(event.wire()))
         except ConnectionClosed as exc:
             raise self._closed(exc) from None
 
-    async def receive(self) -> ServerEvent | None:
-        """Wait for the next server event.
+    async def send_control(self, control: SessionControl,
+                           previous: SessionControl | None) -> None:
+        """Send :func:`control_events` of ``control`` (the whole session state each
+        time: a ``session.update`` replaces what it names).
+
+        Raises:
+            BridgeError: the connection is closed (``retryable``).
+        """
+        for event in control_events(control):
+            await self._send(event)
+
+    async def send_tool_output(self, call_id: str, output: str) -> None:
+        """``conversation.item.create`` of a ``function_call_output`` for ``call_id``,
+        then ``response.create``.
+
+        Raises:
+            BridgeError: the connection is closed (``retryable``).
+        """
+        await self._send(ConversationItemCreate.tool_output(call_id, output))
+        await self._send(ResponseCreate())
+
+    async def receive(self) -> Note | None:
+        """Wait for the next server event and return the room's note for it.
 
         Returns:
-            The typed event, or ``None`` for an event type the room does not use, a
-            binary frame, or a frame that is not a well-formed event (logged).
+            A :data:`rooms.sideband_wire.Note`, or ``None`` for an event type the room
+            does not use, a binary frame, or a frame that is not a well-formed event
+            (logged).
 
         Raises:
             BridgeError: the connection closed (``retryable``: attaching again decides
@@ -113,7 +182,7 @@ class SidebandConnection:
         if not isinstance(frame, str):
             return None
         try:
-            return parse_server_event(json.loads(frame))
+            return _note(parse_server_event(json.loads(frame)))
         except ValueError as error:
             log.warning("sideband to call %s: %s", self.call_id, str(error)[:300])
             return None

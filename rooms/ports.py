@@ -22,8 +22,9 @@ Exception hierarchy::
                                 (the service answered 404, or closed it for good)
 
 A third port, :class:`AiSideband`, is the server-side control channel of a live voice
-session (OpenAI's "sideband": ``wss://.../v1/realtime?call_id=<call id>``); its events
-are the typed models of :mod:`rooms.realtime_events`.
+session (OpenAI's "sideband": ``wss://.../v1/realtime?call_id=<call id>``, or the Live
+API's ``/v1/live/sessions/{id}/attach``); a link speaks the backend-neutral terms of
+:mod:`rooms.sideband_wire` and turns them into its backend's events.
 """
 
 from __future__ import annotations
@@ -33,13 +34,12 @@ from typing import Literal, Protocol, runtime_checkable
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import RoomsError
-from .realtime_events import InputAudioBufferClear, ServerEvent, SessionUpdate
+from .sideband_wire import Note, SessionControl
 
 __all__ = [
     "AiService",
     "AiSideband",
     "CallEnded",
-    "ClientEvent",
     "SidebandLink",
     "BridgeError",
     "CloseTracksResult",
@@ -97,10 +97,6 @@ class BridgeError(RoomsError):
 
 class InvalidAnswer(BridgeError):
     """The service answered, but not with what the protocol promises (e.g. bad SDP)."""
-
-
-ClientEvent = SessionUpdate | InputAudioBufferClear
-"""The client events a room sends on its sideband."""
 
 
 class CallEnded(BridgeError):
@@ -259,21 +255,34 @@ class AiService(Protocol):
 @runtime_checkable
 class SidebandLink(Protocol):
     """One attached sideband: a WebSocket to a live voice session (OpenAI's server-side
-    control channel; source: "Webhooks and server-side controls")."""
+    control channel; source: "Webhooks and server-side controls"), speaking the terms of
+    :mod:`rooms.sideband_wire` and its backend's events on the wire."""
 
-    async def send(self, event: ClientEvent) -> None:
-        """Send one client event (:class:`~rooms.realtime_events.SessionUpdate`, ...).
+    async def send_control(self, control: SessionControl,
+                           previous: SessionControl | None) -> None:
+        """Make the session what ``control`` says (instructions naming the speaker, the
+        model's input on or off, the tools), given what this link sent last
+        (``previous``; ``None`` right after attaching).
 
         Raises:
             BridgeError: the link is closed or the send failed.
         """
         ...
 
-    async def receive(self) -> ServerEvent | None:
-        """Wait for the next server event.
+    async def send_tool_output(self, call_id: str, output: str) -> None:
+        """Answer tool call ``call_id`` with ``output`` (JSON text) and let the model go on.
+
+        Raises:
+            BridgeError: the link is closed or the send failed.
+        """
+        ...
+
+    async def receive(self) -> Note | None:
+        """Wait for the next thing the session reports.
 
         Returns:
-            The typed event, or ``None`` for one the room does not use.
+            A :data:`~rooms.sideband_wire.Note`, or ``None`` for an event the room does
+            not use.
 
         Raises:
             BridgeError: the link closed (normally or not); :class:`CallEnded` when the

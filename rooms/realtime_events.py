@@ -14,9 +14,12 @@ the fields it does not name (``extra="allow"``), and :func:`parse_server_event` 
 
 Client events (room -> model)::
 
-    session.update            {session: {type: "realtime", instructions?, audio?: {input?:
-                                 {transcription?: {model}, turn_detection?: {...} | null}}}}
+    session.update            {session: {type: "realtime", instructions?, tools?, tool_choice?,
+                                 audio?: {input?: {transcription?: {model},
+                                 turn_detection?: {...} | null}}}}
     input_audio_buffer.clear  {}
+    conversation.item.create  {item: {type: "function_call_output", call_id, output}}
+    response.create           {}
 
 Server events (model -> room)::
 
@@ -25,6 +28,7 @@ Server events (model -> room)::
     input_audio_buffer.committed                              {item_id, previous_item_id}
     conversation.item.input_audio_transcription.completed    {item_id, content_index, transcript}
     response.output_audio_transcript.done                     {response_id, item_id, transcript}
+    response.function_call_arguments.done                     {call_id, name, arguments, item_id}
     error                                                     {error: {type, code, message, param, event_id}}
 """
 
@@ -43,6 +47,9 @@ __all__ = [
     "SessionUpdated",
     "SpeechStarted",
     "AudioCommitted",
+    "ConversationItemCreate",
+    "FunctionCallArgumentsDone",
+    "ResponseCreate",
     "InputTranscriptionCompleted",
     "OutputTranscriptDone",
     "TRANSCRIPTION_MODEL",
@@ -105,6 +112,26 @@ class InputAudioBufferClear(_Event):
     type: Literal["input_audio_buffer.clear"] = "input_audio_buffer.clear"
 
 
+class ConversationItemCreate(_Event):
+    """``conversation.item.create``: add an item; the room adds the output of a tool
+    call: ``{type: "function_call_output", call_id, output}`` (``output`` a string)."""
+
+    type: Literal["conversation.item.create"] = "conversation.item.create"
+    item: dict[str, Any]
+
+    @classmethod
+    def tool_output(cls, call_id: str, output: str) -> "ConversationItemCreate":
+        """The item that answers function call ``call_id`` with ``output`` (JSON text)."""
+        return cls(item={"type": "function_call_output", "call_id": call_id,
+                         "output": output})
+
+
+class ResponseCreate(_Event):
+    """``response.create``: ask the model to respond (after a tool's output)."""
+
+    type: Literal["response.create"] = "response.create"
+
+
 # ---- server events -------------------------------------------------------------------
 
 
@@ -152,6 +179,18 @@ class OutputTranscriptDone(_Event):
     transcript: str
 
 
+class FunctionCallArgumentsDone(_Event):
+    """``response.function_call_arguments.done``: the model calls tool ``name`` with
+    ``arguments`` (JSON text); ``call_id`` identifies the call (its output answers it)."""
+
+    type: Literal["response.function_call_arguments.done"]
+    call_id: str
+    name: str
+    arguments: str = "{}"
+    item_id: str | None = None
+    response_id: str | None = None
+
+
 class ErrorEvent(_Event):
     """``error``: the service refused a client event (``error.code``, ``error.message``)."""
 
@@ -160,7 +199,8 @@ class ErrorEvent(_Event):
 
 
 ServerEvent = Union[SessionUpdated, SpeechStarted, AudioCommitted,
-                    InputTranscriptionCompleted, OutputTranscriptDone, ErrorEvent]
+                    InputTranscriptionCompleted, OutputTranscriptDone,
+                    FunctionCallArgumentsDone, ErrorEvent]
 """The server events the room reads."""
 
 _SERVER_ADAPTER: TypeAdapter = TypeAdapter(ServerEvent)
@@ -168,7 +208,8 @@ _SERVER_ADAPTER: TypeAdapter = TypeAdapter(ServerEvent)
 SERVER_EVENT_TYPES = frozenset({
     "session.created", "session.updated", "input_audio_buffer.speech_started",
     "input_audio_buffer.committed", "conversation.item.input_audio_transcription.completed",
-    "response.output_audio_transcript.done", "error",
+    "response.output_audio_transcript.done", "response.function_call_arguments.done",
+    "error",
 })
 """The ``type`` of every server event :func:`parse_server_event` models."""
 

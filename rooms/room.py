@@ -52,6 +52,8 @@ from .state import (
     Outgoing,
     ReleaseJob,
     RoomData,
+    ToolCallRecord,
+    ToolJob,
     TranscriptLine,
 )
 
@@ -61,6 +63,9 @@ __all__ = [
     "AiControlResult",
     "AiEnableResult",
     "AiProgress",
+    "AiToolCall",
+    "AiToolDelivered",
+    "AiToolOutput",
     "AiTranscript",
     "HEARTBEAT_TIMEOUT",
     "MAX_IDLE_OWNERS",
@@ -175,7 +180,40 @@ class AiCallEnded:
     reason: str
 
 
-AiEvent = AiProgress | AiEnableResult | AiControlResult | AiTranscript | AiCallEnded
+@dataclass(frozen=True, slots=True)
+class AiToolCall:
+    """The AI of call ``call_id`` calls tool ``name`` (function call ``tool_call_id``)
+    with ``arguments`` (JSON text)."""
+
+    call_id: str
+    tool_call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class AiToolOutput:
+    """Tool call ``tool_call_id`` finished with ``output`` (JSON text)."""
+
+    tool_call_id: str
+    output: str
+
+
+@dataclass(frozen=True, slots=True)
+class AiToolDelivered:
+    """The output of tool call ``tool_call_id`` reached the model."""
+
+    tool_call_id: str
+
+
+AiEvent = (AiProgress | AiEnableResult | AiControlResult | AiTranscript | AiCallEnded
+           | AiToolCall | AiToolOutput | AiToolDelivered)
+
+MAX_TOOL_TEXT = 16 * 1024
+"""The longest tool arguments or output a room keeps, characters (longer is cut)."""
+
+MAX_TOOL_CALLS = 32
+"""Tool calls a room keeps: every undelivered one, and delivered ones up to this many."""
 
 
 def _room_state_message(data: RoomData) -> dict[str, Any]:
@@ -292,7 +330,9 @@ class Room:
 
         An AI flow that was under way when the previous activation died cannot finish:
         its pending markers are cleared, the error says so, and what it created is
-        released (so ``connectionPending`` never stays true for ever).
+        released (so ``connectionPending`` never stays true for ever). A tool call that
+        was running is asked of the tool runner again, under the same call id: the
+        runner gives the same run's output (it does not run the tool again).
         """
         ai = self.data.ai
         if ai.connectionPending:
@@ -309,6 +349,9 @@ class Room:
             ai.attempt += 1
             self._changed()
             self._broadcast_state()
+        for call in self.data.toolCalls:  # the tool runner still has (or finishes) these
+            if call.status == "running" and ai.enabled and call.callId == ai.callId:
+                self._fx.jobs.append(ToolJob(call.model_copy()))
         return self._take()
 
     def on_connect(self, conn: str, name: str, now: float) -> Effects:
@@ -435,6 +478,10 @@ class Room:
             self._transcribed(event, now)
         elif isinstance(event, AiCallEnded):
             self._call_ended(event)
+        elif isinstance(event, AiToolCall):
+            self._tool_called(event)
+        elif isinstance(event, (AiToolOutput, AiToolDelivered)):
+            self._tool_progressed(event)
         return self._take()
 
     # ---- message handlers -------------------------------------------------------------
@@ -648,6 +695,33 @@ class Room:
         del data.transcript[:max(0, len(data.transcript) - self.limits.transcript_lines)]
         self._fx.messages.append(Outgoing("all", None, line.wire()))
         self._changed()
+
+    def _tool_called(self, event: AiToolCall) -> None:
+        ai, calls = self.data.ai, self.data.toolCalls
+        if not ai.enabled or ai.callId != event.call_id:
+            return  # stale: another call's, or the AI left
+        if any(call.id == event.tool_call_id for call in calls):
+            return  # delivered again: recorded once, run once
+        record = ToolCallRecord(id=event.tool_call_id[:200], callId=event.call_id,
+                                name=event.name[:64], arguments=event.arguments[:MAX_TOOL_TEXT])
+        calls.append(record)
+        delivered = [c for c in calls if c.status == "delivered"]
+        for old in delivered[:max(0, len(calls) - MAX_TOOL_CALLS)]:
+            calls.remove(old)
+        self._fx.jobs.append(ToolJob(record.model_copy()))
+        self._log("aiToolCall", toolCallId=record.id, tool=record.name)
+        self._changed()
+
+    def _tool_progressed(self, event: AiToolOutput | AiToolDelivered) -> None:
+        call = next((c for c in self.data.toolCalls if c.id == event.tool_call_id), None)
+        if call is None:
+            return
+        if isinstance(event, AiToolOutput) and call.status == "running":
+            call.status, call.output = "done", event.output[:MAX_TOOL_TEXT]
+            self._changed()
+        elif isinstance(event, AiToolDelivered) and call.status == "done":
+            call.status = "delivered"
+            self._changed()
 
     def _call_ended(self, event: AiCallEnded) -> None:
         ai = self.data.ai

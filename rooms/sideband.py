@@ -12,17 +12,21 @@ A :class:`Sideband` belongs to one room activation and one call. It
   exponential back-off when the link drops (tenacity);
 * keeps the session where the room wants it (:class:`SessionControl`): the
   instructions name whoever holds control, and with nobody holding control the model
-  hears nothing (``turn_detection: null`` and ``input_audio_buffer.clear``: the
-  Realtime equivalent of muting the session's input). The wanted control is sent again
-  after every attach, so a room restarted by Ray (which attaches anew) or a dropped link
-  cannot leave the session as it was;
+  hears nothing (Realtime: ``turn_detection: null`` and ``input_audio_buffer.clear``;
+  Live: ``session.input_audio.mute``; the link decides). The wanted control is sent
+  again after every attach, so a room restarted by Ray (which attaches anew) or a
+  dropped link cannot leave the session as it was;
 * turns final transcripts into :class:`~rooms.room.AiTranscript` events: a user's
   utterance is attributed to the connection that held control when the model began to
-  hear it (``input_audio_buffer.speech_started``), the model's own to ``ai``;
+  hear it (:class:`~rooms.sideband_wire.SpeechBegan`), the model's own to ``ai``;
+* turns tool calls into :class:`~rooms.room.AiToolCall` events and sends the outputs
+  it is given (:meth:`Sideband.deliver`);
 * reports a session that is gone (attach refused with 404, or any error that cannot be
   retried) once, as :class:`~rooms.room.AiCallEnded`, and stops.
 
-Its lifecycle is one explicit :class:`SidebandState`. It does no room logic itself: the
+It speaks only the backend-neutral terms of :mod:`rooms.sideband_wire`; each backend's
+link turns them into its own events. Its lifecycle is one explicit
+:class:`SidebandState`. It does no room logic itself: the
 room actor owns it, feeds its events into the room as turns and tells it, after every
 turn, what the session should be (:func:`session_control`).
 """
@@ -45,21 +49,20 @@ from tenacity import (
     wait_exponential,
 )
 
-from .ports import AiSideband, BridgeError, ClientEvent, SidebandLink
-from .realtime_events import (
-    AudioCommitted,
-    ErrorEvent,
-    InputAudioBufferClear,
-    InputTranscriptionCompleted,
-    OutputTranscriptDone,
-    SessionUpdate,
-    SpeechStarted,
-    input_config,
+from .ports import AiSideband, BridgeError, SidebandLink
+from .room import AiCallEnded, AiToolCall, AiTranscript
+from .sideband_wire import (
+    DEFAULT_SPEAKER_TEMPLATE,
+    AiSaid,
+    Refused,
+    SessionControl,
+    SpeechBegan,
+    ToolCalled,
+    UserSaid,
+    session_control,
 )
-from .room import AiCallEnded, AiTranscript
 
 __all__ = [
-    "DEFAULT_IDLE_INSTRUCTIONS",
     "DEFAULT_SPEAKER_TEMPLATE",
     "SessionControl",
     "Sideband",
@@ -69,61 +72,8 @@ __all__ = [
 
 log = logging.getLogger("ray_rooms.sideband")
 
-DEFAULT_SPEAKER_TEMPLATE = "You are in a meeting. The person speaking to you now is {name}."
-"""What the room adds to the AI's instructions while a user holds control; ``{name}``
-is replaced by that user's display name (``ROOMS_AI_SPEAKER_TEMPLATE``)."""
-
-DEFAULT_IDLE_INSTRUCTIONS = "You are in a meeting. Nobody is speaking to you now."
-"""What the room adds to the AI's instructions while nobody holds control."""
-
-BASE_INSTRUCTIONS = "You are a helpful assistant in a video meeting."
-"""The instructions used when ``enableAi`` gave none."""
-
 _KEPT_ITEMS = 64
 """How many heard items' speakers are remembered until their transcript arrives."""
-
-
-@dataclass(frozen=True, slots=True)
-class SessionControl:
-    """What the live session should be.
-
-    Attributes:
-        listening: the model hears the transceiver's input (someone holds control).
-        instructions: the session's whole instructions.
-    """
-
-    listening: bool
-    instructions: str
-
-    def events(self) -> list[ClientEvent]:
-        """The client events that make the session so: a ``session.update`` (input
-        transcription on, ``turn_detection`` on or ``null``, the instructions), and when
-        not listening an ``input_audio_buffer.clear`` after it."""
-        update = SessionUpdate(session={
-            "type": "realtime", "instructions": self.instructions,
-            "audio": {"input": input_config(listening=self.listening)},
-        })
-        return [update] if self.listening else [update, InputAudioBufferClear()]
-
-
-def session_control(instructions: str | None, speaker_name: str | None,
-                    template: str = DEFAULT_SPEAKER_TEMPLATE) -> SessionControl:
-    """The session a room wants for its AI.
-
-    Args:
-        instructions: the instructions ``enableAi`` gave (``None``: a default).
-        speaker_name: the display name of the user holding control, or ``None``.
-        template: the sentence naming the speaker; ``{name}`` is replaced by the name
-            (plain replacement: braces in a name are kept as they are).
-
-    Returns:
-        listening iff someone holds control; the instructions with the template's
-        sentence (or :data:`DEFAULT_IDLE_INSTRUCTIONS`) after a blank line.
-    """
-    base = instructions or BASE_INSTRUCTIONS
-    if speaker_name is None:
-        return SessionControl(False, f"{base}\n\n{DEFAULT_IDLE_INSTRUCTIONS}")
-    return SessionControl(True, f"{base}\n\n{template.replace('{name}', speaker_name)}")
 
 
 class SidebandState(enum.Enum):
@@ -144,6 +94,8 @@ class SidebandState(enum.Enum):
 Speaker = Callable[[], "str | None"]
 OnLine = Callable[[AiTranscript], Awaitable[None]]
 OnEnded = Callable[[AiCallEnded], Awaitable[None]]
+OnToolCall = Callable[[AiToolCall], Awaitable[None]]
+OnDelivered = Callable[[str], Awaitable[None]]
 
 
 class Sideband:
@@ -157,6 +109,10 @@ class Sideband:
             asked when the model begins to hear an utterance.
         on_line: awaited with each final transcript line, in order (a room turn).
         on_ended: awaited once when the session is gone (then the sideband closes).
+        on_tool_call: awaited with each function call the model makes (a room turn that
+            records it durably before the tool runs).
+        on_delivered: awaited with a tool call id once its output (:meth:`deliver`) was
+            sent to the model.
         backoff: the first wait between attaches, seconds; each further wait doubles.
         max_backoff: the longest wait between attaches, seconds.
 
@@ -165,7 +121,8 @@ class Sideband:
     """
 
     def __init__(self, call_id: str, port: AiSideband, *, speaker: Speaker,
-                 on_line: OnLine, on_ended: OnEnded, backoff: float = 0.25,
+                 on_line: OnLine, on_ended: OnEnded, on_tool_call: OnToolCall | None = None,
+                 on_delivered: OnDelivered | None = None, backoff: float = 0.25,
                  max_backoff: float = 5.0) -> None:
         self.call_id = call_id
         self.state = SidebandState.NEW
@@ -175,6 +132,9 @@ class Sideband:
         self._speaker = speaker
         self._on_line = on_line
         self._on_ended = on_ended
+        self._on_tool_call = on_tool_call
+        self._on_delivered = on_delivered
+        self._outputs: dict[str, str] = {}  # tool call id -> output, until delivered
         self._backoff = backoff
         self._max_backoff = max_backoff
         self._wanted: SessionControl | None = None
@@ -197,6 +157,15 @@ class Sideband:
         what was sent last, else right after the next attach. Never blocks or raises."""
         if control != self._wanted:
             self._wanted = control
+            self._changed.set()
+
+    def deliver(self, tool_call_id: str, output: str) -> None:
+        """Send tool call ``tool_call_id``'s ``output`` (JSON text) to the model
+        (``conversation.item.create`` of a ``function_call_output``, then
+        ``response.create``) as soon as attached; ``on_delivered`` follows. Asking again
+        for an output not yet delivered changes nothing. Never blocks or raises."""
+        if tool_call_id not in self._outputs:
+            self._outputs[tool_call_id] = output
             self._changed.set()
 
     async def close(self) -> None:
@@ -282,37 +251,54 @@ class Sideband:
             await self._changed.wait()
             self._changed.clear()
             wanted = self._wanted
-            if wanted is None or wanted == self._sent:
-                continue
             try:
-                for event in wanted.events():
-                    await link.send(event)
+                if wanted is not None and wanted != self._sent:
+                    await link.send_control(wanted, self._sent)
+                    self._sent = wanted
+                for tool_call_id, output in list(self._outputs.items()):
+                    await link.send_tool_output(tool_call_id, output)
+                    del self._outputs[tool_call_id]
+                    if self._on_delivered is not None:
+                        await self._report(self._on_delivered(tool_call_id), tool_call_id)
             except BridgeError as error:  # the read loop sees the link go
                 log.info("sideband to call %s: send failed: %s", self.call_id, error)
                 await link.close()
                 return
-            self._sent = wanted
 
     async def _read_loop(self, link: SidebandLink) -> None:
         """Read events until the link fails (raises its :class:`BridgeError`)."""
         while True:
-            event = await link.receive()
-            if isinstance(event, (SpeechStarted, AudioCommitted)):
-                if event.item_id not in self._speakers:
-                    self._speakers[event.item_id] = self._speaker()
+            note = await link.receive()
+            if isinstance(note, SpeechBegan):
+                if note.item_id not in self._speakers:
+                    self._speakers[note.item_id] = self._speaker()
                     while len(self._speakers) > _KEPT_ITEMS:
                         self._speakers.popitem(last=False)
-            elif isinstance(event, InputTranscriptionCompleted):
-                speaker = self._speakers.pop(event.item_id, None) \
-                    if event.item_id in self._speakers else self._speaker()
-                await self._line(AiTranscript(self.call_id, event.item_id, "in", speaker,
-                                              event.transcript))
-            elif isinstance(event, OutputTranscriptDone):
-                await self._line(AiTranscript(self.call_id, event.item_id, "out", None,
-                                              event.transcript))
-            elif isinstance(event, ErrorEvent):
+            elif isinstance(note, UserSaid):
+                speaker = self._speakers.pop(note.item_id, None) \
+                    if note.item_id in self._speakers else self._speaker()
+                await self._line(AiTranscript(self.call_id, note.item_id, "in", speaker,
+                                              note.text))
+            elif isinstance(note, AiSaid):
+                await self._line(AiTranscript(self.call_id, note.item_id, "out", None,
+                                              note.text))
+            elif isinstance(note, ToolCalled):
+                if self._on_tool_call is not None:
+                    await self._report(self._on_tool_call(AiToolCall(
+                        self.call_id, note.call_id, note.name, note.arguments)),
+                        note.call_id)
+            elif isinstance(note, Refused):
                 log.warning("sideband to call %s: the session refused an event: %s",
-                            self.call_id, str(event.error.get("message", ""))[:300])
+                            self.call_id, note.message[:300])
+
+    async def _report(self, turn: Awaitable[None], what: str) -> None:
+        """Await a room turn the sideband caused; a failed one is logged (the room is
+        restarting or its store is down)."""
+        try:
+            await turn
+        except Exception as error:  # noqa: BLE001
+            log.warning("sideband to call %s: the room did not take %s: %s", self.call_id,
+                        what, error)
 
     async def _line(self, line: AiTranscript) -> None:
         try:

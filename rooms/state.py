@@ -27,6 +27,8 @@ __all__ = [
     "Outgoing",
     "ReleaseJob",
     "RoomData",
+    "ToolCallRecord",
+    "ToolJob",
     "TranscriptLine",
 ]
 
@@ -97,6 +99,29 @@ class TranscriptLine(BaseModel):
                 "name": self.name, "text": self.text}
 
 
+class ToolCallRecord(BaseModel):
+    """One tool call of the AI, kept durably from its arrival to its delivery.
+
+    Attributes:
+        id: the model's function call id.
+        callId: the AI call (session) that asked for it.
+        name: the tool's name.
+        arguments: the arguments, JSON text as the model sent them (at most 16 KiB).
+        status: ``running`` (recorded; the tool runs), ``done`` (its output is here and
+            goes to the model), ``delivered`` (the model has it).
+        output: the tool's output, JSON text (at most 16 KiB), once ``done``.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    callId: str
+    name: str
+    arguments: str = "{}"
+    status: Literal["running", "done", "delivered"] = "running"
+    output: str | None = None
+
+
 class RoomData(BaseModel):
     """Everything a room persists (its snapshot's ``state``).
 
@@ -118,6 +143,9 @@ class RoomData(BaseModel):
     transcript: list[TranscriptLine] = Field(default_factory=list)
     """The meeting's newest final transcript lines, oldest first (at most
     ``RoomLimits.transcript_lines``; the whole transcript is in the store)."""
+    toolCalls: list[ToolCallRecord] = Field(default_factory=list)
+    """The AI's newest tool calls, oldest first (every one not yet delivered, and the
+    newest delivered ones up to 32 in all)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +200,14 @@ class ReleaseJob:
     reason: str
 
 
-Job = EnableJob | ControlJob | ReleaseJob
+@dataclass(frozen=True, slots=True)
+class ToolJob:
+    """Run tool call ``call`` (status ``running``) once, through the tool runner."""
+
+    call: ToolCallRecord
+
+
+Job = EnableJob | ControlJob | ReleaseJob | ToolJob
 
 
 @dataclass(slots=True)

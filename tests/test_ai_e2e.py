@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 from typing import Any, Callable
 
@@ -42,18 +44,18 @@ def emu() -> Emulators:
 
 @pytest.fixture
 def make_room(ray_session, emu: Emulators, sqlite_url: str, unique_room: str):
-    """``make_room(timeout=2.0, retries=1, api_key=API_KEY) -> actor handle``.
+    """``make_room(timeout=2.0, retries=1, api_key=API_KEY, **config) -> actor handle``.
 
     Creates this test's room actor (SQLite store in the test's tmp dir, no hibernation)
     wired to the emulators; at teardown clears the faults and kills the actor for good.
     """
     made = []
 
-    def make(*, timeout: float = 2.0, retries: int = 1, api_key: str = API_KEY):
+    def make(*, timeout: float = 2.0, retries: int = 1, api_key: str = API_KEY, **extra):
         from actors.directory import get_room
 
         config = RoomsConfig(
-            namespace=TEST_NAMESPACE, store_url=sqlite_url, idle_timeout=0,
+            namespace=TEST_NAMESPACE, store_url=sqlite_url, idle_timeout=0, **extra,
             services=ServiceEndpoints(
                 calls_base_url=emu.calls_base_url, calls_app_id=APP_ID,
                 calls_app_secret=APP_SECRET, openai_base_url=emu.openai_base_url,
@@ -631,3 +633,68 @@ async def test_the_sideband_hands_the_floor_transcribes_and_survives_a_sigkill(
         left = await ledger.wait_released(exclude={a_sid, b_sid})
         assert left == {"sessions": [], "tracks": [], "calls": []}
         assert (await room.info.remote()).ai.sideband is None
+
+
+
+async def restarted(ray, room, old_pid: int, timeout: float = 60.0) -> int:
+    """Wait until ``room`` answers from a process other than ``old_pid``; its pid."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            pid = await asyncio.wait_for(room.pid.remote(), 10)
+            if pid != old_pid:
+                await asyncio.wait_for(room.info.remote(), 20)  # activated again
+                return pid
+        except (ray.exceptions.RayError, asyncio.TimeoutError):
+            pass
+        assert time.monotonic() < deadline, "the room actor did not restart"
+        await asyncio.sleep(0.1)
+
+
+async def test_a_tool_call_runs_once_and_reaches_the_model_across_ten_sigkills(
+        ray_session, emu: Emulators, make_room, tmp_path) -> None:
+    ray = ray_session
+    creds = (emu.calls_base_url, APP_ID, APP_SECRET)
+    room = make_room(ai_tools="tests.ai_tools:TOOLS")
+    notes = tmp_path / "notes"
+    async with Participant(*creds, freq_hz=440) as alice:
+        a_sid, a_track = await alice.publish()
+        await room.connect.remote("alice", "Alice")
+        ledger = Ledger(emu)
+        await send(room, "alice", ENABLE)
+        await wait_state(room, lambda s: s["ai"].get("enabled"))
+        [call_id] = ledger.new_calls()
+        call = emu.openai.calls[call_id]
+        await until(lambda: call.attaches and call.session.get("tools"), "the tools declared")
+        assert [t["name"] for t in call.session["tools"]] == ["note"]
+        await send(room, "alice", {"type": "requestAiControl",
+                                   "track": {"sessionId": a_sid, "trackName": a_track}})
+        await until(lambda: call.listening, "the input to go on")
+
+        ran: list[str] = []
+        for i in range(10):
+            before = len(call.tool_calls)
+            emu.openai.call_tool_on(440, "note", {"path": str(notes), "text": f"n{i}",
+                                                  "seconds": 1.5})
+            await until(lambda: len(call.tool_calls) > before, f"tool call {i}", 15)
+            tool_call_id = call.tool_calls[before]
+            ran.append(tool_call_id)
+            # recorded and running: SIGKILL the room's process while the tool runs
+            await until(lambda: notes.exists() and f"start {tool_call_id}" in notes.read_text(),
+                        f"tool call {i} to start", 15)
+            pid = await room.pid.remote()
+            os.kill(pid, signal.SIGKILL)
+            await restarted(ray, room, pid)
+            await until(lambda: any(c == tool_call_id for c, _ in call.tool_outputs),
+                        f"the output of tool call {i} to reach the model", 30)
+
+        lines = notes.read_text().splitlines()
+        for i, tool_call_id in enumerate(ran):
+            assert lines.count(f"start {tool_call_id}") == 1, (i, lines)
+            assert lines.count(f"end {tool_call_id}") == 1, (i, lines)
+            outputs = [o for c, o in call.tool_outputs if c == tool_call_id]
+            assert len(outputs) == 1, (i, outputs)
+            assert json.loads(outputs[0]) == {"noted": f"n{i}", "call": tool_call_id}
+        assert call.attaches >= 11  # one attach per activation: the same call throughout
+        assert ledger.new_calls() == {call_id}
+        await send(room, "alice", {"type": "disableAi"})

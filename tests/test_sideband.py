@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import time
 
 import jsonschema
@@ -23,9 +24,10 @@ from bridges.local.ice import loopback_peer_connection
 from bridges.local.media import ToneTrack
 from bridges.openai import RealtimeClient
 from rooms.ports import BridgeError, CallEnded, SessionDescription
-from rooms.realtime_events import InputTranscriptionCompleted, OutputTranscriptDone
+from bridges.openai_sideband import control_events
 from rooms.room import AiCallEnded, AiTranscript
 from rooms.sideband import Sideband, SidebandState, session_control
+from rooms.sideband_wire import AiSaid, ToolCalled, UserSaid
 
 pytestmark = pytest.mark.media
 
@@ -56,9 +58,17 @@ def test_every_event_the_room_sends_or_reads_is_in_the_contract() -> None:
     from rooms.realtime_events import SERVER_EVENT_TYPES
 
     assert SERVER_EVENT_TYPES <= set(contract()["server_events"])
+    from rooms.realtime_events import ConversationItemCreate, ResponseCreate
+    from tests.ai_tools import TOOLS
+    from rooms.tools import declarations
+
+    tools = declarations({t.name: t for t in TOOLS})
     for speaker in ("Alice", None):
-        for event in session_control("Be brief.", speaker).events():
+        for event in control_events(session_control("Be brief.", speaker, tools=tools)):
             check_event(event.wire(), "client_events")
+    check_event(ConversationItemCreate.tool_output("call_1", '{"ok": true}').wire(),
+                "client_events")
+    check_event(ResponseCreate().wire(), "client_events")
 
 
 class Caller:
@@ -116,12 +126,11 @@ async def test_the_emulator_transcribes_what_it_hears_only_while_listening(emu) 
     async with Caller(emu, 440) as caller:
         link = await caller.client.attach(caller.call_id)
         try:
-            for event in session_control("Say what you hear.", "Alice").events():
-                await link.send(event)
-            heard = await next_of(link, InputTranscriptionCompleted)
-            assert heard.transcript == "tone 440 Hz"
-            said = await next_of(link, OutputTranscriptDone)
-            assert said.transcript == "you said: tone 440 Hz"
+            await link.send_control(session_control("Say what you hear.", "Alice"), None)
+            heard = await next_of(link, UserSaid)
+            assert heard.text == "tone 440 Hz"
+            said = await next_of(link, AiSaid)
+            assert said.text == "you said: tone 440 Hz"
             update = caller.call.session_updates[-1]
             assert "Alice" in update["instructions"]
             from rooms.realtime_events import SERVER_EVENT_TYPES
@@ -138,8 +147,7 @@ async def test_the_emulator_transcribes_what_it_hears_only_while_listening(emu) 
             await until(lambda: "tone 660 Hz" in caller.call.hearing.transcripts, 8,
                         "a 660 Hz transcript")
             # nobody holds control: the session's input is off and it hears nothing
-            for event in session_control("Say what you hear.", None).events():
-                await link.send(event)
+            await link.send_control(session_control("Say what you hear.", None), None)
             await until(lambda: not caller.call.listening and caller.call.clears == 1, 5,
                         "the input to go off and the buffer to be cleared")
             count = len(caller.call.hearing.transcripts)
@@ -220,3 +228,26 @@ async def test_the_runner_attributes_lines_steers_and_attaches_again(emu) -> Non
         assert len(ended) == 1 and ended[0].call_id == caller.call_id
         assert sideband.state is SidebandState.CLOSED
         await sideband.close()
+
+
+async def test_the_emulator_calls_a_tool_when_told_and_takes_its_output(emu) -> None:
+    from rooms.tools import declarations
+    from tests.ai_tools import TOOLS
+
+    tools = declarations({t.name: t for t in TOOLS})
+    async with Caller(emu, 440) as caller:
+        link = await caller.client.attach(caller.call_id)
+        try:
+            await link.send_control(session_control(None, "Alice", tools=tools), None)
+            await until(lambda: caller.call.session.get("tools"), 5, "the tools declared")
+            emu.openai.call_tool_on(440, "note", {"path": "/nowhere", "text": "hi"})
+            called = await next_of(link, ToolCalled)
+            assert called.name == "note" and json.loads(called.arguments)["text"] == "hi"
+            check_event(caller.call.events_sent[-1], "server_events")
+            await link.send_tool_output(called.call_id, '{"ok": 1}')
+            said = await next_of(link, AiSaid)
+            while "tool answered" not in said.text:
+                said = await next_of(link, AiSaid)
+            assert caller.call.tool_outputs == [(called.call_id, '{"ok": 1}')]
+        finally:
+            await link.close()

@@ -32,6 +32,10 @@ The "model" (events typed by :mod:`rooms.realtime_events`, the wire the room rea
   whose transcript is the dominant tone's frequency (``"tone 440 Hz"``, to 10 Hz), and
   the model's answer ``response.output_audio_transcript.done`` (``"you said: tone 440
   Hz"``). With ``turn_detection: null`` it hears nothing: no utterance, no echo;
+* it calls tools when told to (:meth:`RealtimeEmulator.call_tool_on`): the next
+  utterance of a given tone becomes ``response.function_call_arguments.done`` instead of
+  an answer; a ``function_call_output`` item is recorded (``_Call.tool_outputs``) and
+  the ``response.create`` after it answered with ``"the tool answered: <output>"``;
 * its voice sends back what it hears on the audio track ``echo_delay`` seconds later
   (silence before anything is heard), so a 440 Hz tone in comes back as a 440 Hz tone out.
 """
@@ -179,11 +183,16 @@ class Hearing:
             utterances this long.
         threshold: the RMS level (of s16 samples) above which a frame is sound.
         silence_frames: this many quiet frames in a row end an utterance.
+        tool_for: given an utterance's tone (Hz, to 10 Hz), returns ``(tool name,
+            arguments)`` when the model is to call a tool instead of answering, or
+            ``None``.
     """
 
     def __init__(self, emit, listening, transcribing, *, utterance_s: float = 1.0,
-                 threshold: float = 300.0, silence_frames: int = 10) -> None:
+                 threshold: float = 300.0, silence_frames: int = 10,
+                 tool_for=lambda tone: None) -> None:
         self._emit = emit
+        self._tool_for = tool_for
         self._listening = listening
         self._transcribing = transcribing
         self.utterance_s = utterance_s
@@ -246,6 +255,15 @@ class Hearing:
         self.transcripts.append(said)
         self._emit({"type": "conversation.item.input_audio_transcription.completed",
                     "item_id": item, "content_index": 0, "transcript": said})
+        tool = self._tool_for(int(round(freq / 10.0) * 10))
+        if tool is not None:
+            name, arguments = tool
+            self._emit({"type": "response.function_call_arguments.done",
+                        "response_id": "resp_" + secrets.token_hex(10),
+                        "item_id": "item_" + secrets.token_hex(10), "output_index": 0,
+                        "call_id": "call_" + secrets.token_hex(12), "name": name,
+                        "arguments": json.dumps(arguments)})
+            return
         self._emit({"type": "response.output_audio_transcript.done",
                     "response_id": "resp_" + secrets.token_hex(10),
                     "item_id": "item_" + secrets.token_hex(10), "output_index": 0,
@@ -277,6 +295,10 @@ class _Call:
     """Every ``session`` object received in a ``session.update``, in order."""
     clears: int = 0
     """How many ``input_audio_buffer.clear`` events were received."""
+    tool_outputs: list[tuple[str, str]] = field(default_factory=list)
+    """Every ``function_call_output`` received: ``(call id, output)``, in order."""
+    tool_calls: list[str] = field(default_factory=list)
+    """The call ids of the function calls the model made, in order."""
     hearing: Hearing | None = None
 
     @property
@@ -330,6 +352,7 @@ class RealtimeEmulator:
         self.faults = Faults()
         self.request_counts: collections.Counter[str] = collections.Counter()
         self.calls: dict[str, _Call] = {}
+        self._triggers: list[tuple[int, str, dict[str, Any]]] = []
         self._app: Starlette | None = None
 
     def __repr__(self) -> str:
@@ -452,6 +475,8 @@ class RealtimeEmulator:
         event = {"event_id": "event_" + secrets.token_hex(10), **event}
         assert event["type"] in SERVER_EVENT_TYPES or event["type"] in _OTHER_EVENTS, event
         call.events_sent.append(event)
+        if event["type"] == "response.function_call_arguments.done":
+            call.tool_calls.append(event["call_id"])
         text = json.dumps(event)
         if call.channel is not None and call.channel.readyState == "open":
             call.channel.send(text)
@@ -476,6 +501,17 @@ class RealtimeEmulator:
             call.session_updates.append(event["session"])
             _merge(call.session, update)
             self._emit(call, {"type": "session.updated", "session": call.session})
+        elif kind == "conversation.item.create" and isinstance(event.get("item"), dict) \
+                and event["item"].get("type") == "function_call_output":
+            item = event["item"]
+            call.tool_outputs.append((str(item.get("call_id")), str(item.get("output"))))
+        elif kind == "response.create":
+            answer = call.tool_outputs[-1][1] if call.tool_outputs else ""
+            self._emit(call, {"type": "response.output_audio_transcript.done",
+                              "response_id": "resp_" + secrets.token_hex(10),
+                              "item_id": "item_" + secrets.token_hex(10), "output_index": 0,
+                              "content_index": 0,
+                              "transcript": f"the tool answered: {answer[:200]}"})
         elif kind == "input_audio_buffer.clear":
             call.clears += 1
             if call.hearing is not None:
@@ -559,7 +595,8 @@ class RealtimeEmulator:
         pc.on("datachannel", lambda channel: self._attach_channel(call, channel))
         call.hearing = Hearing(lambda event: self._emit(call, event),
                                lambda: call.listening, lambda: call.transcribing,
-                               utterance_s=self.utterance_s)
+                               utterance_s=self.utterance_s,
+                               tool_for=lambda tone: self._tool_for(call, tone))
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             for transceiver in pc.getTransceivers():
@@ -602,6 +639,22 @@ class RealtimeEmulator:
         for sideband in call.sidebands:
             sideband.queue.put_nowait(None)  # closes it (1000) after what is queued
         await call.pc.close()
+
+    def call_tool_on(self, tone_hz: int, name: str, arguments: dict[str, Any]) -> None:
+        """Arm a one-shot trigger: the next utterance of ``tone_hz`` (to 10 Hz) heard by
+        a call whose session declares tool ``name`` makes the model call it with
+        ``arguments`` (``response.function_call_arguments.done``) instead of answering.
+        Safe from any thread (tests)."""
+        self._triggers.append((int(tone_hz), name, dict(arguments)))
+
+    def _tool_for(self, call: _Call, tone: int) -> tuple[str, dict[str, Any]] | None:
+        declared = {t.get("name") for t in call.session.get("tools") or []
+                    if isinstance(t, dict)}
+        for trigger in list(self._triggers):
+            if trigger[0] == tone and trigger[1] in declared:
+                self._triggers.remove(trigger)
+                return trigger[1], trigger[2]
+        return None
 
     async def drop_sidebands(self, call_id: str, code: int = 1011) -> int:
         """Close every sideband of ``call_id`` with ``code`` while the call goes on, as
