@@ -69,7 +69,8 @@ class ServiceEndpoints(BaseSettings):
 
     Fields left ``None`` are read from the environment by :mod:`bridges.config`
     (``CALLS_APP_ID``, ``CALLS_APP_SECRET``, ``CALLS_BASE_URL``, ``OPENAI_API_KEY``,
-    ``OPENAI_BASE_URL``, ``OPENAI_MODEL``) inside the room actor's process.
+    ``OPENAI_BASE_URL``, ``OPENAI_MODEL``, ``OPENAI_VOICE_API``) inside the room actor's
+    process.
     """
 
     model_config = SettingsConfigDict(env_prefix="ROOMS_AI_", extra="ignore")
@@ -80,6 +81,9 @@ class ServiceEndpoints(BaseSettings):
     openai_base_url: str | None = None
     openai_api_key: SecretStr | None = None
     openai_model: str | None = None
+    openai_voice_api: Literal["realtime", "live"] | None = Field(
+        None, description="the voice backend: realtime (calls) or live (the Live API); "
+                          "None: OPENAI_VOICE_API, else realtime")
     timeout: float = Field(10.0, gt=0, description="seconds per service call")
     retries: int = Field(3, ge=0, description="times a retryable service call is repeated (attempts = retries + 1)")
 

@@ -31,6 +31,8 @@ def build_services(endpoints: ServiceEndpoints) -> tuple[MediaBridge, AiService]
         openai.base_url = endpoints.openai_base_url
     if endpoints.openai_api_key is not None:
         openai.api_key = endpoints.openai_api_key
+    if endpoints.openai_voice_api:
+        openai.voice_api = endpoints.openai_voice_api
     options = {"timeout": endpoints.timeout, "retries": endpoints.retries}
     return calls.client(**options), openai.client(**options)
 
@@ -54,9 +56,13 @@ def calls_settings(endpoints: ServiceEndpoints) -> "CallsSettings":
 def realtime_model(endpoints: ServiceEndpoints) -> str:
     """Return the OpenAI Realtime model for new calls: ``endpoints.openai_model`` if
     given, else ``OPENAI_MODEL`` from this process's environment, else
-    ``"gpt-realtime"`` (see :class:`bridges.config.OpenAISettings`)."""
+    the voice backend's default, ``"gpt-realtime"`` or ``"gpt-live-1"`` (see
+    :class:`bridges.config.OpenAISettings`)."""
     if endpoints.openai_model:
         return endpoints.openai_model
     from bridges.config import OpenAISettings
 
-    return OpenAISettings().model
+    settings = OpenAISettings()
+    if endpoints.openai_voice_api:
+        settings.voice_api = endpoints.openai_voice_api
+    return settings.model_or_default

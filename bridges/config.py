@@ -15,6 +15,8 @@ Usage::
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -63,19 +65,28 @@ class CallsSettings(BaseSettings):
 
 
 class OpenAISettings(BaseSettings):
-    """OpenAI settings (env ``OPENAI_API_KEY``, ``OPENAI_BASE_URL``, ``OPENAI_MODEL``).
+    """OpenAI settings (env ``OPENAI_API_KEY``, ``OPENAI_BASE_URL``, ``OPENAI_MODEL``,
+    ``OPENAI_VOICE_API``).
 
     Attributes:
         api_key: the API key (``SecretStr``), or ``None``.
         base_url: the API root, default ``https://api.openai.com/v1``.
-        model: the Realtime model for new calls, default ``"gpt-realtime"``.
+        model: the model for new calls; ``None``: the backend's default.
+        voice_api: the voice backend: ``realtime`` (Realtime calls, create-realtime-call)
+            or ``live`` (the Live API, create-live).
     """
 
     model_config = SettingsConfigDict(env_prefix="OPENAI_", extra="ignore")
 
     api_key: SecretStr | None = None
     base_url: str = OPENAI_BASE_URL
-    model: str = "gpt-realtime"
+    model: str | None = None
+    voice_api: Literal["realtime", "live"] = "realtime"
+
+    @property
+    def model_or_default(self) -> str:
+        """``model``, else the backend's default (``gpt-realtime``, ``gpt-live-1``)."""
+        return self.model or ("gpt-live-1" if self.voice_api == "live" else "gpt-realtime")
 
     @property
     def configured(self) -> bool:
@@ -83,7 +94,8 @@ class OpenAISettings(BaseSettings):
         return bool(self.api_key and self.api_key.get_secret_value())
 
     def client(self, **options: object) -> RealtimeClient:
-        """Return a :class:`RealtimeClient` for these settings.
+        """Return a :class:`RealtimeClient` (or, for ``voice_api="live"``, a
+        :class:`bridges.openai_live.LiveClient`) for these settings.
 
         Args:
             **options: passed to :class:`RealtimeClient` (``timeout``, ``retries``,
@@ -95,5 +107,10 @@ class OpenAISettings(BaseSettings):
         if not self.configured:
             raise ValueError("OpenAI is not configured: set OPENAI_API_KEY")
         assert self.api_key is not None
+        if self.voice_api == "live":
+            from .openai_live import LiveClient
+
+            return LiveClient(self.api_key.get_secret_value(), base_url=self.base_url,
+                              **options)  # type: ignore[arg-type]
         return RealtimeClient(self.api_key.get_secret_value(), base_url=self.base_url,
                               **options)  # type: ignore[arg-type]

@@ -134,6 +134,9 @@ class RealtimeClient(HttpBridge):
         super().__init__(base_url=base_url, timeout=timeout, retries=retries,
                          backoff=backoff, max_backoff=max_backoff, client=client)
 
+    create_operation = "realtime/calls"
+    """The name of the create operation in errors and the enable flow's steps."""
+
     def __repr__(self) -> str:
         return f"RealtimeClient(base_url={self.base_url!r})"
 
@@ -209,7 +212,7 @@ class RealtimeClient(HttpBridge):
 
     async def _request(self, method: str, path: str, operation: str, *,
                        accept: str, files: dict[str, Any] | None = None,
-                       creates: bool = False) -> httpx.Response:
+                       json_body: Any = None, creates: bool = False) -> httpx.Response:
         """Send one operation with retries (for one that ``creates`` something, only the
         safe ones: :func:`bridges.errors.safe_to_repeat`); return the 2xx response."""
         url = f"{self.base_url}/{path}"
@@ -217,16 +220,17 @@ class RealtimeClient(HttpBridge):
         async for attempt in retrying(self.retries, self.backoff, self.max_backoff,
                                       creates=creates):
             with attempt:
-                response = await self._attempt(method, url, operation, accept, files)
+                response = await self._attempt(method, url, operation, accept, files,
+                                               json_body)
         assert response is not None
         return response
 
     async def _attempt(self, method: str, url: str, operation: str, accept: str,
-                       files: dict[str, Any] | None) -> httpx.Response:
+                       files: dict[str, Any] | None, json_body: Any = None) -> httpx.Response:
         failure = None
         try:
             response = await self._client.request(
-                method, url, files=files, timeout=self.timeout,
+                method, url, files=files, json=json_body, timeout=self.timeout,
                 headers={"Authorization": f"Bearer {self._key}", "Accept": accept},
             )
         except httpx.TransportError as exc:

@@ -12,7 +12,8 @@ The wire steps follow docs/ai.md and the contracts in ``bridges/contracts/``:
 2. Calls ``POST .../sessions/{id}/tracks/new`` with one local, bidirectional audio
    track and no offer: the SFU answers with an offer.
 3. OpenAI ``POST /v1/realtime/calls`` (create-realtime-call) with that offer: the
-   answer SDP and the call id (``Location``).
+   answer SDP and the call id (``Location``); or, with the Live backend,
+   ``POST /v1/live/sessions`` (create-live): the answer and the session id.
 4. Calls ``PUT .../sessions/{id}/renegotiate`` with the answer.
 """
 
@@ -84,7 +85,7 @@ async def run_enable(
             raise BridgeError("the SFU sent no offer for the AI's track",
                               service="calls", operation="tracks/new")
         mid = tracks.tracks[0].mid if tracks.tracks else None
-        step = "openai realtime/calls"
+        step = f"openai {getattr(ai, 'create_operation', 'realtime/calls')}"
         await record(AiProgress(job.attempt, {"mid": mid, "step": step}))
         call = await ai.create_call(
             tracks.sessionDescription, model=model,

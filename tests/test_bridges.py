@@ -750,14 +750,14 @@ def test_scrub_removes_tokens_and_known_secrets() -> None:
 
 def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("CALLS_APP_ID", "CALLS_APP_SECRET", "CALLS_BASE_URL", "OPENAI_API_KEY",
-                 "OPENAI_BASE_URL", "OPENAI_MODEL"):
+                 "OPENAI_BASE_URL", "OPENAI_MODEL", "OPENAI_VOICE_API"):
         monkeypatch.delenv(name, raising=False)
     assert not CallsSettings().configured and not OpenAISettings().configured
     with pytest.raises(ValueError):
         CallsSettings().client()
     with pytest.raises(ValueError):
         OpenAISettings().client()
-    assert OpenAISettings().model == "gpt-realtime"
+    assert OpenAISettings().model_or_default == "gpt-realtime"
     assert CallsSettings().base_url == "https://rtc.live.cloudflare.com/v1"
     monkeypatch.setenv("CALLS_APP_ID", APP_ID)
     monkeypatch.setenv("CALLS_APP_SECRET", CALLS_SECRET)
@@ -771,6 +771,12 @@ def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     client = cs.client(retries=0)
     assert isinstance(client, CallsClient) and client.base_url == "http://127.0.0.1:9/v1"
     assert client.retries == 0
+    from bridges.openai_live import LiveClient
+
+    monkeypatch.setenv("OPENAI_VOICE_API", "live")
+    monkeypatch.delenv("OPENAI_MODEL")
+    live = OpenAISettings()
+    assert isinstance(live.client(), LiveClient) and live.model_or_default == "gpt-live-1"
 
 
 # -- SDP and the contract helper -----------------------------------------------------

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from aiortc import RTCSessionDescription
 
-from bridges.contracts import SIDEBAND_CONTRACT
+from bridges.contracts import LIVE_CONTRACT, SIDEBAND_CONTRACT
 from bridges.local import Emulators, start_emulators
 from bridges.local.ice import loopback_peer_connection
 from bridges.local.media import ToneTrack
@@ -42,22 +42,25 @@ def emu() -> Emulators:
 
 
 @functools.cache
-def contract() -> dict:
-    return yaml.safe_load(SIDEBAND_CONTRACT.read_text())
+def contract(live: bool = False) -> dict:
+    return yaml.safe_load((LIVE_CONTRACT if live else SIDEBAND_CONTRACT).read_text())
 
 
-def check_event(event: dict, side: str) -> None:
-    """Validate ``event`` against the sideband contract's ``side`` (``client_events`` or
-    ``server_events``) schema of its type (AssertionError if it breaks it)."""
-    declared = contract()[side].get(event["type"])
+def check_event(event: dict, side: str, live: bool = False) -> None:
+    """Validate ``event`` against the sideband contract's (or with ``live`` the Live
+    contract's) ``side`` (``client_events`` or ``server_events``) schema of its type
+    (AssertionError if it breaks it)."""
+    declared = contract(live)[side].get(event["type"])
     assert declared is not None, f"{event['type']} is not in the contract's {side}"
     jsonschema.validate(event, declared["schema"])
 
 
 def test_every_event_the_room_sends_or_reads_is_in_the_contract() -> None:
+    from rooms.live_events import LIVE_SERVER_EVENT_TYPES
     from rooms.realtime_events import SERVER_EVENT_TYPES
 
     assert SERVER_EVENT_TYPES <= set(contract()["server_events"])
+    assert LIVE_SERVER_EVENT_TYPES <= set(contract(True)["server_events"])
     from rooms.realtime_events import ConversationItemCreate, ResponseCreate
     from tests.ai_tools import TOOLS
     from rooms.tools import declarations
@@ -72,13 +75,17 @@ def test_every_event_the_room_sends_or_reads_is_in_the_contract() -> None:
 
 
 class Caller:
-    """An aiortc peer in a call with the emulated model, sending a tone."""
+    """An aiortc peer in a call with the emulated model, sending a tone (a Realtime
+    call, or with ``live`` a Live API session)."""
 
-    def __init__(self, emu: Emulators, freq_hz: float = 440.0) -> None:
+    def __init__(self, emu: Emulators, freq_hz: float = 440.0, live: bool = False) -> None:
+        from bridges.openai_live import LiveClient
+
         self.emu = emu
         self.tone = ToneTrack(freq_hz)
         self.pc = loopback_peer_connection()
-        self.client = RealtimeClient(API_KEY, base_url=emu.openai_base_url, timeout=5)
+        cls = LiveClient if live else RealtimeClient
+        self.client = cls(API_KEY, base_url=emu.openai_base_url, timeout=5)
         self.call_id = ""
 
     async def __aenter__(self) -> "Caller":
@@ -251,3 +258,48 @@ async def test_the_emulator_calls_a_tool_when_told_and_takes_its_output(emu) -> 
             assert caller.call.tool_outputs == [(called.call_id, '{"ok": 1}')]
         finally:
             await link.close()
+
+
+
+async def test_a_live_session_is_steered_by_instructions_appended_and_mute(emu) -> None:
+    from bridges.openai_live import LiveClient
+
+    async with Caller(emu, 440, live=True) as caller:
+        assert caller.call_id.startswith("live_") and caller.call.kind == "live"
+        link = await caller.client.attach(caller.call_id)
+        try:
+            alice = session_control("Say what you hear.", "Alice")
+            await link.send_control(alice, None)
+            heard = await next_of(link, UserSaid)
+            assert heard.text == "tone 440 Hz" and heard.item_id.startswith("live-in-")
+            said = await next_of(link, AiSaid)
+            assert said.text == "you said: tone 440 Hz"
+            assert caller.call.mutes == [False]
+            assert "Alice" in caller.call.instructions_appended[-1]
+            nobody = session_control("Say what you hear.", None)
+            await link.send_control(nobody, alice)
+            await until(lambda: caller.call.mutes == [False, True], 5, "the mute")
+            assert "Nobody" in caller.call.instructions_appended[-1]
+            count = len(caller.call.hearing.transcripts)
+            await asyncio.sleep(2.5)
+            assert len(caller.call.hearing.transcripts) == count
+            await link.send_control(nobody, nobody)  # nothing changed: nothing sent
+            await asyncio.sleep(0.3)
+            assert caller.call.mutes == [False, True]
+            for event in caller.call.events_received:
+                check_event(event, "client_events", live=True)
+            for event in caller.call.events_sent:
+                check_event(event, "server_events", live=True)
+            await caller.client.hangup(caller.call_id)
+            with pytest.raises(CallEnded):
+                async with asyncio.timeout(5):
+                    while True:
+                        await link.receive()
+        finally:
+            await link.close()
+        client = LiveClient(API_KEY, base_url=emu.openai_base_url, timeout=5)
+        with pytest.raises(CallEnded):
+            await client.attach(caller.call_id)
+        with pytest.raises(CallEnded):
+            await client.attach("live_unknown")
+        await client.aclose()

@@ -63,6 +63,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from rooms.live_events import LIVE_SERVER_EVENT_TYPES
 from rooms.realtime_events import SERVER_EVENT_TYPES
 
 from .faults import MALFORMED_SDP, Faults, fault_routes
@@ -170,6 +171,21 @@ class EchoTrack(PacedAudioTrack):
         if self._task is not None:
             self._task.cancel()
             self._task = None
+
+
+def _as_live(call: "_Call", event: dict[str, Any]) -> dict[str, Any] | None:
+    """The Live API server event for a Realtime-style one the model made (``None``:
+    Live has no such event)."""
+    kind = event["type"]
+    if kind == "conversation.item.input_audio_transcription.completed":
+        return {"type": "session.input_transcript.delta", "delta": event["transcript"]}
+    if kind == "response.output_audio_transcript.done":
+        return {"type": "session.output_transcript.delta", "delta": event["transcript"]}
+    if kind in ("session.created", "session.updated"):
+        return {"type": "session.started", "session": {"id": call.id}}
+    if kind in LIVE_SERVER_EVENT_TYPES:
+        return event
+    return None
 
 
 class Hearing:
@@ -300,16 +316,30 @@ class _Call:
     tool_calls: list[str] = field(default_factory=list)
     """The call ids of the function calls the model made, in order."""
     hearing: Hearing | None = None
+    kind: str = "realtime"
+    """``realtime`` (a Realtime call) or ``live`` (a Live API session)."""
+    muted: bool = False
+    """Live: the input is muted (``session.input_audio.mute``)."""
+    mutes: list[bool] = field(default_factory=list)
+    """Live: every mute (``True``) and unmute (``False``) received, in order."""
+    instructions_appended: list[str] = field(default_factory=list)
+    """Live: every ``session.instructions.append`` content received, in order."""
 
     @property
     def listening(self) -> bool:
-        """Whether the session's input is on (``audio.input.turn_detection`` not null)."""
+        """Whether the model hears its input: Realtime, ``audio.input.turn_detection``
+        is not null; Live, the input is not muted."""
+        if self.kind == "live":
+            return not self.muted
         audio_in = (self.session.get("audio") or {}).get("input") or {}
         return audio_in.get("turn_detection", {"type": "server_vad"}) is not None
 
     @property
     def transcribing(self) -> bool:
-        """Whether input transcription is on (``audio.input.transcription`` set)."""
+        """Whether input transcription is on (Realtime: ``audio.input.transcription``
+        set; Live: always)."""
+        if self.kind == "live":
+            return True
         audio_in = (self.session.get("audio") or {}).get("input") or {}
         return bool(audio_in.get("transcription"))
 
@@ -372,6 +402,12 @@ class RealtimeEmulator:
                 Route(p, self._endpoint("realtime/calls", self._create_call), methods=["POST"]),
                 Route(p + "/{call_id}/hangup", self._endpoint("hangup", self._hangup), methods=["POST"]),
                 WebSocketRoute(self.base_path + "/realtime", self._sideband),
+                Route(self.base_path + "/live/sessions",
+                      self._endpoint("live/sessions", self._create_live), methods=["POST"]),
+                Route(self.base_path + "/live/sessions/{call_id}/hangup",
+                      self._endpoint("live/hangup", self._hangup), methods=["POST"]),
+                WebSocketRoute(self.base_path + "/live/sessions/{session_id}/attach",
+                               self._live_sideband),
                 Route("/healthz", self._healthz, methods=["GET"]),
                 *fault_routes(self.faults),
             ])
@@ -472,8 +508,13 @@ class RealtimeEmulator:
     def _emit(self, call: _Call, event: dict[str, Any]) -> None:
         """Send a server event to every listener of ``call``: its ``oai-events`` data
         channel (if open) and its sidebands (run in the service loop)."""
+        if call.kind == "live":
+            event = _as_live(call, event)
+            if event is None:
+                return
         event = {"event_id": "event_" + secrets.token_hex(10), **event}
-        assert event["type"] in SERVER_EVENT_TYPES or event["type"] in _OTHER_EVENTS, event
+        assert event["type"] in SERVER_EVENT_TYPES or event["type"] in _OTHER_EVENTS \
+            or event["type"] in LIVE_SERVER_EVENT_TYPES, event
         call.events_sent.append(event)
         if event["type"] == "response.function_call_arguments.done":
             call.tool_calls.append(event["call_id"])
@@ -496,7 +537,9 @@ class RealtimeEmulator:
             return
         call.events_received.append(event)
         kind = event.get("type")
-        if kind == "session.update" and isinstance(event.get("session"), dict):
+        if call.kind == "live":
+            self._handle_live_event(call, event)
+        elif kind == "session.update" and isinstance(event.get("session"), dict):
             update = {k: v for k, v in event["session"].items() if k != "type"}
             call.session_updates.append(event["session"])
             _merge(call.session, update)
@@ -523,6 +566,28 @@ class RealtimeEmulator:
                 "message": f"The emulator does not handle {str(kind)[:60]!r}.",
                 "param": None, "event_id": event.get("event_id")}})
 
+    def _handle_live_event(self, call: _Call, event: dict[str, Any]) -> None:
+        """Apply one Live client event (mute, unmute, instructions, commentary)."""
+        kind, ack = event.get("type"), {"client_event_id": event.get("event_id")}
+        if kind in ("session.input_audio.mute", "session.input_audio.unmute"):
+            call.muted = kind.endswith(".mute")
+            call.mutes.append(call.muted)
+            if call.muted and call.hearing is not None:
+                call.hearing.clear()
+            self._emit(call, {"type": "session.input_audio.muted" if call.muted
+                              else "session.input_audio.unmuted", **ack})
+        elif kind == "session.instructions.append" and isinstance(event.get("content"), str):
+            call.instructions_appended.append(event["content"])
+            self._emit(call, {"type": "session.instructions.appended", **ack})
+        elif kind == "session.commentary.append" and isinstance(event.get("content"), str):
+            call.tool_outputs.append((str(event.get("delegation_id")), event["content"]))
+            self._emit(call, {"type": "session.commentary.appended", **ack})
+        else:
+            self._emit(call, {"type": "error", "error": {
+                "type": "invalid_request_error", "code": "unsupported_event",
+                "message": f"The emulator does not handle {str(kind)[:60]!r} on Live.",
+                "param": None, "event_id": event.get("event_id")}})
+
     def _attach_channel(self, call: _Call, channel: RTCDataChannel) -> None:
         if channel.label != "oai-events":
             return
@@ -547,6 +612,26 @@ class RealtimeEmulator:
                 "invalid_api_key").response())
             return
         call = self.calls.get(websocket.query_params.get("call_id", ""))
+        if call is not None and call.kind != "realtime":
+            call = None
+        await self._serve_sideband(websocket, call)
+
+    async def _live_sideband(self, websocket: WebSocket) -> None:
+        """``GET {base}/live/sessions/{id}/attach`` upgraded to a WebSocket: the Live
+        session's sideband."""
+        self.request_counts["live sideband"] += 1
+        scheme, _, token = websocket.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip(), self._api_key):
+            await websocket.send_denial_response(OpenAIHTTPError(
+                401, "Incorrect API key provided.", "invalid_request_error",
+                "invalid_api_key").response())
+            return
+        call = self.calls.get(websocket.path_params.get("session_id", ""))
+        if call is not None and call.kind != "live":
+            call = None
+        await self._serve_sideband(websocket, call)
+
+    async def _serve_sideband(self, websocket: WebSocket, call: _Call | None) -> None:
         if call is None or call.hung_up:
             await websocket.send_denial_response(OpenAIHTTPError(
                 404, "No session found for the provided call_id", "invalid_request_error",
@@ -566,7 +651,9 @@ class RealtimeEmulator:
                 await websocket.send_text(text)
 
         writer = asyncio.ensure_future(write())
-        self._emit_to(call, sideband, {"type": "session.created", "session": call.session})
+        self._emit_to(call, sideband, {"type": "session.created", "session": call.session}
+                      if call.kind == "realtime" else
+                      {"type": "session.started", "session": {"id": call.id}})
         try:
             while not writer.done():
                 receive = asyncio.ensure_future(websocket.receive_text())
@@ -590,8 +677,41 @@ class RealtimeEmulator:
 
     async def _create_call(self, request: Request, malformed: bool) -> Response:
         sdp, config = await self._read_offer(request)
+        call = await self._answer("rtc_" + secrets.token_hex(16), sdp,
+                                  self._session_object(config), "realtime")
+        answer = MALFORMED_SDP if malformed else call.pc.localDescription.sdp
+        return Response(answer, status_code=201, media_type="application/sdp",
+                        headers={"Location": f"{self.base_path}/realtime/calls/{call.id}"})
+
+    async def _create_live(self, request: Request, malformed: bool) -> Response:
+        """create-live: JSON ``{session: {model, ...}, transport: {type: "webrtc", sdp}}``
+        -> 201 ``{session: {id}, transport: {type: "webrtc", sdp}}``."""
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            raise OpenAIHTTPError(400, "The body is not JSON.") from None
+        session = body.get("session") if isinstance(body, dict) else None
+        transport = body.get("transport") if isinstance(body, dict) else None
+        if not isinstance(session, dict) or not session.get("model"):
+            raise OpenAIHTTPError(400, "Missing required parameter: 'session.model'.",
+                                  param="session.model")
+        if not isinstance(transport, dict) or transport.get("type") != "webrtc" \
+                or not str(transport.get("sdp", "")).lstrip().startswith("v="):
+            raise OpenAIHTTPError(400, "transport must be {type: webrtc, sdp: <offer>}.",
+                                  param="transport", code="invalid_offer")
+        live = self._session_object(session)
+        live["type"] = "live"
+        call = await self._answer("live_" + secrets.token_hex(16), transport["sdp"], live,
+                                  "live")
+        answer = MALFORMED_SDP if malformed else call.pc.localDescription.sdp
+        return JSONResponse({"session": {"id": call.id},
+                             "transport": {"type": "webrtc", "sdp": answer}}, status_code=201)
+
+    async def _answer(self, call_id: str, sdp: str, session: dict[str, Any],
+                      kind: str) -> _Call:
+        """Answer ``sdp`` with a peer that echoes and hears its audio: a new call."""
         pc = loopback_peer_connection()
-        call = _Call(id="rtc_" + secrets.token_hex(16), pc=pc, session=self._session_object(config))
+        call = _Call(id=call_id, pc=pc, session=session, kind=kind)
         pc.on("datachannel", lambda channel: self._attach_channel(call, channel))
         call.hearing = Hearing(lambda event: self._emit(call, event),
                                lambda: call.listening, lambda: call.transcribing,
@@ -616,9 +736,7 @@ class RealtimeEmulator:
             raise OpenAIHTTPError(400, f"Invalid SDP offer: {exc}", param="sdp", code="invalid_offer") from None
         self.calls[call.id] = call
         asyncio.ensure_future(self._expire_unconnected(call))
-        answer = MALFORMED_SDP if malformed else pc.localDescription.sdp
-        return Response(answer, status_code=201, media_type="application/sdp",
-                        headers={"Location": f"{self.base_path}/realtime/calls/{call.id}"})
+        return call
 
     async def _expire_unconnected(self, call: _Call) -> None:
         await asyncio.sleep(self.unconnected_timeout_s)
@@ -633,6 +751,8 @@ class RealtimeEmulator:
         return Response(status_code=200)
 
     async def _end(self, call: _Call) -> None:
+        if call.kind == "live" and not call.hung_up:
+            self._emit(call, {"type": "session.closed", "reason": "close_requested"})
         call.hung_up = True
         for echo in call.echoes:
             echo.stop()
