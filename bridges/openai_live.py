@@ -21,7 +21,8 @@ How the room's terms (:mod:`rooms.sideband_wire`) map onto Live:
   model hears silence) and someone taking it unmutes it;
 * Live sends transcripts as deltas with no item id: the link joins a direction's deltas
   into one line until the other direction speaks, the input is muted, or no delta came
-  for ``line_gap_s`` seconds, and names the line ``live-in-<n>`` / ``live-out-<n>``;
+  for ``line_gap_s`` seconds, and names the line ``live-in-<link>-<n>`` /
+  ``live-out-<link>-<n>`` (``<link>`` random per attach, so ids never repeat);
 * a tool output is sent as ``session.commentary.append`` for its delegation. Live's
   client delegations (``session.delegation.created``) carry no tool name or arguments,
   so they are not turned into tool calls (docs/ai.md, "Tools").
@@ -33,6 +34,7 @@ import asyncio
 import collections
 import json
 import logging
+from secrets import token_hex
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -106,6 +108,7 @@ class LiveSidebandConnection:
         self._notes: collections.deque[Note] = collections.deque()
         self._open: dict[str, list[str]] = {}  # direction -> [line id, text]
         self._lines = 0
+        self._link = token_hex(4)  # line ids stay unique across re-attaches
         self._failure: BridgeError | None = None
 
     def __repr__(self) -> str:
@@ -157,7 +160,8 @@ class LiveSidebandConnection:
             line = self._open.get(direction)
             if line is None:
                 self._lines += 1
-                line = self._open[direction] = [f"live-{direction}-{self._lines}", ""]
+                line = self._open[direction] = [
+                    f"live-{direction}-{self._link}-{self._lines}", ""]
                 if direction == "in":
                     self._notes.append(SpeechBegan(line[0]))
             line[1] += event.delta

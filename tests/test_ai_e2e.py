@@ -51,7 +51,8 @@ def make_room(ray_session, emu: Emulators, sqlite_url: str, unique_room: str):
     """
     made = []
 
-    def make(*, timeout: float = 2.0, retries: int = 1, api_key: str = API_KEY, **extra):
+    def make(*, timeout: float = 2.0, retries: int = 1, api_key: str = API_KEY,
+             backend: str | None = None, **extra):
         from actors.directory import get_room
 
         config = RoomsConfig(
@@ -60,6 +61,7 @@ def make_room(ray_session, emu: Emulators, sqlite_url: str, unique_room: str):
                 calls_base_url=emu.calls_base_url, calls_app_id=APP_ID,
                 calls_app_secret=APP_SECRET, openai_base_url=emu.openai_base_url,
                 openai_api_key=api_key, timeout=timeout, retries=retries,
+                openai_voice_api=backend,
             ),
         )
         room = get_room(unique_room, config)
@@ -538,12 +540,22 @@ async def until(predicate: Callable[[], Any], what: str, timeout: float = 10.0) 
     return value
 
 
+def told(call) -> str:
+    """What the room last told the emulated model about who is speaking: the
+    instructions of its last ``session.update`` (Realtime) or its last
+    ``session.instructions.append`` (Live)."""
+    if call.kind == "live":
+        return call.instructions_appended[-1] if call.instructions_appended else ""
+    return call.session_updates[-1]["instructions"] if call.session_updates else ""
+
+
+@pytest.mark.parametrize("backend", ["realtime", "live"])
 async def test_the_sideband_hands_the_floor_transcribes_and_survives_a_sigkill(
-        ray_session, emu: Emulators, make_room) -> None:
+        ray_session, emu: Emulators, make_room, backend: str) -> None:
     ray = ray_session
     creds = (emu.calls_base_url, APP_ID, APP_SECRET)
     ledger = Ledger(emu)
-    room = make_room()
+    room = make_room(backend=backend)
     captions = Captions(room)
     async with Participant(*creds, freq_hz=440) as alice, \
             Participant(*creds, freq_hz=660) as bob:
@@ -558,26 +570,29 @@ async def test_the_sideband_hands_the_floor_transcribes_and_survives_a_sigkill(
         [call_id] = ledger.new_calls()
         call = emu.openai.calls[call_id]
 
+        assert call.kind == backend
         # attached; nobody holds control, so the model's input is off
-        await until(lambda: call.attaches == 1 and call.session_updates
-                    and not call.listening, "the sideband to attach and mute the input")
-        assert call.clears >= 1
+        await until(lambda: call.attaches == 1 and told(call) and not call.listening,
+                    "the sideband to attach and mute the input")
+        assert call.clears >= 1 if backend == "realtime" else call.mutes == [True]
 
         # alice holds control: her tone reaches the model, her lines are hers
         await send(room, "alice", {"type": "requestAiControl",
                                    "track": {"sessionId": a_sid, "trackName": a_track}})
         line = await captions.wait(lambda l: l["speaker"] == "alice", "line of alice's")
         assert (line["name"], line["text"]) == ("Alice", "tone 440 Hz"), line
-        assert "Alice" in call.session_updates[-1]["instructions"] and call.listening
-        assert ENABLE["instructions"] in call.session_updates[-1]["instructions"]
+        assert "Alice" in told(call) and call.listening
+        if backend == "realtime":
+            assert ENABLE["instructions"] in told(call)
+        else:  # a Live session keeps its startup instructions; the speaker is appended
+            assert call.session["instructions"] == ENABLE["instructions"]
         await captions.wait(lambda l: l["speaker"] == "ai" and "440" in l["text"],
                             "the AI's answer")
 
         # control passes to bob: an update names him and the next lines are his
         await send(room, "bob", {"type": "requestAiControl",
                                  "track": {"sessionId": b_sid, "trackName": b_track}})
-        await until(lambda: "Bob" in call.session_updates[-1]["instructions"],
-                    "an update naming Bob")
+        await until(lambda: "Bob" in told(call), "an update naming Bob")
         line = await captions.wait(lambda l: l["speaker"] == "bob" and "660" in l["text"],
                                    "line of bob's")
         assert line["name"] == "Bob"

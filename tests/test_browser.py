@@ -27,7 +27,8 @@ TOLERANCE_HZ = 15.0
 def _meeting(driver) -> dict:
     return driver.execute_script(
         "const m = window.roomsMeeting; return m && {id: m.id, state: m.state, "
-        "heard: m.heard, errors: m.errors, published: m.published}") or {}
+        "heard: m.heard, errors: m.errors, published: m.published, "
+        "captions: m.captions}") or {}
 
 
 def _hears(driver, user_id: str, freq_hz: float) -> float | None:
@@ -82,6 +83,12 @@ def test_two_browsers_hear_each_other_and_the_ai(meeting_gateway, tmp_path):
         until("bob hears the AI's 440 Hz", lambda: _hears(bob, "ai", ALICE_HZ), timeout=60)
         until("bob still hears alice while she talks to the AI",
                lambda: _hears(bob, alice_id, ALICE_HZ), timeout=10)
+        # the AI's transcript reaches bob's page as captions: alice's words, then its own
+        until("bob's page shows alice's caption",
+               lambda: "alice: tone 440 Hz" in bob.find_element(By.ID, "captions").text,
+               timeout=30)
+        captions = _meeting(bob)["captions"]
+        assert any(c["speaker"] == alice_id and c["text"] == "tone 440 Hz" for c in captions)
         bob.save_screenshot(str(artifact_dir("browser") / "meeting-ai.png"))
 
         # releasing hands control back; the AI's ear gets silence again

@@ -58,7 +58,7 @@ button:disabled{background:#ccc;border-color:#bbb;cursor:default}
 #users{list-style:none;padding:0} #users li{display:flex;gap:1rem;padding:.5rem;
 border-bottom:1px solid #e5e5e0} #users .name{flex:1;font-weight:600}
 #users .mic,#users .heard{color:#555;min-width:8rem}
-#errors{color:#b00020} #status,#ai-state{color:#555}
+#errors{color:#b00020} #status,#ai-state{color:#555} #captions{background:#111;color:#fff;padding:.4em 1.6em;min-height:1em}
 """
 
 
@@ -180,5 +180,6 @@ def meeting_page(room: str, name: str, assets: WebAssets, *, base: str = "") -> 
             "<div class=controls><button id=mic aria-pressed=true>Mic on</button>"
             "<button id=ai-toggle>Enable AI</button>"
             "<button id=ai-talk disabled>Hold to talk to AI</button></div>"
-            "<p id=ai-state>AI off</p><ul id=users></ul><ul id=errors></ul>")
+            "<p id=ai-state>AI off</p><ol id=captions aria-live=polite></ol>"
+            "<ul id=users></ul><ul id=errors></ul>")
     return _page(f"{room} · ray-rooms", body, base + "/web/meeting.js")

@@ -8,7 +8,8 @@
 //   otherwise, as Orange's AiPushToTalkButton does) and pulls every other user's audio.
 // - The room protocol: userUpdate (our tracks, mic state), heartbeat every 5 s,
 //   enableAi / disableAi, requestAiControl (with the AI track) / relenquishAiControl,
-//   userLeft on unload; roomState, error and muteMic come back.
+//   userLeft on unload; roomState, error and muteMic come back, and aiTranscript: the
+//   AI's transcript lines, shown as live captions (the newest six).
 //
 // For tests and operators, window.roomsMeeting exposes the last roomState, the errors
 // shown, and per pulled user the dominant frequency (Hz) and level heard (WebAudio
@@ -31,6 +32,7 @@ const meeting = {
   errors: [],
   heard: {},
   published: null,
+  captions: [],
 };
 window.roomsMeeting = meeting;
 
@@ -40,6 +42,17 @@ function showError(text) {
   item.textContent = String(text);
   $("errors").prepend(item);
   while ($("errors").children.length > 5) $("errors").lastChild.remove();
+}
+
+// The AI's transcript as captions: "<speaker>: <text>", the newest last; a line the page
+// already shows (a reconnect sends the recent ones again) is not shown twice.
+function caption(line) {
+  if (meeting.captions.some((c) => c.id === line.id)) return;
+  meeting.captions.push({ id: line.id, speaker: line.speaker, name: line.name, text: line.text });
+  const item = document.createElement("li");
+  item.textContent = `${line.name || line.speaker || "?"}: ${line.text}`;
+  $("captions").append(item);
+  while ($("captions").children.length > 6) $("captions").firstChild.remove();
 }
 
 window.addEventListener("error", (event) => showError(event.message));
@@ -75,6 +88,9 @@ socket.addEventListener("message", (event) => {
       break;
     case "muteMic":
       mic.stopBroadcasting();
+      break;
+    case "aiTranscript":
+      caption(message);
       break;
     default:
       break;
