@@ -1,7 +1,7 @@
 """Benchmark: from ``enableAi`` to the first AI audio frame a user hears, beside one bare
 aiortc offer/answer, in one run.
 
-    python benchmarks/enable_ai.py [--runs 20] [--echo-delay 0.0]
+    python benchmarks/enable_ai.py [--runs 20] [--echo-delay 0.0] [--backend both]
 
 Starts a local Ray and both local emulators (Calls SFU, OpenAI Realtime), then, per run,
 on a *fresh* room actor (created and connected before the clock starts):
@@ -22,7 +22,11 @@ on a *fresh* room actor (created and connected before the clock starts):
     own signalling and media path, not a model's thinking time).
     Reported: p50/p90 of the total and of its phases (enable = send to the ``roomState``
     showing the AI, pull, control = ``requestAiControl`` to ``roomState`` naming alice,
-    audio = control to first frame).
+    audio = control to first frame), and **enableAi -> sideband attached** (until the
+    OpenAI emulator has the room's sideband on the new call; watched every 2 ms). Runs
+    for each voice backend (``--backend realtime``, ``live`` or ``both``): Realtime
+    calls and the Live API, whose sidebands differ (the first AI frame needs the room to
+    turn the model's input on over the sideband: a ``session.update`` or an unmute).
 
 (b) **bare offer/answer**: two ``RTCPeerConnection`` s on loopback (loopback-only ICE, one
     audio transceiver): ``createOffer``, ``setLocalDescription``, ``setRemoteDescription``,
@@ -117,9 +121,21 @@ async def first_loud_frame(recorder, timeout: float = 10.0) -> float:
     raise TimeoutError("no AI audio heard")
 
 
+async def attached(emu: Emulators, before: set[str], timeout: float = 20.0) -> float:
+    """When (perf_counter) the first new call in the OpenAI emulator got a sideband."""
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        for call_id, call in list(emu.openai.calls.items()):
+            if call_id not in before and call.attaches:
+                return time.perf_counter()
+        await asyncio.sleep(0.002)
+    raise RuntimeError("the room's sideband never attached")
+
+
 async def one_enable(emu: Emulators, config: RoomsConfig, run: int) -> dict[str, float]:
     """One run of (a) on a fresh room; returns its phase times in seconds."""
     room = get_room(f"bench-ai-{run}-{uuid.uuid4().hex[:6]}", config)
+    before = set(emu.openai.calls)
     try:
         async with Participant(emu.calls_base_url, APP_ID, APP_SECRET,
                                freq_hz=TONE_HZ) as alice:
@@ -128,6 +144,7 @@ async def one_enable(emu: Emulators, config: RoomsConfig, run: int) -> dict[str,
             cursor = (await room.poll.remote(None, 0)).cursor
 
             t0 = time.perf_counter()
+            sideband = asyncio.ensure_future(attached(emu, before))
             await room.message.remote("alice", json.dumps(
                 {"type": "enableAi", "instructions": "Repeat what you hear."}))
             cursor, state = await wait_broadcast(room, cursor, lambda s: s["ai"]["enabled"])
@@ -148,8 +165,10 @@ async def one_enable(emu: Emulators, config: RoomsConfig, run: int) -> dict[str,
             freq = dominant_frequency(recorder.samples(0.1), recorder.sample_rate)
             if abs(freq - TONE_HZ) > 20:
                 raise RuntimeError(f"the AI's first audio is {freq:.0f} Hz, not {TONE_HZ:.0f}")
+            t_attached = await sideband
             await room.message.remote("alice", json.dumps({"type": "disableAi"}))
         return {
+            "attached": t_attached - t0,
             "total": t_heard - t0,
             "enable": t_enabled - t0,
             "pull": t_pulled - t_enabled,
@@ -204,58 +223,67 @@ async def one_connect_to_media() -> float:
         await b.close()
 
 
-async def bench(runs: int, echo_delay: float) -> None:
-    """Run (a) and (b) ``runs`` times each, interleaved, and print the results."""
+async def bench(runs: int, echo_delay: float, backends: list[str]) -> None:
+    """Run (a) for each backend and (b), (c) ``runs`` times each, interleaved, and print
+    the results."""
     emu = start_emulators(app_id=APP_ID, app_secret=APP_SECRET, api_key=API_KEY,
                           echo_delay=echo_delay)
     tmp = tempfile.mkdtemp(prefix="rooms-bench-ai-")
-    config = RoomsConfig(
+    configs = {backend: RoomsConfig(
         namespace=NAMESPACE, store_url=f"sqlite:///{tmp}/bench.sqlite3", idle_timeout=0,
         services=ServiceEndpoints(
             calls_base_url=emu.calls_base_url, calls_app_id=APP_ID, calls_app_secret=APP_SECRET,
-            openai_base_url=emu.openai_base_url, openai_api_key=API_KEY, timeout=10.0),
-    )
-    enables: list[dict[str, float]] = []
+            openai_base_url=emu.openai_base_url, openai_api_key=API_KEY, timeout=10.0,
+            openai_voice_api=backend),
+    ) for backend in backends}
+    enables: dict[str, list[dict[str, float]]] = {backend: [] for backend in backends}
     offers: list[float] = []
     connects: list[float] = []
     try:
         await one_offer_answer()  # warm-up: imports, codecs
         for run in range(1, runs + 1):
-            enables.append(await one_enable(emu, config, run))
+            for backend in backends:
+                enables[backend].append(await one_enable(emu, configs[backend], run))
+                e = enables[backend][-1]
+                print(f"  run {run:2d}/{runs} {backend:8}: enable->first AI frame "
+                      f"{e['total'] * 1e3:7.1f} ms (enable {e['enable'] * 1e3:6.1f}, "
+                      f"sideband {e['attached'] * 1e3:6.1f}, pull {e['pull'] * 1e3:6.1f}, "
+                      f"control {e['control'] * 1e3:6.1f}, audio {e['audio'] * 1e3:6.1f})",
+                      flush=True)
             offers.append(await one_offer_answer())
             connects.append(await one_connect_to_media())
-            e = enables[-1]
-            print(f"  run {run:2d}/{runs}: enable->first AI frame {e['total'] * 1e3:7.1f} ms "
-                  f"(enable {e['enable'] * 1e3:6.1f}, pull {e['pull'] * 1e3:6.1f}, "
-                  f"control {e['control'] * 1e3:6.1f}, audio {e['audio'] * 1e3:6.1f}); "
-                  f"offer/answer {offers[-1] * 1e3:6.1f} ms; "
+            print(f"  run {run:2d}/{runs} bare    : offer/answer {offers[-1] * 1e3:6.1f} ms; "
                   f"to first frame {connects[-1] * 1e3:6.1f} ms", flush=True)
     finally:
         emu.stop()
 
     print()
     print(f"runs: {runs}; emulator echo delay {echo_delay:g} s")
-    print(f"{'(a) phase':34} {'p50 ms':>8} {'p90 ms':>8}")
     labels = {
         "enable": "enableAi -> roomState ai.enabled",
+        "attached": "enableAi -> sideband attached",
         "pull": "pull AI track (tracks/new+reneg.)",
         "control": "requestAiControl -> roomState",
         "audio": "pulled -> first AI frame",
         "total": "TOTAL enableAi -> first AI frame",
     }
-    for key, label in labels.items():
-        values = [e[key] for e in enables]
-        print(f"{label:34} {percentile(values, 0.5) * 1e3:8.1f} "
-              f"{percentile(values, 0.9) * 1e3:8.1f}")
     bare = statistics.median(offers)
-    total = percentile([e["total"] for e in enables], 0.5)
+    connect = statistics.median(connects)
+    for backend in backends:
+        print(f"{'(a) ' + backend + ' phase':34} {'p50 ms':>8} {'p90 ms':>8}")
+        for key, label in labels.items():
+            values = [e[key] for e in enables[backend]]
+            print(f"{label:34} {percentile(values, 0.5) * 1e3:8.1f} "
+                  f"{percentile(values, 0.9) * 1e3:8.1f}")
     print(f"{'(b) bare aiortc offer/answer':34} {bare * 1e3:8.1f} "
           f"{percentile(offers, 0.9) * 1e3:8.1f}")
-    print(f"{'(c) bare pair: to first frame':34} {statistics.median(connects) * 1e3:8.1f} "
+    print(f"{'(c) bare pair: to first frame':34} {connect * 1e3:8.1f} "
           f"{percentile(connects, 0.9) * 1e3:8.1f}")
     print()
-    print(f"ratio (a) p50 / (b) p50: {total / bare:.1f}x   "
-          f"(a) p50 / (c) p50: {total / statistics.median(connects):.1f}x")
+    for backend in backends:
+        total = percentile([e["total"] for e in enables[backend]], 0.5)
+        print(f"{backend:8} ratio (a) p50 / (b) p50: {total / bare:.1f}x   "
+              f"(a) p50 / (c) p50: {total / connect:.1f}x")
 
 
 def main() -> None:
@@ -264,12 +292,15 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20, help="runs of each measurement")
     parser.add_argument("--echo-delay", type=float, default=0.0,
                         help="seconds the OpenAI emulator's voice lags what it hears")
+    parser.add_argument("--backend", choices=["realtime", "live", "both"], default="both",
+                        help="the voice backend(s) to measure")
     args = parser.parse_args()
+    backends = ["realtime", "live"] if args.backend == "both" else [args.backend]
     ray.init(namespace=NAMESPACE, include_dashboard=False, configure_logging=False,
              log_to_driver=False)
     try:
         print(f"measuring {args.runs} runs of (a) and (b), interleaved...", flush=True)
-        asyncio.run(bench(args.runs, args.echo_delay))
+        asyncio.run(bench(args.runs, args.echo_delay, backends))
     finally:
         ray.shutdown()
 

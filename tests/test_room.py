@@ -315,3 +315,75 @@ def test_rooms_package_imports_no_ray_httpx_or_aiortc():
             "print(sorted(m for m in ('ray', 'httpx', 'aiortc') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# ---- the AI's sideband: transcripts, tool calls, an ended call ------------------------
+
+
+def _enabled_room() -> Room:
+    from rooms.limits import RoomLimits
+
+    r = Room("r1", new_id=lambda: "m-1", limits=RoomLimits(transcript_lines=3,
+                                                            transcript_chars=20))
+    r.on_connect("alice", "Alice", 1000.0)
+    r.on_message("alice", json.dumps({"type": "enableAi"}), 1000.0)
+    r.on_ai_event(AiEnableResult(r.data.ai.attempt, session_id="s1", track_name="t",
+                                 mid="0", call_id="call-1"), 1001.0)
+    assert r.data.ai.enabled
+    return r
+
+
+def test_transcript_lines_are_kept_once_bounded_and_broadcast() -> None:
+    from rooms.room import AiTranscript
+
+    r = _enabled_room()
+    fx = r.on_ai_event(AiTranscript("call-1", "i1", "in", "alice", "hello"), 1002.0)
+    assert fx.changed and [m.message for m in fx.messages] == [
+        {"type": "aiTranscript", "id": "in:i1", "speaker": "alice", "name": "Alice",
+         "text": "hello"}] and fx.messages[0].to == "all"
+    again = r.on_ai_event(AiTranscript("call-1", "i1", "in", "alice", "hello"), 1003.0)
+    assert not again.changed and not again.messages  # a line delivered twice is kept once
+    stale = r.on_ai_event(AiTranscript("call-0", "i2", "in", "alice", "old"), 1003.0)
+    assert not stale.messages  # another call's line
+    r.on_ai_event(AiTranscript("call-1", "o1", "out", None, "x" * 50), 1004.0)
+    assert r.data.transcript[-1].speaker == "ai" and len(r.data.transcript[-1].text) == 20
+    for n in range(3):
+        r.on_ai_event(AiTranscript("call-1", f"n{n}", "in", None, "?"), 1005.0)
+    assert [line.id for line in r.data.transcript] == ["in:n0", "in:n1", "in:n2"]
+    # a late joiner gets the newest lines after its roomState
+    joined = r.on_connect("bob", "Bob", 1006.0)
+    assert [m.message["id"] for m in joined.messages
+            if m.to == "one" and m.message["type"] == "aiTranscript"] == \
+        ["in:n0", "in:n1", "in:n2"]
+
+
+def test_a_tool_call_is_recorded_before_its_job_and_run_again_after_a_restart() -> None:
+    from rooms.room import AiToolCall, AiToolDelivered, AiToolOutput
+    from rooms.state import ToolJob
+
+    r = _enabled_room()
+    fx = r.on_ai_event(AiToolCall("call-1", "fc1", "note", '{"a": 1}'), 1002.0)
+    assert fx.changed and [type(j) for j in fx.jobs] == [ToolJob]
+    assert r.data.toolCalls[0].status == "running"
+    assert not r.on_ai_event(AiToolCall("call-1", "fc1", "note", "{}"), 1003.0).jobs
+    restarted = Room("r1", r.data.model_copy(deep=True))
+    jobs = restarted.on_start(1004.0).jobs
+    assert [j.call.id for j in jobs if isinstance(j, ToolJob)] == ["fc1"]
+    r.on_ai_event(AiToolOutput("fc1", '{"ok": true}'), 1005.0)
+    assert (r.data.toolCalls[0].status, r.data.toolCalls[0].output) == ("done", '{"ok": true}')
+    assert not [j for j in Room("r1", r.data.model_copy(deep=True)).on_start(1006.0).jobs
+                if isinstance(j, ToolJob)]  # done: nothing to run again
+    r.on_ai_event(AiToolDelivered("fc1"), 1007.0)
+    assert r.data.toolCalls[0].status == "delivered"
+
+
+def test_an_ended_call_takes_the_ai_out_and_releases_its_tracks() -> None:
+    from rooms.room import AiCallEnded
+
+    r = _enabled_room()
+    assert not r.on_ai_event(AiCallEnded("call-0", "gone"), 1002.0).changed  # another call
+    fx = r.on_ai_event(AiCallEnded("call-1", "404 call_id_not_found"), 1002.0)
+    assert not r.data.ai.enabled and "the AI left" in r.data.ai.error
+    [release] = fx.jobs
+    assert isinstance(release, ReleaseJob) and release.session_id == "s1" and release.call_id is None
+    assert any(m.message and m.message["type"] == "roomState" for m in fx.messages)
