@@ -132,6 +132,9 @@ class RoomsConfig(BaseSettings):
         "", description="the application's AI tools: 'module:attribute' naming a list of "
                         "rooms.tools.Tool (empty: none)")
     ai_tool_timeout_s: float = Field(30.0, gt=0, description="seconds one tool call may take")
+    ai_live_delegate_tool: str = Field(
+        "", description="Live API: the tool (of ai_tools) a client delegation runs, with "
+                        "the recent transcript; empty: delegations are not answered")
     webhooks: WebhookSettings = Field(
         default_factory=WebhookSettings,
         description="lifecycle webhooks (ROOMS_WEBHOOK_*, actors.webhooks)")

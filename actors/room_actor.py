@@ -49,6 +49,7 @@ from rooms.ports import AiService, MediaBridge
 from rooms.ports import AiSideband
 from rooms.room import AiCallEnded, AiToolCall, AiToolDelivered, AiToolOutput, AiTranscript
 from rooms.sideband import Sideband, session_control
+from rooms.sideband_wire import DELEGATION
 from rooms.state import ControlJob, EnableJob, Job, ReleaseJob, ToolCallRecord, ToolJob
 from rooms.tools import ToolsError, declarations, load_tools
 from storage import (SnapshotStore, StaleEpoch, StorageError, StorageUnavailable,
@@ -527,7 +528,25 @@ class RoomActor:
         return self._tools
 
     async def _ai_tool_call(self, call: AiToolCall) -> None:
-        await self._turn(lambda room, now: room.on_ai_event(call, now), "ai")
+        """A tool call from the sideband: a turn that records it (and starts its job once
+        durable). A Live delegation (:data:`rooms.sideband_wire.DELEGATION`) becomes a
+        call of ``ROOMS_AI_LIVE_DELEGATE_TOOL`` with ``{"delegation_id", "transcript":
+        [the newest 10 lines as "name: text"]}``."""
+        def hook(room: Room, now: float) -> Effects:
+            event = call
+            if call.name == DELEGATION:
+                tool = self.config.ai_live_delegate_tool
+                if not tool:
+                    log.warning("room %s: a Live delegation is not answered: "
+                                "ROOMS_AI_LIVE_DELEGATE_TOOL is not set", self.room_id)
+                    return Effects()
+                lines = [f"{line.name or line.speaker or '?'}: {line.text}"
+                         for line in room.data.transcript[-10:]]
+                event = AiToolCall(call.call_id, call.tool_call_id, tool, json.dumps(
+                    {"delegation_id": call.tool_call_id, "transcript": lines}))
+            return room.on_ai_event(event, now)
+
+        await self._turn(hook, "ai")
 
     async def _ai_tool_delivered(self, tool_call_id: str) -> None:
         delivered = AiToolDelivered(tool_call_id)

@@ -23,9 +23,10 @@ How the room's terms (:mod:`rooms.sideband_wire`) map onto Live:
   into one line until the other direction speaks, the input is muted, or no delta came
   for ``line_gap_s`` seconds, and names the line ``live-in-<link>-<n>`` /
   ``live-out-<link>-<n>`` (``<link>`` random per attach, so ids never repeat);
-* a tool output is sent as ``session.commentary.append`` for its delegation. Live's
-  client delegations (``session.delegation.created``) carry no tool name or arguments,
-  so they are not turned into tool calls (docs/ai.md, "Tools").
+* a client delegation (``session.delegation.created``) carries no tool name and no task
+  text: it becomes a tool call named :data:`rooms.sideband_wire.DELEGATION`, which the
+  room runs as its delegation tool (``ROOMS_AI_LIVE_DELEGATE_TOOL``) with the recent
+  transcript; the output goes back as ``session.commentary.append`` for the delegation.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 
 from rooms.live_events import (
     CommentaryAppend,
+    DelegationCreated,
     InputAudioMute,
     InputAudioUnmute,
     InstructionsAppend,
@@ -53,7 +55,16 @@ from rooms.live_events import (
     parse_live_event,
 )
 from rooms.ports import BridgeError, CallEnded, InvalidAnswer, RealtimeCall, SessionDescription
-from rooms.sideband_wire import AiSaid, Note, Refused, SessionControl, SpeechBegan, UserSaid
+from rooms.sideband_wire import (
+    DELEGATION,
+    AiSaid,
+    Note,
+    Refused,
+    SessionControl,
+    SpeechBegan,
+    ToolCalled,
+    UserSaid,
+)
 
 from .errors import is_retryable_status, scrub
 from .openai import RealtimeClient
@@ -167,6 +178,12 @@ class LiveSidebandConnection:
             line[1] += event.delta
         elif isinstance(event, LiveAck) and event.type == "session.input_audio.muted":
             self._flush("in")
+        elif isinstance(event, DelegationCreated):
+            delegation_id = event.delegation.get("id")
+            if isinstance(delegation_id, str) and delegation_id:
+                self._flush("in")  # the words that led to it come first
+                self._notes.append(ToolCalled(delegation_id, DELEGATION, json.dumps(
+                    {"offset_ms": event.offset_ms})))
         elif isinstance(event, LiveClosed):
             self._flush("in")
             self._flush("out")

@@ -22,6 +22,7 @@ Server events (session -> room)::
     session.instructions.appended / session.commentary.appended     acknowledgements
     session.input_transcript.delta    {delta, start_ms?, end_ms?}  what a user says
     session.output_transcript.delta   {delta, start_ms?, end_ms?}  what the model says
+    session.delegation.created        {delegation: {id, target}, offset_ms}  work for the app
     session.closed                    {reason}                     the session ended
     error                             {error: {type, code, message}}
 """
@@ -35,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 __all__ = [
     "LIVE_SERVER_EVENT_TYPES",
     "CommentaryAppend",
+    "DelegationCreated",
     "InputAudioMute",
     "InputAudioUnmute",
     "InstructionsAppend",
@@ -108,6 +110,16 @@ class TranscriptDelta(_Event):
     end_ms: int | None = None
 
 
+class DelegationCreated(_Event):
+    """``session.delegation.created``: the model delegates work to the application
+    (``delegation.id`` answers it: ``session.commentary.append`` with that
+    ``delegation_id``). The delegation carries metadata only, not the task's text."""
+
+    type: Literal["session.delegation.created"]
+    delegation: dict[str, Any] = Field(default_factory=dict)
+    offset_ms: int | None = None
+
+
 class LiveClosed(_Event):
     """``session.closed``: the session ended (``reason``: close_requested, expired,
     remote_hangup, connection_lost, ...)."""
@@ -123,7 +135,7 @@ class LiveError(_Event):
     error: dict[str, Any] = Field(default_factory=dict)
 
 
-LiveServerEvent = Union[LiveAck, TranscriptDelta, LiveClosed, LiveError]
+LiveServerEvent = Union[LiveAck, TranscriptDelta, DelegationCreated, LiveClosed, LiveError]
 """The Live server events the room reads."""
 
 _ADAPTER: TypeAdapter = TypeAdapter(LiveServerEvent)
@@ -132,7 +144,8 @@ LIVE_SERVER_EVENT_TYPES = frozenset({
     "session.started", "session.updated", "session.input_audio.muted",
     "session.input_audio.unmuted", "session.instructions.appended",
     "session.commentary.appended", "session.input_transcript.delta",
-    "session.output_transcript.delta", "session.closed", "error",
+    "session.output_transcript.delta", "session.delegation.created", "session.closed",
+    "error",
 })
 """The ``type`` of every server event :func:`parse_live_event` models."""
 

@@ -19,6 +19,7 @@ from typing import Union
 __all__ = [
     "AiSaid",
     "DEFAULT_IDLE_SENTENCE",
+    "DELEGATION",
     "DEFAULT_SPEAKER_TEMPLATE",
     "BASE_INSTRUCTIONS",
     "Note",
@@ -107,9 +108,16 @@ class AiSaid:
     text: str
 
 
+DELEGATION = "<delegation>"
+"""The ``ToolCalled.name`` of a Live client delegation: the model hands work to the
+application without naming a tool; the room runs its delegation tool
+(``ROOMS_AI_LIVE_DELEGATE_TOOL``) with the recent transcript."""
+
+
 @dataclass(frozen=True, slots=True)
 class ToolCalled:
-    """The model calls tool ``name`` with ``arguments`` (JSON text) as call ``call_id``."""
+    """The model calls tool ``name`` with ``arguments`` (JSON text) as call ``call_id``
+    (``name`` is :data:`DELEGATION` for a Live delegation)."""
 
     call_id: str
     name: str

@@ -666,12 +666,20 @@ async def restarted(ray, room, old_pid: int, timeout: float = 60.0) -> int:
         await asyncio.sleep(0.1)
 
 
+@pytest.mark.parametrize("backend", ["realtime", "live"])
 async def test_a_tool_call_runs_once_and_reaches_the_model_across_ten_sigkills(
-        ray_session, emu: Emulators, make_room, tmp_path) -> None:
+        ray_session, emu: Emulators, make_room, tmp_path, unique_room: str,
+        backend: str) -> None:
+    """Realtime: a function call of ``note``. Live: a client delegation, which the room
+    runs as its delegation tool (``note``, writing to ``notes_of(room)``)."""
+    from tests.ai_tools import notes_of
+
     ray = ray_session
     creds = (emu.calls_base_url, APP_ID, APP_SECRET)
-    room = make_room(ai_tools="tests.ai_tools:TOOLS")
-    notes = tmp_path / "notes"
+    room = make_room(ai_tools="tests.ai_tools:TOOLS", ai_live_delegate_tool="note",
+                     backend=backend)
+    notes = tmp_path / "notes" if backend == "realtime" else notes_of(unique_room)
+    notes.unlink(missing_ok=True)
     async with Participant(*creds, freq_hz=440) as alice:
         a_sid, a_track = await alice.publish()
         await room.connect.remote("alice", "Alice")
@@ -680,8 +688,12 @@ async def test_a_tool_call_runs_once_and_reaches_the_model_across_ten_sigkills(
         await wait_state(room, lambda s: s["ai"].get("enabled"))
         [call_id] = ledger.new_calls()
         call = emu.openai.calls[call_id]
-        await until(lambda: call.attaches and call.session.get("tools"), "the tools declared")
-        assert [t["name"] for t in call.session["tools"]] == ["note"]
+        if backend == "realtime":
+            await until(lambda: call.attaches and call.session.get("tools"),
+                        "the tools declared")
+            assert [t["name"] for t in call.session["tools"]] == ["note"]
+        else:
+            await until(lambda: call.attaches, "the sideband")
         await send(room, "alice", {"type": "requestAiControl",
                                    "track": {"sessionId": a_sid, "trackName": a_track}})
         await until(lambda: call.listening, "the input to go on")
@@ -690,7 +702,7 @@ async def test_a_tool_call_runs_once_and_reaches_the_model_across_ten_sigkills(
         for i in range(10):
             before = len(call.tool_calls)
             emu.openai.call_tool_on(440, "note", {"path": str(notes), "text": f"n{i}",
-                                                  "seconds": 1.5})
+                                                  "seconds": 1.5})  # (Live: no arguments)
             await until(lambda: len(call.tool_calls) > before, f"tool call {i}", 15)
             tool_call_id = call.tool_calls[before]
             ran.append(tool_call_id)
@@ -709,7 +721,8 @@ async def test_a_tool_call_runs_once_and_reaches_the_model_across_ten_sigkills(
             assert lines.count(f"end {tool_call_id}") == 1, (i, lines)
             outputs = [o for c, o in call.tool_outputs if c == tool_call_id]
             assert len(outputs) == 1, (i, outputs)
-            assert json.loads(outputs[0]) == {"noted": f"n{i}", "call": tool_call_id}
+            text = f"n{i}" if backend == "realtime" else ""
+            assert json.loads(outputs[0]) == {"noted": text, "call": tool_call_id}
         assert call.attaches >= 11  # one attach per activation: the same call throughout
         assert ledger.new_calls() == {call_id}
         await send(room, "alice", {"type": "disableAi"})

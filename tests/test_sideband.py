@@ -286,6 +286,16 @@ async def test_a_live_session_is_steered_by_instructions_appended_and_mute(emu) 
             await link.send_control(nobody, nobody)  # nothing changed: nothing sent
             await asyncio.sleep(0.3)
             assert caller.call.mutes == [False, True]
+            # a client delegation: a tool call with no name, answered as commentary
+            from rooms.sideband_wire import DELEGATION
+
+            await link.send_control(alice, nobody)
+            emu.openai.call_tool_on(440, "note", {})
+            delegated = await next_of(link, ToolCalled)
+            assert delegated.name == DELEGATION and delegated.call_id == caller.call.tool_calls[-1]
+            await link.send_tool_output(delegated.call_id, '{"ok": 1}')
+            await until(lambda: caller.call.tool_outputs == [(delegated.call_id, '{"ok": 1}')],
+                        5, "the commentary")
             for event in caller.call.events_received:
                 check_event(event, "client_events", live=True)
             for event in caller.call.events_sent:

@@ -26,7 +26,7 @@ def test_tools_load_from_their_setting_and_declare_themselves() -> None:
     assert list(tools) == ["note"]
     [declared] = declarations(tools)
     assert declared["type"] == "function" and declared["name"] == "note"
-    assert declared["parameters"]["required"] == ["path"]
+    assert set(declared["parameters"]["properties"]) == {"path", "text", "seconds"}
     assert load_tools("") == {}
     for bad in ("tests.ai_tools", "tests.nowhere:TOOLS", "tests.ai_tools:NOPE"):
         with pytest.raises(ToolsError):

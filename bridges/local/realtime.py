@@ -183,6 +183,9 @@ def _as_live(call: "_Call", event: dict[str, Any]) -> dict[str, Any] | None:
         return {"type": "session.output_transcript.delta", "delta": event["transcript"]}
     if kind in ("session.created", "session.updated"):
         return {"type": "session.started", "session": {"id": call.id}}
+    if kind == "response.function_call_arguments.done":  # a client delegation: no name
+        return {"type": "session.delegation.created", "offset_ms": 0, "delegation": {
+            "id": event["call_id"], "type": "delegation", "target": "client"}}
     if kind in LIVE_SERVER_EVENT_TYPES:
         return event
     return None
@@ -508,6 +511,8 @@ class RealtimeEmulator:
     def _emit(self, call: _Call, event: dict[str, Any]) -> None:
         """Send a server event to every listener of ``call``: its ``oai-events`` data
         channel (if open) and its sidebands (run in the service loop)."""
+        if event["type"] == "response.function_call_arguments.done":
+            call.tool_calls.append(event["call_id"])
         if call.kind == "live":
             event = _as_live(call, event)
             if event is None:
@@ -516,8 +521,6 @@ class RealtimeEmulator:
         assert event["type"] in SERVER_EVENT_TYPES or event["type"] in _OTHER_EVENTS \
             or event["type"] in LIVE_SERVER_EVENT_TYPES, event
         call.events_sent.append(event)
-        if event["type"] == "response.function_call_arguments.done":
-            call.tool_calls.append(event["call_id"])
         text = json.dumps(event)
         if call.channel is not None and call.channel.readyState == "open":
             call.channel.send(text)
@@ -763,15 +766,18 @@ class RealtimeEmulator:
     def call_tool_on(self, tone_hz: int, name: str, arguments: dict[str, Any]) -> None:
         """Arm a one-shot trigger: the next utterance of ``tone_hz`` (to 10 Hz) heard by
         a call whose session declares tool ``name`` makes the model call it with
-        ``arguments`` (``response.function_call_arguments.done``) instead of answering.
-        Safe from any thread (tests)."""
+        ``arguments`` (``response.function_call_arguments.done``) instead of answering;
+        heard by a Live session, it makes a client delegation
+        (``session.delegation.created``, no name or arguments). Safe from any thread
+        (tests)."""
         self._triggers.append((int(tone_hz), name, dict(arguments)))
 
     def _tool_for(self, call: _Call, tone: int) -> tuple[str, dict[str, Any]] | None:
         declared = {t.get("name") for t in call.session.get("tools") or []
                     if isinstance(t, dict)}
         for trigger in list(self._triggers):
-            if trigger[0] == tone and trigger[1] in declared:
+            # a Live session declares no tools: any trigger becomes a client delegation
+            if trigger[0] == tone and (trigger[1] in declared or call.kind == "live"):
                 self._triggers.remove(trigger)
                 return trigger[1], trigger[2]
         return None
