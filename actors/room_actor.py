@@ -508,7 +508,10 @@ class RoomActor:
                 on_ended=self._ai_ended, on_tool_call=self._ai_tool_call,
                 on_delivered=self._ai_tool_delivered)
             current.start()
-        holder = ai.controllingUser
+        # While control is changing hands the model hears nobody: the Calls pull that
+        # feeds the next holder's track lands before the turn naming them, and what the
+        # model heard then would be attributed to the previous holder.
+        holder = ai.controllingUser if ai.controlPending is None else None
         name = room.data.users[holder].name if holder in room.data.users else None
         current.steer(session_control(ai.instructions, name,
                                       self.config.ai_speaker_template, self._declared_tools()))
@@ -1174,6 +1177,8 @@ class RoomActor:
                     metrics.ai_error(result.error)
                 await self._turn(lambda room, now: room.on_ai_event(result, now), "ai")
             elif isinstance(job, ControlJob):
+                if self._sideband is not None and not job.restore:
+                    await self._sideband.settled(1.0)  # muted before the track changes
                 result = await run_control(job, calls)
                 if result.error:
                     metrics.ai_error(result.error)

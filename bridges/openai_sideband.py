@@ -93,15 +93,17 @@ def control_events(control: SessionControl) -> list[SessionUpdate | InputAudioBu
     """The Realtime client events that make the session what ``control`` says: a
     ``session.update`` (the full instructions, input transcription on,
     ``turn_detection`` ``server_vad`` or ``null``, the tools with ``tool_choice:
-    auto``), and when not listening an ``input_audio_buffer.clear`` after it (the
-    Realtime equivalent of muting the session's input: nothing heard is committed)."""
+    auto``), then an ``input_audio_buffer.clear``. ``turn_detection: null`` is the
+    Realtime equivalent of muting the session's input (nothing heard is committed); the
+    clear drops what was heard and not committed, so audio from before a change of
+    speaker is never attributed to the new one (nor, after a release, to anyone)."""
     session = {"type": "realtime", "instructions": control.full_instructions,
                "audio": {"input": input_config(listening=control.listening)}}
     if control.tools:
         session["tools"] = list(control.tools)
         session["tool_choice"] = "auto"
     update = SessionUpdate(session=session)
-    return [update] if control.listening else [update, InputAudioBufferClear()]
+    return [update, InputAudioBufferClear()]
 
 
 def _note(event) -> Note | None:

@@ -159,6 +159,17 @@ class Sideband:
             self._wanted = control
             self._changed.set()
 
+    async def settled(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` seconds) until the wanted control was sent on the
+        open link. Returns ``True`` if it was; ``False`` after the timeout or when not
+        attached (the control is sent first thing after the next attach)."""
+        deadline = time.monotonic() + timeout
+        while self._wanted is not None and self._wanted != self._sent:
+            if self.state is not SidebandState.ATTACHED or time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.005)
+        return True
+
     def deliver(self, tool_call_id: str, output: str) -> None:
         """Send tool call ``tool_call_id``'s ``output`` (JSON text) to the model
         (``conversation.item.create`` of a ``function_call_output``, then

@@ -518,8 +518,9 @@ class Captions:
                 self.lines.append(message)
 
     async def wait(self, predicate: Callable[[dict[str, Any]], bool], what: str,
-                   timeout: float = 15.0) -> dict[str, Any]:
-        """Wait for a line matching ``predicate`` read after this call began."""
+                   timeout: float = 15.0, context: Callable[[], Any] = lambda: "") -> dict[str, Any]:
+        """Wait for a line matching ``predicate`` read after this call began; on a
+        timeout the error shows the newest lines and ``context()``."""
         seen = len(self.lines)
         deadline = time.monotonic() + timeout
         while True:
@@ -527,7 +528,8 @@ class Captions:
                 if predicate(line):
                     return line
             seen = len(self.lines)
-            assert time.monotonic() < deadline, f"no {what}; lines: {self.lines[-6:]}"
+            assert time.monotonic() < deadline, \
+                f"no {what}; lines: {self.lines[-6:]}; {context()}"
             await self.read()
 
 
@@ -557,12 +559,15 @@ async def test_the_sideband_hands_the_floor_transcribes_and_survives_a_sigkill(
     ledger = Ledger(emu)
     room = make_room(backend=backend)
     captions = Captions(room)
+    state_of = lambda: (f"emulator: listening={call.listening} told={told(call)!r} "  # noqa: E731
+                        f"heard={call.hearing.transcripts[-4:]} attaches={call.attaches}")
     async with Participant(*creds, freq_hz=440) as alice, \
             Participant(*creds, freq_hz=660) as bob:
         a_sid, a_track = await alice.publish()
         b_sid, b_track = await bob.publish()
         await room.connect.remote("alice", "Alice")
         await room.connect.remote("bob", "Bob")
+        beating = [asyncio.ensure_future(heartbeats(room, conn)) for conn in ("alice", "bob")]
         await captions.start()
         await send(room, "alice", ENABLE)
         state = await wait_state(room, settled)
@@ -610,7 +615,8 @@ async def test_the_sideband_hands_the_floor_transcribes_and_survives_a_sigkill(
         # call, and transcripts go on
         await send(room, "alice", {"type": "requestAiControl",
                                    "track": {"sessionId": a_sid, "trackName": a_track}})
-        await captions.wait(lambda l: l["speaker"] == "alice", "line of alice's")
+        await captions.wait(lambda l: l["speaker"] == "alice", "line of alice's, again",
+                            context=lambda: f"{state_of()} room: {ray.get(room.state.remote())['ai']}")
         old_pid = (await room.info.remote()).pid
         ray.kill(room, no_restart=False)
         deadline = time.monotonic() + 60
@@ -631,6 +637,13 @@ async def test_the_sideband_hands_the_floor_transcribes_and_survives_a_sigkill(
         info = await room.info.remote()
         assert info.ai.sideband == "attached" and info.ai.transcript_lines > 0
 
+        # no line was ever attributed to someone whose microphone did not make it (the
+        # model hears nobody while control changes hands)
+        tones = {"alice": "tone 440 Hz", "bob": "tone 660 Hz"}
+        wrong = [l for l in captions.lines if l["speaker"] in tones
+                 and l["text"] != tones[l["speaker"]]]
+        assert not wrong, wrong
+
         # the whole meeting's transcript is in the store, for members only
         found = await room.transcript.remote("Bob")
         assert found.meetingId == state["meetingId"]
@@ -648,7 +661,20 @@ async def test_the_sideband_hands_the_floor_transcribes_and_survives_a_sigkill(
         left = await ledger.wait_released(exclude={a_sid, b_sid})
         assert left == {"sessions": [], "tracks": [], "calls": []}
         assert (await room.info.remote()).ai.sideband is None
+        for task in beating:
+            task.cancel()
 
+
+
+async def heartbeats(room, conn: str, every: float = 1.0) -> None:
+    """Send ``conn``'s heartbeat every ``every`` seconds, as a client does (the room
+    removes a user silent for 15 s); a call that fails (the room restarting) is skipped."""
+    while True:
+        try:
+            await asyncio.wait_for(room.message.remote(conn, '{"type": "heartbeat"}'), 3)
+        except Exception:  # noqa: BLE001 - the next one goes to the restarted room
+            pass
+        await asyncio.sleep(every)
 
 
 async def restarted(ray, room, old_pid: int, timeout: float = 60.0) -> int:
@@ -683,6 +709,7 @@ async def test_a_tool_call_runs_once_and_reaches_the_model_across_ten_sigkills(
     async with Participant(*creds, freq_hz=440) as alice:
         a_sid, a_track = await alice.publish()
         await room.connect.remote("alice", "Alice")
+        beating = asyncio.ensure_future(heartbeats(room, "alice"))
         ledger = Ledger(emu)
         await send(room, "alice", ENABLE)
         await wait_state(room, lambda s: s["ai"].get("enabled"))
@@ -712,8 +739,14 @@ async def test_a_tool_call_runs_once_and_reaches_the_model_across_ten_sigkills(
             pid = await room.pid.remote()
             os.kill(pid, signal.SIGKILL)
             await restarted(ray, room, pid)
-            await until(lambda: any(c == tool_call_id for c, _ in call.tool_outputs),
-                        f"the output of tool call {i} to reach the model", 30)
+            try:
+                await until(lambda: any(c == tool_call_id for c, _ in call.tool_outputs),
+                            f"the output of tool call {i} to reach the model", 30)
+            except AssertionError as error:
+                info = await room.info.remote()
+                raise AssertionError(f"{error}; notes: {notes.read_text()!r}; attaches "
+                                     f"{call.attaches}; sidebands {len(call.sidebands)}; "
+                                     f"room ai {info.ai}, jobs {info.jobs}") from None
 
         lines = notes.read_text().splitlines()
         for i, tool_call_id in enumerate(ran):
@@ -725,4 +758,5 @@ async def test_a_tool_call_runs_once_and_reaches_the_model_across_ten_sigkills(
             assert json.loads(outputs[0]) == {"noted": text, "call": tool_call_id}
         assert call.attaches >= 11  # one attach per activation: the same call throughout
         assert ledger.new_calls() == {call_id}
+        beating.cancel()
         await send(room, "alice", {"type": "disableAi"})

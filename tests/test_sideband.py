@@ -155,7 +155,7 @@ async def test_the_emulator_transcribes_what_it_hears_only_while_listening(emu) 
                         "a 660 Hz transcript")
             # nobody holds control: the session's input is off and it hears nothing
             await link.send_control(session_control("Say what you hear.", None), None)
-            await until(lambda: not caller.call.listening and caller.call.clears == 1, 5,
+            await until(lambda: not caller.call.listening and caller.call.clears == 2, 5,
                         "the input to go off and the buffer to be cleared")
             count = len(caller.call.hearing.transcripts)
             echoed = caller.call.echoes[0].frames_heard
