@@ -37,10 +37,10 @@ import json
 import logging
 from secrets import token_hex
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote
 
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 
 from rooms.live_events import (
     CommentaryAppend,
@@ -66,8 +66,8 @@ from rooms.sideband_wire import (
     UserSaid,
 )
 
-from .errors import is_retryable_status, scrub
 from .openai import RealtimeClient
+from .openai_sideband import WebSocketLink, open_link, ws_url
 from .sdp import validate_sdp
 
 __all__ = ["DEFAULT_LIVE_MODEL", "LiveClient", "LiveSidebandConnection", "live_attach_url"]
@@ -77,7 +77,6 @@ DEFAULT_LIVE_MODEL = "gpt-live-1"
 
 SERVICE = "openai"
 OPERATION = "live sideband"
-MAX_EVENT_BYTES = 4 * 1024 * 1024
 
 log = logging.getLogger("ray_rooms.bridges.openai")
 
@@ -91,16 +90,10 @@ def live_attach_url(base_url: str, session_id: str) -> str:
     """
     if not session_id:
         raise ValueError("session_id is empty")
-    parts = urlsplit(base_url.rstrip("/"))
-    scheme = {"https": "wss", "http": "ws", "wss": "wss", "ws": "ws"}.get(parts.scheme)
-    if scheme is None:
-        raise ValueError(f"not an http(s) URL: {scrub(base_url)!r}")
-    return urlunsplit((scheme, parts.netloc,
-                       f"{parts.path}/live/sessions/{quote(session_id, safe='')}/attach",
-                       "", ""))
+    return ws_url(base_url, f"live/sessions/{quote(session_id, safe='')}/attach")
 
 
-class LiveSidebandConnection:
+class LiveSidebandConnection(WebSocketLink):
     """One open Live sideband: a :class:`rooms.ports.SidebandLink` over a WebSocket.
 
     Args:
@@ -110,31 +103,17 @@ class LiveSidebandConnection:
         line_gap_s: seconds without a delta after which a transcript line is final.
     """
 
+    operation = OPERATION
+
     def __init__(self, ws: ClientConnection, session_id: str, secrets: list[str],
                  line_gap_s: float = 0.6) -> None:
-        self._ws = ws
-        self.call_id = session_id
-        self._secrets = secrets
+        super().__init__(ws, session_id, secrets)
         self.line_gap_s = line_gap_s
         self._notes: collections.deque[Note] = collections.deque()
         self._open: dict[str, list[str]] = {}  # direction -> [line id, text]
         self._lines = 0
         self._link = token_hex(4)  # line ids stay unique across re-attaches
         self._failure: BridgeError | None = None
-
-    def __repr__(self) -> str:
-        return f"<LiveSidebandConnection {self.call_id}>"
-
-    async def _send(self, event) -> None:
-        try:
-            await self._ws.send(json.dumps(event.wire()))
-        except ConnectionClosed as exc:
-            raise self._closed(exc) from None
-
-    def _closed(self, exc: ConnectionClosed) -> BridgeError:
-        code = exc.rcvd.code if exc.rcvd is not None else None
-        return BridgeError(f"the sideband closed (code {code})", service=SERVICE,
-                           operation=OPERATION, retryable=True)
 
     async def send_control(self, control: SessionControl,
                            previous: SessionControl | None) -> None:
@@ -233,13 +212,6 @@ class LiveSidebandConnection:
                 self._take(event)
         return self._notes.popleft()
 
-    async def close(self) -> None:
-        """Close the WebSocket (code 1000); never raises."""
-        try:
-            await self._ws.close()
-        except Exception:  # noqa: BLE001 - closing is best effort
-            pass
-
 
 class LiveClient(RealtimeClient):
     """An OpenAI Live API client for WebRTC sessions: an :class:`AiService` and an
@@ -318,21 +290,6 @@ class LiveClient(RealtimeClient):
             BridgeError: another refusal (``retryable`` for 408/429/5xx), a timeout or a
                 connection error (``retryable``).
         """
-        url = live_attach_url(self.base_url, call_id)
-        failure: BridgeError | None = None
-        try:
-            ws = await connect(url, additional_headers={"Authorization": f"Bearer {self._key}"},
-                               open_timeout=self.timeout, max_size=MAX_EVENT_BYTES,
-                               compression=None)
-            return LiveSidebandConnection(ws, call_id, [self._key])
-        except InvalidStatus as exc:
-            status = exc.response.status_code
-            cls = CallEnded if status == 404 else BridgeError
-            failure = cls(f"the Live sideband was refused (HTTP {status})", service=SERVICE,
-                          operation=OPERATION, status=status,
-                          retryable=is_retryable_status(status))
-        except (OSError, TimeoutError, WebSocketException) as exc:
-            failure = BridgeError(scrub(f"{type(exc).__name__}: {exc}", [self._key]),
-                                  service=SERVICE, operation=OPERATION, retryable=True)
-        raise failure
-
+        return await open_link(
+            live_attach_url(self.base_url, call_id), self._key, self.timeout, OPERATION,
+            lambda ws: LiveSidebandConnection(ws, call_id, [self._key]))

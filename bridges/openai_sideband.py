@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Callable, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -56,7 +57,10 @@ from rooms.sideband_wire import (
 
 from .errors import is_retryable_status, scrub
 
-__all__ = ["RealtimeSideband", "SidebandConnection", "control_events", "sideband_url"]
+__all__ = ["RealtimeSideband", "SidebandConnection", "WebSocketLink", "control_events",
+           "open_link", "sideband_url", "ws_url"]
+
+LinkT = TypeVar("LinkT")
 
 SERVICE = "openai"
 OPERATION = "realtime sideband"
@@ -64,6 +68,20 @@ MAX_EVENT_BYTES = 4 * 1024 * 1024
 """The largest server event accepted, bytes (a session object with tools fits easily)."""
 
 log = logging.getLogger("ray_rooms.bridges.openai")
+
+
+def ws_url(base_url: str, path: str, query: str = "") -> str:
+    """The WebSocket URL of ``path`` under the API root ``base_url`` (``https`` ->
+    ``wss``, ``http`` -> ``ws``), with ``query``.
+
+    Raises:
+        ValueError: ``base_url`` is not http(s) or ws(s).
+    """
+    parts = urlsplit(base_url.rstrip("/"))
+    scheme = {"https": "wss", "http": "ws", "wss": "wss", "ws": "ws"}.get(parts.scheme)
+    if scheme is None:
+        raise ValueError(f"not an http(s) URL: {scrub(base_url)!r}")
+    return urlunsplit((scheme, parts.netloc, f"{parts.path}/{path}", query, ""))
 
 
 def sideband_url(base_url: str, call_id: str) -> str:
@@ -81,12 +99,7 @@ def sideband_url(base_url: str, call_id: str) -> str:
     """
     if not call_id:
         raise ValueError("call_id is empty")
-    parts = urlsplit(base_url.rstrip("/"))
-    scheme = {"https": "wss", "http": "ws", "wss": "wss", "ws": "ws"}.get(parts.scheme)
-    if scheme is None:
-        raise ValueError(f"not an http(s) URL: {scrub(base_url)!r}")
-    return urlunsplit((scheme, parts.netloc, parts.path + "/realtime",
-                       f"call_id={quote(call_id, safe='')}", ""))
+    return ws_url(base_url, "realtime", f"call_id={quote(call_id, safe='')}")
 
 
 def control_events(control: SessionControl) -> list[SessionUpdate | InputAudioBufferClear]:
@@ -121,8 +134,17 @@ def _note(event) -> Note | None:
     return None
 
 
-class SidebandConnection:
-    """One open Realtime sideband: a :class:`rooms.ports.SidebandLink` over a WebSocket."""
+class WebSocketLink:
+    """What the sideband links of both voice backends share: the open WebSocket, sending
+    an event, the error of a closed connection, closing.
+
+    Args:
+        ws: the open WebSocket.
+        call_id: the call (or Live session) id.
+        secrets: texts never to show in an error (the API key).
+    """
+
+    operation = OPERATION
 
     def __init__(self, ws: ClientConnection, call_id: str, secrets: list[str]) -> None:
         self._ws = ws
@@ -130,19 +152,63 @@ class SidebandConnection:
         self._secrets = secrets
 
     def __repr__(self) -> str:
-        return f"<SidebandConnection {self.call_id}>"
+        return f"<{type(self).__name__} {self.call_id}>"
 
     def _closed(self, exc: ConnectionClosed) -> BridgeError:
         code = exc.rcvd.code if exc.rcvd is not None else None
         reason = scrub(exc.rcvd.reason if exc.rcvd is not None else "", self._secrets)
         return BridgeError(f"the sideband closed (code {code}{': ' + reason if reason else ''})",
-                           service=SERVICE, operation=OPERATION, retryable=True)
+                           service=SERVICE, operation=self.operation, retryable=True)
 
     async def _send(self, event) -> None:
         try:
             await self._ws.send(json.dumps(event.wire()))
         except ConnectionClosed as exc:
             raise self._closed(exc) from None
+
+    async def close(self) -> None:
+        """Close the WebSocket (code 1000); never raises."""
+        try:
+            await self._ws.close()
+        except Exception:  # noqa: BLE001 - closing is best effort
+            pass
+
+
+async def open_link(url: str, api_key: str, timeout: float, operation: str,
+                    make: Callable[[ClientConnection], LinkT]) -> LinkT:
+    """Open the sideband WebSocket ``url`` with the bearer ``api_key`` and wrap it.
+
+    Args:
+        url: the ``wss://`` (or ``ws://``) sideband URL.
+        api_key: the API key (never in an error).
+        timeout: seconds allowed to open the WebSocket.
+        operation: the operation's name in errors.
+        make: builds the link from the open WebSocket.
+
+    Raises:
+        CallEnded: HTTP 404 (the call or session ended or never existed).
+        BridgeError: another refusal (``retryable`` for 408/429/5xx), a timeout or a
+            connection error (``retryable``).
+    """
+    failure: BridgeError | None = None
+    try:
+        ws = await connect(url, additional_headers={"Authorization": f"Bearer {api_key}"},
+                           open_timeout=timeout, max_size=MAX_EVENT_BYTES, compression=None)
+        return make(ws)
+    except InvalidStatus as exc:
+        status = exc.response.status_code
+        body = scrub(_error_message(exc.response.body), [api_key])
+        cls = CallEnded if status == 404 else BridgeError
+        failure = cls(body or f"the sideband was refused (HTTP {status})", service=SERVICE,
+                      operation=operation, status=status, retryable=is_retryable_status(status))
+    except (OSError, TimeoutError, WebSocketException) as exc:
+        failure = BridgeError(scrub(f"{type(exc).__name__}: {exc}", [api_key]),
+                              service=SERVICE, operation=operation, retryable=True)
+    raise failure  # outside the except: no reference to the handshake kept
+
+
+class SidebandConnection(WebSocketLink):
+    """One open Realtime sideband: a :class:`rooms.ports.SidebandLink` over a WebSocket."""
 
     async def send_control(self, control: SessionControl,
                            previous: SessionControl | None) -> None:
@@ -189,14 +255,6 @@ class SidebandConnection:
             log.warning("sideband to call %s: %s", self.call_id, str(error)[:300])
             return None
 
-    async def close(self) -> None:
-        """Close the WebSocket (code 1000); never raises."""
-        try:
-            await self._ws.close()
-        except Exception:  # noqa: BLE001 - closing is best effort
-            pass
-
-
 class RealtimeSideband:
     """Opens sidebands to OpenAI Realtime calls: a :class:`rooms.ports.AiSideband`.
 
@@ -226,24 +284,9 @@ class RealtimeSideband:
             BridgeError: another refusal (``retryable`` for 408/429/5xx), a timeout or a
                 connection error (``retryable``).
         """
-        url = sideband_url(self.base_url, call_id)
-        failure: BridgeError | None = None
-        try:
-            ws = await connect(url, additional_headers={"Authorization": f"Bearer {self._key}"},
-                               open_timeout=self.timeout, max_size=MAX_EVENT_BYTES,
-                               compression=None)
-            return SidebandConnection(ws, call_id, [self._key])
-        except InvalidStatus as exc:
-            status = exc.response.status_code
-            body = scrub(_error_message(exc.response.body), [self._key])
-            cls = CallEnded if status == 404 else BridgeError
-            failure = cls(body or "the sideband was refused", service=SERVICE,
-                          operation=OPERATION, status=status,
-                          retryable=is_retryable_status(status))
-        except (OSError, TimeoutError, WebSocketException) as exc:
-            failure = BridgeError(scrub(f"{type(exc).__name__}: {exc}", [self._key]),
-                                  service=SERVICE, operation=OPERATION, retryable=True)
-        raise failure  # outside the except: no reference to the handshake kept
+        return await open_link(
+            sideband_url(self.base_url, call_id), self._key, self.timeout, OPERATION,
+            lambda ws: SidebandConnection(ws, call_id, [self._key]))
 
 
 def _error_message(body: bytes | None) -> str:

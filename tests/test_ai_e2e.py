@@ -386,16 +386,7 @@ async def test_room_killed_during_enable(ray_session, emu: Emulators, make_room,
     old_pid = info.pid
 
     ray.kill(room, no_restart=False)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            info = await asyncio.wait_for(room.info.remote(), 10)
-            if info.pid != old_pid:
-                break
-        except (ray.exceptions.RayError, asyncio.TimeoutError):
-            pass
-        assert time.monotonic() < deadline, "the room actor did not restart"
-        await asyncio.sleep(0.1)
+    await restarted(ray, room, old_pid)
 
     state = await room.state.remote()
     error = assert_clean_failure(state, "interrupted", f"enable interrupted at "
@@ -620,16 +611,7 @@ async def test_the_sideband_hands_the_floor_transcribes_and_survives_a_sigkill(
                             context=lambda: f"{state_of()} room: {ray.get(room.state.remote())['ai']}")
         old_pid = (await room.info.remote()).pid
         ray.kill(room, no_restart=False)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                info = await asyncio.wait_for(room.info.remote(), 10)
-                if info.pid != old_pid:
-                    break
-            except (ray.exceptions.RayError, asyncio.TimeoutError):
-                pass
-            assert time.monotonic() < deadline, "the room actor did not restart"
-            await asyncio.sleep(0.1)
+        await restarted(ray, room, old_pid)
         await until(lambda: call.attaches == 2, "the restarted room to attach again", 20)
         assert ledger.new_calls() == {call_id}  # the same call, not a new one
         await captions.start()

@@ -608,11 +608,7 @@ class RealtimeEmulator:
     async def _sideband(self, websocket: WebSocket) -> None:
         """``GET {base}/realtime?call_id=...`` upgraded to a WebSocket: the call's sideband."""
         self.request_counts["sideband"] += 1
-        scheme, _, token = websocket.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip(), self._api_key):
-            await websocket.send_denial_response(OpenAIHTTPError(
-                401, "Incorrect API key provided.", "invalid_request_error",
-                "invalid_api_key").response())
+        if await self._denied(websocket):
             return
         call = self.calls.get(websocket.query_params.get("call_id", ""))
         if call is not None and call.kind != "realtime":
@@ -623,16 +619,22 @@ class RealtimeEmulator:
         """``GET {base}/live/sessions/{id}/attach`` upgraded to a WebSocket: the Live
         session's sideband."""
         self.request_counts["live sideband"] += 1
-        scheme, _, token = websocket.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip(), self._api_key):
-            await websocket.send_denial_response(OpenAIHTTPError(
-                401, "Incorrect API key provided.", "invalid_request_error",
-                "invalid_api_key").response())
+        if await self._denied(websocket):
             return
         call = self.calls.get(websocket.path_params.get("session_id", ""))
         if call is not None and call.kind != "live":
             call = None
         await self._serve_sideband(websocket, call)
+
+    async def _denied(self, websocket: WebSocket) -> bool:
+        """Refuse a sideband handshake without the API key (401); ``True`` if refused."""
+        scheme, _, token = websocket.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and secrets.compare_digest(token.strip(), self._api_key):
+            return False
+        await websocket.send_denial_response(OpenAIHTTPError(
+            401, "Incorrect API key provided.", "invalid_request_error",
+            "invalid_api_key").response())
+        return True
 
     async def _serve_sideband(self, websocket: WebSocket, call: _Call | None) -> None:
         if call is None or call.hung_up:
