@@ -183,6 +183,7 @@ class RoomActor:
         self._closing: set[asyncio.Task] = set()  # background work (sideband closes, ...)
         self._tools: tuple[dict, ...] | None = None  # the declared tools, loaded once
         self._local_runner: ToolRunner | None = None  # outside Ray
+        self._runner: Any = None  # the rooms-tools actor's handle, once looked up
         if _in_ray_actor():  # its node's warm pool replaces the worker (off the critical path)
             threading.Thread(target=notify_started, name="warm-pool-notify",
                              daemon=True).start()
@@ -567,8 +568,11 @@ class RoomActor:
             return await self._local_runner.run(*args)
         for attempt in range(2):
             try:
-                return await tool_runner(self.config.namespace).run.remote(*args)
+                if self._runner is None:  # a GCS look-up: once, not per call
+                    self._runner = tool_runner(self.config.namespace)
+                return await self._runner.run.remote(*args)
             except ray.exceptions.RayActorError:
+                self._runner = None
                 if attempt:
                     raise
                 await asyncio.sleep(0.5)
