@@ -313,3 +313,33 @@ async def test_a_live_session_is_steered_by_instructions_appended_and_mute(emu) 
         with pytest.raises(CallEnded):
             await client.attach("live_unknown")
         await client.aclose()
+
+
+async def test_a_room_with_its_ai_enabled_neither_hibernates_nor_is_shed(emu) -> None:
+    """A room actor (in this process) with the AI enabled: its idle watch waits, a
+    hibernate is refused and its activity says "AI" (so the slot bound never sheds it);
+    once the AI is disabled it hibernates."""
+    from actors.config import RoomsConfig
+    from actors.room_actor import Lifecycle, RoomActor
+    from bridges.calls import CallsClient
+    from storage.memory import MemoryStore
+
+    calls = CallsClient(emu.app_id, emu.app_secret, base_url=emu.calls_base_url, timeout=5)
+    openai = RealtimeClient(API_KEY, base_url=emu.openai_base_url, timeout=5)
+    actor = RoomActor("ai-stays", RoomsConfig(idle_timeout=0.3), store=MemoryStore(),
+                      services=(calls, openai))
+    await actor.connect("alice", "Alice")
+    await actor.message("alice", '{"type": "enableAi"}')
+    await until(lambda: actor.room.data.ai.enabled, 15, "the AI enabled")
+    call = emu.openai.calls[actor.room.data.ai.callId]
+    await until(lambda: call.attaches == 1, 10, "the sideband")
+    await asyncio.sleep(1.0)  # three idle timeouts
+    assert actor.lifecycle is Lifecycle.ACTIVE
+    assert actor.activity().ai is True
+    assert await actor.hibernate() is False
+    await actor.message("alice", '{"type": "disableAi"}')
+    await until(lambda: not call.sidebands and call.hung_up, 10, "the sideband closed, the call ended")
+    assert actor.activity().ai is False
+    await until(lambda: actor.lifecycle is not Lifecycle.ACTIVE, 10, "hibernation")
+    await calls.aclose()
+    await openai.aclose()
