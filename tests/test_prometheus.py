@@ -43,14 +43,31 @@ FIXED_TAGS = {key for spec in CATALOGUE.values() for key, _ in spec.tags} | {"le
 """Labels whose values come from the catalogue's fixed sets (or bucket bounds)."""
 
 
+def _unused_port(avoid: frozenset[int]) -> int:
+    """A loopback port that nothing answers on and that is not in ``avoid``. (Once,
+    Prometheus got the gateway's own port: the gateway's listener does not hold
+    127.0.0.1 exclusively, and every request then met Prometheus's 404.)"""
+    import socket
+
+    for _ in range(50):
+        port = free_port()
+        if port in avoid:
+            continue
+        with socket.socket() as probe:
+            probe.settimeout(0.2)
+            if probe.connect_ex(("127.0.0.1", port)) != 0:
+                return port
+    raise AssertionError("no unused loopback port found")
+
+
 class Prometheus:
     """``prometheus`` on a loopback port, scraping every second the targets of Ray's
     service-discovery file ``sd_file``, its data in ``tmp``."""
 
-    def __init__(self, sd_file: Path, tmp: Path) -> None:
+    def __init__(self, sd_file: Path, tmp: Path, avoid: frozenset[int] = frozenset()) -> None:
         binary = shutil.which("prometheus")
         assert binary, "prometheus is not installed (bash .ci/run installs it)"
-        self.port = free_port()
+        self.port = _unused_port(avoid)
         config = tmp / "prometheus.yml"
         config.write_text(yaml.safe_dump({
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
@@ -169,7 +186,9 @@ def test_every_panel_has_data_and_no_label_grows_with_rooms(tmp_path):
         url = f"http://127.0.0.1:{port}"
         _healthy(url)
         prometheus = Prometheus(head.tmp / "session_latest" /
-                                "prom_metrics_service_discovery.json", tmp_path)
+                                "prom_metrics_service_discovery.json", tmp_path,
+                                avoid=frozenset({port}))
+        _healthy(url)  # still the gateway that answers there
 
         asyncio.run(_meeting(url, f"meet-{uuid.uuid4().hex[:6]}"))
         # six more rooms at once at a 4-slot bound: idle rooms are shed

@@ -384,6 +384,8 @@ class RealtimeEmulator:
         self.unconnected_timeout_s = unconnected_timeout_s
         self.faults = Faults()
         self.request_counts: collections.Counter[str] = collections.Counter()
+        self.hangups: collections.Counter[str] = collections.Counter()
+        """Hangup requests by call (or Live session) id, answered or refused."""
         self.calls: dict[str, _Call] = {}
         self._triggers: list[tuple[int, str, dict[str, Any]]] = []
         self._app: Starlette | None = None
@@ -749,6 +751,7 @@ class RealtimeEmulator:
             await self._end(call)
 
     async def _hangup(self, request: Request, malformed: bool) -> Response:
+        self.hangups[request.path_params["call_id"]] += 1
         call = self.calls.get(request.path_params["call_id"])
         if call is None or call.hung_up:
             raise OpenAIHTTPError(404, "Call not found.", "invalid_request_error", "call_not_found")
