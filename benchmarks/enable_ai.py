@@ -37,8 +37,16 @@ on a *fresh* room actor (created and connected before the clock starts):
     first audio frame (ICE + DTLS + first RTP), the least a fresh WebRTC leg costs; (a)
     sets up two such legs (SFU-AI during enable, then media through them).
 
-Prints both and the ratio (a) p50 / (b) p50 (and (a) / (c)). Absolute times drift on
-shared machines; compare ratios.
+(d) **the same chain without a room or Ray** (issue 23's baseline for ``enableAi``): the
+    same participant and the same steps, but the flows are called directly in this process
+    against the emulators: ``rooms.ai.run_enable`` (Calls sessions/new, tracks/new, the
+    voice backend's create, renegotiate), the sideband attached and told that alice holds
+    control, alice pulls the AI's track, ``rooms.ai.run_control`` feeds her track to the
+    AI. Same phases as (a); what (a) adds over it is the room: its turns, snapshots, the
+    outbox long-poll and Ray calls.
+
+Prints both and the ratios (a) p50 / (b) p50, (a) / (c) and (a) / (d) (target <= x1.3).
+Absolute times drift on shared machines; compare ratios.
 """
 
 from __future__ import annotations
@@ -180,6 +188,64 @@ async def one_enable(emu: Emulators, config: RoomsConfig, run: int) -> dict[str,
         ray.kill(room, no_restart=True)
 
 
+async def one_direct(emu: Emulators, backend: str) -> dict[str, float]:
+    """One run of (d): the enable chain driven directly, no room, no Ray."""
+    from bridges.calls import CallsClient
+    from bridges.config import OpenAISettings
+    from pydantic import SecretStr
+    from rooms.ai import run_control, run_enable
+    from rooms.messages import AI_TRACK_NAME, TrackRef
+    from rooms.sideband_wire import session_control
+    from rooms.state import ControlJob, EnableJob
+
+    settings = OpenAISettings(api_key=SecretStr(API_KEY), base_url=emu.openai_base_url,
+                              voice_api=backend)
+    calls = CallsClient(APP_ID, APP_SECRET, base_url=emu.calls_base_url, timeout=10.0)
+    ai = settings.client(timeout=10.0)
+
+    async def record(progress) -> None:
+        return None
+
+    link = None
+    try:
+        async with Participant(emu.calls_base_url, APP_ID, APP_SECRET,
+                               freq_hz=TONE_HZ) as alice:
+            a_sid, a_track = await alice.publish()
+            t0 = time.perf_counter()
+            result = await run_enable(EnableJob(1, "bench", "Repeat what you hear.", None),
+                                      calls, ai, model=settings.model_or_default,
+                                      record=record)
+            if result.error:
+                raise RuntimeError(result.error)
+            t_enabled = time.perf_counter()
+            link = await ai.attach(result.call_id)
+            control = session_control("Repeat what you hear.", None)
+            await link.send_control(control, None)
+            t_attached = time.perf_counter()
+            mid = await alice.pull(result.session_id, AI_TRACK_NAME)
+            recorder = alice.recorders[mid]
+            t_pulled = time.perf_counter()
+            heard = asyncio.ensure_future(first_loud_frame(recorder))
+            track = TrackRef(sessionId=a_sid, trackName=a_track)
+            done = await run_control(ControlJob(2, "alice", result.session_id, AI_TRACK_NAME,
+                                                track), calls)
+            if done.error:
+                raise RuntimeError(done.error)
+            await link.send_control(session_control("Repeat what you hear.", "Alice"), control)
+            t_control = time.perf_counter()
+            t_heard = await heard
+            await calls.close_tracks(result.session_id, [result.mid] if result.mid else [])
+            await ai.hangup(result.call_id)
+        return {"attached": t_attached - t0, "total": t_heard - t0,
+                "enable": t_enabled - t0, "pull": t_pulled - t_attached,
+                "control": t_control - t_pulled, "audio": t_heard - t_pulled}
+    finally:
+        if link is not None:
+            await link.close()
+        await calls.aclose()
+        await ai.aclose()
+
+
 async def one_offer_answer() -> float:
     """One run of (b): a bare offer/answer between two loopback peers; seconds."""
     a, b = loopback_peer_connection(), loopback_peer_connection()
@@ -237,6 +303,7 @@ async def bench(runs: int, echo_delay: float, backends: list[str]) -> None:
             openai_voice_api=backend),
     ) for backend in backends}
     enables: dict[str, list[dict[str, float]]] = {backend: [] for backend in backends}
+    directs: dict[str, list[dict[str, float]]] = {backend: [] for backend in backends}
     offers: list[float] = []
     connects: list[float] = []
     try:
@@ -244,6 +311,10 @@ async def bench(runs: int, echo_delay: float, backends: list[str]) -> None:
         for run in range(1, runs + 1):
             for backend in backends:
                 enables[backend].append(await one_enable(emu, configs[backend], run))
+                directs[backend].append(await one_direct(emu, backend))
+                d = directs[backend][-1]
+                print(f"  run {run:2d}/{runs} {backend:8}: direct chain (no room) "
+                      f"{d['total'] * 1e3:7.1f} ms", flush=True)
                 e = enables[backend][-1]
                 print(f"  run {run:2d}/{runs} {backend:8}: enable->first AI frame "
                       f"{e['total'] * 1e3:7.1f} ms (enable {e['enable'] * 1e3:6.1f}, "
@@ -270,11 +341,14 @@ async def bench(runs: int, echo_delay: float, backends: list[str]) -> None:
     bare = statistics.median(offers)
     connect = statistics.median(connects)
     for backend in backends:
-        print(f"{'(a) ' + backend + ' phase':34} {'p50 ms':>8} {'p90 ms':>8}")
+        print(f"{'(a) ' + backend + ' phase':34} {'p50 ms':>8} {'p90 ms':>8} "
+              f"{'(d) p50':>8} {'(a)/(d)':>8}")
         for key, label in labels.items():
             values = [e[key] for e in enables[backend]]
+            direct = percentile([d[key] for d in directs[backend]], 0.5)
             print(f"{label:34} {percentile(values, 0.5) * 1e3:8.1f} "
-                  f"{percentile(values, 0.9) * 1e3:8.1f}")
+                  f"{percentile(values, 0.9) * 1e3:8.1f} {direct * 1e3:8.1f} "
+                  f"{percentile(values, 0.5) / direct if direct else 0:7.2f}x")
     print(f"{'(b) bare aiortc offer/answer':34} {bare * 1e3:8.1f} "
           f"{percentile(offers, 0.9) * 1e3:8.1f}")
     print(f"{'(c) bare pair: to first frame':34} {connect * 1e3:8.1f} "
@@ -282,8 +356,11 @@ async def bench(runs: int, echo_delay: float, backends: list[str]) -> None:
     print()
     for backend in backends:
         total = percentile([e["total"] for e in enables[backend]], 0.5)
+        direct = percentile([d["total"] for d in directs[backend]], 0.5)
+        met = "met" if total / direct <= 1.3 else "NOT met"
         print(f"{backend:8} ratio (a) p50 / (b) p50: {total / bare:.1f}x   "
-              f"(a) p50 / (c) p50: {total / connect:.1f}x")
+              f"(a) p50 / (c) p50: {total / connect:.1f}x   "
+              f"(a) p50 / (d) p50: {total / direct:.2f}x (target <= 1.3x: {met})")
 
 
 def main() -> None:
