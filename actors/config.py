@@ -132,6 +132,11 @@ class RoomsConfig(BaseSettings):
         "", description="the application's AI tools: 'module:attribute' naming a list of "
                         "rooms.tools.Tool (empty: none)")
     ai_tool_timeout_s: float = Field(30.0, gt=0, description="seconds one tool call may take")
+    ai_prepare: bool = Field(
+        True, description="build the AI's service clients in the background once a room "
+                          "is active (~0.1 s of CPU and ~5 MiB per room where Calls is "
+                          "configured), so enableAi does not wait for them; false: on "
+                          "the first enableAi")
     ai_live_delegate_tool: str = Field(
         "", description="Live API: the tool (of ai_tools) a client delegation runs, with "
                         "the recent transcript; empty: delegations are not answered")

@@ -63,7 +63,7 @@ from .config import RoomsConfig
 from .errors import (MessageRefused, NotAMember, NotOwner, QuotaExceeded, RoomFull,
                      RoomHibernating, SnapshotRefused)
 from .outbox import Outbox
-from .services import build_services, realtime_model
+from .services import build_services, calls_settings, realtime_model
 from .tool_runner import ToolRunner, tool_runner
 from .warmpool import notify_started, preloaded_at
 from .webhooks import WebhookSender, derive, facts_of, new_event
@@ -149,6 +149,7 @@ class RoomActor:
         self._save_window: tuple[int, int] | None = None  # the last save, ns (tracing)
         self._store = store
         self._services = services
+        self._prepared_services: asyncio.Future | None = None  # _prepare_services
         self._clock = clock
         self._gate = asyncio.Lock()
         self.lifecycle = Lifecycle.INACTIVE
@@ -260,6 +261,7 @@ class RoomActor:
         await self._commit_through(version)
         self._after_turn(fx)
         self.lifecycle = Lifecycle.ACTIVE
+        self._prepare_services()
         if room.data.transcript and room.data.meetingId:  # lines the last one may not have stored
             self._background(self._store_transcript(room.data.meetingId,
                                                     list(room.data.transcript)))
@@ -1137,9 +1139,44 @@ class RoomActor:
                     await self.hibernate()
 
     def _get_services(self) -> tuple[MediaBridge, AiService]:
+        """The room's Calls and voice-model clients, built on first use (or taken from
+        :meth:`_prepare_services` once it finished). Raises ``ValueError`` when the
+        services are not configured (:func:`actors.services.build_services`)."""
         if self._services is None:
-            self._services = build_services(self.config.services)
+            prepared = self._prepared_services
+            if prepared is not None and prepared.done() and not prepared.cancelled() \
+                    and prepared.exception() is None:
+                self._services = prepared.result()
+            else:
+                self._services = build_services(self.config.services)
         return self._services
+
+    def _prepare_services(self) -> None:
+        """Build the AI's service clients in a worker thread, off any turn, once the room
+        is active (``RoomsConfig.ai_prepare``), so that ``enableAi`` finds them ready.
+
+        Their first build imports the bridges (httpx's transport, websockets) and loads
+        the TLS context: ~0.1 s of CPU here, which ``enableAi`` otherwise waited for
+        (issue 23). Nothing happens when the services are not configured (no Calls or
+        OpenAI credentials), when they exist already, or when preparation is off.
+        Raises nothing; a failure is left for the enable job to report."""
+        if (not self.config.ai_prepare or self._services is not None
+                or self._prepared_services is not None):
+            return
+        endpoints = self.config.services
+        if not calls_settings(endpoints).configured:
+            return
+        self._prepared_services = asyncio.ensure_future(
+            asyncio.to_thread(build_services, endpoints))
+        self._prepared_services.add_done_callback(
+            lambda f: f.cancelled() or f.exception())  # retrieved: never "never retrieved"
+
+    async def _services_ready(self) -> tuple[MediaBridge, AiService]:
+        """:meth:`_get_services`, after waiting for a preparation under way."""
+        prepared = self._prepared_services
+        if self._services is None and prepared is not None and not prepared.done():
+            await asyncio.wait([prepared])
+        return self._get_services()
 
     def _start_job(self, job: Job) -> None:
         task = asyncio.ensure_future(self._run_job(job))
@@ -1158,7 +1195,7 @@ class RoomActor:
             return
         try:
             try:
-                calls, ai = self._get_services()
+                calls, ai = await self._services_ready()
             except Exception as error:  # noqa: BLE001 - a misconfiguration is an AI error
                 cause = f"configuration: {type(error).__name__}: {error}"
                 metrics.ai_error("configuration")

@@ -140,8 +140,10 @@ async def attached(emu: Emulators, before: set[str], timeout: float = 20.0) -> f
     raise RuntimeError("the room's sideband never attached")
 
 
-async def one_enable(emu: Emulators, config: RoomsConfig, run: int) -> dict[str, float]:
-    """One run of (a) on a fresh room; returns its phase times in seconds."""
+async def one_enable(emu: Emulators, config: RoomsConfig, run: int,
+                     settle: float = 0.0) -> dict[str, float]:
+    """One run of (a) on a fresh room, ``enableAi`` sent ``settle`` seconds after alice
+    connected; returns its phase times in seconds."""
     room = get_room(f"bench-ai-{run}-{uuid.uuid4().hex[:6]}", config)
     before = set(emu.openai.calls)
     try:
@@ -150,6 +152,7 @@ async def one_enable(emu: Emulators, config: RoomsConfig, run: int) -> dict[str,
             a_sid, a_track = await alice.publish()
             await room.connect.remote("alice", "Alice")
             cursor = (await room.poll.remote(None, 0)).cursor
+            await asyncio.sleep(settle)
 
             t0 = time.perf_counter()
             sideband = asyncio.ensure_future(attached(emu, before))
@@ -289,7 +292,7 @@ async def one_connect_to_media() -> float:
         await b.close()
 
 
-async def bench(runs: int, echo_delay: float, backends: list[str]) -> None:
+async def bench(runs: int, echo_delay: float, backends: list[str], settle: float = 0.0) -> None:
     """Run (a) for each backend and (b), (c) ``runs`` times each, interleaved, and print
     the results."""
     emu = start_emulators(app_id=APP_ID, app_secret=APP_SECRET, api_key=API_KEY,
@@ -310,7 +313,7 @@ async def bench(runs: int, echo_delay: float, backends: list[str]) -> None:
         await one_offer_answer()  # warm-up: imports, codecs
         for run in range(1, runs + 1):
             for backend in backends:
-                enables[backend].append(await one_enable(emu, configs[backend], run))
+                enables[backend].append(await one_enable(emu, configs[backend], run, settle))
                 directs[backend].append(await one_direct(emu, backend))
                 d = directs[backend][-1]
                 print(f"  run {run:2d}/{runs} {backend:8}: direct chain (no room) "
@@ -329,7 +332,7 @@ async def bench(runs: int, echo_delay: float, backends: list[str]) -> None:
         emu.stop()
 
     print()
-    print(f"runs: {runs}; emulator echo delay {echo_delay:g} s")
+    print(f"runs: {runs}; emulator echo delay {echo_delay:g} s; enableAi {settle:g} s after connect")
     labels = {
         "enable": "enableAi -> roomState ai.enabled",
         "attached": "enableAi -> sideband attached",
@@ -371,13 +374,17 @@ def main() -> None:
                         help="seconds the OpenAI emulator's voice lags what it hears")
     parser.add_argument("--backend", choices=["realtime", "live", "both"], default="both",
                         help="the voice backend(s) to measure")
+    parser.add_argument("--settle", type=float, default=0.0,
+                        help="seconds between alice's connect and enableAi (0: at once, "
+                             "the worst case: the room prepares its AI clients meanwhile; "
+                             "a user's click comes later)")
     args = parser.parse_args()
     backends = ["realtime", "live"] if args.backend == "both" else [args.backend]
     ray.init(namespace=NAMESPACE, include_dashboard=False, configure_logging=False,
              log_to_driver=False)
     try:
         print(f"measuring {args.runs} runs of (a) and (b), interleaved...", flush=True)
-        asyncio.run(bench(args.runs, args.echo_delay, backends))
+        asyncio.run(bench(args.runs, args.echo_delay, backends, args.settle))
     finally:
         ray.shutdown()
 

@@ -1,10 +1,28 @@
-"""What both httpx bridges share: the HTTP client they own, timeouts, retry settings."""
+"""What both httpx bridges share: the HTTP client they own, timeouts, retry settings,
+and one TLS context per process."""
 
 from __future__ import annotations
 
+import functools
+import ssl
+
 import httpx
 
-__all__ = ["HttpBridge"]
+__all__ = ["HttpBridge", "tls_context"]
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """The process's one client TLS context: httpx's default (certifi's CA bundle, or
+    ``SSL_CERT_FILE``/``SSL_CERT_DIR`` when set), built on first use and shared by every
+    bridge's HTTP client and sideband WebSocket.
+
+    Building a context loads the CA bundle (~20-30 ms here); httpx builds one per client
+    unless given one, so a room enabling its AI (two clients, then a WebSocket) paid that
+    cost three times on the clock (issue 23). Contexts are safe to share between
+    clients and threads once configured. Raises nothing beyond what httpx raises for an
+    unreadable CA bundle (``OSError``/``ssl.SSLError``)."""
+    return httpx.create_ssl_context()
 
 
 class HttpBridge:
@@ -29,7 +47,7 @@ class HttpBridge:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self._owns_client = client is None
-        self._client = client if client is not None else httpx.AsyncClient()
+        self._client = client if client is not None else httpx.AsyncClient(verify=tls_context())
 
     async def __aenter__(self):
         return self

@@ -56,6 +56,7 @@ from rooms.sideband_wire import (
 )
 
 from .errors import is_retryable_status, scrub
+from .http import tls_context
 
 __all__ = ["RealtimeSideband", "SidebandConnection", "WebSocketLink", "control_events",
            "open_link", "sideband_url", "ws_url"]
@@ -192,8 +193,10 @@ async def open_link(url: str, api_key: str, timeout: float, operation: str,
     """
     failure: BridgeError | None = None
     try:
+        tls = tls_context() if url.startswith("wss:") else None
         ws = await connect(url, additional_headers={"Authorization": f"Bearer {api_key}"},
-                           open_timeout=timeout, max_size=MAX_EVENT_BYTES, compression=None)
+                           open_timeout=timeout, max_size=MAX_EVENT_BYTES, compression=None,
+                           ssl=tls)
         return make(ws)
     except InvalidStatus as exc:
         status = exc.response.status_code

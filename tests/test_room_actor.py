@@ -207,3 +207,36 @@ async def test_an_activation_retried_after_a_store_outage_publishes_restored_ent
     seqs = [e.seq for e in second.outbox.since(0).entries]
     assert seqs == sorted(set(seqs)) and seqs[-1] == second.outbox.released
     second._exit()
+
+
+_ENDPOINTS = dict(calls_base_url="http://127.0.0.1:9/v1", calls_app_id="app",
+                  calls_app_secret="secret", openai_base_url="http://127.0.0.1:9/v1",
+                  openai_api_key="key")
+
+
+async def test_an_active_room_prepares_its_ai_clients_before_enable_ai():
+    """With Calls configured, a room builds its AI clients in a thread once it is active
+    (issue 23: enableAi waited ~0.1 s for their imports and TLS context); the enable job
+    then uses those very clients. Off (``ai_prepare=False``) or unconfigured: nothing is
+    built until the first enableAi."""
+    from actors.config import ServiceEndpoints
+
+    endpoints = ServiceEndpoints(**_ENDPOINTS)
+    actor = RoomActor("prep", RoomsConfig(idle_timeout=0, services=endpoints),
+                      store=MemoryStore())
+    await actor.connect("a", "alice")
+    prepared = actor._prepared_services
+    assert prepared is not None, "an active room with Calls configured prepares its clients"
+    await asyncio.wait_for(asyncio.wait([prepared]), 30)
+    calls, ai = await actor._services_ready()
+    assert (calls, ai) == prepared.result()
+
+    off = RoomActor("prep-off", RoomsConfig(idle_timeout=0, ai_prepare=False,
+                                            services=endpoints), store=MemoryStore())
+    await off.connect("a", "alice")
+    assert off._prepared_services is None
+
+    bare = RoomActor("prep-none", RoomsConfig(idle_timeout=0), store=MemoryStore())
+    await bare.connect("a", "alice")
+    if not os.environ.get("CALLS_APP_ID"):
+        assert bare._prepared_services is None  # nothing configured: nothing built
