@@ -18,7 +18,7 @@ threads holding the GIL with ``--gil``, ``--nonblocking``: the process is not pa
 Start the load first, for example the pipelined section of ``python -m
 benchmarks.gateway``, or run ``python -m benchmarks.profile --with-gateway-load``, which
 starts the gateway benchmark in a subprocess and samples during its pipelined run.
-py-spy comes from PyPI (``pip install py-spy``, in the ``test`` extra); sampling
+py-spy comes from PyPI (``pip install -e '.[bench]'``); sampling
 another process needs ptrace rights (root, or ``kernel.yama.ptrace_scope=0``).
 """
 
