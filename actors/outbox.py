@@ -171,8 +171,15 @@ class Outbox:
 
     # ---- reading -----------------------------------------------------------------------
 
-    def note_cursor(self, poller: str | None, cursor: int | None) -> None:
-        """Record that ``poller`` holds everything up to ``cursor`` (for reconnects)."""
+    def note_cursor(self, poller: str | None, cursor: int | None,
+                    written: int | None = None) -> None:
+        """Record that ``poller`` holds everything up to ``cursor`` and has written to
+        its sockets everything up to ``written`` (default: ``cursor``). What a reconnect
+        is owed after that poller's replica died counts from ``written``, the lower of
+        the two (at least once: a message the replica had just written may come
+        twice), and the snapshot keeps the released entries after it."""
+        if written is not None and cursor is not None:
+            cursor = min(cursor, written)
         if poller is not None and cursor is not None:
             self._cursors[poller] = cursor
             self._cursor_at.pop(poller, None)
@@ -214,11 +221,12 @@ class Outbox:
         return [self._entries[i] for i in range(start, len(self._entries))]
 
     async def wait(self, cursor: int, timeout: float, poller: str | None,
-                   hibernating: Callable[[], bool]) -> Delivery:
+                   hibernating: Callable[[], bool], written: int | None = None) -> Delivery:
         """Wait up to ``timeout`` seconds for entries after ``cursor`` that ``poller``
         has not claimed through a ``deliver``; return them (or nothing, at the
-        deadline, or ``hibernating`` once ``hibernating()`` is true)."""
-        self.note_cursor(poller, cursor)
+        deadline, or ``hibernating`` once ``hibernating()`` is true). ``written``: the
+        poller's write watermark (:meth:`note_cursor`)."""
+        self.note_cursor(poller, cursor, written)
         last = self.released
         if cursor > last or (cursor < last and not self._seqs):
             # ahead of the outbox, or behind an outbox this activation no longer holds

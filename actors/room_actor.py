@@ -773,7 +773,7 @@ class RoomActor:
         return seq
 
     async def deliver(self, frames: Sequence[Frame] | Sequence[tuple], cursor: int | None,
-                      poller: str | None = None) -> Delivery:
+                      poller: str | None = None, written: int | None = None) -> Delivery:
         """Handle a batch of client frames, in order, and return the released outbox
         entries after ``cursor`` (the gateway's batched path).
 
@@ -792,6 +792,10 @@ class RoomActor:
                 entries this call returns are *claimed* for it: that poller's
                 :meth:`poll` does not wake for them (they reach it here), which saves a
                 Ray call per message when the sender's replica is the only reader.
+            written: the caller's write watermark, at most ``cursor``: every entry up
+                to it that reaches one of its open sockets is written to that socket
+                (``RoomChannel.written``). A reconnect whose socket's replica died
+                without a close is owed what came after it. ``None``: ``cursor``.
 
         Returns:
             A :class:`~actors.wire.Delivery` (never ``hibernating``); its entries may
@@ -805,7 +809,7 @@ class RoomActor:
         # and the claim (before, the first deliver to a new activation noted them on
         # the outbox it then replaced)
         await self._ensure_active()
-        self.outbox.note_cursor(poller, cursor)
+        self.outbox.note_cursor(poller, cursor, written)
         # until the result is read, entries released do not wake this poller's poll
         # (the result carries them); the claim then covers exactly what it carries
         with self.outbox.claiming(poller):
@@ -910,7 +914,7 @@ class RoomActor:
         return ran
 
     async def poll(self, cursor: int | None, timeout: float | None = None,
-                   poller: str | None = None) -> Delivery:
+                   poller: str | None = None, written: int | None = None) -> Delivery:
         """Wait for released messages newer than ``cursor`` (the gateway's long-poll).
 
         Args:
@@ -922,6 +926,7 @@ class RoomActor:
                 :meth:`deliver` of the same poller do not wake this poll (that call
                 returns them), so the result may skip over them: the caller holds
                 later entries until the :meth:`deliver` result fills the hole.
+            written: the caller's write watermark (see :meth:`deliver`).
 
         Returns:
             A :class:`~actors.wire.Delivery`. ``gap``: messages after ``cursor`` are no
@@ -937,7 +942,8 @@ class RoomActor:
             return Delivery(cursor=self.outbox.released, epoch=self.epoch)
         wait = self.config.poll_timeout if timeout is None else timeout
         result = await self.outbox.wait(cursor, wait, poller,
-                                        lambda: self.lifecycle is not Lifecycle.ACTIVE)
+                                        lambda: self.lifecycle is not Lifecycle.ACTIVE,
+                                        written)
         return dataclasses.replace(result, epoch=self.epoch)
 
     def activation(self) -> int:

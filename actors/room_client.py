@@ -41,12 +41,13 @@ class RoomClient:
     # ---- turns ---------------------------------------------------------------------
 
     def deliver(self, frames: Sequence[Frame], cursor: int | None,
-                poller: str | None) -> "ObjectRef[Delivery]":
+                poller: str | None, written: int | None = None) -> "ObjectRef[Delivery]":
         """Send a batch of client frames (``RoomActor.deliver``); the result carries the
-        released entries after ``cursor``. Raises (on await) ``RoomHibernating``,
+        released entries after ``cursor``; ``written`` is the poller's write watermark
+        (see ``RoomActor.poll``). Raises (on await) ``RoomHibernating``,
         ``StorageUnavailable``, ``NoFreeSlot``, ``SnapshotRefused`` or Ray's
         ``RayActorError``."""
-        return self.handle.deliver.remote(list(frames), cursor, poller)
+        return self.handle.deliver.remote(list(frames), cursor, poller, written)
 
     def connect(self, conn: str, name: str, poller: str | None,
                 socket: str | None) -> "ObjectRef[int]":
@@ -77,10 +78,10 @@ class RoomClient:
     # ---- reads ---------------------------------------------------------------------
 
     def poll(self, cursor: int | None, timeout: float | None = None,
-             poller: str | None = None) -> "ObjectRef[Delivery]":
+             poller: str | None = None, written: int | None = None) -> "ObjectRef[Delivery]":
         """Wait up to ``timeout`` seconds for entries after ``cursor`` (the long-poll,
-        ``RoomActor.poll``)."""
-        return self.handle.poll.remote(cursor, timeout, poller)
+        ``RoomActor.poll``; ``written``: the poller's write watermark)."""
+        return self.handle.poll.remote(cursor, timeout, poller, written)
 
     def state(self) -> "ObjectRef[dict[str, Any]]":
         """The room's ``RoomState`` JSON object as of its last durable snapshot (the

@@ -478,6 +478,88 @@ async def test_a_reconnect_after_its_replica_died_gets_the_messages_it_was_owed(
         stop_timers(actor)
 
 
+async def test_a_message_queued_but_not_written_when_its_replica_died_is_owed():
+    """Issue 19: P1 polled the direct message to ``a`` (its cursor is past it) but had
+    only queued it to ``a``'s socket when it was SIGKILLed: its write watermark, sent
+    with its next poll, is below the message. ``a``'s reconnect through P3 gets it.
+    Before the watermark the room counted from P1's cursor and owed ``a`` nothing."""
+    actor = RoomActor(f"batch-{uuid.uuid4().hex[:8]}", RoomsConfig(idle_timeout=0),
+                      store=MemoryStore())
+    try:
+        await actor.connect("a", "a", "P1", "s-a1")
+        await actor.connect("b", "b", "P2", "s-b1")
+        written = (await actor.poll(None, 0, "P1")).cursor
+        await actor.message("b", json.dumps({"type": "directMessage", "to": "a",
+                                             "message": "queued, never written"}))
+        polled = await actor.poll(written, 0, "P1", written)  # P1 fans it out...
+        assert any(json.loads(e.data)["type"] == "directMessage" for e in polled.entries)
+        # ...and queues it to a's socket; its next poll reports the cursor past it with
+        # the watermark still before it; then P1 is killed
+        await actor.poll(polled.cursor, 0, "P1", written)
+        before = (await actor.poll(None, 0)).cursor
+        await actor.connect("a", "a", "P3", "s-a2")
+        owed = [m for m in _data((await actor.poll(before, 0)).entries)
+                if m["type"] == "directMessage"]
+        assert [m["message"] for m in owed] == ["queued, never written"]
+    finally:
+        stop_timers(actor)
+
+
+class _SlowWebSocket:
+    """A stand-in for an accepted WebSocket whose writes wait until released."""
+
+    application_state = None
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.release = asyncio.Event()
+
+    async def send_text(self, text: str) -> None:
+        await self.release.wait()
+        self.sent.append(text)
+
+
+async def test_a_channel_reports_as_written_only_what_its_sockets_wrote():
+    """``RoomChannel.written``: the cursor when every queue is empty, else one below the
+    oldest entry still queued on an open socket (held while PENDING counts too)."""
+    from actors.gateway.channel import RoomChannel
+    from actors.gateway.client_socket import ClientSocket
+    from actors.wire import OutboxEntry
+
+    channel = RoomChannel.__new__(RoomChannel)  # only the fan-out and the watermark
+    channel.sockets, channel.stats = {}, {"entries": 0}
+    channel.merge = type("Merge", (), {"cursor": 4})()
+    slow, fast = _SlowWebSocket(), _SlowWebSocket()
+    fast.release.set()
+    a, b = ClientSocket("a", slow, 16), ClientSocket("b", fast, 16)
+    try:
+        channel.sockets = {"a": {a}, "b": {b}}
+        assert channel.written == 4
+        a.admit(), b.admit()
+        for seq in (5, 6):
+            channel._fan_out(OutboxEntry(seq=seq, data=json.dumps({"n": seq}), to="all"))
+        channel.merge.cursor = 6
+        await asyncio.sleep(0.05)
+        assert b.oldest_unwritten is None and a.oldest_unwritten == 5
+        assert channel.written == 4  # a's socket has not written 5 and 6
+        slow.release.set()
+        await asyncio.sleep(0.05)
+        assert slow.sent == ['{"n": 5}', '{"n": 6}'] and a.sent_seq == 6
+        assert channel.written == 6
+        pending = ClientSocket("c", _SlowWebSocket(), 16)  # not admitted yet: held
+        channel.sockets["c"] = {pending}
+        channel._fan_out(OutboxEntry(seq=7, data="{}", to="all"))
+        channel.merge.cursor = 7
+        await asyncio.sleep(0.05)
+        assert a.sent_seq == b.sent_seq == 7
+        assert channel.written == 6  # c holds 7, not written
+        pending.close(1000)  # never admitted: it owes nothing
+        assert channel.written == 7
+    finally:
+        for sock in (a, b):
+            sock.stop()
+
+
 async def test_a_close_reports_what_its_socket_had_and_a_stale_close_changes_nothing():
     """A close that names an older socket of ``a`` (its reconnect overtook it) leaves
     ``a`` connected; the close of the current socket removes it, and the next

@@ -112,6 +112,21 @@ class RoomChannel:
         """The sequence number of the newest entry fanned out (``None``: not started)."""
         return self.merge.cursor
 
+    @property
+    def written(self) -> int | None:
+        """The write watermark: every entry up to it that reaches one of this replica's
+        open sockets has been written to that socket (not only queued). It is
+        :attr:`cursor` when every socket's queue is empty, else one below the oldest
+        entry still queued. The room keeps it as this poller's position for a reconnect
+        whose socket's replica died without a close (``Outbox.connected``): a replica
+        SIGKILLed between queueing and writing leaves nothing owed unsent."""
+        cursor = self.merge.cursor
+        if cursor is None:
+            return None
+        oldest = [seq for group in self.sockets.values() for sock in group
+                  if (seq := sock.oldest_unwritten) is not None]
+        return min(cursor, min(oldest) - 1) if oldest else cursor
+
     def counters(self) -> dict[str, int]:
         """The channel's counters (for ``/healthz``): entries, gaps, polls,
         hibernations, batches, frames, redeliveries."""
@@ -216,7 +231,8 @@ class RoomChannel:
         while True:
             try:
                 sent = time.perf_counter()
-                result = await self.ref.deliver(frames, self.merge.cursor, self.poller)
+                result = await self.ref.deliver(frames, self.merge.cursor, self.poller,
+                                                self.written)
                 metrics.deliver(time.perf_counter() - sent, len(frames))
                 break
             except RoomUnavailable as error:
@@ -289,7 +305,7 @@ class RoomChannel:
                 wait = 0 if self.merge.cursor is None else timeout
                 self.stats["polls"] += 1
                 result: Delivery = await self.ref.wait(
-                    client, client.poll(self.merge.cursor, wait, self.poller),
+                    client, client.poll(self.merge.cursor, wait, self.poller, self.written),
                     probe_after=wait + self.limits.watch_s)
             except asyncio.CancelledError:
                 raise

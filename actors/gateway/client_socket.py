@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import logging
 import uuid
@@ -62,6 +63,9 @@ class ClientSocket:
         self.close_code: tuple[int, str] | None = None
         """The ``(code, reason)`` the gateway closed it with, once CLOSED that way."""
         self.sent_seq: int | None = None
+        self._unwritten: collections.deque[int] = collections.deque()
+        """Outbox sequence numbers held or queued for this socket and not yet written, in
+        order (:attr:`oldest_unwritten`)."""
         self.queue: asyncio.Queue[tuple[str, int | None] | tuple[None, tuple[int, str]]] = \
             asyncio.Queue(queue_size)
         self.closed = asyncio.Event()
@@ -81,13 +85,31 @@ class ClientSocket:
                 self._overflow()
                 return
             self._held.append((text, seq))
+            if seq is not None:
+                self._unwritten.append(seq)
             return
         if self.state is not SocketState.OPEN:
             return
+        if self._enqueue(text, seq) and seq is not None:
+            self._unwritten.append(seq)
+
+    def _enqueue(self, text: str, seq: int | None) -> bool:
         try:
             self.queue.put_nowait((text, seq))
+            return True
         except asyncio.QueueFull:
             self._overflow()
+            return False
+
+    @property
+    def oldest_unwritten(self) -> int | None:
+        """The outbox sequence number of the oldest entry handed to this socket and not
+        yet written to it (held while PENDING, or queued), or ``None`` when everything
+        handed to it is written. A CLOSING or CLOSED socket owes nothing more here:
+        its close reports :attr:`sent_seq`."""
+        if self.state in (SocketState.CLOSING, SocketState.CLOSED):
+            return None
+        return self._unwritten[0] if self._unwritten else None
 
     def admit(self) -> None:
         """The room accepted this socket as its connection id's owner: write what was
@@ -96,14 +118,16 @@ class ClientSocket:
             return
         self.state = SocketState.OPEN
         held, self._held = self._held, []
-        for text, seq in held:
-            self.send(text, seq)
+        for text, seq in held:  # already in _unwritten since they were held
+            if not self._enqueue(text, seq):
+                return
 
     def close(self, code: int, reason: str = "") -> None:
         """Close with ``code`` and ``reason`` after the frames already queued (a
         PENDING socket's held frames are dropped: it was never accepted)."""
         if self.state is SocketState.PENDING:
             self._held.clear()
+            self._unwritten.clear()
             self.state = SocketState.OPEN
         if self.state is not SocketState.OPEN:
             return
@@ -149,6 +173,8 @@ class ClientSocket:
                 metrics.frame_out(text)
                 if extra is not None:
                     self.sent_seq = extra
+                    while self._unwritten and self._unwritten[0] <= extra:
+                        self._unwritten.popleft()
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - the client went away

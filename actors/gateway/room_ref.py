@@ -167,10 +167,10 @@ class RoomRef:
     # ---- the room's calls, typed (see actors.room_client) --------------------------
 
     async def deliver(self, frames: Sequence[Frame], cursor: int | None,
-                      poller: str | None) -> Delivery:
+                      poller: str | None, written: int | None = None) -> Delivery:
         """``RoomActor.deliver`` with :meth:`call`'s retries (a batch sent twice is
         applied once: its frames are numbered)."""
-        return await self.call(lambda room: room.deliver(frames, cursor, poller))
+        return await self.call(lambda room: room.deliver(frames, cursor, poller, written))
 
     async def connect(self, conn: str, name: str, poller: str | None,
                       socket: str | None) -> int:
