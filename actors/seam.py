@@ -5,14 +5,17 @@ the libraries they run for us) is one function here, with a public fallback, and
 silently. Nothing else in the project imports ``ray._private``, ``ray.serve._private``,
 ``ray.core.generated`` or reads a private attribute of a Ray object.
 
-* :func:`limit_websocket_frames`: Serve runs uvicorn in each replica (its direct
-  ingress behind HAProxy) and does not expose uvicorn's ``ws_max_size`` (16 MiB by
+* :func:`configure_websockets`: Serve runs uvicorn in each replica (its direct
+  ingress behind HAProxy) and exposes neither uvicorn's ``ws_max_size`` (16 MiB by
   default), so a client could make a replica buffer a 16 MiB frame before our size
-  check. Checked on Ray 2.60.0 with uvicorn 0.38-0.40: Serve builds ``uvicorn.Config``
-  in ``ray.serve._private.http_util.start_asgi_http_server`` *after* the deployment's
+  check, nor ``ws_per_message_deflate`` (``ROOMS_GATEWAY_WS_COMPRESSION``: every frame
+  is compressed per socket, ~0.2 ms for a 50-user ``roomState``). Checked on Ray 2.60.0 with uvicorn
+  0.38-0.40: Serve builds ``uvicorn.Config`` in
+  ``ray.serve._private.http_util.start_asgi_http_server`` *after* the deployment's
   constructor ran (``ReplicaBase.initialize`` then ``_on_initialized``), and uvicorn's
-  WebSocket protocols read ``config.ws_max_size`` per connection. Fallback: only the
-  gateway's own size check, after the frame was read.
+  WebSocket protocols read ``config.ws_max_size`` and ``config.ws_per_message_deflate``
+  per connection. Fallback: only the gateway's own size check, after the frame was
+  read, and uvicorn's default compression.
 * :func:`setup_hook_env_var`: the environment variable Ray's ``default_worker.py``
   reads to run a worker setup hook (``ray._private.ray_constants.
   WORKER_PROCESS_SETUP_HOOK_ENV_VAR``); Ray honours ``worker_process_setup_hook`` only
@@ -21,6 +24,14 @@ silently. Nothing else in the project imports ``ray._private``, ``ray.serve._pri
 * :func:`prestart_workers`: the raylet's ``NodeManagerService.PrestartWorkers`` gRPC
   (``ray.core.generated``, through ``ray._private.grpc_utils.init_grpc_channel`` for
   Ray's token authentication). Fallback: no prestart (new rooms start cold).
+* :func:`raylet_runtime_env`: the text the raylet matches idle workers by. An actor
+  created from a process without a runtime environment of its own (a driver) keeps
+  Python's ``RuntimeEnv.serialize()`` (``json.dumps``, sorted, ``", "``/``": "``); one
+  created from a process that has one (a Serve replica, whose environment carries
+  Serve's variables) gets both merged by the C++ core worker, serialized compactly
+  (sorted, no spaces). Checked on Ray 2.60.0: warm workers prestarted with the Python
+  form were never taken by rooms a gateway replica created (each started cold, ~1.3 s
+  instead of ~0.1 s); with the compact form they were. Fallback: the Python form.
 * :func:`token_auth_enabled`: whether Ray protects its Dashboard with a token
   (``ray._private.authentication``). Fallback: the ``RAY_AUTH_MODE`` variable.
 * :func:`serve_controller` and :func:`stop_serve`: Serve's controller actor (its name
@@ -40,7 +51,8 @@ import os
 import time
 from typing import Any
 
-__all__ = ["CHECKED_ON_RAY", "actor_id", "limit_websocket_frames", "prestart_workers",
+__all__ = ["CHECKED_ON_RAY", "actor_id", "configure_websockets", "prestart_workers",
+           "raylet_runtime_env",
            "serve_controller", "setup_hook_env_var", "stop_serve", "token_auth_enabled",
            "validate_cluster_config"]
 
@@ -52,20 +64,26 @@ _SETUP_HOOK_FALLBACK = "__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR"
 log = logging.getLogger("ray_rooms.seam")
 
 _PATCHED_ATTR = "_ray_rooms_ws_max_size"
+_DEFLATE_ATTR = "_ray_rooms_ws_deflate"
 
 
-def limit_websocket_frames(max_bytes: int) -> bool:
+def configure_websockets(max_bytes: int, compression: bool = False) -> bool:
     """Make every uvicorn server this process starts from now on refuse WebSocket
     messages larger than ``max_bytes`` (it closes the connection with 1009, "message
-    too big", RFC 6455 section 7.4.1, before buffering more than that).
+    too big", RFC 6455 section 7.4.1, before buffering more than that), and offer
+    permessage-deflate (RFC 7692) to clients only if ``compression``.
 
     Args:
         max_bytes: the largest message, bytes (the room's message limit).
+        compression: whether to negotiate permessage-deflate when a client offers it
+            (browsers always do): frames are smaller on the wire, but each is
+            compressed once per socket in the replica and inflated by every client.
 
     Returns:
-        ``True`` if the limit is in place; ``False`` if uvicorn is missing or no longer
-        has ``Config.ws_max_size`` (then only the gateway's own size check applies,
-        after the frame was read; a warning is logged).
+        ``True`` if both are in place; ``False`` if uvicorn is missing or its
+        ``Config`` no longer has ``ws_max_size`` (then only the gateway's own size
+        check applies, after the frame was read, and uvicorn's default compression;
+        a warning is logged).
     """
     try:
         import uvicorn
@@ -75,8 +93,9 @@ def limit_websocket_frames(max_bytes: int) -> bool:
     config_class = uvicorn.Config
     original = getattr(config_class.__init__, "__wrapped__", config_class.__init__)
     probe = config_class(app=lambda scope, receive, send: None)
-    if not hasattr(probe, "ws_max_size"):
-        log.warning("uvicorn.Config has no ws_max_size: WebSocket frames are not limited")
+    if not hasattr(probe, "ws_max_size") or not hasattr(probe, "ws_per_message_deflate"):
+        log.warning("uvicorn.Config has no ws_max_size or ws_per_message_deflate: "
+                    "WebSocket frames are not limited and compression is uvicorn's default")
         return False
 
     def __init__(self, *args, **kwargs):  # noqa: N807 - the wrapped constructor
@@ -84,11 +103,35 @@ def limit_websocket_frames(max_bytes: int) -> bool:
         limit = getattr(config_class, _PATCHED_ATTR, None)
         if limit is not None and self.ws_max_size > limit:
             self.ws_max_size = limit
+        deflate = getattr(config_class, _DEFLATE_ATTR, None)
+        if deflate is not None and "ws_per_message_deflate" not in kwargs:
+            self.ws_per_message_deflate = deflate
 
     __init__.__wrapped__ = original  # type: ignore[attr-defined]
     setattr(config_class, _PATCHED_ATTR, int(max_bytes))
+    setattr(config_class, _DEFLATE_ATTR, bool(compression))
     config_class.__init__ = __init__
     return True
+
+
+def raylet_runtime_env(env: dict[str, Any], merged: bool) -> str:
+    """The serialized runtime environment by which the raylet matches an idle worker to
+    an actor whose environment (as the actor sees it, ``get_runtime_context()
+    .runtime_env``) is ``env``.
+
+    Args:
+        env: the actor's runtime environment (a plain dict).
+        merged: whether its creator ran in a runtime environment of its own, so that
+            the core worker merged the two (see the module docstring).
+
+    Returns:
+        The JSON text (sorted keys; compact when ``merged``). Raises nothing.
+    """
+    import json
+
+    if merged:
+        return json.dumps(env, sort_keys=True, separators=(",", ":"))
+    return json.dumps(env, sort_keys=True)
 
 
 def setup_hook_env_var() -> str:

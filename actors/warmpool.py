@@ -46,11 +46,11 @@ from typing import Any
 
 import ray
 
-from .seam import prestart_workers, setup_hook_env_var
+from .seam import prestart_workers, raylet_runtime_env, setup_hook_env_var
 
 __all__ = ["POOL_NAMESPACE", "POOL_PREFIX", "PRELOAD", "PRELOAD_ENV", "SETUP_HOOK_ENV", "WarmPool",
            "ensure_warm_pools", "notify_started", "preload", "preloaded_at", "prestart",
-           "room_runtime_env"]
+           "expect_rooms_from_here", "room_runtime_env", "rooms_created_here", "worker_env"]
 
 log = logging.getLogger("ray_rooms.warmpool")
 
@@ -205,6 +205,14 @@ class WarmPool:
         ready = self.ready[key] = [t for t in self.ready.get(key, []) if t > horizon]
         await self._prestart(key, self.size - len(ready))
 
+    async def expect(self, job_id: str, serialized_env: str) -> None:
+        """Rooms of ``job_id`` and ``serialized_env`` are coming (a gateway replica
+        started): fill the pool for them now, unless it knows them already."""
+        key = (job_id, serialized_env)
+        if key not in self.envs:
+            self.envs[key] = time.monotonic()
+            await self._top_up(key)
+
     async def room_started(self, job_id: str, serialized_env: str) -> None:
         """A room took a worker on this node: replace it shortly (and, the first time
         this environment is seen, fill the pool)."""
@@ -291,22 +299,46 @@ def ensure_warm_pools(size: int, store_url: str, refill_s: float = 30.0) -> list
     ``refill_s``. Raises nothing for a node it cannot reach (that node's rooms start
     cold).
     """
-    from ray.runtime_env import RuntimeEnv
-
     names: list[str] = []
     if size <= 0:
         return names
-    initial = [(ray.get_runtime_context().get_job_id(),
-                RuntimeEnv(**room_runtime_env(store_url)).serialize())]
+    initial = [rooms_created_here(store_url)]
     for node in ray.nodes():
         if not node["Alive"]:
             continue
         try:
-            _start_pool(node["NodeID"], size, initial, refill_s)
+            pool = _start_pool(node["NodeID"], size, initial, refill_s)
+            pool.expect.remote(*initial[0])  # a pool that existed learns this process's
             names.append(POOL_PREFIX + node["NodeID"])
         except Exception as error:  # noqa: BLE001
             log.warning("no warm pool on node %s (%s)", node["NodeID"][:8], error)
     return names
+
+
+def rooms_created_here(store_url: str) -> tuple[str, str]:
+    """``(job id, serialized environment)`` of the workers the rooms this process
+    creates will run in: :func:`room_runtime_env` merged into this process's own
+    runtime environment (a Serve replica's carries Serve's variables), as Ray merges
+    them (:func:`worker_env`). Raises nothing beyond Ray's ``get_runtime_context``."""
+    context = ray.get_runtime_context()
+    own = dict(context.runtime_env or {})
+    env = {**own, "env_vars": {**(own.get("env_vars") or {}),
+                               **room_runtime_env(store_url)["env_vars"]}}
+    return context.get_job_id(), worker_env(env)
+
+
+def expect_rooms_from_here(store_url: str) -> None:
+    """Tell every node's pool that this process (a gateway replica) will create rooms,
+    so that they prestart workers for the environment those rooms get
+    (:func:`rooms_created_here`) before the first one. Fire and forget; raises
+    nothing (without pools, rooms start cold)."""
+    try:
+        key = rooms_created_here(store_url)
+        for entry in ray.util.list_named_actors(all_namespaces=True):
+            if entry["namespace"] == POOL_NAMESPACE and entry["name"].startswith(POOL_PREFIX):
+                ray.get_actor(entry["name"], namespace=POOL_NAMESPACE).expect.remote(*key)
+    except Exception:  # noqa: BLE001 - an optimisation only
+        log.debug("could not tell the warm pools about this replica's rooms", exc_info=True)
 
 
 def notify_started() -> None:
@@ -317,6 +349,18 @@ def notify_started() -> None:
     try:
         context = ray.get_runtime_context()
         pool = ray.get_actor(POOL_PREFIX + context.get_node_id(), namespace=POOL_NAMESPACE)
-        pool.room_started.remote(context.get_job_id(), context.runtime_env.serialize())
+        pool.room_started.remote(context.get_job_id(), worker_env(dict(context.runtime_env)))
     except Exception:  # noqa: BLE001 - no pool on this node (or not in Ray)
         pass
+
+
+def worker_env(env: dict[str, Any]) -> str:
+    """The serialized environment the raylet gave a room's worker, from the room's
+    runtime environment ``env``: a room created where no runtime environment applies (a
+    driver, a plain actor) has exactly :func:`room_runtime_env`'s variables; one created
+    in a Serve replica (or any process with an environment of its own) has more, merged
+    and serialized differently by Ray (:func:`actors.seam.raylet_runtime_env`). Raises
+    nothing."""
+    own = set(room_runtime_env("")["env_vars"])
+    merged = set(env) != {"env_vars"} or set(env.get("env_vars") or {}) != own
+    return raylet_runtime_env(env, merged)

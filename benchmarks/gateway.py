@@ -73,6 +73,7 @@ import ray
 
 from benchmarks.activation import cold
 from benchmarks.common import Bare, pct, progress, smaps, verdict
+from benchmarks.floor import FLOOR_APP, FLOOR_PREFIX, deploy_floor
 
 PING = json.dumps({"type": "partyserver-ping"})
 HEARTBEAT = json.dumps({"type": "heartbeat"})
@@ -80,6 +81,12 @@ HEARTBEAT_EVERY_S = 5.0  # as Orange's clients; the room drops a user silent for
 TARGET_P50_RATIO = 2.5
 TARGET_RATE = 2000.0
 TARGET_PSS_RATIO = 1.2
+ISSUE23_RTT_RATIO = 1.3
+"""Issue 23: a WebSocket ``userUpdate`` round trip (1 client) within x1.3 of a bare call."""
+ISSUE23_BROADCAST_MS = 5.0
+"""Issue 23: a broadcast reaches 50 sockets within 5 ms (p50)."""
+ISSUE23_RATE = 6000.0
+"""Issue 23: pipelined ``userUpdate`` s through one replica, messages per second."""
 
 
 def update(conn: str, k: int) -> str:
@@ -134,23 +141,33 @@ async def _loop(clients: int, seconds: float,
     return latencies, len(latencies) / (time.perf_counter() - started)
 
 
-async def _pipelined(sockets: list[Any], window: int,
-                     seconds: float) -> tuple[list[float], float]:
+def _echoed(message: dict[str, Any], conn: str) -> int | None:
+    """``k`` of an echoed :func:`update` frame (the floor's echo sends it back as is)."""
+    user = message.get("user") if message.get("type") == "userUpdate" else None
+    audio = (user or {}).get("tracks", {}).get("audio") or ""
+    return int(audio.split("/")[1]) if audio.startswith("bench/") else None
+
+
+async def _pipelined(sockets: list[Any], window: int, seconds: float,
+                     reply: Callable[[dict[str, Any], str], int | None] = _marker,
+                     prefix: str = "w") -> tuple[list[float], float]:
     """Throughput: every socket keeps ``window`` ``userUpdate`` frames in flight (the
-    next is sent as a reply comes back) for ``seconds``. Returns the latencies (s, from
-    send to its ``roomState``) and replies per second."""
+    next is sent as a reply comes back) for ``seconds``. ``reply(message, conn)`` gives
+    the ``k`` a received message answers (default: the ``roomState`` carrying it; for
+    the floor's echo, :func:`_echoed`). Returns the latencies (s, from send to its
+    reply) and replies per second."""
     latencies: list[float] = []
     deadline = time.perf_counter() + seconds
     base_k = 10**6  # markers apart from the closed-loop rounds'
 
     async def client(i: int) -> None:
-        ws, conn = sockets[i], f"w-{i}"
+        ws, conn = sockets[i], f"{prefix}-{i}"
         credit = asyncio.Semaphore(window)
         sent: dict[int, float] = {}
 
         async def reader() -> None:
             while True:
-                k = _marker(json.loads(await ws.recv()), conn)
+                k = reply(json.loads(await ws.recv()), conn)
                 if k is not None and k in sent:
                     latencies.append(time.perf_counter() - sent.pop(k))
                     credit.release()
@@ -203,24 +220,43 @@ async def round_trips(base: str, config: Any, clients: int, seconds: float,
     async def room_one(i: int, k: int) -> None:
         await rooms[i].message.remote(f"d-{i}", update(f"d-{i}", k))
 
-    # websocket clients, each its own room
-    sockets = [await connect(f"{base}/parties/rooms/bench-w-{tag}-{i}"
-                             f"?_pk=w-{i}&username=w{i}", max_size=None)
-               for i in range(clients)]
+    # websocket clients, each its own room; heartbeats from the first socket on (new
+    # rooms may take seconds to open on a busy machine, and a user silent for 15 s is
+    # swept: "heartbeat timeout")
+    opened: list[Any] = []
+    beats = asyncio.ensure_future(_heartbeats(opened))
+    sockets = []
+    for i in range(clients):
+        sockets.append(await connect(f"{base}/parties/rooms/bench-w-{tag}-{i}"
+                                     f"?_pk=w-{i}&username=w{i}", max_size=None))
+        opened.append(sockets[-1])
     for ws in sockets:  # the connect's roomState
         while json.loads(await ws.recv())["type"] != "roomState":
             pass
     # a meeting: the same number of websocket clients, all in one room; every update
     # is broadcast to all of them, and each waits for the roomState carrying its own
-    meeting = [await connect(f"{base}/parties/rooms/bench-m-{tag}"
-                             f"?_pk=m-{i}&username=m{i}", max_size=None)
-               for i in range(clients)]
+    meeting = []
+    for i in range(clients):
+        meeting.append(await connect(f"{base}/parties/rooms/bench-m-{tag}"
+                                     f"?_pk=m-{i}&username=m{i}", max_size=None))
+        opened.append(meeting[-1])
     for i, ws in enumerate(meeting):  # until each has seen every member
         while True:
             message = json.loads(await ws.recv())
             if message["type"] == "roomState" and len(message["state"]["users"]) == clients:
                 break
-    beats = asyncio.ensure_future(_heartbeats(sockets + meeting))
+    # the floor (benchmarks/floor.py): the same HAProxy and a Serve replica, echoing
+    # each frame, or echoing it after one call of a bare actor
+    echoes = [await connect(f"{base}{FLOOR_PREFIX}/echo", max_size=None)
+              for _ in range(clients)]
+    floors = [await connect(f"{base}{FLOOR_PREFIX}/actor", max_size=None)
+              for _ in range(clients)]
+
+    def echo_of(group: list[Any]) -> Callable[[int, int], Awaitable[None]]:
+        async def one(i: int, k: int) -> None:
+            await group[i].send(PING)
+            await group[i].recv()
+        return one
 
     async def ws_meeting(i: int, k: int) -> None:
         ws = meeting[i]
@@ -241,7 +277,8 @@ async def round_trips(base: str, config: Any, clients: int, seconds: float,
             pass
 
     kinds = [("bare", bare_one), ("bares", bares_one), ("room", room_one),
-             ("ws", ws_update), ("meeting", ws_meeting)]
+             ("ws", ws_update), ("meeting", ws_meeting), ("echo", echo_of(echoes)),
+             ("floor", echo_of(floors))]
     for _, one in kinds:
         await _loop(clients, 0.5, one)  # warm-up
     # interleaved rounds, so that the machine's drift hits every kind alike
@@ -264,8 +301,10 @@ async def round_trips(base: str, config: Any, clients: int, seconds: float,
     results["piped"] = await _pipelined(sockets, window, seconds)
     progress(f"  pipelined: {results['piped'][1]:.0f}/s with {clients} clients x "
              f"{window} in flight")
+    results["piped_echo"] = await _pipelined(echoes, window, seconds, _echoed)
+    progress(f"  pipelined against the floor's echo: {results['piped_echo'][1]:.0f}/s")
     beats.cancel()
-    for ws in sockets + meeting:
+    for ws in sockets + meeting + echoes + floors:
         await ws.close()
     ray.kill(bare)
     for b in bares:
@@ -359,6 +398,9 @@ def main() -> None:
                         help="frames in flight per client in the pipelined run")
     parser.add_argument("--ingress", choices=["haproxy", "proxy"], default="haproxy",
                         help="Serve ingress: HAProxy + direct ingress, or Serve's proxy")
+    parser.add_argument("--ws-compression", choices=["on", "off"], default="on",
+                        help="permessage-deflate with the clients (they offer it, as "
+                             "browsers do): ROOMS_GATEWAY_WS_COMPRESSION")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--activations", type=int, default=10)
     parser.add_argument("--gap", type=float, default=2.5,
@@ -379,11 +421,14 @@ def main() -> None:
     config = RoomsConfig(namespace=namespace, store_url=f"sqlite:///{store}/rooms.sqlite3",
                          idle_timeout=0)
     ensure_warm_pools(config.warm_workers, config.store_url)  # as rooms serve
-    limits = GatewayLimits(rate_per_s=1e6, burst=10**6, abuse_strikes=10**6)
+    limits = GatewayLimits(rate_per_s=1e6, burst=10**6, abuse_strikes=10**6,
+                           ws_compression=args.ws_compression == "on")
     try:
         url = deploy_gateway(config, port=free_port(), dev=True, name="rooms-bench",
                              limits=limits, ingress=args.ingress)
         base = url.replace("http://", "ws://")
+        floor_actor = Bare.remote()
+        deploy_floor(floor_actor)
         progress(f"gateway at {url}; 1. round trips ({args.clients} clients, "
                  f"{args.seconds:g} s each)")
         rt = asyncio.run(round_trips(base, config, args.clients, args.seconds,
@@ -396,6 +441,11 @@ def main() -> None:
         progress("4. memory")
         mem_room, mem_bare = memory(config)
     finally:
+        from ray import serve
+        try:
+            serve.delete(FLOOR_APP)
+        except Exception:  # noqa: BLE001 - never deployed
+            pass
         shutdown_gateway("rooms-bench")
         ray.shutdown()
 
@@ -406,6 +456,8 @@ def main() -> None:
         ("bare actor call, 1 client", rt["bare1"]),
         ("room.message userUpdate, 1 client", rt["room1"]),
         ("websocket userUpdate, 1 client", rt["ws1"]),
+        ("floor: websocket echo, 1 client", rt["echo1"]),
+        ("floor: websocket -> bare actor, 1 client", rt["floor1"]),
         (f"bare actor call, {c} clients", rt["bare"]),
         (f"bare, {c} clients, an actor each", rt["bares"]),
         (f"room.message userUpdate, {c} clients", rt["room"]),
@@ -413,6 +465,7 @@ def main() -> None:
         (f"websocket, {c} clients in one room", rt["meeting"]),
         (f"websocket ping, {c} clients", rt["ping"]),
         (f"websocket pipelined, {c}x{args.window}", rt["piped"]),
+        (f"floor: echo pipelined, {c}x{args.window}", rt["piped_echo"]),
         (f"broadcast to {args.sockets} sockets", (fan, fan_rate)),
         ("cold: new room + first message", (cold_room, None)),
         ("cold: bare actor create + call", (cold_bare, None)),
@@ -460,6 +513,24 @@ def main() -> None:
           f"x{statistics.median(cold_room) / statistics.median(cold_bare):.2f}")
     print(f"  room actor PSS / bare actor PSS: x{ratio_pss:.2f}   "
           f"target <= x{TARGET_PSS_RATIO}: {verdict(ratio_pss <= TARGET_PSS_RATIO)}")
+    rtt = p50("ws1") / p50("bare1")
+    floor = p50("floor1") / p50("bare1")
+    fan50 = pct(fan, .5)
+    print("issue 23's targets:")
+    print(f"  websocket userUpdate round trip / bare actor call, p50, 1 client: x{rtt:.2f}"
+          f"   target <= x{ISSUE23_RTT_RATIO}: {verdict(rtt <= ISSUE23_RTT_RATIO)}")
+    print(f"    the floor: websocket -> bare actor -> websocket through the same HAProxy "
+          f"and a Serve replica / bare call: x{floor:.2f} (echo alone "
+          f"{p50('echo1'):.2f} ms); ray-rooms over that floor: "
+          f"x{p50('ws1') / p50('floor1'):.2f}")
+    print(f"  broadcast to {args.sockets} sockets, p50: {fan50:.2f} ms   target <= "
+          f"{ISSUE23_BROADCAST_MS:g} ms: {verdict(fan50 <= ISSUE23_BROADCAST_MS)}")
+    print(f"  pipelined userUpdates: {rate:.0f}/s   target >= {ISSUE23_RATE:,.0f}/s: "
+          f"{verdict(rate >= ISSUE23_RATE)}")
+    print(f"    the floor: the same clients pipelining to the echo through the same HAProxy "
+          f"and a Serve replica: {rt['piped_echo'][1]:.0f}/s (this client and HAProxy "
+          f"on these cores cannot measure more)")
+    print("  (surge activation against bare actors: python -m benchmarks.activation)")
     print(f"total {time.perf_counter() - begun:.0f} s")
 
 

@@ -221,6 +221,12 @@ async def test_valid_token_connects_and_an_oversized_frame_is_refused_by_the_web
         await asyncio.wait_for(client.closed.wait(), 20)
         assert client.ws.close_code == 1009
         assert not [m for m in client.messages if m["type"] == "error"]
+        # the client offered permessage-deflate (websockets does by default, as browsers
+        # do), and the replica took it (ROOMS_GATEWAY_WS_COMPRESSION, on by default)
+        assert "permessage-deflate" in client.ws.request.headers.get(
+            "Sec-WebSocket-Extensions", "")
+        assert "permessage-deflate" in client.ws.response.headers.get(
+            "Sec-WebSocket-Extensions", "")
     finally:
         await client.ws.close()
     again = await open_client(ws_url(gateway["ws"], room, "c1", name="dave"))

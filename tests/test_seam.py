@@ -112,6 +112,26 @@ def test_serve_starts_uvicorn_where_the_frame_limit_applies():
 
     assert "uvicorn.Config" in inspect.getsource(http_util.start_asgi_http_server)
     assert hasattr(uvicorn.Config(app=lambda s, r, w: None), "ws_max_size")
+    assert hasattr(uvicorn.Config(app=lambda s, r, w: None), "ws_per_message_deflate")
+
+
+def test_configure_websockets_sets_the_frame_limit_and_compression_of_later_servers():
+    """What :func:`actors.seam.configure_websockets` does to the ``uvicorn.Config`` that
+    Serve builds after it: a lower ``ws_max_size``, and permessage-deflate as asked
+    (an explicit argument of the caller still wins)."""
+    import uvicorn
+
+    app = lambda s, r, w: None  # noqa: E731
+    default = uvicorn.Config(app=app)
+    try:
+        assert seam.configure_websockets(4096, compression=False)
+        config = uvicorn.Config(app=app)
+        assert config.ws_max_size == 4096 and config.ws_per_message_deflate is False
+        assert uvicorn.Config(app=app, ws_per_message_deflate=True).ws_per_message_deflate
+        assert seam.configure_websockets(4096, compression=True)
+        assert uvicorn.Config(app=app).ws_per_message_deflate is True
+    finally:
+        seam.configure_websockets(default.ws_max_size, default.ws_per_message_deflate)
 
 
 # ---- handles and the cluster launcher -------------------------------------------------
@@ -142,3 +162,13 @@ def test_no_other_module_reaches_into_ray_internals():
                 if private.search(line) and not line.lstrip().startswith("#"):
                     offenders.append(f"{path.relative_to(root)}:{number}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+def test_raylet_runtime_env_forms():
+    """Checked on Ray 2.60.0 (``tests/test_warmpool.py`` checks the match itself): a
+    driver's actor keeps ``RuntimeEnv.serialize()``; a merged one is compact JSON."""
+    from ray.runtime_env import RuntimeEnv
+
+    env = {"env_vars": {"B": "2", "A": "1"}}
+    assert seam.raylet_runtime_env(env, merged=False) == RuntimeEnv(**env).serialize()
+    assert seam.raylet_runtime_env(env, merged=True) == '{"env_vars":{"A":"1","B":"2"}}'

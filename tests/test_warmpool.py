@@ -74,3 +74,53 @@ def test_new_rooms_take_prestarted_workers_and_the_pool_replaces_them(ray_sessio
         assert stats["prestarted"] >= 2 + 3, stats
     finally:
         ray.kill(pool)
+
+
+def test_rooms_created_inside_a_runtime_environment_take_prestarted_workers(ray_session,
+                                                                             config):
+    """A Serve replica runs in a runtime environment of its own (Serve's variables), which
+    Ray merges into the rooms it creates and serializes differently (actors.seam.
+    raylet_runtime_env): the pool prestarted for the Python form, so every room a
+    gateway created started in a new process (~1.3 s instead of ~0.1 s, issue 23).
+    Here a plain actor with an environment variable of its own plays the replica: it
+    tells the pools (as the gateway does when it starts), then creates rooms, each of
+    which must run in a worker that existed before it was asked for."""
+    ray = ray_session
+
+    @ray.remote(num_cpus=0)
+    class Creator:
+        def __init__(self, config: RoomsConfig) -> None:
+            from actors.warmpool import expect_rooms_from_here
+
+            self.config = config
+            expect_rooms_from_here(config.store_url)
+
+        def room(self) -> tuple[float, float | None]:
+            asked, where, handle = _new_room(ray, self.config)
+            ray.kill(handle)
+            return asked, where.preloaded_at
+
+    names = ensure_warm_pools(2, config.store_url)
+    pool = until("the warm pool",
+                 lambda: _lookup(ray, names[0]))
+    creator = Creator.options(runtime_env={"env_vars": {"ROOMS_TEST_REPLICA": "1"}}).remote(
+        config)
+    try:
+        until("the pool's workers for the creator's rooms",
+              lambda: ray.get(pool.stats.remote())["environments"] >= 2)
+        time.sleep(4.0)  # their processes start and preload
+        for k in range(2):
+            asked, preloaded_at = ray.get(creator.room.remote(), timeout=120)
+            assert preloaded_at is not None and preloaded_at < asked, \
+                f"room {k} of the creator started in a new process"
+            time.sleep(3.0)  # the pool replaces the worker
+    finally:
+        ray.kill(creator)
+        ray.kill(pool)
+
+
+def _lookup(ray, name: str):
+    try:
+        return ray.get_actor(name, namespace=POOL_NAMESPACE)
+    except ValueError:  # not registered yet
+        return None

@@ -17,6 +17,7 @@ Routes:
 # No ``from __future__ import annotations`` here: Serve's ingress rebuilds the route
 # methods, and FastAPI must see real ``WebSocket``/``Request`` annotations.
 
+import threading
 from typing import Any, Optional
 
 from fastapi import FastAPI, Request, WebSocket
@@ -25,8 +26,9 @@ from ray import serve
 from .. import logs, tracing
 from ..auth import AuthSettings
 from ..config import RoomsConfig
-from ..seam import limit_websocket_frames
+from ..seam import configure_websockets
 from ..side_actors import start_side_actors
+from ..warmpool import expect_rooms_from_here
 from .limits import GatewayLimits
 from .pages import WebAssets
 from .partytracks import PartyTracksSettings
@@ -56,13 +58,19 @@ class Gateway:
                  partytracks: Optional[PartyTracksSettings] = None,
                  side_actors: bool = False) -> None:
         # Before Serve starts this replica's uvicorn (see actors.seam): frames larger
-        # than a message are refused by the WebSocket layer, before they are buffered.
-        limit_websocket_frames(config.max_message_bytes)
+        # than a message are refused by the WebSocket layer, before they are buffered,
+        # and permessage-deflate is negotiated only if the limits ask for it.
+        configure_websockets(config.max_message_bytes,
+                             (limits or GatewayLimits()).ws_compression)
         logs.configure(config.log_format, config.log_level)
         tracing.configure(config.otel_endpoint, "gateway")
         self.server = GatewayServer(config, auth, limits, assets, partytracks)
         if side_actors:
             start_side_actors(config)
+        # the rooms this replica creates run in its runtime environment merged with
+        # theirs: warm the pools for that one now (in a thread: list_named_actors blocks)
+        threading.Thread(target=expect_rooms_from_here, args=(config.store_url,),
+                         name="warm-pool-expect", daemon=True).start()
 
     @app.get("/healthz")
     async def healthz(self) -> Any:

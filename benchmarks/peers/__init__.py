@@ -1,0 +1,2 @@
+"""Peer benchmarks: ray-rooms measured beside the system it is modelled on (issue 23).
+See :mod:`benchmarks.peers.compare`."""
