@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 import time
 
+from typing import Any
+
 import ray
 
-__all__ = ["Bare", "pct", "progress", "smaps", "verdict"]
+__all__ = ["Bare", "local_rooms", "pct", "progress", "smaps", "verdict"]
 
 
 @ray.remote(num_cpus=0)
@@ -58,3 +60,24 @@ def smaps(pid: int) -> dict[str, int]:
             if len(parts) == 3 and parts[2] == "kB":
                 fields[parts[0].rstrip(":")] = int(parts[1])
     return fields
+
+
+def local_rooms(prefix: str) -> Any:
+    """Start a fresh local Ray (no dashboard, in namespace ``<prefix>-<random>``), a
+    SQLite store in a new temporary directory and this node's warm pool, as ``rooms
+    serve`` would; return the rooms' :class:`~actors.config.RoomsConfig` (rooms never
+    hibernate for idleness: ``idle_timeout=0``). Raises what ``ray.init`` raises."""
+    import tempfile
+    import uuid
+
+    from actors.config import RoomsConfig
+    from actors.warmpool import ensure_warm_pools
+
+    namespace = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    ray.init(address="local", namespace=namespace, include_dashboard=False,
+             configure_logging=False, log_to_driver=False)
+    store = tempfile.mkdtemp(prefix=f"{prefix}-")
+    config = RoomsConfig(namespace=namespace, store_url=f"sqlite:///{store}/rooms.sqlite3",
+                         idle_timeout=0)
+    ensure_warm_pools(config.warm_workers, config.store_url)
+    return config

@@ -64,7 +64,6 @@ import argparse
 import asyncio
 import json
 import statistics
-import tempfile
 import time
 import uuid
 from typing import Any, Awaitable, Callable
@@ -72,7 +71,7 @@ from typing import Any, Awaitable, Callable
 import ray
 
 from benchmarks.activation import cold
-from benchmarks.common import Bare, pct, progress, smaps, verdict
+from benchmarks.common import Bare, local_rooms, pct, progress, smaps, verdict
 from benchmarks.floor import FLOOR_APP, FLOOR_PREFIX, deploy_floor
 
 PING = json.dumps({"type": "partyserver-ping"})
@@ -407,20 +406,12 @@ def main() -> None:
                         help="seconds between cold activations (see benchmarks/activation.py)")
     args = parser.parse_args()
 
-    from actors.config import RoomsConfig
     from actors.gateway import GatewayLimits, deploy_gateway, shutdown_gateway
     from actors.net import free_port
-    from actors.warmpool import ensure_warm_pools
 
     begun = time.perf_counter()
-    namespace = f"rooms-bench-{uuid.uuid4().hex[:6]}"
     progress("starting a local Ray and the gateway...")
-    ray.init(address="local", namespace=namespace, include_dashboard=False,
-             configure_logging=False, log_to_driver=False)
-    store = tempfile.mkdtemp(prefix="rooms-bench-")
-    config = RoomsConfig(namespace=namespace, store_url=f"sqlite:///{store}/rooms.sqlite3",
-                         idle_timeout=0)
-    ensure_warm_pools(config.warm_workers, config.store_url)  # as rooms serve
+    config = local_rooms("rooms-bench")  # Ray, a SQLite store, the warm pool
     limits = GatewayLimits(rate_per_s=1e6, burst=10**6, abuse_strikes=10**6,
                            ws_compression=args.ws_compression == "on")
     try:
@@ -528,8 +519,8 @@ def main() -> None:
     print(f"  pipelined userUpdates: {rate:.0f}/s   target >= {ISSUE23_RATE:,.0f}/s: "
           f"{verdict(rate >= ISSUE23_RATE)}")
     print(f"    the floor: the same clients pipelining to the echo through the same HAProxy "
-          f"and a Serve replica: {rt['piped_echo'][1]:.0f}/s (this client and HAProxy "
-          f"on these cores cannot measure more)")
+          f"and a Serve replica: {rt['piped_echo'][1]:.0f}/s (what this client, HAProxy "
+          f"and a replica reach on these cores; below it, the rest is ray-rooms')")
     print("  (surge activation against bare actors: python -m benchmarks.activation)")
     print(f"total {time.perf_counter() - begun:.0f} s")
 

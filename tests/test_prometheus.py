@@ -149,14 +149,15 @@ async def _meeting(url: str, room: str) -> None:
     await bob.ws.close()
 
 
-async def _rooms(url: str, rooms: list[str]) -> None:
+async def _rooms(url: str, rooms: list[str], gap_s: float = 0.0) -> None:
     """One HTTP message to each of ``rooms`` (each a new room: at the 4-slot bound the
-    idle ones are shed), one at a time."""
+    idle ones are shed), one at a time, ``gap_s`` seconds apart."""
     async with httpx.AsyncClient(base_url=url, timeout=60) as http:
         for room in rooms:
             reply = await http.post(f"/rooms/{room}/messages?username=poster",
                                     content=b'{"type":"heartbeat"}')
             assert reply.status_code == 200, reply.text
+            await asyncio.sleep(gap_s)
 
 
 def _labels_beyond_tags(series: list[dict[str, str]]) -> dict[str, set[str]]:
@@ -181,7 +182,10 @@ def test_every_panel_has_data_and_no_label_grows_with_rooms(tmp_path):
         port = free_port()
         config = _config(port, f"prom-{uuid.uuid4().hex[:6]}",
                          f"sqlite:///{tmp_path}/rooms.sqlite3", rate=20)
-        config["applications"][0]["args"]["rooms"].update(shed_idle_s=0.5)
+        # rooms never hibernate for idleness here (idle_timeout 60 s): the bound must
+        # shed them. With idle_timeout 3 s a room could hibernate by itself before the
+        # fifth room came, depending on how fast rooms start, and one CI run saw no shed
+        config["applications"][0]["args"]["rooms"].update(shed_idle_s=0.5, idle_timeout=60)
         _deploy(head, tmp_path, config)
         url = f"http://127.0.0.1:{port}"
         _healthy(url)
@@ -191,9 +195,11 @@ def test_every_panel_has_data_and_no_label_grows_with_rooms(tmp_path):
         _healthy(url)  # still the gateway that answers there
 
         asyncio.run(_meeting(url, f"meet-{uuid.uuid4().hex[:6]}"))
-        # six more rooms at once at a 4-slot bound: idle rooms are shed
-        asyncio.run(_rooms(url, [f"warm-{i}-{uuid.uuid4().hex[:4]}" for i in range(6)]))
-        time.sleep(4.0)  # idle rooms hibernate (idle_timeout 3 s)
+        # six more rooms at a 4-slot bound, 0.6 s apart (a room idle 0.5 s may be shed):
+        # the fifth and the sixth each shed one
+        asyncio.run(_rooms(url, [f"warm-{i}-{uuid.uuid4().hex[:4]}" for i in range(6)],
+                           gap_s=0.6))
+        time.sleep(2.0)  # the replica's and the rooms' tallies flush (every 1 s)
 
         queries = [_grafana(q) for q in dashboard_queries()]
         deadline = time.monotonic() + 120

@@ -52,7 +52,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from benchmarks.common import pct, progress, smaps
+from benchmarks.common import local_rooms, pct, progress, smaps
 from benchmarks.gateway import _heartbeats, _loop, _marker, _pipelined, broadcast, update
 
 __all__ = ["Workerd", "ensure_miniflare", "measure"]
@@ -319,11 +319,9 @@ def main(argv: list[str] | None = None) -> None:
 
     import ray
 
-    from actors.config import RoomsConfig
     from actors.directory import actor_name
     from actors.gateway import GatewayLimits, deploy_gateway, shutdown_gateway
     from actors.net import free_port
-    from actors.warmpool import ensure_warm_pools
 
     common = dict(seconds=args.seconds, window=args.window, sockets=args.sockets,
                   rounds=args.rounds, new_rooms=args.new_rooms,
@@ -341,14 +339,9 @@ def main(argv: list[str] | None = None) -> None:
     progress(f"   done: round trip p50 {pct(do['rtt1'][0], .5):.2f} ms, "
              f"{do['piped'][1]:.0f} msg/s pipelined")
 
-    namespace = f"rooms-peers-{uuid.uuid4().hex[:6]}"
     progress("2. ray-rooms: a local Ray and the gateway, one replica...")
-    ray.init(address="local", namespace=namespace, include_dashboard=False,
-             configure_logging=False, log_to_driver=False)
-    store = tempfile.mkdtemp(prefix="rooms-peers-")
-    config = RoomsConfig(namespace=namespace, store_url=f"sqlite:///{store}/rooms.sqlite3",
-                         idle_timeout=0)
-    ensure_warm_pools(config.warm_workers, config.store_url)
+    config = local_rooms("rooms-peers")  # Ray, a SQLite store, the warm pool
+    namespace = config.namespace
     limits = GatewayLimits(rate_per_s=1e6, burst=10**6, abuse_strikes=10**6)
 
     async def rooms_memory(names: list[str]) -> float:
