@@ -7,63 +7,17 @@ trace with the gateway's ``rooms.frame`` and ``rooms.fanout`` spans and the room
 from __future__ import annotations
 
 import json
-import threading
 import uuid
-
-import uvicorn
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from actors import tracing
 from actors.config import RoomsConfig
 from actors.gateway import deploy_gateway, shutdown_gateway
 from actors.net import free_port
+from benchmarks.otlp import Collector
 from tests.polling import until
 from tests.wsclient import open_client
 
 APP = "rooms-tracing"
-
-
-class Collector:
-    """An OTLP/HTTP traces endpoint on loopback that keeps every span it receives as
-    ``{"name", "service", "trace", "span", "parent", "links"}`` (ids in hex)."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/v1/traces"
-        self.spans: list[dict] = []
-        self._lock = threading.Lock()
-
-    async def _traces(self, request: Request) -> Response:
-        export = ExportTraceServiceRequest()
-        export.ParseFromString(await request.body())
-        with self._lock:
-            for resource in export.resource_spans:
-                service = next((a.value.string_value for a in resource.resource.attributes
-                                if a.key == "service.name"), "")
-                for scope in resource.scope_spans:
-                    for s in scope.spans:
-                        self.spans.append({
-                            "name": s.name, "service": service, "trace": s.trace_id.hex(),
-                            "span": s.span_id.hex(), "parent": s.parent_span_id.hex(),
-                            "links": [link.span_id.hex() for link in s.links]})
-        return Response(b"", media_type="application/x-protobuf")
-
-    def start(self) -> "Collector":
-        """Serve on its port."""
-        app = Starlette(routes=[Route("/v1/traces", self._traces, methods=["POST"])])
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
-                                                    log_level="warning", lifespan="off"))
-        threading.Thread(target=self.server.run, daemon=True).start()
-        until("the collector", lambda: self.server.started, 20, every=0.05)
-        return self
-
-    def stop(self) -> None:
-        """Stop serving."""
-        self.server.should_exit = True
 
 
 def test_tracing_is_a_no_op_when_off():
