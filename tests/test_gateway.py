@@ -261,6 +261,29 @@ async def test_closing_a_socket_tells_the_room(gateway):
     assert ray.is_initialized()
 
 
+async def test_a_clean_close_reaches_the_room_and_the_metrics_with_its_own_code(gateway):
+    """Serve's direct ingress cancels the handler as soon as it reads the client's close
+    frame; the handler still reports the code the client sent, not 1006 (every clean
+    close was counted, and told to the room, as "abnormal closure")."""
+    from actors.metrics_sink import ensure_sink
+
+    sink = ensure_sink()
+    key = "rooms_gateway_closes{1001}"  # "going away": what a browser sends on leaving
+    before = (await sink.totals.remote()).get(key, 0)
+    room = room_id()
+    clients = [await open_client(ws_url(gateway["ws"], room, f"c{n}", name=f"u{n}"))
+               for n in range(3)]
+    await clients[0].wait_for(lambda m: m["type"] == "roomState"
+                              and len(m["state"]["users"]) == 3, "three users")
+    for client in clients:
+        await client.ws.close(1001, "leaving")
+    deadline = time.monotonic() + 30  # replicas report every ROOMS_METRICS_FLUSH_S (5 s)
+    while (await sink.totals.remote()).get(key, 0) - before < 3:
+        assert time.monotonic() < deadline, (
+            f"clean closes counted as {await sink.totals.remote()}")
+        await asyncio.sleep(0.5)
+
+
 async def test_hibernated_room_is_reactivated_by_the_next_frame(gateway):
     from ray.exceptions import RayActorError
 

@@ -190,9 +190,35 @@ async def _relay(ws: WebSocket, sock: ClientSocket, channel: RoomChannel, max_by
         if reader in done:
             return reader.result()
         return sock.close_code or (1006, "connection lost")
+    except asyncio.CancelledError:
+        # Serve's direct ingress cancels the handler as soon as its own receive loop
+        # sees the client's close frame, before our reader has read it: the close code
+        # the client sent (1000, 1001, ...) is then already queued for the reader.
+        # Without this every clean close reached the room and the metrics as 1006.
+        code = await _queued_close(reader)
+        if code is None:
+            raise  # cancelled for another reason (the replica is shutting down)
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()  # handled: the handler goes on to tell the room
+        return code
     finally:
         reader.cancel()
         closed.cancel()
+
+
+async def _queued_close(reader: asyncio.Future) -> tuple[int, str] | None:
+    """The ``(code, reason)`` the reader returns within ``_CLOSE_READ_S`` seconds once
+    the handler is cancelled (the client's close frame already received), or ``None``."""
+    if not reader.done():
+        await asyncio.wait({reader}, timeout=_CLOSE_READ_S)
+    if reader.done() and not reader.cancelled() and reader.exception() is None:
+        return reader.result()
+    return None
+
+
+_CLOSE_READ_S = 0.2
+"""Seconds a cancelled handler waits for its reader to read a queued close frame."""
 
 
 async def _read(ws: WebSocket, sock: ClientSocket, channel: RoomChannel, limit: int,
