@@ -23,7 +23,7 @@ from typing import Any
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from ray import serve
 
-__all__ = ["FLOOR_APP", "FLOOR_PREFIX", "Floor", "deploy_floor"]
+__all__ = ["FLOOR_APP", "FLOOR_PREFIX", "Floor", "delete_floor", "deploy_floor"]
 
 FLOOR_APP = "rooms-bench-floor"
 """The Serve application's name."""
@@ -74,3 +74,11 @@ def deploy_floor(bare: Any) -> None:
     calling ``bare`` (a :class:`benchmarks.common.Bare` handle) from ``/floor/actor``.
     Returns once it is running; raises what ``serve.run`` raises."""
     serve.run(Floor.bind(bare), name=FLOOR_APP, route_prefix=FLOOR_PREFIX)
+
+
+def delete_floor() -> None:
+    """Delete the floor application if it is deployed (nothing happens otherwise)."""
+    try:
+        serve.delete(FLOOR_APP)
+    except Exception:  # noqa: BLE001 - never deployed, or Serve is gone
+        pass

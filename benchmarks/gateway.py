@@ -72,7 +72,7 @@ import ray
 
 from benchmarks.activation import cold
 from benchmarks.common import Bare, local_rooms, pct, progress, smaps, verdict
-from benchmarks.floor import FLOOR_APP, FLOOR_PREFIX, deploy_floor
+from benchmarks.floor import FLOOR_PREFIX, delete_floor, deploy_floor
 
 PING = json.dumps({"type": "partyserver-ping"})
 HEARTBEAT = json.dumps({"type": "heartbeat"})
@@ -432,11 +432,7 @@ def main() -> None:
         progress("4. memory")
         mem_room, mem_bare = memory(config)
     finally:
-        from ray import serve
-        try:
-            serve.delete(FLOOR_APP)
-        except Exception:  # noqa: BLE001 - never deployed
-            pass
+        delete_floor()
         shutdown_gateway("rooms-bench")
         ray.shutdown()
 

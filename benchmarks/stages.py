@@ -47,7 +47,7 @@ from typing import Any
 import ray
 
 from benchmarks.common import Bare, local_rooms, pct, progress
-from benchmarks.floor import FLOOR_APP, FLOOR_PREFIX, deploy_floor
+from benchmarks.floor import FLOOR_PREFIX, delete_floor, deploy_floor
 from benchmarks.gateway import _marker, update
 from benchmarks.otlp import Collector
 
@@ -225,11 +225,7 @@ def main() -> None:
         floor = asyncio.run(_echoes(f"{base}{FLOOR_PREFIX}/actor", args.frames, args.gap_s))
         time.sleep(2.0)  # the exporters send every 0.5 s
     finally:
-        from ray import serve
-        try:
-            serve.delete(FLOOR_APP)
-        except Exception:  # noqa: BLE001 - never deployed
-            pass
+        delete_floor()
         shutdown_gateway("rooms-stages")
         ray.shutdown()
         collector.stop()
