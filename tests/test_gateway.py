@@ -264,7 +264,8 @@ async def test_closing_a_socket_tells_the_room(gateway):
 async def test_a_clean_close_reaches_the_room_and_the_metrics_with_its_own_code(gateway):
     """Serve's direct ingress cancels the handler as soon as it reads the client's close
     frame; the handler still reports the code the client sent, not 1006 (every clean
-    close was counted, and told to the room, as "abnormal closure")."""
+    close was counted, and told to the room, as "abnormal closure"). Checked through
+    the metrics sink; the room's ``close`` call carries the same code."""
     from actors.metrics_sink import ensure_sink
 
     sink = ensure_sink()
