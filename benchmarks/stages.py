@@ -25,7 +25,8 @@ socket out                ``rooms.fanout`` ends -> the client has read the frame
 Span times are each process's wall clock (``time.time_ns``, one clock on one
 machine). Tracing costs time of its own (a span is a few tens of microseconds), so read
 the shares, not the absolute figures; ``python -m benchmarks.gateway`` gives those.
-For comparison it also times, in the same run: a bare Ray actor call from the driver,
+For comparison it also times, in the same run and with the same gap between calls: a
+bare Ray actor call from the driver,
 and the floor (:mod:`benchmarks.floor`) with one client: a Serve replica on the same
 HAProxy that echoes each frame, and one that echoes it after a call of a bare actor.
 The floor's difference is what one actor call costs from inside a replica.
@@ -166,7 +167,10 @@ async def _echoes(url: str, count: int, gap_s: float) -> list[float]:
     return out
 
 
-async def _bare(count: int) -> list[float]:
+async def _bare(count: int, gap_s: float) -> list[float]:
+    """A bare actor's calls from the driver, ``gap_s`` apart as the clients' frames are
+    (a call after an idle gap costs more than one right after another: the processes
+    on the way have to wake)."""
     bare = Bare.remote()
     await bare.call.remote("warm", "")
     out = []
@@ -174,6 +178,7 @@ async def _bare(count: int) -> list[float]:
         started = time.perf_counter()
         await bare.call.remote("c", "")
         out.append(time.perf_counter() - started)
+        await asyncio.sleep(gap_s)
     ray.kill(bare)
     return out
 
@@ -217,7 +222,7 @@ def main() -> None:
         trips = asyncio.run(_round_trips(base, args.frames, args.gap_s))
         progress(f"2. {args.broadcasts} broadcasts to {args.sockets} sockets")
         fans = asyncio.run(_broadcasts(base, args.sockets, args.broadcasts))
-        bare = asyncio.run(_bare(args.frames))
+        bare = asyncio.run(_bare(args.frames, args.gap_s))
         progress("3. the floor: echo, and echo after a bare actor call")
         floor_actor = Bare.remote()
         deploy_floor(floor_actor)
@@ -232,7 +237,8 @@ def main() -> None:
     _table("userUpdate round trip, one client", _match(trips, collector))
     _table(f"broadcast to {args.sockets} sockets (until the last has read it)",
            _match(fans, collector))
-    print(f"\nbare Ray actor call from the driver: p50 {pct(bare, .5):.2f} ms")
+    print(f"\nbare Ray actor call from the driver, {args.gap_s:g} s apart: p50 "
+          f"{pct(bare, .5):.2f} ms")
     print(f"the floor, one client: echo p50 {pct(echo, .5):.2f} ms, echo after a bare "
           f"actor call {pct(floor, .5):.2f} ms: the call from inside a replica "
           f"{pct(floor, .5) - pct(echo, .5):.2f} ms")
