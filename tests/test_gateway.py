@@ -285,6 +285,39 @@ async def test_a_clean_close_reaches_the_room_and_the_metrics_with_its_own_code(
         await asyncio.sleep(0.5)
 
 
+def _environ(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        pairs = [item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item]
+    return {k.decode(): v.decode(errors="replace") for k, v in pairs}
+
+
+async def test_replicas_and_the_rooms_they_create_run_with_two_malloc_arenas(gateway):
+    """``ROOMS_GATEWAY_MALLOC_ARENA_MAX`` (default 2) reaches the replicas' process
+    environment, where glibc reads it, and the rooms a replica creates inherit it."""
+    import ray
+
+    from actors.directory import actor_name
+
+    room = room_id()
+    client = await open_client(ws_url(gateway["ws"], room, "a", name="ann"))
+    await client.wait_for(lambda m: m["type"] == "roomState", "roomState")
+    title = f"ServeReplica:{APP}:Gateway".encode()  # the replicas' process title
+    replicas = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and title in (entry / "cmdline").read_bytes():
+                replicas.append(int(entry.name))
+        except OSError:  # gone meanwhile
+            continue
+    assert len(replicas) == 2, replicas
+    for pid in replicas:
+        assert _environ(pid).get("MALLOC_ARENA_MAX") == "2", pid
+    room_pid = await ray.get_actor(actor_name(room),
+                                   namespace=gateway["config"].namespace).pid.remote()
+    assert _environ(room_pid).get("MALLOC_ARENA_MAX") == "2"
+    await client.ws.close()
+
+
 async def test_hibernated_room_is_reactivated_by_the_next_frame(gateway):
     from ray.exceptions import RayActorError
 

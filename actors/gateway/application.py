@@ -40,7 +40,7 @@ from ..auth import AuthSettings
 from ..config import RoomsConfig
 from .limits import GatewayLimits
 
-__all__ = ["GatewayArgs", "application", "build", "resolve_auth"]
+__all__ = ["GatewayArgs", "application", "build", "replica_env", "resolve_auth"]
 
 class GatewayArgs(BaseModel):
     """The Serve ``args`` of the application (see the module docstring).
@@ -122,10 +122,11 @@ def application(config: RoomsConfig, auth: AuthSettings, limits: GatewayLimits, 
     from .pages import load_web_assets
     from .partytracks import PartyTracksSettings
 
+    env = replica_env(limits, env)
     options: dict[str, Any] = {"num_replicas": replicas,
                                "max_ongoing_requests": limits.max_ongoing_requests,
                                "ray_actor_options": {"num_cpus": 0, **(
-                                   {"runtime_env": {"env_vars": dict(env)}} if env else {})}}
+                                   {"runtime_env": {"env_vars": env}} if env else {})}}
     if max_replicas_per_node:
         options["max_replicas_per_node"] = max_replicas_per_node
     if config.log_format == "json":  # Serve's own lines of the replicas too
@@ -133,6 +134,24 @@ def application(config: RoomsConfig, auth: AuthSettings, limits: GatewayLimits, 
     return Gateway.options(**options).bind(
         config, auth, limits, assets if assets is not None else load_web_assets(),
         partytracks or PartyTracksSettings(), side_actors)
+
+
+def replica_env(limits: GatewayLimits, env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment variables of the replicas' runtime environment: ``env`` and the
+    allocator's arenas (``MALLOC_ARENA_MAX`` from ``limits.malloc_arena_max``, unless 0
+    or ``env`` names it already).
+
+    Args:
+        limits: the replicas' limits.
+        env: variables given by the caller (Serve's ingress settings), or ``None``.
+
+    Returns:
+        A new ``{name: value}`` (empty: no runtime environment of the replicas' own).
+    """
+    out = dict(env or {})
+    if limits.malloc_arena_max > 0:
+        out.setdefault("MALLOC_ARENA_MAX", str(limits.malloc_arena_max))
+    return out
 
 
 def build(args: dict[str, Any]) -> Any:

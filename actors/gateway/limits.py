@@ -73,6 +73,14 @@ class GatewayLimits(BaseSettings):
             ``Retry-After``); as many at once.
         max_identities: identities whose quotas one replica tracks (the least
             recently seen is forgotten first).
+        malloc_arena_max: glibc malloc arenas of a replica's process
+            (``MALLOC_ARENA_MAX`` in the replicas' runtime environment, mallopt(3)
+            ``M_ARENA_MAX``; rooms a replica creates inherit it); 0 leaves glibc's
+            default of 8 per core. A replica's threads (Ray's core worker, uvicorn,
+            Serve) each take an arena of their own by default, and under reconnect
+            churn one of them kept growing: ~3 % over a 30-minute soak, against
+            under 1.5 % with 2 (``python -m benchmarks.soak``). Read when the
+            replica's process starts.
     """
 
     model_config = SettingsConfigDict(env_prefix="ROOMS_GATEWAY_", extra="ignore")
@@ -97,3 +105,4 @@ class GatewayLimits(BaseSettings):
     rooms_per_minute: float = Field(20.0, gt=0)
     max_identities: int = Field(10_000, ge=1)
     ws_compression: bool = True
+    malloc_arena_max: int = Field(2, ge=0)
