@@ -66,8 +66,9 @@ PRELOAD_ENV = "RAY_ROOMS_PRELOAD"
 """The variable that tells :func:`preload` what to import (comma-separated modules)."""
 PRELOAD = ("actors.room_actor",)
 """What :func:`preload` always imports: the room actor's class and what its activation
-needs (the models, the SQLite and memory stores). The AI bridges (httpx, ~6 MiB per
-process) are imported by a room when it first enables the AI, not by every room."""
+needs (the models, the SQLite and memory stores). The HTTP client (httpx: ~50 ms of a
+process's start, ~6 MiB) is imported by a room when it first enables the AI (the
+bridges) or sends a webhook event, not by every room."""
 
 _preloaded_at: float | None = None
 

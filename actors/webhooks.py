@@ -39,11 +39,13 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-import httpx
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:  # imported when an event is sent: a room with no webhooks never pays it
+    import httpx
 
 __all__ = ["EVENT_TYPES", "SIGNATURE_HEADER", "Facts", "WebhookSender", "WebhookSettings",
            "derive", "facts_of", "sign", "verify"]
@@ -218,6 +220,8 @@ class WebhookSender:
             self._task.cancel()
 
     async def _run(self) -> None:
+        import httpx  # ~50 ms, only in the processes of rooms that send events
+
         secret = self.settings.secret.get_secret_value() if self.settings.secret else ""
         async with httpx.AsyncClient(timeout=self.settings.timeout_s,
                                      transport=self._transport) as http:
@@ -240,6 +244,8 @@ class WebhookSender:
 
     async def _post(self, http: httpx.AsyncClient, url: str, event: dict[str, Any],
                     secret: str) -> bool:
+        import httpx
+
         body = json.dumps(event, separators=(",", ":")).encode()
         try:
             reply = await http.post(url, content=body, headers={

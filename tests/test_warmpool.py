@@ -8,8 +8,12 @@ environment, or stops handing prestarted workers to actors.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -124,3 +128,21 @@ def _lookup(ray, name: str):
         return ray.get_actor(name, namespace=POOL_NAMESPACE)
     except ValueError:  # not registered yet
         return None
+
+
+def test_the_preload_leaves_out_what_only_some_rooms_need():
+    """A room's worker imports what every room needs and nothing more: the HTTP client
+    (httpx, ~50 ms of a new process's start and ~6 MiB) comes with the first webhook
+    event or AI enable, asyncpg with a PostgreSQL store. A surge of new rooms starts
+    processes, so every module here is paid once per room."""
+    from actors.warmpool import PRELOAD_ENV
+
+    probe = ("import sys; from actors.warmpool import preload, preloaded_at; preload(); "
+             "assert preloaded_at() is not None; "
+             "print(','.join(m for m in ('httpx', 'asyncpg', 'aiortc', 'openai', "
+             "'bridges.calls', 'opentelemetry.sdk') if m in sys.modules))")
+    env = {k: v for k, v in os.environ.items() if k != PRELOAD_ENV}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=120, env=env, cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "", f"preloaded for every room: {out.stdout.strip()}"
