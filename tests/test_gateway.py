@@ -318,6 +318,33 @@ async def test_replicas_and_the_rooms_they_create_run_with_two_malloc_arenas(gat
     await client.ws.close()
 
 
+def test_haproxy_keeps_a_reloaded_workers_sockets_for_the_reload_grace(gateway):
+    """Serve reloads HAProxy whenever a replica comes or goes; the reloaded-out worker
+    keeps carrying the WebSockets opened before, until ``hard-stop-after``. Serve's
+    120 s cut every such socket two minutes after any reload: the HAProxy serving this
+    gateway must run with ``ROOMS_GATEWAY_RELOAD_GRACE_S`` (default 3600 s)."""
+    from actors.gateway import GatewayIngress
+
+    port = gateway["url"].rsplit(":", 1)[1].split("/")[0]
+    configs = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if not entry.name.isdigit():
+                continue
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if not argv[0].endswith(b"haproxy") or b"-f" not in argv:
+                continue
+            text = Path(argv[argv.index(b"-f") + 1].decode()).read_text()
+        except (OSError, IndexError):  # gone meanwhile
+            continue
+        if f":{port}\n" in text:
+            configs.append(text)
+    assert configs, f"no HAProxy serves port {port}"
+    want = f"hard-stop-after {GatewayIngress().reload_grace_s}s"
+    for text in configs:
+        assert want in text, [line for line in text.splitlines() if "hard-stop" in line]
+
+
 async def test_hibernated_room_is_reactivated_by_the_next_frame(gateway):
     from ray.exceptions import RayActorError
 

@@ -71,6 +71,15 @@ class GatewayIngress(BaseSettings):
             and the meeting script follow it.
         stop_timeout_s: seconds a stop of ``rooms serve`` waits for Ray before it
             gives up (``ROOMS_GATEWAY_STOP_TIMEOUT_S``; Ray may already be gone).
+        reload_grace_s: seconds the WebSockets an HAProxy worker carries stay open
+            after Serve reloads HAProxy (``ROOMS_GATEWAY_RELOAD_GRACE_S``, HAProxy's
+            ``hard-stop-after`` as Serve's ``RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S``;
+            ``haproxy`` mode). Serve reloads HAProxy whenever a replica of any
+            application comes or goes; the reloaded-out worker keeps its tunnels
+            until they close or this passes. Serve's default, 120 s, cut every
+            socket opened before a reload two minutes after it (the clients saw
+            1006 and reconnected). Serve keeps a freed replica port out of use this
+            long plus 30 s (``RAY_SERVE_PORT_QUARANTINE_S``), of 1,000 per node.
     """
 
     model_config = SettingsConfigDict(env_prefix="ROOMS_GATEWAY_", extra="ignore")
@@ -80,6 +89,7 @@ class GatewayIngress(BaseSettings):
     app_name: str = Field("rooms-gateway", min_length=1, max_length=64)
     route_prefix: str = Field("/", pattern=r"^/([A-Za-z0-9_.~-]+(/[A-Za-z0-9_.~-]+)*)?$")
     stop_timeout_s: float = Field(60.0, gt=0)
+    reload_grace_s: int = Field(3600, ge=1)
 
 
 def deploy_gateway(
@@ -165,6 +175,7 @@ def deploy_gateway(
         # on every interface, which a second Ray on the machine would collide with.
         env = {**SERVE_INGRESS_ENV,
                "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": f"{settings.drain_s:g}",
+               "RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S": str(settings.reload_grace_s),
                "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port(local)),
                "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port(local))}
     serve.start(http_options={"host": host, "port": port, "request_timeout_s": None},
