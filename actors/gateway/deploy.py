@@ -16,7 +16,10 @@ Ingress (``deploy_gateway(ingress=...)``, environment ``ROOMS_GATEWAY_INGRESS``)
   the throughput of ``haproxy``: ``python -m benchmarks.gateway --ingress proxy``).
 
 Timeouts: HAProxy closes a WebSocket idle for ``RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S``
-(default 3600 s; clients send a heartbeat every few seconds). Serve 2.60's proxy applies
+(default 3600 s; clients send a heartbeat every few seconds). Serve reloads HAProxy
+whenever a replica of any application comes or goes; the reloaded-out worker carries the
+sockets opened before for ``GatewayIngress.reload_grace_s`` (default 3600 s, not
+Serve's 120 s, which cut them all two minutes after any reload). Serve 2.60's proxy applies
 ``HTTPOptions.request_timeout_s`` end to end to *every* request it proxies, WebSocket
 connections included, so :func:`deploy_gateway` leaves it unset (no deadline); long
 HTTP calls are bounded by the room instead (``RoomsConfig.poll_timeout``, bridge

@@ -1,13 +1,18 @@
 """A memory watch for a gateway replica, for operators chasing growth: with
 ``ROOMS_GATEWAY_MEMWATCH_S`` set to a period in seconds, the replica traces Python
-allocations (:mod:`tracemalloc`, 10 frames) and every period logs its resident set size
-and the 15 call sites whose allocations grew most since the first snapshot. Off by
+allocations (:mod:`tracemalloc`, 10 frames) and every period logs its resident set size,
+the 15 call sites whose allocations grew most since the first snapshot, the 10 types
+whose live objects (:func:`gc.get_objects`) grew most in number, and what holds the
+oldest live object of the fastest-growing of those types defined by ray-rooms or
+Starlette (the types of its referrers, two levels). Off by
 default (tracing costs CPU); the lines go to the replica's own log only."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
+from collections import Counter
 import threading
 import time
 import tracemalloc
@@ -45,6 +50,7 @@ def start_memory_watch(period_s: float | None = None) -> bool:
 
     def watch() -> None:
         first = tracemalloc.take_snapshot()
+        first_census = _census()
         while True:
             time.sleep(period_s)
             now = tracemalloc.take_snapshot()
@@ -55,6 +61,38 @@ def start_memory_watch(period_s: float | None = None) -> bool:
                                      for f in stat.traceback[:6])
                 log.warning("memwatch: %+d kB in %+d blocks: %s", stat.size_diff // 1024,
                             stat.count_diff, frames)
+            _log_census(first_census)
 
     threading.Thread(target=watch, name="rooms-memwatch", daemon=True).start()
     return True
+
+
+def _type_name(obj: object) -> str:
+    kind = type(obj)
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _census() -> Counter:
+    """Live objects the garbage collector tracks, counted by type name."""
+    return Counter(_type_name(obj) for obj in gc.get_objects())
+
+
+_OURS = ("actors.", "starlette.", "uvicorn.")
+
+
+def _log_census(first: Counter) -> None:
+    """Log the types whose live objects grew most since ``first``, and the referrers of
+    the oldest live object of the fastest-growing one of ours (see the module)."""
+    grown = (_census() - first).most_common(10)
+    for name, count in grown:
+        log.warning("memwatch: %+d live %s", count, name)
+    suspect = next((name for name, _ in grown if name.startswith(_OURS)), None)
+    if suspect is None:
+        return
+    obj = next((o for o in gc.get_objects() if _type_name(o) == suspect), None)
+    if obj is None:
+        return
+    for ref in gc.get_referrers(obj)[:8]:
+        holders = sorted({_type_name(r) for r in gc.get_referrers(ref)})[:8]
+        log.warning("memwatch: a live %s is held by a %s (held by %s)", suspect,
+                    _type_name(ref), ", ".join(holders))
