@@ -10,7 +10,8 @@ from typing import Any
 
 import ray
 
-__all__ = ["Bare", "local_rooms", "pct", "progress", "smaps", "verdict"]
+__all__ = ["Bare", "CpuMeter", "cpu_ticks", "local_rooms", "pct", "progress", "smaps",
+           "verdict"]
 
 
 @ray.remote(num_cpus=0)
@@ -60,6 +61,82 @@ def smaps(pid: int) -> dict[str, int]:
             if len(parts) == 3 and parts[2] == "kB":
                 fields[parts[0].rstrip(":")] = int(parts[1])
     return fields
+
+
+CPU_GROUPS = ("client", "HAProxy", "gateway replica", "rooms", "Ray (raylet, GCS, "
+              "Serve, other workers)", "other")
+
+
+def _cpu_group(pid: int, title: str, client: int) -> str:
+    """Which of :data:`CPU_GROUPS` process ``pid`` with command-line ``title`` is in."""
+    if pid == client:
+        return "client"
+    if "haproxy" in title.split(" ")[0]:
+        return "HAProxy"
+    if title.startswith("ray::ServeReplica:") and ":Gateway" in title:
+        return "gateway replica"
+    if title.startswith("ray::RoomActor"):
+        return "rooms"
+    if title.startswith("ray::") or "/ray/" in title or "ray/" in title.split(" ")[0]:
+        return CPU_GROUPS[4]
+    return "other"
+
+
+def cpu_ticks(client: int | None = None) -> dict[int, tuple[str, int]]:
+    """The CPU time every process on this machine has used so far: ``{pid: (group,
+    ticks)}``, the group one of :data:`CPU_GROUPS` (``client``: this benchmark's own
+    pid, default :func:`os.getpid`), the ticks user + system time (``/proc/<pid>/stat``
+    fields 14 and 15; ``os.sysconf("SC_CLK_TCK")`` a second). Linux only; a process
+    that ends while it is read is skipped."""
+    client = os.getpid() if client is None else client
+    found = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                title = f.read().split(b"\0")[0].decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) "
+        pid = int(name)
+        found[pid] = (_cpu_group(pid, title, client), int(fields[11]) + int(fields[12]))
+    return found
+
+
+class CpuMeter:
+    """The CPU time each group of processes (:data:`CPU_GROUPS`) uses over a span of
+    work, per unit of work: ``with CpuMeter() as cpu: ...`` then ``cpu.per(units)``
+    gives ``{group: CPU microseconds per unit}`` and ``cpu.wall_s`` the span's wall
+    time (s). With every core busy, ``cores * 1e6 / sum(cpu.per(units).values())`` is
+    the most units a second this machine could do at that cost: what bounds a
+    throughput. A process that starts during the span counts from its start; one that
+    ends during it is not counted (Linux only)."""
+
+    def __enter__(self) -> "CpuMeter":
+        self.before = cpu_ticks()
+        self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall_s = time.perf_counter() - self.started
+        self.after = cpu_ticks()
+        self.used = dict.fromkeys(CPU_GROUPS, 0)
+        for pid, (group, ticks) in self.after.items():
+            self.used[group] += ticks - self.before.get(pid, (group, 0))[1]
+
+    def per(self, units: int) -> dict[str, float]:
+        """``{group: CPU microseconds per unit}`` over the span, for ``units`` (> 0)
+        units of work."""
+        tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
+        return {group: ticks * tick_us / units for group, ticks in self.used.items()}
+
+    def busy(self) -> float:
+        """How many cores the span kept busy on average (all CPU time / wall time)."""
+        used_s = sum(self.used.values()) / os.sysconf("SC_CLK_TCK")
+        return used_s / self.wall_s if self.wall_s > 0 else 0.0
 
 
 def local_rooms(prefix: str) -> Any:

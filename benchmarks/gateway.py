@@ -63,6 +63,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import time
 import uuid
@@ -71,7 +72,7 @@ from typing import Any, Awaitable, Callable
 import ray
 
 from benchmarks.activation import cold
-from benchmarks.common import Bare, local_rooms, pct, progress, smaps, verdict
+from benchmarks.common import CPU_GROUPS, Bare, CpuMeter, local_rooms, pct, progress, smaps, verdict
 from benchmarks.floor import FLOOR_PREFIX, delete_floor, deploy_floor
 
 PING = json.dumps({"type": "partyserver-ping"})
@@ -297,10 +298,14 @@ async def round_trips(base: str, config: Any, clients: int, seconds: float,
                  f"p50 {pct(results[name][0], .5):.2f} ms")
     results["ping"] = await _loop(clients, seconds / 2, ws_ping)
     progress(f"  ping: {results['ping'][1]:.0f}/s")
-    results["piped"] = await _pipelined(sockets, window, seconds)
+    with CpuMeter() as cpu:
+        results["piped"] = await _pipelined(sockets, window, seconds)
+    results["piped_cpu"] = cpu.per(max(1, len(results["piped"][0]))), cpu.busy()
     progress(f"  pipelined: {results['piped'][1]:.0f}/s with {clients} clients x "
              f"{window} in flight")
-    results["piped_echo"] = await _pipelined(echoes, window, seconds, _echoed)
+    with CpuMeter() as cpu:
+        results["piped_echo"] = await _pipelined(echoes, window, seconds, _echoed)
+    results["piped_echo_cpu"] = cpu.per(max(1, len(results["piped_echo"][0]))), cpu.busy()
     progress(f"  pipelined against the floor's echo: {results['piped_echo'][1]:.0f}/s")
     beats.cancel()
     for ws in sockets + meeting + echoes + floors:
@@ -383,6 +388,27 @@ def memory(config: Any) -> tuple[dict[str, int], dict[str, int]]:
     ray.kill(bare)
     ray.kill(room)
     return result
+
+
+def cpu_table(rt: dict[str, Any], cores: int) -> None:
+    """Print where the pipelined runs' CPU went: microseconds of CPU per message by
+    group of processes (:class:`~benchmarks.common.CpuMeter`), for ray-rooms and for
+    the floor's echo, and the most messages a second ``cores`` busy cores allow at that
+    cost, with and without the benchmark's own client (which a real deployment runs
+    elsewhere)."""
+    (ours, busy), (echo, echo_busy) = rt["piped_cpu"], rt["piped_echo_cpu"]
+    print(f"    CPU per message in the pipelined runs (us; {cores} cores):")
+    print(f"      {'':42} {'ray-rooms':>10} {'echo floor':>10}")
+    for group in CPU_GROUPS:
+        print(f"      {group:42} {ours[group]:10.0f} {echo[group]:10.0f}")
+    total, echo_total = sum(ours.values()), sum(echo.values())
+    print(f"      {'total':42} {total:10.0f} {echo_total:10.0f}")
+    print(f"      {'cores busy on average':42} {busy:10.2f} {echo_busy:10.2f}")
+    server = total - ours["client"]
+    print(f"      at that cost {cores} cores allow {cores * 1e6 / total:,.0f} messages/s; "
+          f"without this client ({server:.0f} us a message) {cores * 1e6 / server:,.0f}/s; "
+          f"{ISSUE23_RATE:,.0f}/s needs <= {cores * 1e6 / ISSUE23_RATE:.0f} us a message "
+          f"in all")
 
 
 def main() -> None:
@@ -517,6 +543,7 @@ def main() -> None:
     print(f"    the floor: the same clients pipelining to the echo through the same HAProxy "
           f"and a Serve replica: {rt['piped_echo'][1]:.0f}/s (what this client, HAProxy "
           f"and a replica reach on these cores; below it, the rest is ray-rooms')")
+    cpu_table(rt, os.cpu_count() or 1)
     print("  (surge activation against bare actors: python -m benchmarks.activation)")
     print(f"total {time.perf_counter() - begun:.0f} s")
 

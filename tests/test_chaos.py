@@ -5,7 +5,11 @@ room SIGKILL while it is down) and started again. The writers are careful client
 frame in flight, resent after an ``error`` or a reconnect); the test checks what they
 saw: nothing acknowledged lost, no direct message lost or applied twice (apart from the
 documented replay to a socket whose replica died), every writer moving again within
-2 s of each fault healing."""
+2 s of each fault healing.
+
+Each replica kill also makes Serve reload HAProxy; the sockets the other replica
+carries stay on the reloaded-out HAProxy worker, which Serve's default cut two minutes
+later (``ROOMS_GATEWAY_RELOAD_GRACE_S`` now keeps them): the test counts the reopens."""
 
 from __future__ import annotations
 
@@ -33,11 +37,6 @@ def own_postgres():
     server.remove()
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "issue 19, open: the lost direct message is found and fixed (the readers' table "
-    "in the snapshot), but 1 of 8 one-round runs since failed for a reason not caught "
-    "(and 1 of 4 four-round benchmark runs saw one replica close every socket 1006); "
-    "run `python -m benchmarks.chaos --rounds 4`, which reports close codes"))
 async def test_combined_faults_lose_nothing_and_stall_no_writer(ray_session, own_postgres):
     namespace = f"rooms-chaos-{uuid.uuid4().hex[:8]}"
     config = RoomsConfig(namespace=namespace,
@@ -57,6 +56,8 @@ async def test_combined_faults_lose_nothing_and_stall_no_writer(ray_session, own
         shutdown_gateway(app)
     print(result.summary())
     assert len(result.faults) == 4 and result.reconnects >= 1, result.summary()
+    # one replica killed: its sockets reopen once; more is churn (a cut, a close loop)
+    assert result.reconnects <= 4, result.close_codes
     assert result.stalls_over(2.0) == 0, result.stall_s
     assert not result.dms_lost, result.dms_lost
     assert not result.dms_twice, result.dms_twice
