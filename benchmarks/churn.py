@@ -21,10 +21,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import time
 
-from benchmarks.common import Bare, local_rooms, progress
+from benchmarks.common import Bare, local_rooms, processes, progress
 from benchmarks.floor import FLOOR_APP, FLOOR_PREFIX, delete_floor, deploy_floor
 from benchmarks.soak import rss_kb
 
@@ -36,13 +35,9 @@ def _replica_pid(app: str) -> int:
     """The pid of Serve application ``app``'s (only) replica, found by its process
     title. Raises LookupError when there is none."""
     title = f"ray::ServeReplica:{app}:"
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if f.read().split(b"\0")[0].decode(errors="replace").startswith(title):
-                    return int(pid)
-        except OSError:
-            continue
+    for pid, _, name in processes():
+        if name.startswith(title):
+            return pid
     raise LookupError(f"no replica of {app}")
 
 

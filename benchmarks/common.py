@@ -6,12 +6,12 @@ from __future__ import annotations
 import os
 import time
 
-from typing import Any
+from typing import Any, Iterator
 
 import ray
 
-__all__ = ["Bare", "CpuMeter", "cpu_ticks", "local_rooms", "pct", "progress", "smaps",
-           "verdict"]
+__all__ = ["Bare", "CpuMeter", "cpu_ticks", "local_rooms", "pct", "processes", "progress",
+           "smaps", "verdict"]
 
 
 @ray.remote(num_cpus=0)
@@ -82,14 +82,12 @@ def _cpu_group(pid: int, title: str, client: int) -> str:
     return "other"
 
 
-def cpu_ticks(client: int | None = None) -> dict[int, tuple[str, int]]:
-    """The CPU time every process on this machine has used so far: ``{pid: (group,
-    ticks)}``, the group one of :data:`CPU_GROUPS` (``client``: this benchmark's own
-    pid, default :func:`os.getpid`), the ticks user + system time (``/proc/<pid>/stat``
-    fields 14 and 15; ``os.sysconf("SC_CLK_TCK")`` a second). Linux only; a process
-    that ends while it is read is skipped."""
-    client = os.getpid() if client is None else client
-    found = {}
+def processes() -> Iterator[tuple[int, list[str], str]]:
+    """Every process on this machine now: ``(pid, stat, title)``, ``stat`` the fields of
+    ``/proc/<pid>/stat`` after ``pid (comm)`` (``stat[0]`` is the state, ``stat[1]`` the
+    parent's pid, ``stat[11]``/``stat[12]`` user/system time in clock ticks), ``title``
+    the first word of its command line (Ray names an actor's worker ``ray::<class>``).
+    Linux only; a process that ends while it is read is skipped."""
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -100,10 +98,17 @@ def cpu_ticks(client: int | None = None) -> dict[int, tuple[str, int]]:
                 title = f.read().split(b"\0")[0].decode(errors="replace")
         except OSError:
             continue
-        fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) "
-        pid = int(name)
-        found[pid] = (_cpu_group(pid, title, client), int(fields[11]) + int(fields[12]))
-    return found
+        yield int(name), stat[stat.rfind(")") + 2:].split(), title
+
+
+def cpu_ticks(client: int | None = None) -> dict[int, tuple[str, int]]:
+    """The CPU time every process on this machine has used so far: ``{pid: (group,
+    ticks)}``, the group one of :data:`CPU_GROUPS` (``client``: this benchmark's own
+    pid, default :func:`os.getpid`), the ticks user + system time (``/proc/<pid>/stat``
+    fields 14 and 15; ``os.sysconf("SC_CLK_TCK")`` a second). Linux only."""
+    client = os.getpid() if client is None else client
+    return {pid: (_cpu_group(pid, title, client), int(stat[11]) + int(stat[12]))
+            for pid, stat, title in processes()}
 
 
 class CpuMeter:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import statistics
 import tempfile
@@ -35,7 +34,7 @@ from dataclasses import dataclass, field
 
 import ray
 
-from benchmarks.common import pct, progress, verdict
+from benchmarks.common import pct, processes, progress, verdict
 
 __all__ = ["Sample", "soak"]
 
@@ -97,15 +96,9 @@ def _pids(namespace: str, app: str) -> tuple[list[int], list[int]]:
     from actors.directory import ACTOR_PREFIX
     from actors.room_client import RoomClient
 
-    replicas = []  # Ray titles an actor's worker process "ray::<class name>"
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                title = f.read().split(b"\0")[0].decode(errors="replace")
-        except OSError:
-            continue
-        if title.startswith(f"ray::ServeReplica:{app}:"):
-            replicas.append(int(pid))
+    # Ray titles an actor's worker process "ray::<class name>"
+    replicas = [pid for pid, _, title in processes()
+                if title.startswith(f"ray::ServeReplica:{app}:")]
     rooms = []
     for entry in ray.util.list_named_actors(all_namespaces=True):
         if entry["namespace"] == namespace and entry["name"].startswith(ACTOR_PREFIX):

@@ -52,7 +52,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from benchmarks.common import local_rooms, pct, progress, smaps
+from benchmarks.common import local_rooms, pct, processes, progress, smaps
 from benchmarks.gateway import _heartbeats, _loop, _marker, _pipelined, broadcast, update
 
 __all__ = ["Workerd", "ensure_miniflare", "measure"]
@@ -129,18 +129,9 @@ def _workerd_pid(root: int) -> int | None:
     """The pid of the ``workerd`` process under ``root`` (miniflare's node)."""
     children: dict[int, list[int]] = {}
     names: dict[int, str] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                stat = f.read()
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                names[int(name)] = f.read().split(b"\0", 1)[0].decode(errors="replace")
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(name))
+    for pid, stat, title in processes():
+        names[pid] = title
+        children.setdefault(int(stat[1]), []).append(pid)
     todo = [root]
     while todo:
         pid = todo.pop()
