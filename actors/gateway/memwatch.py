@@ -2,9 +2,9 @@
 ``ROOMS_GATEWAY_MEMWATCH_S`` set to a period in seconds, the replica traces Python
 allocations (:mod:`tracemalloc`, 10 frames) and every period logs its resident set size,
 the 15 call sites whose allocations grew most since the first snapshot, the 10 types
-whose live objects (:func:`gc.get_objects`) grew most in number, and what holds the
-oldest live object of the fastest-growing of those types defined by ray-rooms or
-Starlette (the types of its referrers, two levels). Off by
+whose live objects (:func:`gc.get_objects`) grew most in number, and what holds a live
+object of the fastest-growing of those types defined by ray-rooms, Starlette or uvicorn
+(the types of its referrers, two levels). Off by
 default (tracing costs CPU); the lines go to the replica's own log only."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from __future__ import annotations
 import gc
 import logging
 import os
-from collections import Counter
 import threading
 import time
 import tracemalloc
+from collections import Counter
 
 __all__ = ["MEMWATCH_ENV", "start_memory_watch"]
 
@@ -81,8 +81,9 @@ _OURS = ("actors.", "starlette.", "uvicorn.")
 
 
 def _log_census(first: Counter) -> None:
-    """Log the types whose live objects grew most since ``first``, and the referrers of
-    the oldest live object of the fastest-growing one of ours (see the module)."""
+    """Log the types whose live objects grew most since ``first`` (a :func:`_census`),
+    and the referrers of a live object of the fastest-growing one of ours (see the
+    module). Walks every tracked object twice: for the watch's thread only."""
     grown = (_census() - first).most_common(10)
     for name, count in grown:
         log.warning("memwatch: %+d live %s", count, name)
