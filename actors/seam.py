@@ -46,6 +46,7 @@ silently. Nothing else in the project imports ``ray._private``, ``ray.serve._pri
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import time
@@ -92,8 +93,12 @@ def configure_websockets(max_bytes: int, compression: bool = False) -> bool:
         return False
     config_class = uvicorn.Config
     original = getattr(config_class.__init__, "__wrapped__", config_class.__init__)
-    probe = config_class(app=lambda scope, receive, send: None)
-    if not hasattr(probe, "ws_max_size") or not hasattr(probe, "ws_per_message_deflate"):
+    # Read the constructor's parameters; never build a Config here: its constructor
+    # runs uvicorn's logging.config.dictConfig, which closes every handler of the
+    # process, Serve's buffering handler among them (its target gone, it then kept
+    # every log record of the replica for ever: ~1.5 KB a request).
+    parameters = inspect.signature(original).parameters
+    if "ws_max_size" not in parameters or "ws_per_message_deflate" not in parameters:
         log.warning("uvicorn.Config has no ws_max_size or ws_per_message_deflate: "
                     "WebSocket frames are not limited and compression is uvicorn's default")
         return False

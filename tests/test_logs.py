@@ -120,3 +120,50 @@ async def test_an_error_a_client_sees_is_found_in_the_logs_by_its_id(ray_session
         await alice.ws.close()
     finally:
         shutdown_gateway(APP)
+
+
+def _serve_log_lines(replica, needle: str) -> int:
+    """How many lines of Serve's own log file of ``replica`` (an actor handle; the file
+    ``serve/replica_<app>_<deployment>_<id>.log`` beside the worker's logs) hold
+    ``needle``."""
+    err = _stderr_of(replica)
+    logs_dir = os.path.dirname(err)
+    serve_dir = os.path.join(logs_dir, "serve")
+    replica_id = ray.get(replica.__ray_call__.remote(
+        lambda self: ray.get_runtime_context().get_actor_name()), timeout=30).split("#")[-1]
+    [path] = [os.path.join(serve_dir, name) for name in os.listdir(serve_dir)
+              if name.startswith("replica_") and name.endswith(f"_{replica_id}.log")]
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return sum(needle in line for line in f)
+
+
+def test_serves_access_log_reaches_its_file_and_is_not_kept_in_memory(ray_session, tmp_path):
+    """Serve buffers a replica's log records (1,000 of them when throughput-optimized)
+    and writes them to the replica's log file. Building a ``uvicorn.Config`` in the
+    replica (as the WebSocket limits once did to probe it) runs uvicorn's
+    ``dictConfig``, which closes that buffer's file: from then on every request's
+    access record was kept in the replica's memory for ever (~1.5 KB a request, the
+    soak's growth) and the file stayed empty."""
+    from actors.gateway import GatewayLimits
+
+    app = "rooms-accesslog"
+    config = RoomsConfig(namespace=f"rooms-al-{uuid.uuid4().hex[:8]}",
+                         store_url=f"sqlite:///{tmp_path}/r.sqlite3", idle_timeout=0)
+    url = deploy_gateway(config, port=free_port(), name=app, dev=True,
+                         limits=GatewayLimits(http_rate_per_s=10_000, http_burst=10_000))
+    try:
+        with httpx.Client(base_url=url, timeout=20) as http:
+            for _ in range(1_100):  # more than the buffer holds
+                assert http.get("/healthz").status_code == 200
+        [name] = [e["name"] for e in ray.util.list_named_actors(all_namespaces=True)
+                  if e["namespace"] == "serve" and app in e["name"] and "REPLICA" in e["name"]]
+        replica = ray.get_actor(name, namespace="serve")
+        deadline = time.monotonic() + 20
+        # the buffer is written out each time it holds 1,000 records (a few of them
+        # the replica's start): ~995 of the requests, the rest stay buffered
+        while (written := _serve_log_lines(replica, "/healthz")) < 900:
+            assert time.monotonic() < deadline, (
+                f"Serve's log file of the replica holds {written} of 1,100 requests")
+            time.sleep(0.5)
+    finally:
+        shutdown_gateway(app)
