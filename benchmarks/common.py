@@ -63,8 +63,8 @@ def smaps(pid: int) -> dict[str, int]:
     return fields
 
 
-CPU_GROUPS = ("client", "HAProxy", "gateway replica", "rooms", "Ray (raylet, GCS, "
-              "Serve, other workers)", "other")
+CPU_GROUPS = ("client", "HAProxy", "Serve replica (gateway or floor)", "rooms",
+              "Ray (raylet, GCS, Serve's controller, other workers)", "other")
 
 
 def _cpu_group(pid: int, title: str, client: int) -> str:
@@ -73,8 +73,8 @@ def _cpu_group(pid: int, title: str, client: int) -> str:
         return "client"
     if "haproxy" in title.split(" ")[0]:
         return "HAProxy"
-    if title.startswith("ray::ServeReplica:") and ":Gateway" in title:
-        return "gateway replica"
+    if title.startswith("ray::ServeReplica:"):
+        return CPU_GROUPS[2]
     if title.startswith("ray::RoomActor"):
         return "rooms"
     if title.startswith("ray::") or "/ray/" in title or "ray/" in title.split(" ")[0]:

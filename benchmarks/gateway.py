@@ -398,12 +398,12 @@ def cpu_table(rt: dict[str, Any], cores: int) -> None:
     elsewhere)."""
     (ours, busy), (echo, echo_busy) = rt["piped_cpu"], rt["piped_echo_cpu"]
     print(f"    CPU per message in the pipelined runs (us; {cores} cores):")
-    print(f"      {'':42} {'ray-rooms':>10} {'echo floor':>10}")
+    print(f"      {'':54} {'ray-rooms':>10} {'echo floor':>10}")
     for group in CPU_GROUPS:
-        print(f"      {group:42} {ours[group]:10.0f} {echo[group]:10.0f}")
+        print(f"      {group:54} {ours[group]:10.0f} {echo[group]:10.0f}")
     total, echo_total = sum(ours.values()), sum(echo.values())
-    print(f"      {'total':42} {total:10.0f} {echo_total:10.0f}")
-    print(f"      {'cores busy on average':42} {busy:10.2f} {echo_busy:10.2f}")
+    print(f"      {'total':54} {total:10.0f} {echo_total:10.0f}")
+    print(f"      {'cores busy on average':54} {busy:10.2f} {echo_busy:10.2f}")
     server = total - ours["client"]
     print(f"      at that cost {cores} cores allow {cores * 1e6 / total:,.0f} messages/s; "
           f"without this client ({server:.0f} us a message) {cores * 1e6 / server:,.0f}/s; "
