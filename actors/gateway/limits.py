@@ -78,10 +78,10 @@ class GatewayLimits(BaseSettings):
             (``MALLOC_ARENA_MAX`` in the replicas' runtime environment, mallopt(3)
             ``M_ARENA_MAX``; rooms a replica creates inherit it); 0 leaves glibc's
             default of 8 per core. A replica's threads (Ray's core worker, uvicorn,
-            Serve) each take an arena of their own by default, and under reconnect
-            churn one of them kept growing: ~3 % over a 30-minute soak, against
-            under 1.5 % with 2 (``python -m benchmarks.soak``). Read when the
-            replica's process starts.
+            Serve) may each take an arena of their own by default; 2 bounds that.
+            (Its growth under reconnect churn, once blamed on arenas, was Serve's
+            log buffer: ``docs/guarantees.md``.) Read when the replica's process
+            starts.
     """
 
     model_config = SettingsConfigDict(env_prefix="ROOMS_GATEWAY_", extra="ignore")
