@@ -208,10 +208,10 @@ def main() -> None:
     print(f"    CPU per new actor in the surges, ms (cores busy: rooms "
           f"{r['room_cpu'].busy():.2f}, bare {r['bare_cpu'].busy():.2f}):")
     for group in room_cpu:
-        print(f"      {group:42} room {room_cpu[group] / 1e3:7.1f}   bare "
+        print(f"      {group:54} room {room_cpu[group] / 1e3:7.1f}   bare "
               f"{bare_cpu[group] / 1e3:7.1f}")
     total_room, total_bare = sum(room_cpu.values()), sum(bare_cpu.values())
-    print(f"      {'total':42} room {total_room / 1e3:7.1f}   bare {total_bare / 1e3:7.1f}"
+    print(f"      {'total':54} room {total_room / 1e3:7.1f}   bare {total_bare / 1e3:7.1f}"
           f"   (x{total_bare / total_room:.2f}: the rate ratio CPU alone allows when "
           f"both surges keep the cores busy)")
     print(f"  room PSS / bare actor PSS: x{mem_ratio:.2f}   "

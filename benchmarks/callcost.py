@@ -36,17 +36,10 @@ import ray
 
 from actors.config import RoomsConfig
 from actors.directory import get_room
-from benchmarks.common import progress
+from benchmarks.common import cpu_seconds, progress
 from benchmarks.gateway import update
 
 BATCHES = (1, 4, 16, 64)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds process ``pid`` has used so far (all threads)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @ray.remote

@@ -23,7 +23,7 @@ import asyncio
 import json
 import time
 
-from benchmarks.common import Bare, local_rooms, processes, progress
+from benchmarks.common import Bare, local_rooms, progress, replica_pids
 from benchmarks.floor import FLOOR_APP, FLOOR_PREFIX, delete_floor, deploy_floor
 from benchmarks.soak import rss_kb
 
@@ -32,12 +32,10 @@ APP = "rooms-churn"
 
 
 def _replica_pid(app: str) -> int:
-    """The pid of Serve application ``app``'s (only) replica, found by its process
-    title. Raises LookupError when there is none."""
-    title = f"ray::ServeReplica:{app}:"
-    for pid, _, name in processes():
-        if name.startswith(title):
-            return pid
+    """The pid of Serve application ``app``'s (only) replica. Raises LookupError when
+    there is none."""
+    for pid in replica_pids(app):
+        return pid
     raise LookupError(f"no replica of {app}")
 
 

@@ -10,8 +10,8 @@ from typing import Any, Iterator
 
 import ray
 
-__all__ = ["Bare", "CpuMeter", "cpu_ticks", "local_rooms", "pct", "processes", "progress",
-           "smaps", "verdict"]
+__all__ = ["Bare", "CpuMeter", "cpu_seconds", "cpu_ticks", "local_rooms", "pct", "processes",
+           "progress", "replica_pids", "smaps", "verdict"]
 
 
 @ray.remote(num_cpus=0)
@@ -99,6 +99,27 @@ def processes() -> Iterator[tuple[int, list[str], str]]:
         except OSError:
             continue
         yield int(name), stat[stat.rfind(")") + 2:].split(), title
+
+
+def replica_pids(app: str) -> list[int]:
+    """The pids of Serve application ``app``'s replicas on this machine, found by their
+    process titles (Ray titles an actor's worker ``ray::<class>``: a replica
+    ``ray::ServeReplica:<app>:<deployment>``). Linux only."""
+    return [pid for pid, _, title in processes()
+            if title.startswith(f"ray::ServeReplica:{app}:")]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds process ``pid`` has used so far, all its threads
+    (``/proc/<pid>/stat``). Linux only.
+
+    Raises:
+        OSError: no such process.
+    """
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    fields = stat[stat.rfind(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_ticks(client: int | None = None) -> dict[int, tuple[str, int]]:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import ray
 
-from benchmarks.common import pct, processes, progress, verdict
+from benchmarks.common import pct, progress, replica_pids, verdict
 
 __all__ = ["Sample", "soak"]
 
@@ -96,9 +96,7 @@ def _pids(namespace: str, app: str) -> tuple[list[int], list[int]]:
     from actors.directory import ACTOR_PREFIX
     from actors.room_client import RoomClient
 
-    # Ray titles an actor's worker process "ray::<class name>"
-    replicas = [pid for pid, _, title in processes()
-                if title.startswith(f"ray::ServeReplica:{app}:")]
+    replicas = replica_pids(app)
     rooms = []
     for entry in ray.util.list_named_actors(all_namespaces=True):
         if entry["namespace"] == namespace and entry["name"].startswith(ACTOR_PREFIX):
