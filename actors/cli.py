@@ -384,6 +384,20 @@ def demo(address: Optional[str] = NewRayAddressOption) -> None:
         raise typer.Exit(1)
 
 
+def _one_line_summaries(*apps: typer.Typer) -> None:
+    """Give every command of ``apps`` that has no ``short_help`` the first paragraph of
+    its docstring on one line: the commands' list of ``rooms --help`` otherwise keeps
+    the docstring's line breaks (typer's rich help re-wraps only a command's own page)."""
+    for typer_app in apps:
+        for info in typer_app.registered_commands:
+            doc = info.help or (info.callback.__doc__ if info.callback else None)
+            if info.short_help is None and doc:
+                info.short_help = " ".join(doc.strip().split("\n\n")[0].split())
+
+
+_one_line_summaries(app, web)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     """Run the ``rooms`` command line."""
     app()

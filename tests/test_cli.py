@@ -129,3 +129,19 @@ def test_serve_tells_how_to_reach_the_dashboard_and_stops_quietly(tmp_path):
     assert proc.returncode == 0, output
     assert "stopping" in output
     assert "graceful_shutdown failed" not in output and "killed by `ray.kill`" not in output, output
+
+
+def test_the_commands_list_gives_each_summary_as_one_paragraph():
+    """``rooms --help`` lists each command with its docstring's first paragraph as one
+    re-wrapped text (typer kept the docstring's own line breaks there, which broke the
+    list mid-sentence)."""
+    result = subprocess.run([sys.executable, "-m", "actors.cli", "--help"], text=True,
+                            capture_output=True, timeout=60,
+                            env={**os.environ, "COLUMNS": "400", "TERM": "dumb"})
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[1]: line for line in result.stdout.splitlines()
+            if line.startswith("│ ") and len(line.split()) > 2}
+    # one row per command, its whole first paragraph on it at this width
+    assert "with the node each live one runs on (cluster-wide)." in rows["ls"], rows
+    assert "Outside --dev it needs ROOMS_TOKEN_SECRET" in rows["serve"], rows
+    assert "exit 1 if a step fails." in rows["demo"], rows
