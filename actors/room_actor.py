@@ -354,7 +354,7 @@ class RoomActor:
         unread = self.outbox.unacknowledged(2 * self.config.poll_timeout + 5.0)
         unreleased = [e.record() for e in unread]
         unreleased += [e.record() for _, entries, _ in self._pending for e in entries]
-        state = {"room": room.data.model_dump(mode="json", exclude_none=True),
+        state = {"room": room.record(),
                  "outbox": unreleased, "applied": self.applied.record(),
                  "readers": self.outbox.readers(room.data.connections)}
         if self._sender is not None:

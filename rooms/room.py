@@ -216,10 +216,38 @@ MAX_TOOL_CALLS = 32
 """Tool calls a room keeps: every undelivered one, and delivered ones up to this many."""
 
 
-def _room_state_message(data: RoomData) -> dict[str, Any]:
+class _WireCache:
+    """The wire form of each user of a room, kept while the user is the same object.
+
+    A :class:`User` is frozen (a room replaces one, never changes it), so a user whose
+    object is unchanged has an unchanged wire form: a ``roomState`` of N users encodes
+    only the users that changed since the last one (the rest cost a dict copy instead
+    of a pydantic dump, ~0.3 against ~2 us each)."""
+
+    def __init__(self) -> None:
+        self._wires: dict[str, tuple[User, dict[str, Any]]] = {}
+
+    def users(self, users: dict[str, User]) -> list[dict[str, Any]]:
+        """The wire forms of ``users`` (connection id -> user), sorted by connection id
+        as Orange's storage listing returns them; each a fresh dict."""
+        wires = self._wires
+        if len(wires) > len(users):
+            for conn in [c for c in wires if c not in users]:
+                del wires[conn]
+        out = []
+        for conn in sorted(users):
+            user = users[conn]
+            cached = wires.get(conn)
+            if cached is None or cached[0] is not user:
+                cached = wires[conn] = (user, user.wire())
+            out.append(dict(cached[1]))
+        return out
+
+
+def _room_state_message(data: RoomData, cache: _WireCache | None = None) -> dict[str, Any]:
     ai = data.ai
     # sorted by connection id, as Orange's storage listing returns them
-    users = [data.users[conn].wire() for conn in sorted(data.users)]
+    users = (cache or _WireCache()).users(data.users)
     if ai.enabled:
         users.append(
             User(
@@ -284,6 +312,7 @@ class Room:
         self._fx = Effects()
         self._sizes: dict[str, int] = {
             conn: self._user_bytes(conn, user) for conn, user in self.data.users.items()}
+        self._wires = _WireCache()
         self.last_message_type = "none"
         """The ``type`` of the last client message handled (``"invalid"`` if it did
         not parse); for metrics."""
@@ -292,7 +321,17 @@ class Room:
 
     def room_state(self) -> dict[str, Any]:
         """Return the ``RoomState`` JSON object (what ``roomState`` carries)."""
-        return _room_state_message(self.data)["state"]
+        return _room_state_message(self.data, self._wires)["state"]
+
+    def record(self) -> dict[str, Any]:
+        """Return the room's state as the JSON object a snapshot stores: equal to
+        ``self.data.model_dump(mode="json", exclude_none=True)``, with the users whose
+        object is unchanged since the last ``roomState`` or record taken from their
+        cached wire form (the users' map in connection-id order)."""
+        record = self.data.model_dump(mode="json", exclude_none=True, exclude={"users"})
+        users = self._wires.users(self.data.users)
+        record["users"] = dict(zip(sorted(self.data.users), users))
+        return record
 
     @property
     def alarm_at(self) -> float | None:
@@ -812,7 +851,8 @@ class Room:
         self._fx.changed = saved.changed
 
     def _broadcast_state(self) -> None:
-        self._fx.messages.append(Outgoing("all", None, _room_state_message(self.data)))
+        self._fx.messages.append(Outgoing("all", None,
+                                          _room_state_message(self.data, self._wires)))
 
     def _user_name(self, conn: str) -> str:
         user = self.data.users.get(conn)

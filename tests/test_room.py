@@ -387,3 +387,47 @@ def test_an_ended_call_takes_the_ai_out_and_releases_its_tracks() -> None:
     [release] = fx.jobs
     assert isinstance(release, ReleaseJob) and release.session_id == "s1" and release.call_id is None
     assert any(m.message and m.message["type"] == "roomState" for m in fx.messages)
+
+
+_OPS = st.lists(st.tuples(
+    st.sampled_from(["connect", "update", "close", "left", "mute", "huge", "alarm"]),
+    st.sampled_from(["a", "b", "c", "d"]), st.booleans()), min_size=1, max_size=40)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_OPS)
+def test_the_cached_wire_forms_equal_a_fresh_encoding_after_any_turns(ops):
+    """``roomState`` and the snapshot's record reuse each unchanged user's wire form
+    (:class:`rooms.room._WireCache`); after any sequence of turns (updates, refused
+    turns rolled back, users leaving, muted, swept by the alarm) both equal an encoding
+    made from scratch."""
+    from rooms.room import _room_state_message
+
+    room = Room("r1")
+    now = T0
+    for op, conn, flag in ops:
+        now += 1.0
+        if op == "connect":
+            room.on_connect(conn, f"name-{conn}", now)
+        elif op == "update":
+            room.on_message(conn, msg(type="userUpdate", user={
+                "id": conn, "name": "x", "raisedHand": flag, "speaking": not flag,
+                "joined": True, "tracks": {"audio": f"s/{now:.0f}", "audioEnabled": flag}}),
+                now)
+        elif op == "close":
+            room.on_close(conn)
+        elif op == "left":
+            room.on_message(conn, msg(type="userLeft"), now)
+        elif op == "mute":
+            room.on_message("a", msg(type="muteUser", id=conn), now)
+        elif op == "huge":  # refused (past the state's bound) and rolled back
+            room.on_message(conn, msg(type="userUpdate", user={
+                "id": conn, "name": "x", "raisedHand": flag, "speaking": False,
+                "joined": True, "transceiverSessionId": "s" * 60,
+                "tracks": {"audio": "s/" + "t" * 200}}), now)
+        else:
+            now += HEARTBEAT_TIMEOUT + 1.0 if flag else 0.0
+            room.on_alarm(now)
+        fresh = _room_state_message(room.data)["state"]
+        assert room.room_state() == fresh
+        assert room.record() == room.data.model_dump(mode="json", exclude_none=True)
