@@ -17,7 +17,10 @@ worker, the task-execution thread, the event loop), per call and per frame:
   the released ``roomState`` entries in the result.
 
 It prints the callee's CPU per call and per frame, and the room's per-call cost over
-the bare async actor's (the part of a ``deliver`` that is ours). The pipelined
+the bare async actor's (the part of a ``deliver`` that is ours); then the same CPU by
+thread (``/proc/<pid>/task``): the event loop, where a room's own code runs; the
+task-execution thread, which deserializes the arguments, hands the call to the loop
+and serializes the result; Ray's core worker threads (gRPC, io); the rest. The pipelined
 gateway benchmark sends batches of ~16 frames (``python -m benchmarks.gateway``).
 Absolute figures drift on shared machines; compare within one run.
 """
@@ -36,7 +39,8 @@ import ray
 
 from actors.config import RoomsConfig
 from actors.directory import get_room
-from benchmarks.common import cpu_seconds, progress
+from benchmarks.common import (TASK_THREAD, cpu_seconds, progress, python_thread_names,
+                               thread_cpu_seconds)
 from benchmarks.gateway import update
 
 BATCHES = (1, 4, 16, 64)
@@ -68,30 +72,62 @@ class AsyncCallee:
         return os.getpid()
 
 
-async def measure(call: Any, pid: int, calls: int, warmup: int) -> tuple[float, float]:
+# the threads of a Ray actor's process, by the role they play in a call
+THREAD_ROLES = ("event loop", "task execution", "Ray's core worker threads", "other")
+
+
+def thread_role(name: str) -> str:
+    """The role (one of :data:`THREAD_ROLES`) of a thread of a Ray actor's process,
+    from its name (see :func:`benchmarks.common.thread_cpu_seconds` and
+    :func:`~benchmarks.common.python_thread_names`): the async actor's event loop, where
+    a room's own code runs; the thread that runs the tasks, which deserializes the
+    arguments, hands an async actor's call to its event loop and serializes the result;
+    the core worker's gRPC and io threads; the rest (the main thread of an async actor,
+    the rooms' metrics thread)."""
+    if name.startswith("AsyncIO Thread"):
+        return "event loop"
+    if name == TASK_THREAD:
+        return "task execution"
+    if name in ("MainThread", "rooms-metrics") or name.startswith(("Thread-", "ray::")):
+        return "other"
+    return "Ray's core worker threads"
+
+
+async def measure(call: Any, pid: int, calls: int, warmup: int,
+                  names: dict[int, str] | None = None) -> tuple[float, float, dict[str, float]]:
     """Run ``await call(k)`` ``warmup`` then ``calls`` times; return (callee CPU per
-    call in microseconds, wall time per call in microseconds) over the measured ones."""
+    call, wall time per call, the callee's CPU per call by :func:`thread_role`) in
+    microseconds, over the measured calls. ``names``: the callee's Python threads
+    (:func:`benchmarks.common.python_thread_names`)."""
     for k in range(warmup):
         await call(k)
+    threads0 = thread_cpu_seconds(pid, names)
     cpu0, wall0 = cpu_seconds(pid), time.perf_counter()
     for k in range(calls):
         await call(warmup + k)
     cpu1, wall1 = cpu_seconds(pid), time.perf_counter()
-    return 1e6 * (cpu1 - cpu0) / calls, 1e6 * (wall1 - wall0) / calls
+    threads1 = thread_cpu_seconds(pid, names)
+    roles = dict.fromkeys(THREAD_ROLES, 0.0)
+    for name, seconds in threads1.items():
+        roles[thread_role(name)] += 1e6 * (seconds - threads0.get(name, 0.0)) / calls
+    return 1e6 * (cpu1 - cpu0) / calls, 1e6 * (wall1 - wall0) / calls, roles
 
 
-async def run(calls: int, warmup: int) -> dict[str, tuple[float, float, int]]:
-    """Measure every callee (see the module docstring). Returns ``{name: (CPU us per
-    call, wall us per call, frames per call)}``."""
+Result = tuple[float, float, int, dict[str, float]]
+"""(CPU us per call, wall us per call, frames per call, CPU us per call by thread role)"""
+
+
+async def run(calls: int, warmup: int) -> dict[str, Result]:
+    """Measure every callee (see the module docstring). Returns ``{name: Result}``."""
     frame = [("c", update("c", 0))]
-    results: dict[str, tuple[float, float, int]] = {}
+    results: dict[str, Result] = {}
     for name, cls, options in (("sync actor", SyncCallee, {}),
                                ("async actor", AsyncCallee, {"max_concurrency": 10_000})):
         actor = cls.options(**options).remote()
         pid = await actor.pid.remote()
-        cpu, wall = await measure(lambda k: actor.deliver.remote(frame, k, "P"), pid,
-                                  calls, warmup)
-        results[name] = (cpu, wall, 1)
+        cpu, wall, roles = await measure(lambda k: actor.deliver.remote(frame, k, "P"),
+                                         pid, calls, warmup, python_thread_names(actor))
+        results[name] = (cpu, wall, 1, roles)
         progress(f"  {name}: {cpu:.0f} us of CPU a call")
         ray.kill(actor)
 
@@ -101,6 +137,7 @@ async def run(calls: int, warmup: int) -> dict[str, tuple[float, float, int]]:
     room = get_room(f"callcost-{uuid.uuid4().hex[:6]}", config)
     await room.connect.remote("c", "caller", "P", "socket-1")
     pid = await room.__ray_call__.remote(lambda self: os.getpid())
+    names = python_thread_names(room)
     cursor = (await room.info.remote()).seq
     for batch in BATCHES:
         async def deliver(k: int, batch: int = batch) -> None:
@@ -112,8 +149,8 @@ async def run(calls: int, warmup: int) -> dict[str, tuple[float, float, int]]:
                 raise RuntimeError(f"the room refused a frame: {result.entries[-1].data}")
 
         n = max(50, calls // batch)
-        cpu, wall = await measure(deliver, pid, n, max(10, warmup // batch))
-        results[f"room deliver x{batch}"] = (cpu, wall, batch)
+        cpu, wall, roles = await measure(deliver, pid, n, max(10, warmup // batch), names)
+        results[f"room deliver x{batch}"] = (cpu, wall, batch, roles)
         progress(f"  room deliver, {batch} frames: {cpu:.0f} us of CPU a call")
     ray.kill(room)
     return results
@@ -133,9 +170,17 @@ def main() -> None:
     bare = results["async actor"][0]
     print(f"\n{'callee':22} {'frames':>6} {'CPU us/call':>12} {'CPU us/frame':>13} "
           f"{'wall us/call':>13} {'x async actor':>14}")
-    for name, (cpu, wall, frames) in results.items():
+    for name, (cpu, wall, frames, _) in results.items():
         print(f"{name:22} {frames:6d} {cpu:12.0f} {cpu / frames:13.0f} {wall:13.0f} "
               f"{cpu / bare:14.2f}")
+    print(f"\nThe callee's CPU per call by thread (us; /proc/<pid>/task):")
+    print(f"{'callee':22} " + " ".join(f"{role:>26}" for role in THREAD_ROLES))
+    for name, (_, _, _, roles) in results.items():
+        print(f"{name:22} " + " ".join(f"{roles[role]:26.0f}" for role in THREAD_ROLES))
+    room_roles, bare_roles = results["room deliver x1"][3], results["async actor"][3]
+    print("A one-frame deliver over the bare async actor: " + ", ".join(
+        f"{role} {room_roles[role] - bare_roles[role]:+.0f} us" for role in THREAD_ROLES)
+        + " (the event loop runs the room's turn, group commit, outbox and save).")
     one = results["room deliver x1"][0]
     per_frame = ((results["room deliver x64"][0] - results["room deliver x16"][0])
                  / (64 - 16))

@@ -11,7 +11,8 @@ from typing import Any, Iterator
 import ray
 
 __all__ = ["Bare", "CpuMeter", "cpu_seconds", "cpu_ticks", "local_rooms", "pct", "processes",
-           "progress", "replica_pids", "smaps", "verdict"]
+           "progress", "python_thread_names", "replica_pids", "smaps", "TASK_THREAD",
+           "thread_cpu_seconds", "verdict"]
 
 
 @ray.remote(num_cpus=0)
@@ -120,6 +121,55 @@ def cpu_seconds(pid: int) -> float:
         stat = f.read()
     fields = stat[stat.rfind(")") + 2:].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu_seconds(pid: int, names: dict[int, str] | None = None) -> dict[str, float]:
+    """User + system CPU seconds each thread of process ``pid`` has used so far, summed
+    by thread name: ``names`` (native thread id -> name, e.g. from
+    :func:`python_thread_names`) where it has one, else the kernel's name of the thread
+    (``/proc/<pid>/task/<tid>/comm``; a Ray worker's task-execution thread is named
+    after the actor, ``ray::<Class>``). Threads that exit meanwhile are left out. Linux
+    only.
+
+    Raises:
+        OSError: no such process.
+    """
+    names = names or {}
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                comm = f.read().strip()
+        except OSError:  # the thread exited
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()
+        name = names.get(int(tid), comm)
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+TASK_THREAD = "task execution"
+"""The name :func:`python_thread_names` gives the thread that runs an actor's tasks."""
+
+
+def python_thread_names(actor: Any) -> dict[int, str]:
+    """The Python threads of ``actor``'s process: ``{native thread id: name}`` (the
+    event loop of an async actor is ``AsyncIO Thread: default``); the thread that runs
+    the actor's tasks (a sync actor's main thread, an async actor's task-execution
+    thread, which hands each call to the event loop) is named :data:`TASK_THREAD`.
+    Blocks on one call (``__ray_call__``) of the actor."""
+    def names(_self: Any) -> dict[int, str]:
+        import threading
+
+        found = {t.native_id: t.name for t in threading.enumerate()
+                 if t.native_id is not None}
+        found[threading.get_native_id()] = TASK_THREAD
+        return found
+
+    return ray.get(actor.__ray_call__.remote(names), timeout=60)
 
 
 def cpu_ticks(client: int | None = None) -> dict[int, tuple[str, int]]:
