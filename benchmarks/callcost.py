@@ -173,7 +173,7 @@ def main() -> None:
     for name, (cpu, wall, frames, _) in results.items():
         print(f"{name:22} {frames:6d} {cpu:12.0f} {cpu / frames:13.0f} {wall:13.0f} "
               f"{cpu / bare:14.2f}")
-    print(f"\nThe callee's CPU per call by thread (us; /proc/<pid>/task):")
+    print("\nThe callee's CPU per call by thread (us; /proc/<pid>/task):")
     print(f"{'callee':22} " + " ".join(f"{role:>26}" for role in THREAD_ROLES))
     for name, (_, _, _, roles) in results.items():
         print(f"{name:22} " + " ".join(f"{roles[role]:26.0f}" for role in THREAD_ROLES))
