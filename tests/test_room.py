@@ -403,7 +403,10 @@ def test_the_cached_wire_forms_equal_a_fresh_encoding_after_any_turns(ops):
     made from scratch."""
     from rooms.room import _room_state_message
 
-    room = Room("r1")
+    from rooms.limits import RoomLimits
+
+    # a bound that four ordinary users stay under and one large user passes
+    room = Room("r1", limits=RoomLimits(max_state_bytes=1500))
     now = T0
     for op, conn, flag in ops:
         now += 1.0
@@ -423,8 +426,9 @@ def test_the_cached_wire_forms_equal_a_fresh_encoding_after_any_turns(ops):
         elif op == "huge":  # refused (past the state's bound) and rolled back
             room.on_message(conn, msg(type="userUpdate", user={
                 "id": conn, "name": "x", "raisedHand": flag, "speaking": False,
-                "joined": True, "transceiverSessionId": "s" * 60,
-                "tracks": {"audio": "s/" + "t" * 200}}), now)
+                "joined": True, "transceiverSessionId": "s" * 256,
+                "tracks": {"audio": "s" * 256 + "/" + "t" * 256,
+                           "video": "s" * 256 + "/" + "v" * 256}}), now)
         else:
             now += HEARTBEAT_TIMEOUT + 1.0 if flag else 0.0
             room.on_alarm(now)
