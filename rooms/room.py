@@ -227,27 +227,27 @@ class _WireCache:
     def __init__(self) -> None:
         self._wires: dict[str, tuple[User, dict[str, Any]]] = {}
 
-    def users(self, users: dict[str, User]) -> list[dict[str, Any]]:
-        """The wire forms of ``users`` (connection id -> user), sorted by connection id
-        as Orange's storage listing returns them; each a fresh dict."""
+    def users(self, users: dict[str, User]) -> dict[str, dict[str, Any]]:
+        """The wire forms of ``users`` (connection id -> user): connection id -> a fresh
+        dict, in connection-id order (as Orange's storage listing returns them)."""
         wires = self._wires
         if len(wires) > len(users):
             for conn in [c for c in wires if c not in users]:
                 del wires[conn]
-        out = []
+        out = {}
         for conn in sorted(users):
             user = users[conn]
             cached = wires.get(conn)
             if cached is None or cached[0] is not user:
                 cached = wires[conn] = (user, user.wire())
-            out.append(dict(cached[1]))
+            out[conn] = dict(cached[1])
         return out
 
 
 def _room_state_message(data: RoomData, cache: _WireCache | None = None) -> dict[str, Any]:
     ai = data.ai
     # sorted by connection id, as Orange's storage listing returns them
-    users = (cache or _WireCache()).users(data.users)
+    users = list((cache or _WireCache()).users(data.users).values())
     if ai.enabled:
         users.append(
             User(
@@ -329,8 +329,7 @@ class Room:
         object is unchanged since the last ``roomState`` or record taken from their
         cached wire form (the users' map in connection-id order)."""
         record = self.data.model_dump(mode="json", exclude_none=True, exclude={"users"})
-        users = self._wires.users(self.data.users)
-        record["users"] = dict(zip(sorted(self.data.users), users))
+        record["users"] = self._wires.users(self.data.users)
         return record
 
     @property
