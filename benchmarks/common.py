@@ -83,6 +83,23 @@ def _cpu_group(pid: int, title: str, client: int) -> str:
     return "other"
 
 
+def _stat_fields(path: str) -> list[str]:
+    """The fields of a ``/proc/<pid>/stat`` or ``/proc/<pid>/task/<tid>/stat`` file
+    after ``pid (comm)``: ``[11]``/``[12]`` are user/system time in clock ticks.
+
+    Raises:
+        OSError: the process or thread is gone.
+    """
+    with open(path) as f:
+        stat = f.read()
+    return stat[stat.rfind(")") + 2:].split()
+
+
+def _ticks(fields: list[str]) -> int:
+    """User + system time in clock ticks from :func:`_stat_fields`' fields."""
+    return int(fields[11]) + int(fields[12])
+
+
 def processes() -> Iterator[tuple[int, list[str], str]]:
     """Every process on this machine now: ``(pid, stat, title)``, ``stat`` the fields of
     ``/proc/<pid>/stat`` after ``pid (comm)`` (``stat[0]`` is the state, ``stat[1]`` the
@@ -93,13 +110,12 @@ def processes() -> Iterator[tuple[int, list[str], str]]:
         if not name.isdigit():
             continue
         try:
-            with open(f"/proc/{name}/stat") as f:
-                stat = f.read()
+            fields = _stat_fields(f"/proc/{name}/stat")
             with open(f"/proc/{name}/cmdline", "rb") as f:
                 title = f.read().split(b"\0")[0].decode(errors="replace")
         except OSError:
             continue
-        yield int(name), stat[stat.rfind(")") + 2:].split(), title
+        yield int(name), fields, title
 
 
 def replica_pids(app: str) -> list[int]:
@@ -117,10 +133,7 @@ def cpu_seconds(pid: int) -> float:
     Raises:
         OSError: no such process.
     """
-    with open(f"/proc/{pid}/stat") as f:
-        stat = f.read()
-    fields = stat[stat.rfind(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return _ticks(_stat_fields(f"/proc/{pid}/stat")) / os.sysconf("SC_CLK_TCK")
 
 
 def thread_cpu_seconds(pid: int, names: dict[int, str] | None = None) -> dict[str, float]:
@@ -139,15 +152,13 @@ def thread_cpu_seconds(pid: int, names: dict[int, str] | None = None) -> dict[st
     out: dict[str, float] = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                stat = f.read()
+            ticks = _ticks(_stat_fields(f"/proc/{pid}/task/{tid}/stat"))
             with open(f"/proc/{pid}/task/{tid}/comm") as f:
                 comm = f.read().strip()
         except OSError:  # the thread exited
             continue
-        fields = stat[stat.rfind(")") + 2:].split()
         name = names.get(int(tid), comm)
-        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+        out[name] = out.get(name, 0.0) + ticks / tick
     return out
 
 
@@ -178,7 +189,7 @@ def cpu_ticks(client: int | None = None) -> dict[int, tuple[str, int]]:
     pid, default :func:`os.getpid`), the ticks user + system time (``/proc/<pid>/stat``
     fields 14 and 15; ``os.sysconf("SC_CLK_TCK")`` a second). Linux only."""
     client = os.getpid() if client is None else client
-    return {pid: (_cpu_group(pid, title, client), int(stat[11]) + int(stat[12]))
+    return {pid: (_cpu_group(pid, title, client), _ticks(stat))
             for pid, stat, title in processes()}
 
 
