@@ -1,7 +1,7 @@
 """Room activation: a new room's first message beside a bare Ray actor's creation, a
 surge of new rooms beside a surge of bare actors, and memory per live room.
 
-Run: ``python -m benchmarks.activation [--cold 15] [--surge 200] [--batch 50]``. It starts
+Run: ``python -m benchmarks.activation [--start 5] [--cold 15] [--surge 200] [--batch 50]``. It starts
 its own local Ray the way ``rooms serve`` does (this node's ``room_slot`` resources, a
 warm pool of ``ROOMS_WARM_WORKERS`` per node) with a throwaway SQLite store.
 
@@ -19,6 +19,15 @@ warm pool of ``ROOMS_WARM_WORKERS`` per node) with a throwaway SQLite store.
    bare actors/s. Beside it, the CPU each surge used per new actor, by group of
    processes (:class:`~benchmarks.common.CpuMeter`): when both keep the cores busy,
    their ratio is what bounds the rate ratio.
+0. **What a process costs to start** (``--start`` of each, one at a time, before the
+   warm pools exist, so every actor starts a process of its own): the CPU its whole
+   process used (``/proc/<pid>/stat``) up to its first reply, for a bare actor; a bare
+   actor with a runtime environment of one variable (Ray starts such a worker through
+   its ``setup_worker.py``, which imports Ray and then ``exec``\ s the worker, which
+   imports Ray again); a bare actor with the rooms' runtime environment (that, plus
+   the setup hook importing the room runtime); and a room (that, plus its
+   ``__init__``, activation and first message). When a surge keeps the cores busy,
+   their ratio bounds the surge's.
 3. **Memory**: mean PSS (``/proc/<pid>/smaps_rollup``) of 20 of the surge's room actors
    beside 20 of the bare actors. Target: ratio <= 1.1. And what a 24 GiB node holds with the default
    bound (``actors.slots.default_max_live_rooms``).
@@ -39,7 +48,7 @@ from typing import Any
 
 import ray
 
-from benchmarks.common import Bare, CpuMeter, pct, progress, smaps, verdict
+from benchmarks.common import Bare, CpuMeter, cpu_seconds, pct, progress, smaps, verdict
 
 TARGET_COLD_RATIO = 0.3
 TARGET_MEMORY_RATIO = 1.1
@@ -102,6 +111,34 @@ async def cold(config: Any, count: int,
     return rooms, bares, floors
 
 
+START_KINDS = ("bare actor", "bare actor, a one-variable runtime env",
+               "bare actor, the rooms' runtime env", "room")
+"""Section 0's kinds of process, in the order each adds a cost to the one before."""
+
+
+async def start_cpu(config: Any, count: int) -> dict[str, list[float]]:
+    """Section 0 (seconds of CPU): ``count`` processes of each of :data:`START_KINDS`,
+    interleaved, one at a time; each process's CPU up to its first reply."""
+    from actors.warmpool import room_runtime_env
+
+    rooms_env = room_runtime_env(config.store_url)
+    made: dict[str, Any] = {
+        START_KINDS[0]: lambda: _bare(),
+        START_KINDS[1]: lambda: _bare(runtime_env={"env_vars": {"ROOMS_BENCH": "1"}}),
+        START_KINDS[2]: lambda: _bare(runtime_env=rooms_env),
+        START_KINDS[3]: lambda: _activate(f"start-{uuid.uuid4().hex[:10]}", config),
+    }
+    cpu: dict[str, list[float]] = {kind: [] for kind in START_KINDS}
+    for k in range(count):
+        for kind in START_KINDS:
+            actor = await made[kind]()
+            cpu[kind].append(cpu_seconds(await actor.pid.remote()))
+            ray.kill(actor)
+        progress(f"   {k + 1}/{count}: " + ", ".join(
+            f"{kind} {cpu[kind][-1] * 1000:.0f} ms" for kind in START_KINDS))
+    return cpu
+
+
 async def surge(make, total: int, batch: int) -> tuple[list[float], list[Any]]:
     """Section 2: ``make()`` ``total`` times, ``batch`` at a time; per-batch rates."""
     rates, made = [], []
@@ -132,9 +169,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
              log_to_driver=False, namespace=config.namespace,
              resources=slot_resources(config))
+    await _bare()  # export Bare once
+    progress(f"0. CPU a process costs to start, {args.start} of each (no warm pool yet)")
+    started = await start_cpu(config, args.start)
     pools = ensure_warm_pools(config.warm_workers, config.store_url)
     progress(f"warm pools: {pools} ({config.warm_workers} workers each)")
-    await _bare()  # export Bare once
     await asyncio.sleep(3.0)
 
     progress(f"1. cold activation, {args.cold} of each")
@@ -160,6 +199,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         ray.kill(a)
     node_bytes = 24 * 2**30
     return {
+        "start_cpu": started,
         "cold_rooms": cold_rooms, "cold_bares": cold_bares, "cold_floors": cold_floors,
         "room_rates": room_rates, "bare_rates": bare_rates,
         "room_pss": room_pss, "bare_pss": bare_pss, "pool": pool_stats,
@@ -173,6 +213,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     """Run the three sections and print the results, ratios and targets."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--start", type=int, default=5)
     parser.add_argument("--cold", type=int, default=15)
     parser.add_argument("--surge", type=int, default=200)
     parser.add_argument("--batch", type=int, default=50)
@@ -183,6 +224,18 @@ def main() -> None:
     r = asyncio.run(run(args))
     cold_ratio = statistics.median(r["cold_rooms"]) / statistics.median(r["cold_bares"])
     mem_ratio = r["room_pss"] / r["bare_pss"]
+    print()
+    start = {kind: statistics.median(v) for kind, v in r["start_cpu"].items()}
+    print("CPU a process costs up to its first reply, median ms (x a bare actor's; "
+          "+ over the line before):")
+    before = None
+    for kind in START_KINDS:
+        added = "" if before is None else f"   +{(start[kind] - before) * 1000:.0f}"
+        print(f"  {kind:42} {start[kind] * 1000:7.0f}   x{start[kind] / start[START_KINDS[0]]:.2f}"
+              f"{added}")
+        before = start[kind]
+    print(f"  (when a surge keeps the cores busy, rooms/s can be at most "
+          f"~x{start[START_KINDS[0]] / start['room']:.2f} of bare actors/s from this alone)")
     print()
     print(f"{'':34} {'p50 ms':>8} {'p99 ms':>8}")
     print(f"{'cold: new room + first message':34} {pct(r['cold_rooms'], .5):8.1f} "
