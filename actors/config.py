@@ -135,8 +135,9 @@ class RoomsConfig(BaseSettings):
     ai_prepare: bool = Field(
         True, description="build the AI's service clients in the background once a room "
                           "is active (~0.1 s of CPU and ~5 MiB per room where Calls is "
-                          "configured), so enableAi does not wait for them; false: on "
-                          "the first enableAi")
+                          "configured; their imports and TLS context are then part of "
+                          "the rooms' worker preload), so enableAi does not wait for "
+                          "them; false: on the first enableAi")
     ai_live_delegate_tool: str = Field(
         "", description="Live API: the tool (of ai_tools) a client delegation runs, with "
                         "the recent transcript; empty: delegations are not answered")

@@ -20,7 +20,7 @@ from .errors import InvalidRoomId, NoFreeSlot
 from .room_actor import RoomActor
 from .room_client import RoomClient
 from .slots import ROOM_SLOT, free_slots, offers_slots, shed_one
-from .warmpool import room_runtime_env
+from .warmpool import preloads_ai, room_runtime_env
 from .wire import Placement
 
 __all__ = ["ACTOR_PREFIX", "InvalidRoomId", "RemoteRoomActor", "actor_name", "get_room",
@@ -54,7 +54,7 @@ def room_actor_options(room_id: str, config: RoomsConfig) -> dict[str, Any]:
     slots = {"resources": {ROOM_SLOT: 1}} if offers_slots() else {}
     return {
         **slots,
-        "runtime_env": room_runtime_env(config.store_url),
+        "runtime_env": room_runtime_env(config.store_url, preloads_ai(config)),
         "name": actor_name(validate_room_id(room_id)),
         "namespace": config.namespace,
         "get_if_exists": True,

@@ -33,14 +33,15 @@ def start_side_actors(config: RoomsConfig, *, background: bool = True) -> None:
     def run() -> None:
         from .metrics_sink import ensure_sink
         from .scheduler import ensure_scheduler
-        from .warmpool import ensure_warm_pools
+        from .warmpool import ensure_warm_pools, preloads_ai
 
         try:
             ensure_scheduler(config)
         except Exception:  # noqa: BLE001 - logged; the next replica tries again
             log.exception("could not start the alarm scheduler")
         try:
-            ensure_warm_pools(config.warm_workers, config.store_url)
+            ensure_warm_pools(config.warm_workers, config.store_url,
+                              ai=preloads_ai(config))
         except Exception:  # noqa: BLE001
             log.exception("could not start the warm pools")
         try:

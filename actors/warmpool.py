@@ -38,6 +38,7 @@ past their keep-alive). It counts what it started, so an idle node starts nothin
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import logging
 import os
@@ -48,9 +49,10 @@ import ray
 
 from .seam import prestart_workers, raylet_runtime_env, setup_hook_env_var
 
-__all__ = ["POOL_NAMESPACE", "POOL_PREFIX", "PRELOAD", "PRELOAD_ENV", "SETUP_HOOK_ENV", "WarmPool",
-           "ensure_warm_pools", "notify_started", "preload", "preloaded_at", "prestart",
-           "expect_rooms_from_here", "room_runtime_env", "rooms_created_here", "worker_env"]
+__all__ = ["AI_PRELOAD", "POOL_NAMESPACE", "POOL_PREFIX", "PRELOAD", "PRELOAD_ENV",
+           "SETUP_HOOK_ENV", "WarmPool", "ensure_warm_pools", "notify_started", "preload",
+           "preloaded_at", "preloads_ai", "prestart", "expect_rooms_from_here",
+           "room_runtime_env", "rooms_created_here", "worker_env"]
 
 log = logging.getLogger("ray_rooms.warmpool")
 
@@ -70,33 +72,84 @@ needs (the models, the SQLite and memory stores). The HTTP client (httpx: ~50 ms
 process's start, ~6 MiB) is imported by a room when it first enables the AI (the
 bridges) or sends a webhook event, not by every room."""
 
+AI_PRELOAD = ("bridges.calls", "bridges.openai", "bridges.openai_live", "httpcore",
+              "anyio._backends._asyncio", "anyio.streams.tls", "bridges.http:tls_context")
+"""What :func:`preload` adds where every active room builds the AI's clients
+(:func:`preloads_ai`): the bridges' modules (httpx, websockets), what httpx imports only
+when it builds a client (httpcore, ~70 ms) and sends its first request (anyio's asyncio
+backend, ~25 ms), and the process's TLS context. A fresh room's process spent those
+~0.3 s of CPU after its activation, and an ``enableAi`` sent right after the first join
+waited for them (issue 23: ``python benchmarks/enable_ai.py --settle 0``); in a warm
+worker they are spent before the room exists."""
+
 _preloaded_at: float | None = None
 
 
-def room_runtime_env(store_url: str) -> dict[str, Any]:
+def preloads_ai(config: Any) -> bool:
+    """Whether the rooms of ``config`` (a :class:`~actors.config.RoomsConfig`) preload
+    :data:`AI_PRELOAD`: each active room builds the AI's clients anyway
+    (``ROOMS_AI_PREPARE`` on and Calls configured, explicitly or in this process's
+    environment, as the rooms will read it). Every caller of :func:`room_runtime_env`
+    for the same rooms must pass the same answer, or warm workers do not match. The
+    environment is read once per process and set of explicit fields (reading it costs
+    ~1 ms; ``get_room`` asks on every resolve). Raises nothing."""
+    if not config.ai_prepare:
+        return False
+    services = config.services
+    secret = services.calls_app_secret
+    return _calls_configured(services.calls_app_id,
+                             None if secret is None else bool(secret.get_secret_value()))
+
+
+@functools.lru_cache(maxsize=16)
+def _calls_configured(app_id: str | None, has_secret: bool | None) -> bool:
+    """Calls configured with an explicit ``app_id`` (``None``: from the environment)
+    and an explicit secret that is empty or not (``None``: from the environment). The
+    cache keeps no secret."""
+    from pydantic import SecretStr
+
+    from .config import ServiceEndpoints
+    from .services import calls_settings
+
+    secret = None if has_secret is None else SecretStr("set" if has_secret else "")
+    endpoints = ServiceEndpoints(calls_app_id=app_id, calls_app_secret=secret)
+    return calls_settings(endpoints).configured
+
+
+def room_runtime_env(store_url: str, ai: bool = False) -> dict[str, Any]:
     """The runtime environment of room actors whose store is ``store_url`` (and of the
     workers prestarted for them): the setup hook :func:`preload`, told to import
-    :data:`PRELOAD` and, for a PostgreSQL store, ``storage.postgres`` (asyncpg).
+    :data:`PRELOAD`, for a PostgreSQL store ``storage.postgres`` (asyncpg), and with
+    ``ai`` (:func:`preloads_ai`) :data:`AI_PRELOAD`.
     Returns a ``runtime_env`` dict for ``.options()``; raises nothing."""
     from storage.factory import is_shared_store
 
-    modules = [*PRELOAD, *(["storage.postgres"] if is_shared_store(store_url) else [])]
+    modules = [*PRELOAD, *(["storage.postgres"] if is_shared_store(store_url) else []),
+               *(AI_PRELOAD if ai else ())]
     return {"env_vars": {SETUP_HOOK_ENV: f"{__name__}.preload",
                          PRELOAD_ENV: ",".join(modules)}}
 
 
 def preload() -> None:
     """The worker setup hook: import the modules :data:`PRELOAD_ENV` names (default
-    :data:`PRELOAD`), so that creating a room imports nothing, and record when
-    (:func:`preloaded_at`). Raises nothing (an import error shows up again, clearly,
-    when the room starts)."""
+    :data:`PRELOAD`; a ``module:function`` entry also calls that function with no
+    arguments), so that creating a room imports nothing, and record when
+    (:func:`preloaded_at`; not when an entry failed). Raises nothing: an entry that
+    fails is logged and the others still load (an import error shows up again,
+    clearly, when the room or its AI starts)."""
     global _preloaded_at
-    try:
-        for name in filter(None, os.environ.get(PRELOAD_ENV, ",".join(PRELOAD)).split(",")):
-            importlib.import_module(name.strip())
+    failed = False
+    for entry in filter(None, os.environ.get(PRELOAD_ENV, ",".join(PRELOAD)).split(",")):
+        try:
+            name, _, function = entry.strip().partition(":")
+            module = importlib.import_module(name)
+            if function:
+                getattr(module, function)()
+        except Exception:  # noqa: BLE001 - never fail a worker's start; try the rest
+            failed = True
+            log.exception("preloading %s failed", entry.strip())
+    if not failed:
         _preloaded_at = time.time()
-    except Exception:  # noqa: BLE001 - never fail a worker's start
-        log.exception("preloading the room runtime failed")
 
 
 def preloaded_at() -> float | None:
@@ -284,7 +337,8 @@ def _start_pool(node_id: str, size: int, initial: list[tuple[str, str]],
     ).remote(node_id, size, refill_s=refill_s, initial=initial)
 
 
-def ensure_warm_pools(size: int, store_url: str, refill_s: float = 30.0) -> list[str]:
+def ensure_warm_pools(size: int, store_url: str, refill_s: float = 30.0,
+                      ai: bool = False) -> list[str]:
     """Start (once) a :class:`WarmPool` on every alive node (in
     :data:`POOL_NAMESPACE`); return their names.
 
@@ -293,6 +347,7 @@ def ensure_warm_pools(size: int, store_url: str, refill_s: float = 30.0) -> list
         store_url: the rooms' store, which decides their runtime environment
             (:func:`room_runtime_env`).
         refill_s: seconds between a pool's top-ups (and its look for new nodes).
+        ai: whether the rooms preload the AI's clients (:func:`preloads_ai`).
 
     Each pool warms right away for this job and that environment; rooms created
     elsewhere (e.g. by gateway replicas of another job) teach their pool theirs when
@@ -303,7 +358,7 @@ def ensure_warm_pools(size: int, store_url: str, refill_s: float = 30.0) -> list
     names: list[str] = []
     if size <= 0:
         return names
-    initial = [rooms_created_here(store_url)]
+    initial = [rooms_created_here(store_url, ai)]
     for node in ray.nodes():
         if not node["Alive"]:
             continue
@@ -316,25 +371,27 @@ def ensure_warm_pools(size: int, store_url: str, refill_s: float = 30.0) -> list
     return names
 
 
-def rooms_created_here(store_url: str) -> tuple[str, str]:
+def rooms_created_here(store_url: str, ai: bool = False) -> tuple[str, str]:
     """``(job id, serialized environment)`` of the workers the rooms this process
-    creates will run in: :func:`room_runtime_env` merged into this process's own
+    creates will run in: :func:`room_runtime_env` (of ``store_url`` and ``ai``, see
+    :func:`preloads_ai`) merged into this process's own
     runtime environment (a Serve replica's carries Serve's variables), as Ray merges
     them (:func:`worker_env`). Raises nothing beyond Ray's ``get_runtime_context``."""
     context = ray.get_runtime_context()
     own = dict(context.runtime_env or {})
     env = {**own, "env_vars": {**(own.get("env_vars") or {}),
-                               **room_runtime_env(store_url)["env_vars"]}}
+                               **room_runtime_env(store_url, ai)["env_vars"]}}
     return context.get_job_id(), worker_env(env)
 
 
-def expect_rooms_from_here(store_url: str) -> None:
+def expect_rooms_from_here(store_url: str, ai: bool = False) -> None:
     """Tell every node's pool that this process (a gateway replica) will create rooms,
     so that they prestart workers for the environment those rooms get
-    (:func:`rooms_created_here`) before the first one. Fire and forget; raises
+    (:func:`rooms_created_here` of ``store_url`` and ``ai``) before the first one.
+    Fire and forget; raises
     nothing (without pools, rooms start cold)."""
     try:
-        key = rooms_created_here(store_url)
+        key = rooms_created_here(store_url, ai)
         for entry in ray.util.list_named_actors(all_namespaces=True):
             if entry["namespace"] == POOL_NAMESPACE and entry["name"].startswith(POOL_PREFIX):
                 ray.get_actor(entry["name"], namespace=POOL_NAMESPACE).expect.remote(*key)

@@ -133,8 +133,9 @@ def _lookup(ray, name: str):
 def test_the_preload_leaves_out_what_only_some_rooms_need():
     """A room's worker imports what every room needs and nothing more: the HTTP client
     (httpx, ~50 ms of a new process's start and ~6 MiB) comes with the first webhook
-    event or AI enable, asyncpg with a PostgreSQL store. A surge of new rooms starts
-    processes, so every module here is paid once per room."""
+    event or AI enable (or with the preload where every active room builds the AI's
+    clients anyway, see the next tests), asyncpg with a PostgreSQL store. A surge of
+    new rooms starts processes, so every module here is paid once per room."""
     from actors.warmpool import PRELOAD_ENV
 
     probe = ("import sys; from actors.warmpool import preload, preloaded_at; preload(); "
@@ -146,3 +147,67 @@ def test_the_preload_leaves_out_what_only_some_rooms_need():
                          timeout=120, env=env, cwd=Path(__file__).resolve().parent.parent)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "", f"preloaded for every room: {out.stdout.strip()}"
+
+
+def _calls_configured(config: RoomsConfig, **changes) -> RoomsConfig:
+    from pydantic import SecretStr
+
+    from actors.config import ServiceEndpoints
+
+    services = ServiceEndpoints(calls_base_url="http://127.0.0.1:9/v1", calls_app_id="app",
+                                calls_app_secret=SecretStr("secret"))
+    return config.model_copy(update={"services": services, **changes})
+
+
+def test_rooms_that_prepare_the_ai_preload_its_clients_and_the_others_do_not(config,
+                                                                            monkeypatch):
+    """Where every active room builds the AI's clients (ROOMS_AI_PREPARE on and Calls
+    configured), their imports and the TLS context are part of the preload; where not,
+    the rooms' environment is what it was (and so the pools' workers match)."""
+    from actors.warmpool import AI_PRELOAD, PRELOAD_ENV, preloads_ai, room_runtime_env
+
+    from actors import warmpool
+
+    for name in ("CALLS_APP_ID", "CALLS_APP_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    warmpool._calls_configured.cache_clear()  # the environment is read once per process
+    assert not preloads_ai(config)
+    assert preloads_ai(_calls_configured(config))
+    assert not preloads_ai(_calls_configured(config, ai_prepare=False))
+    plain = room_runtime_env(config.store_url)["env_vars"][PRELOAD_ENV].split(",")
+    ai = room_runtime_env(config.store_url, ai=True)["env_vars"][PRELOAD_ENV].split(",")
+    assert not set(AI_PRELOAD) & set(plain)
+    assert ai == [*plain, *AI_PRELOAD]
+
+    probe = ("import sys; from actors.warmpool import preload, preloaded_at; preload(); "
+             "assert preloaded_at() is not None; from bridges.http import tls_context; "
+             "print(tls_context.cache_info().currsize, "
+             "all(m in sys.modules for m in ('httpx', 'httpcore', 'bridges.calls', "
+             "'bridges.openai', 'bridges.openai_live', 'websockets', "
+             "'anyio._backends._asyncio')))")
+    env = {**os.environ, PRELOAD_ENV: ",".join(ai)}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=120, env=env, cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["1", "True"], out.stdout
+
+
+def test_a_room_that_prepares_the_ai_finds_its_clients_imported_before_it_starts(
+        ray_session, config, monkeypatch):
+    """A fresh room whose AI clients are prepared: before it is even activated (so
+    before its own preparation could run) its worker has imported the bridges and built
+    the TLS context. Before, that ~0.19 s of CPU came after the room's activation, and
+    an ``enableAi`` sent at once waited for it (issue 23)."""
+    ray = ray_session
+    for name in ("CALLS_APP_ID", "CALLS_APP_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    asked, where, handle = _new_room(ray, _calls_configured(config))
+    try:
+        assert where.lifecycle == "inactive"
+        loaded = ray.get(handle.__ray_call__.remote(lambda self: (
+            __import__("sys").modules.get("bridges.openai") is not None,
+            __import__("bridges.http").http.tls_context.cache_info().currsize,
+            self.lifecycle.value)), timeout=60)
+        assert loaded == (True, 1, "inactive")
+    finally:
+        ray.kill(handle)

@@ -28,7 +28,7 @@ from ..auth import AuthSettings
 from ..config import RoomsConfig
 from ..seam import configure_websockets
 from ..side_actors import start_side_actors
-from ..warmpool import expect_rooms_from_here
+from ..warmpool import expect_rooms_from_here, preloads_ai
 from .limits import GatewayLimits
 from .pages import WebAssets
 from .partytracks import PartyTracksSettings
@@ -69,7 +69,8 @@ class Gateway:
             start_side_actors(config)
         # the rooms this replica creates run in its runtime environment merged with
         # theirs: warm the pools for that one now (in a thread: list_named_actors blocks)
-        threading.Thread(target=expect_rooms_from_here, args=(config.store_url,),
+        threading.Thread(target=expect_rooms_from_here,
+                         args=(config.store_url, preloads_ai(config)),
                          name="warm-pool-expect", daemon=True).start()
 
     @app.get("/healthz")
