@@ -10,20 +10,29 @@ what bounds it").
   replica's event loop, no Ray call);
 * ``/floor/actor``: each text frame makes one call of a bare actor
   (:class:`benchmarks.common.Bare`) and is sent back once it returns (the floor of
-  socket -> actor -> socket).
+  socket -> actor -> socket);
+* ``/floor/broadcast``: each text frame makes one call of the bare actor and is then
+  written to every socket connected to the route, one after another (the floor of
+  socket -> actor -> every socket: a room's broadcast with no turn, no save, no outbox
+  and no per-socket writer).
 
-``benchmarks/gateway.py`` measures both beside the bare actor call and the gateway's
-``userUpdate`` round trip.
+``benchmarks/gateway.py`` measures the first two beside the bare actor call and the
+gateway's ``userUpdate`` round trip; ``benchmarks/broadcast.py`` measures the third
+beside the gateway's broadcast (:func:`floor_broadcast`).
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the WebSocket parameter's
 # annotation at import, and Serve pickles the app (a module-level one, by reference).
+import asyncio
+import json
+import time
 from typing import Any
 
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from ray import serve
 
-__all__ = ["FLOOR_APP", "FLOOR_PREFIX", "Floor", "delete_floor", "deploy_floor"]
+__all__ = ["FLOOR_APP", "FLOOR_PREFIX", "Floor", "delete_floor", "deploy_floor",
+           "floor_broadcast", "room_state_frame"]
 
 FLOOR_APP = "rooms-bench-floor"
 """The Serve application's name."""
@@ -40,11 +49,19 @@ class Floor:
 
     Args:
         actor: a :class:`benchmarks.common.Bare` handle, called once per frame of
-            ``/actor``.
+            ``/actor`` and ``/broadcast``.
+        compression: whether the replica negotiates permessage-deflate (set as the
+            gateway sets it, :func:`actors.seam.configure_websockets`, before Serve
+            starts the replica's server); ``None``: uvicorn's default (on).
     """
 
-    def __init__(self, actor: Any) -> None:
+    def __init__(self, actor: Any, compression: bool | None = None) -> None:
         self.actor = actor
+        self.sockets: list[WebSocket] = []
+        if compression is not None:
+            from actors.seam import configure_websockets
+
+            configure_websockets(1 << 20, compression)
 
     @app.websocket("/echo")
     async def echo(self, ws: WebSocket) -> None:
@@ -69,11 +86,80 @@ class Floor:
             pass
 
 
-def deploy_floor(bare: Any) -> None:
+    @app.websocket("/broadcast")
+    async def broadcast(self, ws: WebSocket) -> None:
+        """Every text frame from any socket: one call of the bare actor, then the frame
+        is written to every socket connected here, in the order they connected."""
+        await ws.accept()
+        self.sockets.append(ws)
+        try:
+            while True:
+                text = await ws.receive_text()
+                await self.actor.call.remote("floor", text)
+                for peer in list(self.sockets):
+                    await peer.send_text(text)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            self.sockets.remove(ws)
+
+
+def deploy_floor(bare: Any, compression: bool | None = None) -> None:
     """Deploy the floor application (see the module docstring) on the running Serve,
-    calling ``bare`` (a :class:`benchmarks.common.Bare` handle) from ``/floor/actor``.
-    Returns once it is running; raises what ``serve.run`` raises."""
-    serve.run(Floor.bind(bare), name=FLOOR_APP, route_prefix=FLOOR_PREFIX)
+    calling ``bare`` (a :class:`benchmarks.common.Bare` handle) from ``/floor/actor``
+    and ``/floor/broadcast``; ``compression``: see :class:`Floor`. Returns once it is
+    running; raises what ``serve.run`` raises."""
+    serve.run(Floor.bind(bare, compression), name=FLOOR_APP, route_prefix=FLOOR_PREFIX)
+
+
+def room_state_frame(users: int, k: int) -> str:
+    """A ``roomState`` frame of ``users`` users shaped as the gateway's (ids ``b-<i>``,
+    names, an audio track, flags), carrying the round ``k`` as ``"round"``: the
+    payload the broadcast floor writes (about the size of a 50-user meeting's)."""
+    return json.dumps({"type": "roomState", "round": k, "state": {
+        "users": [
+            {"id": f"b-{i}", "name": f"b{i}", "raisedHand": False, "speaking": False,
+             "joined": False, "tracks": {"audio": f"bench/{k}", "audioEnabled": True,
+                                         "audioUnavailable": False}}
+            for i in range(users)], "ai": {"enabled": False}, "meetingId": None}},
+        separators=(",", ":"))
+
+
+async def floor_broadcast(base: str, n: int, rounds: int) -> list[float]:
+    """Per round, the time (seconds) from one :func:`room_state_frame` of ``n`` users
+    sent on the first of ``n`` sockets of ``{base}/floor/broadcast`` until every socket
+    has read (and parsed, as the gateway benchmark's clients do) that round's frame.
+    ``base``: ``ws://host:port``. Raises ``TimeoutError`` if a round takes over 30 s."""
+    from websockets.asyncio.client import connect
+
+    sockets = [await connect(f"{base}{FLOOR_PREFIX}/broadcast", max_size=None)
+               for _ in range(n)]
+    marks: dict[int, asyncio.Event] = {}
+    counts: dict[int, int] = {}
+
+    async def read(ws: Any) -> None:
+        async for frame in ws:
+            k = json.loads(frame)["round"]
+            counts[k] = counts.get(k, 0) + 1
+            if counts[k] == n and k in marks:
+                marks[k].set()
+
+    readers = [asyncio.ensure_future(read(ws)) for ws in sockets]
+    times = []
+    try:
+        for k in range(rounds + 3):  # 3 rounds of warm-up
+            marks[k] = asyncio.Event()
+            started = time.perf_counter()
+            await sockets[0].send(room_state_frame(n, k))
+            await asyncio.wait_for(marks[k].wait(), 30)
+            if k >= 3:
+                times.append(time.perf_counter() - started)
+    finally:
+        for task in readers:
+            task.cancel()
+        for ws in sockets:
+            await ws.close()
+    return times
 
 
 def delete_floor() -> None:
