@@ -1,10 +1,20 @@
 """Room activation: a new room's first message beside a bare Ray actor's creation, a
 surge of new rooms beside a surge of bare actors, and memory per live room.
 
-Run: ``python -m benchmarks.activation [--start 5] [--cold 15] [--surge 200] [--batch 50]``. It starts
-its own local Ray the way ``rooms serve`` does (this node's ``room_slot`` resources, a
-warm pool of ``ROOMS_WARM_WORKERS`` per node) with a throwaway SQLite store.
+Run: ``python -m benchmarks.activation [--start 5] [--cold 15] [--surge 200]
+[--batch 50]``. It starts its own local Ray the way ``rooms serve`` does (this node's
+``room_slot`` resources, a warm pool of ``ROOMS_WARM_WORKERS`` per node) with a
+throwaway SQLite store.
 
+0. **What a process costs to start** (``--start`` of each, one at a time, before the
+   warm pools exist, so every actor starts a process of its own): the CPU its whole
+   process used (``/proc/<pid>/stat``) up to its first reply, for a bare actor; a bare
+   actor with a runtime environment of one variable (Ray starts such a worker through
+   its ``setup_worker.py``, which imports Ray and then ``exec``\ s the worker, which
+   imports Ray again); a bare actor with the rooms' runtime environment (that, plus
+   the setup hook importing the room runtime); and a room (that, plus its
+   ``__init__``, activation and first message). When a surge keeps the cores busy,
+   their ratio bounds the surge's.
 1. **Cold activation**: ``get_room`` of a room id never used + ``connect`` + a
    ``heartbeat`` message, until the reply; beside a bare actor's creation + one call,
    and beside a bare actor in the rooms' runtime environment, which takes a warm
@@ -19,15 +29,6 @@ warm pool of ``ROOMS_WARM_WORKERS`` per node) with a throwaway SQLite store.
    bare actors/s. Beside it, the CPU each surge used per new actor, by group of
    processes (:class:`~benchmarks.common.CpuMeter`): when both keep the cores busy,
    their ratio is what bounds the rate ratio.
-0. **What a process costs to start** (``--start`` of each, one at a time, before the
-   warm pools exist, so every actor starts a process of its own): the CPU its whole
-   process used (``/proc/<pid>/stat``) up to its first reply, for a bare actor; a bare
-   actor with a runtime environment of one variable (Ray starts such a worker through
-   its ``setup_worker.py``, which imports Ray and then ``exec``\ s the worker, which
-   imports Ray again); a bare actor with the rooms' runtime environment (that, plus
-   the setup hook importing the room runtime); and a room (that, plus its
-   ``__init__``, activation and first message). When a surge keeps the cores busy,
-   their ratio bounds the surge's.
 3. **Memory**: mean PSS (``/proc/<pid>/smaps_rollup``) of 20 of the surge's room actors
    beside 20 of the bare actors. Target: ratio <= 1.1. And what a 24 GiB node holds with the default
    bound (``actors.slots.default_max_live_rooms``).
@@ -211,7 +212,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
-    """Run the three sections and print the results, ratios and targets."""
+    """Run the four sections and print the results, ratios and targets."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--start", type=int, default=5)
     parser.add_argument("--cold", type=int, default=15)
