@@ -65,12 +65,14 @@ SETUP_HOOK_ENV = setup_hook_env_var()
 """The variable Ray's ``default_worker.py`` reads to run a setup hook (a
 ``module.function`` name) when a worker starts (:func:`actors.seam.setup_hook_env_var`)."""
 PRELOAD_ENV = "RAY_ROOMS_PRELOAD"
-"""The variable that tells :func:`preload` what to import (comma-separated modules)."""
+"""The variable that tells :func:`preload` what to import (comma-separated modules; a
+``module:function`` entry also calls that function)."""
 PRELOAD = ("actors.room_actor",)
 """What :func:`preload` always imports: the room actor's class and what its activation
 needs (the models, the SQLite and memory stores). The HTTP client (httpx: ~50 ms of a
 process's start, ~6 MiB) is imported by a room when it first enables the AI (the
-bridges) or sends a webhook event, not by every room."""
+bridges) or sends a webhook event, not by every room; unless every active room builds
+the AI's clients anyway (:data:`AI_PRELOAD`)."""
 
 AI_PRELOAD = ("bridges.calls", "bridges.openai", "bridges.openai_live", "httpcore",
               "anyio._backends._asyncio", "anyio.streams.tls", "bridges.http:tls_context")
