@@ -64,7 +64,8 @@ def smaps(pid: int) -> dict[str, int]:
     return fields
 
 
-CPU_GROUPS = ("client", "HAProxy", "Serve replica (gateway or floor)", "rooms",
+CPU_GROUPS = ("client", "HAProxy", "Serve replica (gateway or floor)",
+              "room actors (the floor's: bare actors)",
               "Ray (raylet, GCS, Serve's controller, other workers)", "other")
 
 
@@ -76,8 +77,8 @@ def _cpu_group(pid: int, title: str, client: int) -> str:
         return "HAProxy"
     if title.startswith("ray::ServeReplica:"):
         return CPU_GROUPS[2]
-    if title.startswith("ray::RoomActor"):
-        return "rooms"
+    if title.startswith(("ray::RoomActor", "ray::Bare")):
+        return CPU_GROUPS[3]
     if title.startswith("ray::") or "/ray/" in title or "ray/" in title.split(" ")[0]:
         return CPU_GROUPS[4]
     return "other"

@@ -15,10 +15,17 @@ what bounds it").
   written to every socket connected to the route, one after another (the floor of
   socket -> actor -> every socket: a room's broadcast with no turn, no save, no outbox
   and no per-socket writer).
+* ``/floor/batched?actor=<i>``: text frames go to bare actor ``i`` (one per socket, as
+  each pipelining client of the gateway benchmark has its own room) in batches, the way
+  the gateway sends a room's frames (:mod:`actors.gateway.batcher`): one call under way
+  at a time, carrying every frame that arrived meanwhile (at most 256); once it returns,
+  each frame of the batch is sent back (the floor of pipelined frames: one actor call per
+  batch, with no turn, no save, no outbox and no per-socket writer).
 
 ``benchmarks/gateway.py`` measures the first two beside the bare actor call and the
-gateway's ``userUpdate`` round trip; ``benchmarks/broadcast.py`` measures the third
-beside the gateway's broadcast (:func:`floor_broadcast`).
+gateway's ``userUpdate`` round trip, and the fourth beside its pipelined ``userUpdate`` s;
+``benchmarks/broadcast.py`` measures the third beside the gateway's broadcast
+(:func:`floor_broadcast`).
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the WebSocket parameter's
@@ -31,13 +38,16 @@ from typing import Any
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from ray import serve
 
-__all__ = ["FLOOR_APP", "FLOOR_PREFIX", "Floor", "delete_floor", "deploy_floor",
-           "floor_broadcast", "room_state_frame"]
+__all__ = ["FLOOR_APP", "FLOOR_BATCH", "FLOOR_PREFIX", "Floor", "delete_floor",
+           "deploy_floor", "floor_broadcast", "room_state_frame"]
 
 FLOOR_APP = "rooms-bench-floor"
 """The Serve application's name."""
 FLOOR_PREFIX = "/floor"
 """Its route prefix."""
+FLOOR_BATCH = 256
+"""The most frames of one socket in one call of ``/floor/batched`` (the gateway's
+``max_batch`` default)."""
 
 app = FastAPI()
 
@@ -45,7 +55,7 @@ app = FastAPI()
 @serve.deployment(num_replicas=1, max_ongoing_requests=10_000)
 @serve.ingress(app)
 class Floor:
-    """The floor's replica: ``/echo`` and ``/actor`` (see the module docstring).
+    """The floor's replica: its routes are in the module docstring.
 
     Args:
         actor: a :class:`benchmarks.common.Bare` handle, called once per frame of
@@ -53,10 +63,15 @@ class Floor:
         compression: whether the replica negotiates permessage-deflate (set as the
             gateway sets it, :func:`actors.seam.configure_websockets`, before Serve
             starts the replica's server); ``None``: uvicorn's default (on).
+        actors: :class:`benchmarks.common.Bare` handles for ``/batched`` (its
+            ``actor`` query parameter picks one, modulo their number; none given:
+            ``actor``).
     """
 
-    def __init__(self, actor: Any, compression: bool | None = None) -> None:
+    def __init__(self, actor: Any, compression: bool | None = None,
+                 actors: list[Any] | None = None) -> None:
         self.actor = actor
+        self.actors = list(actors or [actor])
         self.sockets: list[WebSocket] = []
         if compression is not None:
             from actors.seam import configure_websockets
@@ -85,6 +100,36 @@ class Floor:
         except WebSocketDisconnect:
             pass
 
+    @app.websocket("/batched")
+    async def batched(self, ws: WebSocket, actor: int = 0) -> None:
+        """Send text frames to bare actor ``actor`` in batches, one call under way at a
+        time, and send each frame back once its batch's call returned (see the module
+        docstring)."""
+        await ws.accept()
+        target = self.actors[actor % len(self.actors)]
+        queue: list[str] = []
+        arrived = asyncio.Event()
+
+        async def send() -> None:
+            while True:
+                await arrived.wait()
+                arrived.clear()
+                while queue:
+                    batch = queue[:FLOOR_BATCH]
+                    del queue[:FLOOR_BATCH]
+                    await target.call.remote("floor", batch)
+                    for text in batch:
+                        await ws.send_text(text)
+
+        sender = asyncio.ensure_future(send())
+        try:
+            while True:
+                queue.append(await ws.receive_text())
+                arrived.set()
+        except WebSocketDisconnect:
+            pass
+        finally:
+            sender.cancel()
 
     @app.websocket("/broadcast")
     async def broadcast(self, ws: WebSocket) -> None:
@@ -104,12 +149,15 @@ class Floor:
             self.sockets.remove(ws)
 
 
-def deploy_floor(bare: Any, compression: bool | None = None) -> None:
+def deploy_floor(bare: Any, compression: bool | None = None,
+                 actors: list[Any] | None = None) -> None:
     """Deploy the floor application (see the module docstring) on the running Serve,
     calling ``bare`` (a :class:`benchmarks.common.Bare` handle) from ``/floor/actor``
-    and ``/floor/broadcast``; ``compression``: see :class:`Floor`. Returns once it is
+    and ``/floor/broadcast``, and ``actors`` (handles, default ``[bare]``) from
+    ``/floor/batched``; ``compression``: see :class:`Floor`. Returns once it is
     running; raises what ``serve.run`` raises."""
-    serve.run(Floor.bind(bare, compression), name=FLOOR_APP, route_prefix=FLOOR_PREFIX)
+    serve.run(Floor.bind(bare, compression, actors), name=FLOOR_APP,
+              route_prefix=FLOOR_PREFIX)
 
 
 def room_state_frame(users: int, k: int) -> str:

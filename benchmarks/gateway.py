@@ -34,7 +34,11 @@ Python proxy actor), then measures:
    room-per-client run against the actor-per-client baseline (the cross ratio is
    printed too). Then **throughput**: the per-client sockets, each keeping
    ``--window`` ``userUpdate`` frames in flight (as a busy client or many users
-   behind one replica do); messages per second = replies received per second.
+   behind one replica do); messages per second = replies received per second. Beside
+   it, the same clients against two floors through the same HAProxy
+   (:mod:`benchmarks.floor`): a replica that echoes each frame, and a replica that sends
+   each socket's frames to a bare actor of its own in batches, as the gateway sends a
+   room's (``/floor/batched``); the CPU each run cost, by process group.
 2. **Broadcast**: one ``userUpdate`` in a room of ``--sockets`` sockets; the time until
    every socket has the ``roomState`` carrying it (p50/p99) and deliveries per second
    (sockets x rounds / total time).
@@ -69,6 +73,7 @@ import time
 import uuid
 from typing import Any, Awaitable, Callable
 
+import httpx
 import ray
 
 from benchmarks.activation import cold
@@ -191,11 +196,14 @@ async def _pipelined(sockets: list[Any], window: int, seconds: float,
 
 
 async def round_trips(base: str, config: Any, clients: int, seconds: float,
-                      window: int, rounds: int = 3) -> dict[str, tuple[list[float], float]]:
+                      window: int, rounds: int = 3,
+                      batch_actors: list[Any] = ()) -> dict[str, Any]:
     """Section 1: bare call, driver room turn and WebSocket userUpdate (each client one
     message at a time; ``rounds`` interleaved rounds sharing ``seconds`` per kind),
     WebSocket ping, then pipelined WebSocket userUpdates (``window`` in flight per
-    client). Returns ``{kind: (latencies in s, messages per s)}``."""
+    client) beside the floors' (``batch_actors``: the bare actors behind
+    ``/floor/batched``, whose calls are counted). Returns ``{kind: (latencies in s,
+    messages per s)}``, and for the pipelined runs their CPU and call counts."""
     from websockets.asyncio.client import connect
 
     from actors.directory import get_room
@@ -251,6 +259,10 @@ async def round_trips(base: str, config: Any, clients: int, seconds: float,
               for _ in range(clients)]
     floors = [await connect(f"{base}{FLOOR_PREFIX}/actor", max_size=None)
               for _ in range(clients)]
+    # the pipelined floor: each client its own bare actor, frames sent to it in batches
+    # as the gateway sends a room's
+    batched = [await connect(f"{base}{FLOOR_PREFIX}/batched?actor={i}", max_size=None)
+               for i in range(clients)]
 
     def echo_of(group: list[Any]) -> Callable[[int, int], Awaitable[None]]:
         async def one(i: int, k: int) -> None:
@@ -298,17 +310,40 @@ async def round_trips(base: str, config: Any, clients: int, seconds: float,
                  f"p50 {pct(results[name][0], .5):.2f} ms")
     results["ping"] = await _loop(clients, seconds / 2, ws_ping)
     progress(f"  ping: {results['ping'][1]:.0f}/s")
+    health = base.replace("ws://", "http://") + "/healthz"
+    async with httpx.AsyncClient() as http:
+        before = (await http.get(health)).json()["channels"]
     with CpuMeter() as cpu:
         results["piped"] = await _pipelined(sockets, window, seconds)
+    async with httpx.AsyncClient() as http:
+        after = (await http.get(health)).json()["channels"]
+    results["piped_batches"] = {key: after.get(key, 0) - before.get(key, 0)
+                                for key in ("batches", "frames", "polls", "entries")}
     results["piped_cpu"] = cpu.per(max(1, len(results["piped"][0]))), cpu.busy()
+    counts = results["piped_batches"]
     progress(f"  pipelined: {results['piped'][1]:.0f}/s with {clients} clients x "
-             f"{window} in flight")
+             f"{window} in flight; {counts['frames']} frames in {counts['batches']} "
+             f"deliver calls (x{counts['frames'] / max(1, counts['batches']):.1f} a call), "
+             f"{counts['polls']} polls")
     with CpuMeter() as cpu:
         results["piped_echo"] = await _pipelined(echoes, window, seconds, _echoed)
     results["piped_echo_cpu"] = cpu.per(max(1, len(results["piped_echo"][0]))), cpu.busy()
     progress(f"  pipelined against the floor's echo: {results['piped_echo'][1]:.0f}/s")
+    async def floor_calls() -> int:  # each count is itself a call: one per actor
+        return sum(await asyncio.gather(*[a.call.remote("count", "") for a in batch_actors]))
+
+    calls = await floor_calls()
+    with CpuMeter() as cpu:
+        results["piped_batched"] = await _pipelined(batched, window, seconds, _echoed)
+    calls = await floor_calls() - calls - len(batch_actors)
+    results["piped_batched_cpu"] = (cpu.per(max(1, len(results["piped_batched"][0]))),
+                                    cpu.busy())
+    replies = len(results["piped_batched"][0])
+    progress(f"  pipelined against the floor's batched bare actors: "
+             f"{results['piped_batched'][1]:.0f}/s; {replies} frames in {calls} calls "
+             f"(x{replies / max(1, calls):.1f} a call)")
     beats.cancel()
-    for ws in sockets + meeting + echoes + floors:
+    for ws in sockets + meeting + echoes + floors + batched:
         await ws.close()
     ray.kill(bare)
     for b in bares:
@@ -392,23 +427,26 @@ def memory(config: Any) -> tuple[dict[str, int], dict[str, int]]:
 
 def cpu_table(rt: dict[str, Any], cores: int) -> None:
     """Print where the pipelined runs' CPU went: microseconds of CPU per message by
-    group of processes (:class:`~benchmarks.common.CpuMeter`), for ray-rooms and for
-    the floor's echo, and the most messages a second ``cores`` busy cores allow at that
-    cost, with and without the benchmark's own client (which a real deployment runs
-    elsewhere)."""
-    (ours, busy), (echo, echo_busy) = rt["piped_cpu"], rt["piped_echo_cpu"]
+    group of processes (:class:`~benchmarks.common.CpuMeter`), for ray-rooms, for the
+    floor's echo and for the floor's batched bare actors, and the most messages a
+    second ``cores`` busy cores allow at each cost, with and without the benchmark's
+    own client (which a real deployment runs elsewhere)."""
+    runs = [("ray-rooms", rt["piped_cpu"]), ("echo floor", rt["piped_echo_cpu"]),
+            ("batch floor", rt["piped_batched_cpu"])]
     print(f"    CPU per message in the pipelined runs (us; {cores} cores):")
-    print(f"      {'':54} {'ray-rooms':>10} {'echo floor':>10}")
+    print(f"      {'':54}" + "".join(f" {name:>11}" for name, _ in runs))
     for group in CPU_GROUPS:
-        print(f"      {group:54} {ours[group]:10.0f} {echo[group]:10.0f}")
-    total, echo_total = sum(ours.values()), sum(echo.values())
-    print(f"      {'total':54} {total:10.0f} {echo_total:10.0f}")
-    print(f"      {'cores busy on average':54} {busy:10.2f} {echo_busy:10.2f}")
-    server = total - ours["client"]
-    print(f"      at that cost {cores} cores allow {cores * 1e6 / total:,.0f} messages/s; "
-          f"without this client ({server:.0f} us a message) {cores * 1e6 / server:,.0f}/s; "
-          f"{ISSUE23_RATE:,.0f}/s needs <= {cores * 1e6 / ISSUE23_RATE:.0f} us a message "
-          f"in all")
+        print(f"      {group:54}" + "".join(f" {per[group]:11.0f}" for _, (per, _) in runs))
+    totals = [sum(per.values()) for _, (per, _) in runs]
+    print(f"      {'total':54}" + "".join(f" {t:11.0f}" for t in totals))
+    print(f"      {'cores busy on average':54}" + "".join(f" {b:11.2f}" for _, (_, b) in runs))
+    for (name, (per, _)), total in zip(runs, totals):
+        server = total - per["client"]
+        print(f"      {name}: at that cost {cores} cores allow {cores * 1e6 / total:,.0f} "
+              f"messages/s; without this client ({server:.0f} us a message) "
+              f"{cores * 1e6 / server:,.0f}/s")
+    print(f"      {ISSUE23_RATE:,.0f}/s needs <= {cores * 1e6 / ISSUE23_RATE:.0f} us a "
+          f"message in all")
 
 
 def main() -> None:
@@ -445,11 +483,12 @@ def main() -> None:
                              limits=limits, ingress=args.ingress)
         base = url.replace("http://", "ws://")
         floor_actor = Bare.remote()
-        deploy_floor(floor_actor)
+        batch_actors = [Bare.remote() for _ in range(args.clients)]
+        deploy_floor(floor_actor, actors=batch_actors)
         progress(f"gateway at {url}; 1. round trips ({args.clients} clients, "
                  f"{args.seconds:g} s each)")
         rt = asyncio.run(round_trips(base, config, args.clients, args.seconds,
-                                     args.window, args.mix_rounds))
+                                     args.window, args.mix_rounds, batch_actors))
         progress(f"2. broadcast to {args.sockets} sockets, {args.rounds} rounds")
         fan, fan_rate = asyncio.run(broadcast(base, args.sockets, args.rounds))
         progress(f"3. cold activation, {args.activations} of each")
@@ -479,6 +518,7 @@ def main() -> None:
         (f"websocket ping, {c} clients", rt["ping"]),
         (f"websocket pipelined, {c}x{args.window}", rt["piped"]),
         (f"floor: echo pipelined, {c}x{args.window}", rt["piped_echo"]),
+        (f"floor: batched actors, {c}x{args.window}", rt["piped_batched"]),
         (f"broadcast to {args.sockets} sockets", (fan, fan_rate)),
         ("cold: new room + first message", (cold_room, None)),
         ("cold: bare actor create + call", (cold_bare, None)),
@@ -543,6 +583,12 @@ def main() -> None:
     print(f"    the floor: the same clients pipelining to the echo through the same HAProxy "
           f"and a Serve replica: {rt['piped_echo'][1]:.0f}/s (what this client, HAProxy "
           f"and a replica reach on these cores; below it, the rest is ray-rooms')")
+    batch_rate = rt["piped_batched"][1]
+    print(f"    the floor with an actor: the same clients pipelining through the same "
+          f"HAProxy and a Serve replica that sends each socket's frames to a bare actor of "
+          f"its own in batches, as the gateway does: {batch_rate:.0f}/s (ray-rooms: "
+          f"x{rate / batch_rate:.2f} of it; target "
+          f"{'above' if batch_rate < ISSUE23_RATE else 'below'} it)")
     cpu_table(rt, os.cpu_count() or 1)
     print("  (surge activation against bare actors: python -m benchmarks.activation)")
     print(f"total {time.perf_counter() - begun:.0f} s")
