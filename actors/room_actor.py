@@ -45,6 +45,7 @@ import ray
 
 from rooms import AiControlResult, AiEnableResult, Effects, Outgoing, Room, RoomData
 from rooms.ai import run_control, run_enable, run_release
+from rooms.messages import encode_server_message
 from rooms.ports import AiService, MediaBridge
 from rooms.ports import AiSideband
 from rooms.room import AiCallEnded, AiToolCall, AiToolDelivered, AiToolOutput, AiTranscript
@@ -98,7 +99,7 @@ class Lifecycle(enum.Enum):
 
 
 def _entry(seq: int, out: Outgoing) -> OutboxEntry:
-    data = None if out.message is None else json.dumps(out.message, separators=(",", ":"))
+    data = None if out.message is None else encode_server_message(out.message)
     return OutboxEntry(seq=seq, to=out.to, conn=out.conn, data=data,
                        close=(int(out.close[0]), str(out.close[1])) if out.close else None)
 

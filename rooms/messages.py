@@ -13,6 +13,7 @@ import json
 import re
 from typing import Annotated, Any, Literal, Union
 
+import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from .errors import RoomsError
@@ -44,6 +45,7 @@ __all__ = [
     "UserLeft",
     "check_conn_id",
     "check_socket_conn_id",
+    "encode_server_message",
     "UserTracks",
     "UserUpdate",
     "parse_client_message",
@@ -433,3 +435,29 @@ def server_message(type_: str, **fields: Any) -> dict[str, Any]:
     message: dict[str, Any] = {"type": type_}
     message.update((k, v) for k, v in fields.items() if v is not None)
     return message
+
+
+def encode_server_message(message: dict[str, Any]) -> str:
+    """The text of a server message as it goes on the wire: compact JSON (no spaces),
+    non-ASCII characters as they are (UTF-8 on the socket), as Orange's server sends
+    ``JSON.stringify(message)``.
+
+    Encoded by orjson (a few times faster than :func:`json.dumps` for a ``roomState``,
+    which a room encodes once per change); a value orjson refuses (a string with a lone
+    surrogate, an integer past 64 bits, a key that is not a string) is encoded by
+    :func:`json.dumps` instead, with non-ASCII characters escaped.
+
+    Args:
+        message: a JSON-able object (:func:`server_message`'s result).
+
+    Returns:
+        The JSON text.
+
+    Raises:
+        TypeError: ``message`` holds a value JSON has no form for.
+        ValueError: ``message`` refers to itself.
+    """
+    try:
+        return orjson.dumps(message).decode()
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return json.dumps(message, separators=(",", ":"))

@@ -435,3 +435,21 @@ def test_the_cached_wire_forms_equal_a_fresh_encoding_after_any_turns(ops):
         fresh = _room_state_message(room.data)["state"]
         assert room.room_state() == fresh
         assert room.record() == room.data.model_dump(mode="json", exclude_none=True)
+
+
+def test_a_server_message_is_compact_json_and_survives_what_orjson_refuses() -> None:
+    """encode_server_message: compact JSON with non-ASCII text as it is; a value orjson
+    refuses (a lone surrogate, an integer past 64 bits) still encodes, through the
+    standard library, to JSON that decodes to the same message."""
+    from rooms.messages import encode_server_message, server_message
+
+    room = Room("r1")
+    room.on_connect("c1", "Zoë 会议", T0)
+    fx = room.on_message("c1", msg(type="userUpdate", user={"id": "c1", "name": "x"}), T0)
+    state = sent(fx, "roomState")[-1]
+    text = encode_server_message(state)
+    assert json.loads(text) == state
+    assert "Zoë 会议" in text and ", " not in text and '": ' not in text
+    for odd in ("\ud800 alone", 2**70):
+        message = server_message("directMessage", **{"from": "c1", "message": odd})
+        assert json.loads(encode_server_message(message)) == message
