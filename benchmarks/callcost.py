@@ -16,6 +16,11 @@ worker, the task-execution thread, the event loop), per call and per frame:
   and 64 ``userUpdate`` frames: each batch is a turn per frame, one snapshot save, and
   the released ``roomState`` entries in the result.
 
+Then the same ``deliver`` batches run **in this process, with no Ray**: a
+:class:`~actors.room_actor.RoomActor` object on this thread's event loop with its own
+SQLite store (the room's own code alone: turns, snapshot, save, outbox), its CPU from
+:func:`time.thread_time` (the SQLite statement runs on the loop's thread too).
+
 It prints the callee's CPU per call and per frame, and the room's per-call cost over
 the bare async actor's (the part of a ``deliver`` that is ours); then the same CPU by
 thread (``/proc/<pid>/task``): the event loop, where a room's own code runs; the
@@ -156,6 +161,41 @@ async def run(calls: int, warmup: int) -> dict[str, Result]:
     return results
 
 
+async def in_process(calls: int, warmup: int) -> dict[int, float]:
+    """The room's own code alone: ``RoomActor.deliver`` of each of :data:`BATCHES`
+    called on this thread's event loop (no Ray), ``calls`` frames' worth of calls per
+    batch after ``warmup`` frames' worth. Returns ``{batch: CPU us a call}`` of this
+    thread (:func:`time.thread_time`)."""
+    from actors.room_actor import RoomActor
+    from storage.factory import open_store
+
+    url = f"sqlite:///{tempfile.mkdtemp(prefix='rooms-callcost-')}/rooms.sqlite3"
+    room = RoomActor("callcost-local", RoomsConfig(store_url=url, idle_timeout=0),
+                     store=open_store(url))
+    await room.connect("c", "caller", "P", "socket-1")
+    cursor = (await room.info()).seq
+    k = 0
+    results: dict[int, float] = {}
+    for batch in BATCHES:
+        async def deliver(n: int, batch: int = batch) -> None:
+            nonlocal cursor, k
+            for _ in range(n):
+                frames = []
+                for _ in range(batch):
+                    k += 1
+                    frames.append(("c", update("c", k), "socket-1", k))
+                cursor = (await room.deliver(frames, cursor, "P")).cursor
+
+        n = max(50, calls // batch)
+        await deliver(max(10, warmup // batch))
+        started = time.thread_time()
+        await deliver(n)
+        results[batch] = (time.thread_time() - started) / n * 1e6
+        progress(f"  the room's code alone, {batch} frames: {results[batch]:.0f} us of CPU "
+                 f"a call")
+    return results
+
+
 def main() -> None:
     """Run the measurements and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -167,12 +207,16 @@ def main() -> None:
         results = asyncio.run(run(args.calls, args.warmup))
     finally:
         ray.shutdown()
+    alone = asyncio.run(in_process(args.calls, args.warmup))
     bare = results["async actor"][0]
     print(f"\n{'callee':22} {'frames':>6} {'CPU us/call':>12} {'CPU us/frame':>13} "
           f"{'wall us/call':>13} {'x async actor':>14}")
     for name, (cpu, wall, frames, _) in results.items():
         print(f"{name:22} {frames:6d} {cpu:12.0f} {cpu / frames:13.0f} {wall:13.0f} "
               f"{cpu / bare:14.2f}")
+    for batch, cpu in alone.items():
+        print(f"{f'room code alone x{batch}':22} {batch:6d} {cpu:12.0f} {cpu / batch:13.0f} "
+              f"{'(no Ray)':>13} {cpu / bare:14.2f}")
     print("\nThe callee's CPU per call by thread (us; /proc/<pid>/task):")
     print(f"{'callee':22} " + " ".join(f"{role:>26}" for role in THREAD_ROLES))
     for name, (_, _, _, roles) in results.items():
