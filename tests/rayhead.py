@@ -44,12 +44,30 @@ class RayHead:
         """The dashboard's URL (Serve's REST API, which ``serve deploy`` calls)."""
         return f"http://127.0.0.1:{self.dashboard_port}"
 
-    def start(self, timeout: float = 120.0) -> "RayHead":
-        """Start the head and wait until its dashboard answers.
+    def start(self, timeout: float = 120.0, attempts: int = 3) -> "RayHead":
+        """Start the head and wait until its dashboard answers. A ``ray start`` that
+        exits before that (a port :func:`~actors.net.free_port` gave away was taken
+        before Ray bound it: the ports are picked, then bound by another process) is
+        started again on new ports, up to ``attempts`` times in all.
 
         Raises:
-            AssertionError: it did not come up within ``timeout`` seconds.
+            AssertionError: it did not come up within ``timeout`` seconds, or it exited
+                ``attempts`` times; the message ends with ``ray start`` 's output.
         """
+        log = Path(f"{self.tmp}.log")  # beside the temporary directory: stop() removes that
+        for attempt in range(attempts):
+            if attempt:
+                self.stop()
+                self.port, self.dashboard_port = free_port(), free_port()
+            if self._start(log, timeout):
+                return self
+        raise AssertionError(f"ray start exited {attempts} times; its output:\n"
+                             + log.read_text(errors="replace")[-3000:])
+
+    def _start(self, log: Path, timeout: float) -> bool:
+        """One ``ray start`` (output appended to ``log``): ``True`` once the dashboard
+        answers, ``False`` if the process exited first. Raises AssertionError after
+        ``timeout`` seconds."""
         ports = {"--port": self.port, "--dashboard-port": self.dashboard_port,
                  "--ray-client-server-port": free_port(),
                  "--dashboard-agent-listen-port": free_port(),
@@ -64,16 +82,20 @@ class RayHead:
                 "--temp-dir", str(self.tmp), "--resources", json.dumps(self.resources)]
         for flag, value in ports.items():
             argv += [flag, str(value)]
-        self.process = subprocess.Popen(argv, env=self.env, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, start_new_session=True)
+        self.tmp.mkdir(exist_ok=True)  # a retry's: stop() removed it
+        with open(log, "ab") as out:
+            self.process = subprocess.Popen(argv, env=self.env, stdout=out,
+                                            stderr=subprocess.STDOUT,
+                                            start_new_session=True)
         deadline = time.monotonic() + timeout
         while True:
             try:
                 if httpx.get(f"{self.dashboard}/api/version", timeout=2).status_code == 200:
-                    return self
+                    return True
             except httpx.HTTPError:
                 pass
-            assert self.process.poll() is None, "ray start exited"
+            if self.process.poll() is not None:
+                return False
             assert time.monotonic() < deadline, "the Ray head did not come up"
             time.sleep(0.5)
 
