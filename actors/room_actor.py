@@ -1001,9 +1001,12 @@ class RoomActor:
             return False  # an AI's live session would end with the activation
         async with self._gate:
             self.lifecycle = Lifecycle.HIBERNATING
+            # the saved state says it hibernated: the next activation is a wake, not a
+            # restart (Room.on_start)
+            version = self._stage(room.on_hibernate(self._clock()))
         try:
-            await self._commit_through(self._version)
-        except StorageUnavailable:
+            await self._commit_through(version)
+        except StorageUnavailable:  # rolled back to the last durable state, the mark too
             self.lifecycle = Lifecycle.ACTIVE  # stay up; the idle watch tries again
             return False
         self.outbox.wake()

@@ -366,13 +366,28 @@ class Room:
     def on_start(self, now: float) -> Effects:
         """An activation began (first start, Ray restart, or wake from hibernation).
 
+        After a restart (the last activation did not hibernate: it crashed, or its
+        process was killed) every user's heartbeat counts from ``now``: the heartbeats
+        they sent while no activation could store them (the process gone, or the store
+        down) were refused, not missed, so their silence is not theirs; a user that is
+        really gone is swept one timeout after the restart. A wake from hibernation
+        keeps the heartbeats as saved: any frame would have woken the room, so the
+        silence was the users'.
+
         An AI flow that was under way when the previous activation died cannot finish:
         its pending markers are cleared, the error says so, and what it created is
         released (so ``connectionPending`` never stays true for ever). A tool call that
         was running is asked of the tool runner again, under the same call id: the
         runner gives the same run's output (it does not run the tool again).
         """
-        ai = self.data.ai
+        data = self.data
+        if data.hibernatedAt is not None:  # a wake: saved with the next turn that saves
+            data.hibernatedAt = None
+        elif data.users:  # a restart
+            for conn in data.users:
+                data.heartbeats[conn] = max(data.heartbeats.get(conn, now), now)
+            self._changed()
+        ai = data.ai
         if ai.connectionPending:
             step = ai.step or "start"
             self._release_ai(reason="enable interrupted by a room restart")
@@ -390,6 +405,13 @@ class Room:
         for call in self.data.toolCalls:  # the tool runner still has (or finishes) these
             if call.status == "running" and ai.enabled and call.callId == ai.callId:
                 self._fx.jobs.append(ToolJob(call.model_copy()))
+        return self._take()
+
+    def on_hibernate(self, now: float) -> Effects:
+        """The activation is about to save and exit on purpose (hibernation): the
+        saved state says so (``hibernatedAt``), for :meth:`on_start` of the next one."""
+        self.data.hibernatedAt = now
+        self._changed()
         return self._take()
 
     def on_connect(self, conn: str, name: str, now: float) -> Effects:

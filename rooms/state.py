@@ -146,6 +146,11 @@ class RoomData(BaseModel):
     toolCalls: list[ToolCallRecord] = Field(default_factory=list)
     """The AI's newest tool calls, oldest first (every one not yet delivered, and the
     newest delivered ones up to 32 in all)."""
+    hibernatedAt: float | None = None
+    """When the room last hibernated (its activation saved and exited on purpose, idle);
+    ``None`` while an activation is live, and after one that ended any other way (a
+    crash, a SIGKILL, a lost node). The next activation reads it to tell a wake from a
+    restart (:meth:`rooms.room.Room.on_start`)."""
 
 
 @dataclass(frozen=True, slots=True)

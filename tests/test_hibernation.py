@@ -339,3 +339,40 @@ def test_metrics_are_no_ops_outside_ray():
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"enabled": False, "rooms_active": 0,
                                       "ai_sessions_active": 0}
+
+
+def test_a_restart_keeps_the_users_whose_heartbeats_it_could_not_store(ray_session,
+                                                                     sqlite_url):
+    """The room's process SIGKILLed when its users' last stored heartbeats are older than
+    the timeout and its alarm is due (as after the store was down for 10 s: the
+    heartbeats sent meanwhile were refused). The restarted activation runs the alarm at
+    once and keeps them: it counts their heartbeats from its own start. A wake from
+    hibernation does not (``test_alarm_fires_while_the_room_hibernates``)."""
+    import os
+    import signal
+
+    from rooms import HEARTBEAT_TIMEOUT
+
+    ray = ray_session
+    config = RoomsConfig(namespace=TEST_NAMESPACE, store_url=sqlite_url, idle_timeout=0)
+    room_id = f"restart-beats-{uuid.uuid4().hex[:8]}"
+    room = get_room(room_id, config)
+    ray.get(room.connect.remote("a", "alice"))
+    ray.get(room.connect.remote("b", "bob"))
+    epoch = ray.get(room.info.remote()).epoch
+    pid = ray.get(room.pid.remote())
+    aged = _age_snapshot(sqlite_url, room_id, HEARTBEAT_TIMEOUT + 5, stale={"a", "b"})
+    assert aged.state["room"]["alarmAt"] < time.time()
+    os.kill(pid, signal.SIGKILL)
+
+    def restarted():
+        try:
+            return ray.get(room.info.remote(), timeout=10).epoch > epoch
+        except ray.exceptions.RayActorError:
+            return False  # still restarting
+
+    until("the room to restart", restarted, 60)
+    assert ray.get(room.alarm.remote(force=True))
+    state = ray.get(room.state.remote())
+    assert [u["id"] for u in state["users"]] == ["a", "b"], state
+    ray.kill(room, no_restart=True)

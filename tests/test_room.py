@@ -250,6 +250,27 @@ def test_disable_during_enable_releases_the_late_result(room):
     assert room.data.ai.enabled is False
 
 
+def test_a_restart_counts_heartbeats_from_itself_and_a_wake_from_hibernation_does_not(room):
+    """Users silent only because no activation could store their heartbeats (the room's
+    process was killed, the store down) keep their seat through the next alarm after a
+    restart, and are swept one timeout after it if still silent; after a wake from
+    hibernation the saved heartbeats stand (any frame would have woken the room)."""
+    later = T0 + HEARTBEAT_TIMEOUT + 5  # both users' heartbeats (T0) are stale by now
+    restarted = Room("r1", room.data.model_copy(deep=True))
+    assert restarted.on_start(later).changed
+    fx = restarted.on_alarm(later + 1)
+    assert sorted(restarted.data.users) == ["a", "b"] and not sent(fx, "userLeftNotification")
+    restarted.on_alarm(later + HEARTBEAT_TIMEOUT + 1)
+    assert restarted.data.users == {}
+
+    room.on_hibernate(T0 + 1)
+    woken = Room("r1", room.data.model_copy(deep=True))
+    woken.on_start(later)
+    assert woken.data.hibernatedAt is None
+    fx = woken.on_alarm(later + 1)
+    assert woken.data.users == {} and len(sent(fx, "userLeftNotification")) == 2
+
+
 def test_restart_during_enable_clears_pending_and_releases(room):
     room.on_message("a", msg(type="enableAi"), T0)
     room.on_ai_event(AiProgress(1, {"sessionId": "S", "mid": "0", "step": "openai realtime/calls"}), T0)
