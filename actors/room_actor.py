@@ -1002,8 +1002,10 @@ class RoomActor:
         async with self._gate:
             self.lifecycle = Lifecycle.HIBERNATING
             # the saved state says it hibernated: the next activation is a wake, not a
-            # restart (Room.on_start)
-            version = self._stage(room.on_hibernate(self._clock()))
+            # restart (Room.on_start); a mark, not a turn (no message, no job)
+            if room.on_hibernate(self._clock()).changed:
+                self._version += 1
+            version = self._version
         try:
             await self._commit_through(version)
         except StorageUnavailable:  # rolled back to the last durable state, the mark too
