@@ -773,7 +773,7 @@ class RoomActor:
             raise MessageRefused(str(refused.get("error", "refused")), refused.get("errorId"))
         return seq
 
-    async def deliver(self, frames: Sequence[Frame] | Sequence[tuple], cursor: int | None,
+    async def deliver(self, frames: Sequence[Frame] | Sequence[Sequence[Any]], cursor: int | None,
                       poller: str | None = None, written: int | None = None) -> Delivery:
         """Handle a batch of client frames, in order, and return the released outbox
         entries after ``cursor`` (the gateway's batched path).
@@ -784,9 +784,10 @@ class RoomActor:
 
         Args:
             frames: the frames of one room as a replica received them, in order
-                (:class:`~actors.wire.Frame`: ``conn, data, socket, number``; a numbered
-                frame already applied is skipped, see :mod:`actors.applied`; a frame
-                with no socket and number is not deduplicated).
+                (:class:`~actors.wire.Frame`: ``conn, data, socket, number``, or a
+                list of those fields, as :func:`~actors.wire.frames_wire` sends them; a
+                numbered frame already applied is skipped, see :mod:`actors.applied`;
+                a frame with no socket and number is not deduplicated).
             cursor: the last sequence number the caller has fanned out (``None``:
                 return no entries, only the cursor).
             poller: the caller's poller id (one per room per gateway replica). The
@@ -845,7 +846,7 @@ class RoomActor:
 
         return traced
 
-    def _trace_save(self, frames: Sequence[Frame] | Sequence[tuple]) -> None:
+    def _trace_save(self, frames: Sequence[Frame] | Sequence[Sequence[Any]]) -> None:
         """The ``rooms.save`` span of a batch: the last save's window, a child of the
         first traced frame, linked to the others (:mod:`actors.tracing`)."""
         traces = [f[4] for f in frames if len(f) > 4 and f[4]]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Sequence
 
-from .wire import Activity, Delivery, Frame, Placement, RoomInfo, Transcript
+from .wire import Activity, Delivery, Frame, Placement, RoomInfo, Transcript, frames_wire
 
 if TYPE_CHECKING:
     from ray import ObjectRef
@@ -47,7 +47,7 @@ class RoomClient:
         (see ``RoomActor.poll``). Raises (on await) ``RoomHibernating``,
         ``StorageUnavailable``, ``NoFreeSlot``, ``SnapshotRefused`` or Ray's
         ``RayActorError``."""
-        return self.handle.deliver.remote(list(frames), cursor, poller, written)
+        return self.handle.deliver.remote(frames_wire(frames), cursor, poller, written)
 
     def connect(self, conn: str, name: str, poller: str | None,
                 socket: str | None) -> "ObjectRef[int]":

@@ -3,8 +3,15 @@
 A room releases its messages into a sequenced outbox (:mod:`actors.outbox`); a gateway
 replica receives them as :class:`OutboxEntry` values, either in the result of the
 ``RoomActor.deliver`` call that carried its frames or through its long-poll
-(``RoomActor.poll``). Both calls return a :class:`Delivery`. Ray pickles these
-dataclasses across processes; a snapshot stores entries with :meth:`OutboxEntry.record`.
+(``RoomActor.poll``). Both calls return a :class:`Delivery`; a snapshot stores entries
+with :meth:`OutboxEntry.record`.
+
+What crosses between processes is kept to what Ray serializes cheaply, since every
+frame and every message crosses twice: a batch of :class:`Frame` goes as a list of lists
+(:func:`frames_wire`: msgpack, which Ray packs without pickling), and a
+:class:`Delivery` pickles its entries as plain tuples (:meth:`Delivery.__reduce__`).
+Pickling the dataclasses as they are costs ~5 us a message on each side, ~10 % of a
+message's whole path through one gateway (``python -m benchmarks.callcost``).
 
 The one rule of who receives an entry is :meth:`OutboxEntry.reaches`; the gateway (fan
 out to its sockets), the room (what a reconnect is owed) and the CLI (which replies
@@ -17,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Literal, Mapping, NamedTuple, TypeVar
 
 __all__ = ["Activity", "AiFacts", "Delivery", "Frame", "MetricsReport", "OutboxEntry",
-           "Placement", "Recipients", "RoomInfo"]
+           "Placement", "Recipients", "RoomInfo", "frames_wire"]
 
 T = TypeVar("T")
 
@@ -104,6 +111,22 @@ class Delivery:
     hibernating: bool = False
     epoch: int = 0
 
+    def __reduce__(self) -> tuple[Any, tuple]:
+        """Pickle as :func:`_delivery` of plain values: the entries as tuples of their
+        fields. A frozen slotted dataclass pickles through Python-level
+        ``__getstate__``/``__setstate__`` per entry, ~5 us an entry both ways in all;
+        this is ~1 us."""
+        return (_delivery, (self.cursor, tuple([(e.seq, e.to, e.conn, e.data, e.close)
+                                                for e in self.entries]),
+                            self.gap, self.hibernating, self.epoch))
+
+
+def _delivery(cursor: int, entries: tuple[tuple, ...], gap: bool, hibernating: bool,
+              epoch: int) -> Delivery:
+    """Rebuild a :class:`Delivery` from :meth:`Delivery.__reduce__`'s values."""
+    return Delivery(cursor, tuple([OutboxEntry(*entry) for entry in entries]), gap,
+                    hibernating, epoch)
+
 
 class Frame(NamedTuple):
     """One client frame as a replica sends it to ``RoomActor.deliver``.
@@ -123,6 +146,15 @@ class Frame(NamedTuple):
     socket: str | None = None
     number: int | None = None
     trace: str | None = None
+
+
+def frames_wire(frames: Iterable[Frame]) -> list[list[Any]]:
+    """``frames`` as ``RoomActor.deliver`` takes them across Ray: each a list of its
+    fields in :class:`Frame`'s order. Ray packs lists of strings, bytes, integers and
+    ``None`` with msgpack and pickles anything else (a tuple, a named tuple) through
+    cloudpickle, ~4 us a frame dearer both ways; the room reads either form
+    (``Frame(*fields)``)."""
+    return [list(frame) for frame in frames]
 
 
 @dataclass(frozen=True, slots=True)
