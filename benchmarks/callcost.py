@@ -46,7 +46,7 @@ from actors.config import RoomsConfig
 from actors.directory import get_room
 from benchmarks.common import (TASK_THREAD, cpu_seconds, progress, python_thread_names,
                                thread_cpu_seconds)
-from benchmarks.gateway import update
+from benchmarks.gateway import HEARTBEAT, HEARTBEAT_EVERY_S, update
 
 BATCHES = (1, 4, 16, 64)
 
@@ -118,6 +118,23 @@ async def measure(call: Any, pid: int, calls: int, warmup: int,
     return 1e6 * (cpu1 - cpu0) / calls, 1e6 * (wall1 - wall0) / calls, roles
 
 
+class Beats:
+    """Whether the caller's user is due a ``heartbeat``: a room sweeps a user silent for
+    15 s (``userUpdate`` frames do not count), and on a slow machine the rows of one
+    room outlast that. :meth:`due` is true every ``HEARTBEAT_EVERY_S`` seconds; the
+    caller then sends one (a call every 5 s, ~0.1 % of the calls measured)."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+
+    def due(self) -> bool:
+        """True (and restart the period) when a heartbeat is due."""
+        if time.monotonic() - self.last < HEARTBEAT_EVERY_S:
+            return False
+        self.last = time.monotonic()
+        return True
+
+
 Result = tuple[float, float, int, dict[str, float]]
 """(CPU us per call, wall us per call, frames per call, CPU us per call by thread role)"""
 
@@ -144,9 +161,12 @@ async def run(calls: int, warmup: int) -> dict[str, Result]:
     pid = await room.__ray_call__.remote(lambda self: os.getpid())
     names = python_thread_names(room)
     cursor = (await room.info.remote()).seq
+    beats = Beats()
     for batch in BATCHES:
         async def deliver(k: int, batch: int = batch) -> None:
             nonlocal cursor
+            if beats.due():
+                await room.message.remote("c", HEARTBEAT)
             frames = [("c", update("c", k * batch + i)) for i in range(batch)]
             result = await room.deliver.remote(frames, cursor, "P")
             cursor = result.cursor
@@ -179,10 +199,13 @@ async def in_process(calls: int, warmup: int) -> dict[int, float]:
     cursor = (await room.info()).seq
     k = 0
     results: dict[int, float] = {}
+    beats = Beats()
     for batch in BATCHES:
         async def deliver(n: int, batch: int = batch) -> None:
             nonlocal cursor, k
             for _ in range(n):
+                if beats.due():
+                    await room.message("c", HEARTBEAT)
                 frames = []
                 for _ in range(batch):
                     k += 1
