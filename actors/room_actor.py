@@ -773,8 +773,9 @@ class RoomActor:
             raise MessageRefused(str(refused.get("error", "refused")), refused.get("errorId"))
         return seq
 
-    async def deliver(self, frames: Sequence[Frame] | Sequence[Sequence[Any]], cursor: int | None,
-                      poller: str | None = None, written: int | None = None) -> Delivery:
+    async def deliver(self, frames: Sequence[Frame] | Sequence[Sequence[Any]],
+                      cursor: int | None, poller: str | None = None,
+                      written: int | None = None) -> Delivery:
         """Handle a batch of client frames, in order, and return the released outbox
         entries after ``cursor`` (the gateway's batched path).
 

@@ -10,8 +10,9 @@ What crosses between processes is kept to what Ray serializes cheaply, since eve
 frame and every message crosses twice: a batch of :class:`Frame` goes as a list of lists
 (:func:`frames_wire`: msgpack, which Ray packs without pickling), and a
 :class:`Delivery` pickles its entries as plain tuples (:meth:`Delivery.__reduce__`).
-Pickling the dataclasses as they are costs ~5 us a message on each side, ~10 % of a
-message's whole path through one gateway (``python -m benchmarks.callcost``).
+Pickled as they are, a 16-frame batch and its result cost Ray 165 us to send and
+rebuild, against 53 us so (~7 us a frame, both sides together; ``python -m
+benchmarks.wirecost``).
 
 The one rule of who receives an entry is :meth:`OutboxEntry.reaches`; the gateway (fan
 out to its sockets), the room (what a reconnect is owed) and the CLI (which replies
@@ -114,8 +115,8 @@ class Delivery:
     def __reduce__(self) -> tuple[Any, tuple]:
         """Pickle as :func:`_delivery` of plain values: the entries as tuples of their
         fields. A frozen slotted dataclass pickles through Python-level
-        ``__getstate__``/``__setstate__`` per entry, ~5 us an entry both ways in all;
-        this is ~1 us."""
+        ``__getstate__``/``__setstate__`` per entry: ~6.5 us an entry to send and
+        rebuild, against ~2.3 us so (``python -m benchmarks.wirecost``)."""
         return (_delivery, (self.cursor, tuple([(e.seq, e.to, e.conn, e.data, e.close)
                                                 for e in self.entries]),
                             self.gap, self.hibernating, self.epoch))
@@ -152,8 +153,10 @@ def frames_wire(frames: Iterable[Frame]) -> list[list[Any]]:
     """``frames`` as ``RoomActor.deliver`` takes them across Ray: each a list of its
     fields in :class:`Frame`'s order. Ray packs lists of strings, bytes, integers and
     ``None`` with msgpack and pickles anything else (a tuple, a named tuple) through
-    cloudpickle, ~4 us a frame dearer both ways; the room reads either form
-    (``Frame(*fields)``)."""
+    cloudpickle, ~3 us a frame dearer to send and rebuild (``python -m
+    benchmarks.wirecost``); the room reads either form (``Frame(*fields)``). A text
+    msgpack cannot encode (a lone surrogate) still crosses: Ray then pickles the whole
+    value."""
     return [list(frame) for frame in frames]
 
 
