@@ -42,6 +42,10 @@ silently. Nothing else in the project imports ``ray._private``, ``ray.serve._pri
   operators). Fallback: ``None``.
 * :func:`validate_cluster_config`: the cluster launcher's validation of a
   ``ray up`` config (``ray.autoscaler._private.util``). Fallback: refuse (raises).
+* :func:`ray_serializer`: the serializer a Ray call puts its arguments and result
+  through (the worker's serialization context, ``ray._private.worker``), for
+  ``benchmarks/wirecost.py``, which times what the wire between replica and room costs
+  it. Fallback: ``ray.cloudpickle`` (what Ray uses for anything msgpack cannot carry).
 """
 
 from __future__ import annotations
@@ -50,10 +54,10 @@ import inspect
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 __all__ = ["CHECKED_ON_RAY", "actor_id", "configure_websockets", "prestart_workers",
-           "raylet_runtime_env",
+           "ray_serializer", "raylet_runtime_env",
            "serve_controller", "setup_hook_env_var", "stop_serve", "token_auth_enabled",
            "validate_cluster_config"]
 
@@ -288,3 +292,22 @@ def validate_cluster_config(config: dict[str, Any]) -> dict[str, Any]:
     prepared = prepare_config(copy.deepcopy(config))
     validate_config(prepared)
     return prepared
+
+
+def ray_serializer() -> Callable[[Any], Any]:
+    """Return the function this process's Ray worker serializes a call's argument or
+    result with: ``serialize(value)`` gives Ray's serialized object (msgpack for lists,
+    strings, bytes, integers and ``None`` of exact types; cloudpickle, protocol 5, for
+    the rest). Needs ``ray.init`` (or a Ray worker); raises nothing itself.
+
+    Fallback (Ray moved it): ``ray.cloudpickle.dumps`` with protocol 5, which is what Ray
+    does with every value msgpack cannot carry; the msgpack fast path is then missed.
+    """
+    try:
+        from ray._private.worker import global_worker
+
+        return global_worker.get_serialization_context().serialize
+    except (ImportError, AttributeError):
+        from ray import cloudpickle
+
+        return lambda value: cloudpickle.dumps(value, protocol=5)

@@ -10,8 +10,8 @@ What crosses between processes is kept to what Ray serializes cheaply, since eve
 frame and every message crosses twice: a batch of :class:`Frame` goes as a list of lists
 (:func:`frames_wire`: msgpack, which Ray packs without pickling), and a
 :class:`Delivery` pickles its entries as plain tuples (:meth:`Delivery.__reduce__`).
-Pickled as they are, a 16-frame batch and its result cost Ray 165 us to send and
-rebuild, against 53 us so (~7 us a frame, both sides together; ``python -m
+Pickled as they are, a 16-frame batch and its result cost Ray 133-171 us to send and
+rebuild, against 28-42 us so (~7 us a frame, both sides together; ``python -m
 benchmarks.wirecost``).
 
 The one rule of who receives an entry is :meth:`OutboxEntry.reaches`; the gateway (fan
@@ -115,8 +115,8 @@ class Delivery:
     def __reduce__(self) -> tuple[Any, tuple]:
         """Pickle as :func:`_delivery` of plain values: the entries as tuples of their
         fields. A frozen slotted dataclass pickles through Python-level
-        ``__getstate__``/``__setstate__`` per entry: ~6.5 us an entry to send and
-        rebuild, against ~2.3 us so (``python -m benchmarks.wirecost``)."""
+        ``__getstate__``/``__setstate__`` per entry: ~5 us an entry to send and
+        rebuild, against ~1.5-2 us so (``python -m benchmarks.wirecost``)."""
         return (_delivery, (self.cursor, tuple([(e.seq, e.to, e.conn, e.data, e.close)
                                                 for e in self.entries]),
                             self.gap, self.hibernating, self.epoch))
@@ -153,7 +153,7 @@ def frames_wire(frames: Iterable[Frame]) -> list[list[Any]]:
     """``frames`` as ``RoomActor.deliver`` takes them across Ray: each a list of its
     fields in :class:`Frame`'s order. Ray packs lists of strings, bytes, integers and
     ``None`` with msgpack and pickles anything else (a tuple, a named tuple) through
-    cloudpickle, ~3 us a frame dearer to send and rebuild (``python -m
+    cloudpickle, ~3-5 us a frame dearer to send and rebuild (``python -m
     benchmarks.wirecost``); the room reads either form (``Frame(*fields)``). A text
     msgpack cannot encode (a lone surrogate) still crosses: Ray then pickles the whole
     value."""

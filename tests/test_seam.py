@@ -172,3 +172,16 @@ def test_raylet_runtime_env_forms():
     env = {"env_vars": {"B": "2", "A": "1"}}
     assert seam.raylet_runtime_env(env, merged=False) == RuntimeEnv(**env).serialize()
     assert seam.raylet_runtime_env(env, merged=True) == '{"env_vars":{"A":"1","B":"2"}}'
+
+
+def test_ray_serializer_is_the_one_calls_use_and_packs_plain_lists_with_msgpack(ray_session):
+    """The serializer a call's arguments go through (what ``benchmarks/wirecost.py``
+    times): it carries a value whole, and a list of plain values comes out smaller than
+    the same values in tuples, which it pickles (the rule ``actors.wire.frames_wire``
+    relies on)."""
+    serialize = seam.ray_serializer()
+    assert serialize is not None and "cloudpickle" not in repr(serialize)
+    plain = [["c", "text", "s-1", 1, None]] * 4
+    as_tuples = [tuple(f) for f in plain]
+    assert ray_session.get(ray_session.put(plain)) == plain
+    assert serialize(plain).total_bytes < serialize(as_tuples).total_bytes
