@@ -227,8 +227,8 @@ async def test_the_batch_crosses_as_msgpack_and_its_result_pickles_whole():
 
     from actors.wire import Frame, frames_wire
 
-    frames = [Frame("one", update("one", 1), "s-1", 1), Frame("one", b'{"type":"x"}', "s-1", 2,
-                                                           "00-ab-cd-01")]
+    frames = [Frame("one", update("one", 1), "s-1", 1),
+              Frame("one", b'{"type":"x"}', "s-1", 2, "00-ab-cd-01")]
     wire = frames_wire(frames)
     packed = msgpack.packb(wire, use_bin_type=True, strict_types=True)  # raises if not
     assert [Frame(*f) for f in msgpack.unpackb(packed)] == frames
