@@ -2,6 +2,7 @@
 rate): CPU of the callee per call, a room's ``deliver`` beside bare Ray actors, in one run.
 
     python -m benchmarks.callcost [--calls 2000]
+    python -m benchmarks.callcost --code-only [--rounds 5]   # the room's code alone
 
 Sequential calls from the driver, each waiting for its answer, and the CPU the
 callee's process used over them (``/proc/<pid>/stat``, all its threads: Ray's core
@@ -19,7 +20,10 @@ worker, the task-execution thread, the event loop), per call and per frame:
 Then the same ``deliver`` batches run **in this process, with no Ray**: a
 :class:`~actors.room_actor.RoomActor` object on this thread's event loop with its own
 SQLite store (the room's own code alone: turns, snapshot, save, outbox), its CPU from
-:func:`time.thread_time` (the SQLite statement runs on the loop's thread too).
+:func:`time.thread_time` (the SQLite statement runs on the loop's thread too), the
+least of ``--rounds`` rounds. ``--code-only`` runs only these rows, with no Ray: run it
+in an old and a new tree, alternating, to compare a change to the room's code (its
+figures move less than a Ray call's on a busy machine).
 
 It prints the callee's CPU per call and per frame, and the room's per-call cost over
 the bare async actor's (the part of a ``deliver`` that is ours); then the same CPU by
@@ -181,14 +185,14 @@ async def run(calls: int, warmup: int) -> dict[str, Result]:
     return results
 
 
-async def in_process(calls: int, warmup: int) -> dict[int, float]:
+async def in_process(calls: int, warmup: int, rounds: int = 1) -> dict[int, float]:
     """The room's own code alone: ``RoomActor.deliver`` of each of :data:`BATCHES`
     called on this thread's event loop (no Ray), ``calls`` frames' worth of calls per
-    batch after ``warmup`` frames' worth. The frames carry a socket and a number, as the
-    gateway's do (so each is recorded in the room's applied frames), where the calls in
-    Ray above send bare ``(conn, data)`` frames: this row is a little dearer than the
-    same frames there would be. Returns ``{batch: CPU us a call}`` of this thread
-    (:func:`time.thread_time`)."""
+    batch and round after ``warmup`` frames' worth. The frames carry a socket and a
+    number, as the gateway's do (so each is recorded in the room's applied frames),
+    where the calls in Ray above send bare ``(conn, data)`` frames: this row is a
+    little dearer than the same frames there would be. Returns ``{batch: CPU us a
+    call}`` of this thread (:func:`time.thread_time`), the least of ``rounds``."""
     from actors.room_actor import RoomActor
     from storage.factory import open_store
 
@@ -214,11 +218,14 @@ async def in_process(calls: int, warmup: int) -> dict[int, float]:
 
         n = max(50, calls // batch)
         await deliver(max(10, warmup // batch))
-        started = time.thread_time()
-        await deliver(n)
-        results[batch] = (time.thread_time() - started) / n * 1e6
+        each = []
+        for _ in range(max(1, rounds)):
+            started = time.thread_time()
+            await deliver(n)
+            each.append((time.thread_time() - started) / n * 1e6)
+        results[batch] = min(each)
         progress(f"  the room's code alone, {batch} frames: {results[batch]:.0f} us of CPU "
-                 f"a call")
+                 f"a call (rounds: {', '.join(f'{c:.0f}' for c in each)})")
     return results
 
 
@@ -227,13 +234,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="rounds of the no-Ray rows; each prints the least")
+    parser.add_argument("--code-only", action="store_true",
+                        help="only the room's code alone, no Ray (--rounds 5 unless given)")
     args = parser.parse_args()
+    if args.code_only:
+        rounds = args.rounds if args.rounds > 1 else 5
+        alone = asyncio.run(in_process(args.calls, args.warmup, rounds))
+        print(f"\n{'the room code alone':22} {'frames':>6} {'CPU us/call':>12} "
+              f"{'CPU us/frame':>13}   (least of {rounds} rounds, no Ray)")
+        for batch, cpu in alone.items():
+            print(f"{'':22} {batch:6d} {cpu:12.0f} {cpu / batch:13.1f}")
+        return
     ray.init(include_dashboard=False, log_to_driver=False, namespace="rooms-callcost")
     try:
         results = asyncio.run(run(args.calls, args.warmup))
     finally:
         ray.shutdown()
-    alone = asyncio.run(in_process(args.calls, args.warmup))
+    alone = asyncio.run(in_process(args.calls, args.warmup, args.rounds))
     bare = results["async actor"][0]
     print(f"\n{'callee':22} {'frames':>6} {'CPU us/call':>12} {'CPU us/frame':>13} "
           f"{'wall us/call':>13} {'x async actor':>14}")

@@ -172,6 +172,29 @@ def test_ai_control_one_at_a_time_and_relinquish_by_holder_only(room):
     assert room.data.ai.controllingUser is None and sent(fx, "roomState")
 
 
+def test_a_turn_that_fails_after_changing_the_ai_in_place_leaves_it_as_it_was(room, monkeypatch):
+    """The checkpoint keeps the AI state's fields, not a copy of the model: a defect
+    after ``relinquishAiControl`` cleared ``controllingUser`` in place must put it back
+    and leave no roomState. (It fails if the restore keeps only the object.)"""
+    enabled_room(room)
+    [job] = room.on_message("a", msg(type="requestAiControl",
+                                     track={"sessionId": "sa", "trackName": "mic"}), T0).jobs
+    room.on_ai_event(AiControlResult(job.attempt, "a"), T0)
+    before, state = room.record(), room.room_state()
+
+    def broken(self):
+        raise RuntimeError("a defect after the AI state changed")
+
+    monkeypatch.setattr(Room, "_broadcast_state", broken)
+    fx = room.on_message("a", msg(type="relinquishAiControl"), T0)
+    monkeypatch.undo()
+    assert [m.message["type"] for m in fx.messages] == ["error"]
+    assert room.data.ai.controllingUser == "a"
+    assert room.record() == before and room.room_state() == state
+    fx = room.on_message("a", msg(type="relinquishAiControl"), T0)  # and the room goes on
+    assert room.data.ai.controllingUser is None and sent(fx, "roomState")
+
+
 def test_relinquish_while_the_request_is_pending_cancels_it(room):
     """A quick push-to-talk tap: the release comes before Calls answered; control never
     lands on the tapper, and the next request works."""
