@@ -262,6 +262,8 @@ def main() -> None:
     print(f"    CPU per new actor in the surges, ms (cores busy: rooms "
           f"{r['room_cpu'].busy():.2f}, bare {r['bare_cpu'].busy():.2f}):")
     for group in room_cpu:
+        if room_cpu[group] == bare_cpu[group] == 0:  # e.g. idle actors: none told apart
+            continue
         print(f"      {group:54} room {room_cpu[group] / 1e3:7.1f}   bare "
               f"{bare_cpu[group] / 1e3:7.1f}")
     total_room, total_bare = sum(room_cpu.values()), sum(bare_cpu.values())

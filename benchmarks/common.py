@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import ray
 
@@ -66,7 +66,11 @@ def smaps(pid: int) -> dict[str, int]:
 
 CPU_GROUPS = ("client", "HAProxy", "Serve replica (gateway or floor)",
               "room actors (the floor's: bare actors)",
+              "  idle actors (rooms, bare actors not in this run)",
               "Ray (raylet, GCS, Serve's controller, other workers)", "other")
+"""The groups :class:`CpuMeter` counts by. The fifth holds the actors of the third's
+kinds that a :class:`CpuMeter` given the run's actors (``active``) finds outside them:
+idle, each still costs its node Ray's floor (``python -m benchmarks.idle``)."""
 
 
 def _cpu_group(pid: int, title: str, client: int) -> str:
@@ -80,7 +84,7 @@ def _cpu_group(pid: int, title: str, client: int) -> str:
     if title.startswith(("ray::RoomActor", "ray::Bare")):
         return CPU_GROUPS[3]
     if title.startswith("ray::") or "/ray/" in title or "ray/" in title.split(" ")[0]:
-        return CPU_GROUPS[4]
+        return CPU_GROUPS[5]
     return "other"
 
 
@@ -201,7 +205,16 @@ class CpuMeter:
     time (s). With every core busy, ``cores * 1e6 / sum(cpu.per(units).values())`` is
     the most units a second this machine could do at that cost: what bounds a
     throughput. A process that starts during the span counts from its start; one that
-    ends during it is not counted (Linux only)."""
+    ends during it is not counted (Linux only).
+
+    Args:
+        active: the pids of the actors the work runs on; the other room and bare actors
+            count as idle (:data:`CPU_GROUPS`' fifth group). ``None``: all count as
+            the work's.
+    """
+
+    def __init__(self, active: Iterable[int] | None = None) -> None:
+        self.active = None if active is None else set(active)
 
     def __enter__(self) -> "CpuMeter":
         self.before = cpu_ticks()
@@ -213,6 +226,8 @@ class CpuMeter:
         self.after = cpu_ticks()
         self.used = dict.fromkeys(CPU_GROUPS, 0)
         for pid, (group, ticks) in self.after.items():
+            if group == CPU_GROUPS[3] and self.active is not None and pid not in self.active:
+                group = CPU_GROUPS[4]
             self.used[group] += ticks - self.before.get(pid, (group, 0))[1]
 
     def per(self, units: int) -> dict[str, float]:

@@ -313,7 +313,11 @@ async def round_trips(base: str, config: Any, clients: int, seconds: float,
     health = base.replace("ws://", "http://") + "/healthz"
     async with httpx.AsyncClient() as http:
         before = (await http.get(health)).json()["channels"]
-    with CpuMeter() as cpu:
+    # the actors each pipelined run works on; the others idle meanwhile (CpuMeter)
+    piped_rooms = [await get_room(f"bench-w-{tag}-{i}", config).pid.remote()
+                   for i in range(clients)]
+    batch_pids = [await a.pid.remote() for a in batch_actors]
+    with CpuMeter(piped_rooms) as cpu:
         results["piped"] = await _pipelined(sockets, window, seconds)
     async with httpx.AsyncClient() as http:
         after = (await http.get(health)).json()["channels"]
@@ -325,7 +329,7 @@ async def round_trips(base: str, config: Any, clients: int, seconds: float,
              f"{window} in flight; {counts['frames']} frames in {counts['batches']} "
              f"deliver calls (x{counts['frames'] / max(1, counts['batches']):.1f} a call), "
              f"{counts['polls']} polls")
-    with CpuMeter() as cpu:
+    with CpuMeter(()) as cpu:
         results["piped_echo"] = await _pipelined(echoes, window, seconds, _echoed)
     results["piped_echo_cpu"] = cpu.per(max(1, len(results["piped_echo"][0]))), cpu.busy()
     progress(f"  pipelined against the floor's echo: {results['piped_echo'][1]:.0f}/s")
@@ -333,7 +337,7 @@ async def round_trips(base: str, config: Any, clients: int, seconds: float,
         return sum(await asyncio.gather(*[a.call.remote("count", "") for a in batch_actors]))
 
     calls = await floor_calls()
-    with CpuMeter() as cpu:
+    with CpuMeter(batch_pids) as cpu:
         results["piped_batched"] = await _pipelined(batched, window, seconds, _echoed)
     calls = await floor_calls() - calls - len(batch_actors)
     results["piped_batched_cpu"] = (cpu.per(max(1, len(results["piped_batched"][0]))),
@@ -430,7 +434,9 @@ def cpu_table(rt: dict[str, Any], cores: int) -> None:
     group of processes (:class:`~benchmarks.common.CpuMeter`), for ray-rooms, for the
     floor's echo and for the floor's batched bare actors, and the most messages a
     second ``cores`` busy cores allow at each cost, with and without the benchmark's
-    own client (which a real deployment runs elsewhere)."""
+    own client (which a real deployment runs elsewhere), and without the actors the
+    benchmark keeps for its other sections, idle during the run (each costs Ray's
+    floor for a live process: ``python -m benchmarks.idle``)."""
     runs = [("ray-rooms", rt["piped_cpu"]), ("echo floor", rt["piped_echo_cpu"]),
             ("batch floor", rt["piped_batched_cpu"])]
     print(f"    CPU per message in the pipelined runs (us; {cores} cores):")
@@ -442,9 +448,11 @@ def cpu_table(rt: dict[str, Any], cores: int) -> None:
     print(f"      {'cores busy on average':54}" + "".join(f" {b:11.2f}" for _, (_, b) in runs))
     for (name, (per, _)), total in zip(runs, totals):
         server = total - per["client"]
+        working = server - per[CPU_GROUPS[4]]
         print(f"      {name}: at that cost {cores} cores allow {cores * 1e6 / total:,.0f} "
               f"messages/s; without this client ({server:.0f} us a message) "
-              f"{cores * 1e6 / server:,.0f}/s")
+              f"{cores * 1e6 / server:,.0f}/s; without the benchmark's idle actors too "
+              f"({working:.0f} us) {cores * 1e6 / working:,.0f}/s")
     print(f"      {ISSUE23_RATE:,.0f}/s needs <= {cores * 1e6 / ISSUE23_RATE:.0f} us a "
           f"message in all")
 
