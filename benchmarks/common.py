@@ -68,7 +68,7 @@ CPU_GROUPS = ("client", "HAProxy", "Serve replica (gateway or floor)",
               "room actors (the floor's: bare actors)",
               "  idle actors (rooms, bare actors not in this run)",
               "Ray (raylet, GCS, Serve's controller, other workers)", "other")
-"""The groups :class:`CpuMeter` counts by. The fifth holds the actors of the third's
+"""The groups :class:`CpuMeter` counts by. The fifth holds the actors of the fourth's
 kinds that a :class:`CpuMeter` given the run's actors (``active``) finds outside them:
 idle, each still costs its node Ray's floor (``python -m benchmarks.idle``)."""
 
