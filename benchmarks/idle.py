@@ -46,7 +46,7 @@ import ray
 from actors.config import RoomsConfig
 from actors.directory import get_room
 from benchmarks.callcost import SyncCallee
-from benchmarks.common import Bare, progress, python_thread_names
+from benchmarks.common import Bare, _stat_fields, _ticks, progress, python_thread_names
 
 KINDS = ("sync actor", "async actor", "room")
 ROLES = ("main thread (ray::<Class>)", "event loop", "Ray core worker threads", "other")
@@ -71,8 +71,7 @@ def _threads(pid: int) -> dict[int, tuple[str, int, int]]:
     for tid in os.listdir(f"/proc/{pid}/task"):
         base = f"/proc/{pid}/task/{tid}"
         try:
-            with open(f"{base}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
+            ticks = _ticks(_stat_fields(f"{base}/stat"))
             with open(f"{base}/comm") as f:
                 comm = f.read().strip()
             with open(f"{base}/status") as f:
@@ -80,7 +79,7 @@ def _threads(pid: int) -> dict[int, tuple[str, int, int]]:
                                if line.startswith(("voluntary_ctxt", "nonvoluntary_ctxt")))
         except OSError:  # the thread exited
             continue
-        out[int(tid)] = (comm, int(fields[11]) + int(fields[12]), switches)
+        out[int(tid)] = (comm, ticks, switches)
     return out
 
 
