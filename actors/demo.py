@@ -39,9 +39,13 @@ class Client:
     track: tuple[str, str] | None = None
 
     async def send(self, **message: Any) -> None:
+        """Send ``message`` (the keyword arguments) as one JSON text frame; raises what
+        the ``websockets`` connection raises when it is closed."""
         await self.ws.send(json.dumps(message))
 
     async def read(self) -> None:
+        """Read frames until the socket closes: ``roomState`` states into ``states``,
+        every other message into ``others``."""
         async for text in self.ws:
             message = json.loads(text)
             if message.get("type") == "roomState":
@@ -50,6 +54,7 @@ class Client:
                 self.others.append(message)
 
     def last(self) -> dict:
+        """The newest ``roomState`` state received, or ``{}`` before the first."""
         return self.states[-1] if self.states else {}
 
 

@@ -78,10 +78,14 @@ class _Tally:
         self.sink: Any = None
 
     def count(self, name: str, tags: tuple[str, ...] = (), by: float = 1.0) -> None:
+        """Add ``by`` to counter ``name`` with ``tags`` until the next flush."""
         with self.lock:
             self.counters[(name, tags)] += by
 
     def observe(self, name: str, value: float, tags: tuple[str, ...] = ()) -> None:
+        """Count ``value`` in histogram ``name``'s bucket (its catalogue boundaries)
+        with ``tags`` until the next flush; raises ``KeyError`` for a name not in
+        :data:`CATALOGUE`."""
         bounds = CATALOGUE[name].boundaries
         with self.lock:
             counts = self.histograms.get((name, tags))

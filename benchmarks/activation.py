@@ -160,6 +160,9 @@ async def _mean_pss(actors: list[Any], sample: int = 20) -> float:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run sections 0-3 (see the module docstring) on a local Ray this starts, with
+    ``args`` from :func:`main`'s parser. Returns the measurements (times in seconds,
+    memory in MiB, CPU in seconds) by name for :func:`main` to print."""
     from actors.config import RoomsConfig
     from actors.slots import ROOM_COST_BYTES, default_max_live_rooms, slot_resources
     from actors.warmpool import POOL_NAMESPACE, POOL_PREFIX, ensure_warm_pools

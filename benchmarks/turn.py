@@ -86,6 +86,8 @@ def save_throughput(config: RoomsConfig, rooms: int, burst: int) -> dict:
 
 
 def main() -> None:
+    """Parse the arguments, run the comparison and print it (see the module
+    docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=200)

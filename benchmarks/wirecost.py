@@ -115,7 +115,7 @@ def main() -> None:
         (f"{n} frames, frames_wire (lists: msgpack)", frames_wire(frames)),
         (f"{n} frames as Frame named tuples (before)", frames),
         (f"a Delivery of {n} entries (__reduce__)", Delivery(100 + n, entries, epoch=3)),
-        (f"the same as a plain dataclass (before)", plain(100 + n, entries, epoch=3)),
+        ("the same as a plain dataclass (before)", plain(100 + n, entries, epoch=3)),
     ]
     progress(f"  {len(rows)} values, {args.calls} calls each in 10 rounds...")
     results = dict(zip([name for name, _ in rows],

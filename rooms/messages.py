@@ -220,44 +220,80 @@ class TrackRef(_Model):
 
 
 class UserUpdate(_Model):
+    """``userUpdate``: put the sender's user in the room, or replace it, and broadcast
+    ``roomState``. The room sets ``user.id`` and ``user.name`` to the connection's own
+    (a client's values are ignored); a new user counts toward its identity's cap.
+    Orange's ``ClientMessage`` in ``app/types/Messages.ts``."""
+
     type: Literal["userUpdate"]
     user: User
 
 
 class DirectMessage(_Model):
+    """``directMessage``: send ``message`` (at most :data:`MAX_TEXT_CHARS` characters) to
+    connection ``to`` alone, as a ``directMessage`` from the sender's name; an ``error``
+    to the sender when ``to`` is not in the room."""
+
     type: Literal["directMessage"]
     to: ConnId
     message: str = Field(max_length=MAX_TEXT_CHARS)
 
 
 class MuteUser(_Model):
+    """``muteUser``: turn connection ``id``'s ``audioEnabled`` off, send it ``muteMic``
+    and broadcast ``roomState``; an ``error`` to the sender when ``id`` is not in the
+    room."""
+
     type: Literal["muteUser"]
     id: ConnId
 
 
 class UserLeft(_Model):
+    """``userLeft``: remove the sender's user and close its sockets (code 1000), then
+    broadcast ``roomState``."""
+
     type: Literal["userLeft"]
 
 
 class Heartbeat(_Model):
+    """``heartbeat``: the sender's user is alive (the sweep removes a user whose last
+    heartbeat is older than the room's heartbeat timeout). Counts only while one of the
+    connection's sockets is open."""
+
     type: Literal["heartbeat"]
 
 
 class PartyserverPing(_Model):
+    """``partyserver-ping``: answered with ``partyserver-pong`` to the sender; nothing is
+    stored."""
+
     type: Literal["partyserver-ping"]
 
 
 class EnableAi(_Model):
+    """``enableAi``: bring the AI voice into the call (the enable job: Calls session,
+    OpenAI call, sideband; see :mod:`rooms.ai`). ``instructions`` (at most 16,000
+    characters) and ``voice`` (at most 64) are passed to the voice model's session; an
+    ``error`` to the sender when the AI is enabled or being enabled."""
+
     type: Literal["enableAi"]
     instructions: str | None = Field(default=None, max_length=16_000)
     voice: str | None = Field(default=None, max_length=64)
 
 
 class DisableAi(_Model):
+    """``disableAi``: take the AI out of the call and release its Calls and OpenAI
+    resources; an ``error`` to the sender when it is not enabled."""
+
     type: Literal["disableAi"]
 
 
 class RequestAiControl(_Model):
+    """``requestAiControl``: make the sender the one user the AI hears, with ``track``
+    (the sender's published audio track) routed to the AI's transceiver (the control
+    job); an ``error`` to the sender when the AI is not enabled or another request is
+    under way."""
+
     type: Literal["requestAiControl"]
     track: TrackRef
 
@@ -269,12 +305,19 @@ class RelinquishAiControl(_Model):
 
 
 class CallsApiHistoryEntry(_Model):
+    """``callsApiHistoryEntry``: a client's record of one Calls API exchange, kept in the
+    room's log (``clientNegotiationRecord``) for debugging; nothing is broadcast."""
+
     type: Literal["callsApiHistoryEntry"]
     entry: Any
     sessionId: TrackId | None = None
 
 
 class E2eeMlsMessage(_Model):
+    """``e2eeMlsMessage``: an end-to-end encryption (MLS) payload, at most
+    :data:`MAX_PAYLOAD_CHARS` characters, relayed as it is to every connection but the
+    sender's; the room neither reads nor stores it."""
+
     type: Literal["e2eeMlsMessage"]
     payload: str = Field(max_length=MAX_PAYLOAD_CHARS)
 

@@ -38,7 +38,6 @@ import collections
 import enum
 import logging
 import time
-from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from tenacity import (

@@ -4,6 +4,8 @@
   has nothing beside it).
 * The packages' imports form no cycle, and dependencies point inwards: ``rooms`` imports
   none of ours, ``storage`` and ``bridges`` only ``rooms``.
+* Every module, and every public class, function and method that is not nested in a
+  function, of the packages and the benchmarks has a docstring.
 """
 
 from __future__ import annotations
@@ -105,3 +107,29 @@ def test_dependencies_point_inwards():
              for target in targets
              if target.split(".")[0] not in allowed[module.split(".")[0]]]
     assert not wrong, "\n".join(wrong)
+
+
+def _undocumented(path: Path) -> list[str]:
+    """``path``'s module, public classes, functions and methods (not those nested in a
+    function) that have no docstring, as ``"<path>:<line> <qualified name>"``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    where = path.relative_to(ROOT)
+    missing = [] if ast.get_docstring(tree) else [f"{where}: the module"]
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                if not child.name.startswith("_") and not ast.get_docstring(child):
+                    missing.append(f"{where}:{child.lineno} {prefix}{child.name}")
+                if isinstance(child, ast.ClassDef):
+                    visit(child, f"{prefix}{child.name}.")
+
+    visit(tree, "")
+    return missing
+
+
+def test_public_classes_functions_and_methods_have_docstrings():
+    missing = [entry for package in (*PACKAGES, "benchmarks")
+               for path in sorted((ROOT / package).rglob("*.py"))
+               for entry in _undocumented(path)]
+    assert not missing, "no docstring:\n" + "\n".join(missing)

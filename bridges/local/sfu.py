@@ -121,18 +121,23 @@ class _Session:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def has_open_pc(self) -> bool:
+        """Whether the session has a peer connection that is not closed."""
         return self.pc is not None and self.pc.connectionState != "closed"
 
     def active(self) -> list[_Track]:
+        """The session's tracks that are not closed, oldest first."""
         return [t for t in self.tracks if t.active]
 
     def by_mid(self, mid: str) -> _Track | None:
+        """The newest of the session's tracks on transceiver ``mid``, or ``None``."""
         for track in reversed(self.tracks):
             if track.mid == mid:
                 return track
         return None
 
     def published(self, track_name: str) -> _Track | None:
+        """The newest active track the session publishes (``location: "local"``) as
+        ``track_name``, or ``None``."""
         for track in reversed(self.tracks):
             if track.location == "local" and track.track_name == track_name and track.active:
                 return track
@@ -298,6 +303,8 @@ class CallsEmulator:
 
     @property
     def relay(self) -> MediaRelay:
+        """The emulator's one aiortc ``MediaRelay``, made on first use: it fans one
+        published track out to every session that pulls it."""
         if self._relay is None:
             self._relay = MediaRelay()
         return self._relay
