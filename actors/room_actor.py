@@ -826,6 +826,26 @@ class RoomActor:
                 self.outbox.claim(poller, result.cursor)
         return dataclasses.replace(result, epoch=self.epoch)
 
+    async def deliver_wire(self, call: Sequence[Any]) -> list[Any]:
+        """:meth:`deliver` as the gateway calls it across Ray: its arguments as one
+        list and its result as lists, so that Ray packs both with msgpack and pickles
+        nothing (see :mod:`actors.wire`).
+
+        Args:
+            call: ``[frames, cursor, poller, written]``
+                (:func:`~actors.wire.deliver_call`), each as :meth:`deliver` takes it.
+
+        Returns:
+            :meth:`deliver`'s :class:`~actors.wire.Delivery` as
+            :meth:`~actors.wire.Delivery.wire`'s lists.
+
+        Raises:
+            What :meth:`deliver` raises; ``ValueError`` or ``TypeError`` when ``call``
+            is not four values.
+        """
+        frames, cursor, poller, written = call
+        return (await self.deliver(frames, cursor, poller, written)).wire()
+
     def _frame_hook(self, conn: str, text: str | bytes, socket: str | None = None,
                     number: int | None = None, trace: str | None = None) -> Hook:
         """The turn of one client frame; a numbered frame is applied once (its number

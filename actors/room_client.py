@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Sequence
 
-from .wire import Activity, Delivery, Frame, Placement, RoomInfo, Transcript, frames_wire
+from .wire import Activity, Delivery, Frame, Placement, RoomInfo, Transcript, deliver_call
 
 if TYPE_CHECKING:
     from ray import ObjectRef
@@ -41,13 +41,15 @@ class RoomClient:
     # ---- turns ---------------------------------------------------------------------
 
     def deliver(self, frames: Sequence[Frame], cursor: int | None,
-                poller: str | None, written: int | None = None) -> "ObjectRef[Delivery]":
-        """Send a batch of client frames (``RoomActor.deliver``); the result carries the
-        released entries after ``cursor``; ``written`` is the poller's write watermark
-        (see ``RoomActor.poll``). Raises (on await) ``RoomHibernating``,
+                poller: str | None, written: int | None = None) -> "ObjectRef[list[Any]]":
+        """Send a batch of client frames (``RoomActor.deliver``, called as
+        ``RoomActor.deliver_wire``: one argument, a result of plain lists); the result,
+        rebuilt with :meth:`Delivery.from_wire <actors.wire.Delivery.from_wire>`,
+        carries the released entries after ``cursor``; ``written`` is the poller's write
+        watermark (see ``RoomActor.poll``). Raises (on await) ``RoomHibernating``,
         ``StorageUnavailable``, ``NoFreeSlot``, ``SnapshotRefused`` or Ray's
         ``RayActorError``."""
-        return self.handle.deliver.remote(frames_wire(frames), cursor, poller, written)
+        return self.handle.deliver_wire.remote(deliver_call(frames, cursor, poller, written))
 
     def connect(self, conn: str, name: str, poller: str | None,
                 socket: str | None) -> "ObjectRef[int]":

@@ -12,7 +12,11 @@ frame and every message crosses twice: a batch of :class:`Frame` goes as a list 
 :class:`Delivery` pickles its entries as plain tuples (:meth:`Delivery.__reduce__`).
 Pickled as they are, a 16-frame batch and its result cost Ray 133-171 us to send and
 rebuild, against 28-42 us so (~7 us a frame, both sides together; ``python -m
-benchmarks.wirecost``).
+benchmarks.wirecost``). The gateway's hot call goes further
+(``RoomActor.deliver_wire``): its four arguments cross as one list
+(:func:`deliver_call`; Ray serializes and rebuilds every argument on its own, ~15-20
+us each on each side), and its result as lists (:meth:`Delivery.wire`, rebuilt with
+:meth:`Delivery.from_wire`), so that neither side pickles anything.
 
 The one rule of who receives an entry is :meth:`OutboxEntry.reaches`; the gateway (fan
 out to its sockets), the room (what a reconnect is owed) and the CLI (which replies
@@ -22,10 +26,10 @@ out to its sockets), the room (what a reconnect is owed) and the CLI (which repl
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Literal, Mapping, NamedTuple, TypeVar
+from typing import Any, Iterable, Literal, Mapping, NamedTuple, Sequence, TypeVar
 
 __all__ = ["Activity", "AiFacts", "Delivery", "Frame", "MetricsReport", "OutboxEntry",
-           "Placement", "Recipients", "RoomInfo", "frames_wire"]
+           "Placement", "Recipients", "RoomInfo", "deliver_call", "frames_wire"]
 
 T = TypeVar("T")
 
@@ -121,6 +125,29 @@ class Delivery:
                                                 for e in self.entries]),
                             self.gap, self.hibernating, self.epoch))
 
+    def wire(self) -> list[Any]:
+        """This delivery as plain lists, which Ray packs with msgpack and rebuilds with
+        no pickling: ``[cursor, entries, gap, hibernating, epoch]``, each entry
+        ``[seq, to, conn, data, close]`` with ``close`` a ``[code, reason]`` list or
+        ``None``. Rebuilt by :meth:`from_wire`."""
+        return [self.cursor, [[e.seq, e.to, e.conn, e.data,
+                               [e.close[0], e.close[1]] if e.close else None]
+                              for e in self.entries],
+                self.gap, self.hibernating, self.epoch]
+
+    @classmethod
+    def from_wire(cls, value: Sequence[Any]) -> "Delivery":
+        """Rebuild a delivery from :meth:`wire`'s lists (or tuples).
+
+        Raises:
+            TypeError, ValueError: ``value`` is not such a list.
+        """
+        cursor, entries, gap, hibernating, epoch = value
+        return cls(cursor, tuple([OutboxEntry(seq, to, conn, data,
+                                              (close[0], close[1]) if close else None)
+                                  for seq, to, conn, data, close in entries]),
+                   gap, hibernating, epoch)
+
 
 def _delivery(cursor: int, entries: tuple[tuple, ...], gap: bool, hibernating: bool,
               epoch: int) -> Delivery:
@@ -158,6 +185,15 @@ def frames_wire(frames: Iterable[Frame]) -> list[list[Any]]:
     msgpack cannot encode (a lone surrogate) still crosses: Ray then pickles the whole
     value."""
     return [list(frame) for frame in frames]
+
+
+def deliver_call(frames: Iterable[Frame], cursor: int | None, poller: str | None,
+                 written: int | None) -> list[Any]:
+    """The arguments of ``RoomActor.deliver`` as the one list ``RoomActor.deliver_wire``
+    takes: ``[frames_wire(frames), cursor, poller, written]`` (see :func:`frames_wire`).
+    Ray serializes and rebuilds each argument of a call on its own: one list of four
+    costs both sides less than four arguments (``python -m benchmarks.wirecost``)."""
+    return [frames_wire(frames), cursor, poller, written]
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,14 +8,22 @@ Sequential calls from the driver, each waiting for its answer, and the CPU the
 callee's process used over them (``/proc/<pid>/stat``, all its threads: Ray's core
 worker, the task-execution thread, the event loop), per call and per frame:
 
-* a bare **sync** actor whose method takes a room's ``deliver`` arguments (one
-  ``userUpdate`` frame, a cursor, a poller id) and returns a small tuple;
+* a bare **sync** actor whose method takes a room's ``deliver`` arguments as the
+  gateway sends them (:func:`actors.wire.deliver_call`: one list of one
+  ``userUpdate`` frame, a cursor, a poller id and a watermark) and returns a small
+  list;
 * a bare **async** actor with the same method, created with the rooms' options
   (``max_concurrency`` 10,000: a room is an async actor, so that long polls and
   turns interleave);
+* the same async actor's **sync** method of the same shape: Ray runs every method of
+  an async actor on its event loop, a sync one too, so this row shows whether a
+  ``deliver`` written as a sync method would skip the hand-off to the loop (it does
+  not: it costs what the async method does);
 * a **room**'s ``deliver`` (SQLite store, a connected socket) with batches of 1, 4, 16
-  and 64 ``userUpdate`` frames: each batch is a turn per frame, one snapshot save, and
-  the released ``roomState`` entries in the result.
+  and 64 ``userUpdate`` frames, called as the gateway calls it
+  (:meth:`actors.room_client.RoomClient.deliver`: ``RoomActor.deliver_wire``) and its
+  result rebuilt (:meth:`actors.wire.Delivery.from_wire`): each batch is a turn per
+  frame, one snapshot save, and the released ``roomState`` entries in the result.
 
 Then the same ``deliver`` batches run **in this process, with no Ray**: a
 :class:`~actors.room_actor.RoomActor` object on this thread's event loop with its own
@@ -48,6 +56,8 @@ import ray
 
 from actors.config import RoomsConfig
 from actors.directory import get_room
+from actors.room_client import RoomClient
+from actors.wire import Delivery, Frame, deliver_call
 from benchmarks.common import (TASK_THREAD, cpu_seconds, progress, python_thread_names,
                                thread_cpu_seconds)
 from benchmarks.gateway import HEARTBEAT, HEARTBEAT_EVERY_S, update
@@ -59,9 +69,10 @@ BATCHES = (1, 4, 16, 64)
 class SyncCallee:
     """A bare sync actor with a ``deliver``-shaped method."""
 
-    def deliver(self, frames: list, cursor: int, poller: str) -> tuple:
-        """Return ``(cursor, frames' count)``."""
-        return cursor, len(frames)
+    def deliver(self, call: list) -> list:
+        """Take :func:`~actors.wire.deliver_call`'s list; return ``[cursor, frames'
+        count]``."""
+        return [call[1], len(call[0])]
 
     def pid(self) -> int:
         """The worker's process id."""
@@ -72,9 +83,14 @@ class SyncCallee:
 class AsyncCallee:
     """A bare async actor with a ``deliver``-shaped method."""
 
-    async def deliver(self, frames: list, cursor: int, poller: str) -> tuple:
-        """Return ``(cursor, frames' count)``."""
-        return cursor, len(frames)
+    async def deliver(self, call: list) -> list:
+        """Take :func:`~actors.wire.deliver_call`'s list; return ``[cursor, frames'
+        count]``."""
+        return [call[1], len(call[0])]
+
+    def deliver_sync(self, call: list) -> list:
+        """:meth:`deliver` as a sync method (Ray runs it on the event loop too)."""
+        return [call[1], len(call[0])]
 
     async def pid(self) -> int:
         """The worker's process id."""
@@ -145,13 +161,17 @@ Result = tuple[float, float, int, dict[str, float]]
 
 async def run(calls: int, warmup: int) -> dict[str, Result]:
     """Measure every callee (see the module docstring). Returns ``{name: Result}``."""
-    frame = [("c", update("c", 0))]
+    call = deliver_call([Frame("c", update("c", 0))], 0, "P", None)
     results: dict[str, Result] = {}
-    for name, cls, options in (("sync actor", SyncCallee, {}),
-                               ("async actor", AsyncCallee, {"max_concurrency": 10_000})):
+    rooms_options = {"max_concurrency": 10_000}
+    for name, cls, options, method in (
+            ("sync actor", SyncCallee, {}, "deliver"),
+            ("async actor", AsyncCallee, rooms_options, "deliver"),
+            ("async actor, sync method", AsyncCallee, rooms_options, "deliver_sync")):
         actor = cls.options(**options).remote()
         pid = await actor.pid.remote()
-        cpu, wall, roles = await measure(lambda k: actor.deliver.remote(frame, k, "P"),
+        bound = getattr(actor, method)
+        cpu, wall, roles = await measure(lambda k: bound.remote(call),
                                          pid, calls, warmup, python_thread_names(actor))
         results[name] = (cpu, wall, 1, roles)
         progress(f"  {name}: {cpu:.0f} us of CPU a call")
@@ -161,6 +181,7 @@ async def run(calls: int, warmup: int) -> dict[str, Result]:
     config = RoomsConfig(namespace=f"rooms-callcost-{uuid.uuid4().hex[:6]}",
                          store_url=f"sqlite:///{store}/rooms.sqlite3", idle_timeout=0)
     room = get_room(f"callcost-{uuid.uuid4().hex[:6]}", config)
+    client = RoomClient(room)
     await room.connect.remote("c", "caller", "P", "socket-1")
     pid = await room.__ray_call__.remote(lambda self: os.getpid())
     names = python_thread_names(room)
@@ -171,8 +192,8 @@ async def run(calls: int, warmup: int) -> dict[str, Result]:
             nonlocal cursor
             if beats.due():
                 await room.message.remote("c", HEARTBEAT)
-            frames = [("c", update("c", k * batch + i)) for i in range(batch)]
-            result = await room.deliver.remote(frames, cursor, "P")
+            frames = [Frame("c", update("c", k * batch + i)) for i in range(batch)]
+            result = Delivery.from_wire(await client.deliver(frames, cursor, "P"))
             cursor = result.cursor
             if any(e.data and '"type":"error"' in e.data for e in result.entries):
                 raise RuntimeError(f"the room refused a frame: {result.entries[-1].data}")
@@ -254,18 +275,18 @@ def main() -> None:
         ray.shutdown()
     alone = asyncio.run(in_process(args.calls, args.warmup, args.rounds))
     bare = results["async actor"][0]
-    print(f"\n{'callee':22} {'frames':>6} {'CPU us/call':>12} {'CPU us/frame':>13} "
+    print(f"\n{'callee':24} {'frames':>6} {'CPU us/call':>12} {'CPU us/frame':>13} "
           f"{'wall us/call':>13} {'x async actor':>14}")
     for name, (cpu, wall, frames, _) in results.items():
-        print(f"{name:22} {frames:6d} {cpu:12.0f} {cpu / frames:13.0f} {wall:13.0f} "
+        print(f"{name:24} {frames:6d} {cpu:12.0f} {cpu / frames:13.0f} {wall:13.0f} "
               f"{cpu / bare:14.2f}")
     for batch, cpu in alone.items():
-        print(f"{f'room code alone x{batch}':22} {batch:6d} {cpu:12.0f} {cpu / batch:13.0f} "
+        print(f"{f'room code alone x{batch}':24} {batch:6d} {cpu:12.0f} {cpu / batch:13.0f} "
               f"{'(no Ray)':>13} {cpu / bare:14.2f}")
     print("\nThe callee's CPU per call by thread (us; /proc/<pid>/task):")
-    print(f"{'callee':22} " + " ".join(f"{role:>26}" for role in THREAD_ROLES))
+    print(f"{'callee':24} " + " ".join(f"{role:>26}" for role in THREAD_ROLES))
     for name, (_, _, _, roles) in results.items():
-        print(f"{name:22} " + " ".join(f"{roles[role]:26.0f}" for role in THREAD_ROLES))
+        print(f"{name:24} " + " ".join(f"{roles[role]:26.0f}" for role in THREAD_ROLES))
     room_roles, bare_roles = results["room deliver x1"][3], results["async actor"][3]
     print("A one-frame deliver over the bare async actor: " + ", ".join(
         f"{role} {room_roles[role] - bare_roles[role]:+.0f} us" for role in THREAD_ROLES)
@@ -275,7 +296,8 @@ def main() -> None:
                  / (64 - 16))
     print(f"\nA room's deliver costs its process {one:.0f} us of CPU a call with one frame; "
           f"the bare async actor {bare:.0f} us ({bare / one:.0%} of it: Ray's async-actor "
-          f"call path), the sync actor {results['sync actor'][0]:.0f} us. Each further "
+          f"call path), the sync actor {results['sync actor'][0]:.0f} us, the async actor's "
+          f"sync method {results['async actor, sync method'][0]:.0f} us. Each further "
           f"frame adds ~{per_frame:.0f} us (the turn, its entry).")
 
 

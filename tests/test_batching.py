@@ -217,21 +217,26 @@ async def test_deliver_on_a_hibernating_room_raises_and_handles_no_frame():
 
 async def test_the_batch_crosses_as_msgpack_and_its_result_pickles_whole():
     """What ``deliver`` takes and returns crosses Ray cheaply and unchanged: the frames
-    in the form Ray packs with msgpack alone (its rule: exact types, no tuples, which
-    it would pickle), and a Delivery (entries with a close, gap, epoch) through Ray's
-    cloudpickle and plain pickle to an equal value; a room reads the frames' form."""
+    and the whole call (``deliver_call``) in the form Ray packs with msgpack alone (its
+    rule: exact types, no tuples, which it would pickle); a Delivery (entries with a
+    close, gap, epoch) as ``wire()``'s lists through msgpack, and as itself through
+    Ray's cloudpickle and plain pickle, to an equal value; a room reads the frames'
+    form, and ``deliver_wire`` answers what ``deliver`` does, as lists."""
     import pickle
 
     import msgpack
     from ray import cloudpickle
 
-    from actors.wire import Frame, frames_wire
+    from actors.wire import Frame, deliver_call, frames_wire
 
     frames = [Frame("one", update("one", 1), "s-1", 1),
               Frame("one", b'{"type":"x"}', "s-1", 2, "00-ab-cd-01")]
     wire = frames_wire(frames)
     packed = msgpack.packb(wire, use_bin_type=True, strict_types=True)  # raises if not
     assert [Frame(*f) for f in msgpack.unpackb(packed)] == frames
+    call = msgpack.packb(deliver_call(frames, 7, "P", None), use_bin_type=True,
+                         strict_types=True)
+    assert msgpack.unpackb(call) == [wire, 7, "P", None]
 
     result = Delivery(9, (OutboxEntry(8, "one", "one", '{"type":"x"}', (4000, "bye")),
                           OutboxEntry(9, "except", "two", None, None)),
@@ -239,6 +244,9 @@ async def test_the_batch_crosses_as_msgpack_and_its_result_pickles_whole():
     for dumps in (cloudpickle.dumps, pickle.dumps):
         again = pickle.loads(dumps(result, protocol=5))
         assert again == result and type(again.entries[0]) is OutboxEntry
+    lists = msgpack.packb(result.wire(), use_bin_type=True, strict_types=True)
+    again = Delivery.from_wire(msgpack.unpackb(lists))
+    assert again == result and type(again.entries[0]) is OutboxEntry
 
     store = MemoryStore()
     actor = await connected_actor(RoomsConfig(idle_timeout=0), store)
@@ -247,6 +255,11 @@ async def test_the_batch_crosses_as_msgpack_and_its_result_pickles_whole():
         got = await actor.deliver(frames_wire([Frame("one", update("one", 7), "s-1", 1)]),
                                   seq, "P")
         assert [marker(json.loads(e.data), "one") for e in got.entries] == [7]
+        lists = await actor.deliver_wire(deliver_call(
+            [Frame("one", update("one", 8), "s-1", 2)], got.cursor, "P", None))
+        again = Delivery.from_wire(lists)
+        assert [marker(json.loads(e.data), "one") for e in again.entries] == [8]
+        assert again.cursor == got.cursor + 1 and again.epoch == got.epoch
     finally:
         stop_timers(actor)
 

@@ -25,13 +25,13 @@ class _Method:
 
 
 class _Handle:
-    """``deliver``'s first call never returns (its activation died); later calls return
-    a Delivery from epoch 2; ``activation`` says 2."""
+    """``deliver_wire``'s first call never returns (its activation died); later calls
+    return a Delivery from epoch 2 (as its wire lists); ``activation`` says 2."""
 
     def __init__(self):
         loop = asyncio.get_running_loop()
-        self.deliver = _Method(lambda n: loop.create_future() if n == 1 else
-                               _done(Delivery(cursor=7, epoch=2)))
+        self.deliver_wire = _Method(lambda n: loop.create_future() if n == 1 else
+                                    _done(Delivery(cursor=7, epoch=2).wire()))
         self.activation = _Method(lambda n: _done(2))
 
 
@@ -51,7 +51,7 @@ async def test_a_call_to_a_dead_activation_is_abandoned_and_sent_again():
     handle = _Handle()
     ref.client = RoomClient(handle)
     result = await asyncio.wait_for(ref.deliver([], 0, "p"), 5)
-    assert result.cursor == 7 and ref.epoch == 2 and handle.deliver.calls == 2
+    assert result.cursor == 7 and ref.epoch == 2 and handle.deliver_wire.calls == 2
 
 
 async def test_a_newer_epoch_seen_elsewhere_abandons_a_long_poll_at_once():

@@ -169,8 +169,12 @@ class RoomRef:
     async def deliver(self, frames: Sequence[Frame], cursor: int | None,
                       poller: str | None, written: int | None = None) -> Delivery:
         """``RoomActor.deliver`` with :meth:`call`'s retries (a batch sent twice is
-        applied once: its frames are numbered)."""
-        return await self.call(lambda room: room.deliver(frames, cursor, poller, written))
+        applied once: its frames are numbered); the result's epoch is noted
+        (:meth:`see`)."""
+        delivery = Delivery.from_wire(
+            await self.call(lambda room: room.deliver(frames, cursor, poller, written)))
+        self.see(delivery.epoch)
+        return delivery
 
     async def connect(self, conn: str, name: str, poller: str | None,
                       socket: str | None) -> int:
