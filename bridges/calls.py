@@ -49,11 +49,10 @@ from .errors import (
     scrub,
     transport_error,
 )
+from .endpoints import CALLS_BASE_URL
 from .sdp import validate_sdp
 
 __all__ = ["CALLS_BASE_URL", "CallsClient"]
-
-CALLS_BASE_URL = "https://rtc.live.cloudflare.com/v1"
 SERVICE = "calls"
 #: The per-track code that ``tracks/close`` reports for a track that is absent or
 #: already closed: closing it again is not a failure.

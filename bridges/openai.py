@@ -34,6 +34,7 @@ import httpx
 
 from rooms.ports import InvalidAnswer, RealtimeCall, SessionDescription
 
+from .endpoints import OPENAI_BASE_URL
 from .http import HttpBridge
 from .openai_sideband import RealtimeSideband, SidebandConnection
 from .errors import (
@@ -47,8 +48,6 @@ from .errors import (
 from .sdp import validate_sdp
 
 __all__ = ["OPENAI_BASE_URL", "RealtimeClient", "call_id_from_location", "session_config"]
-
-OPENAI_BASE_URL = "https://api.openai.com/v1"
 SERVICE = "openai"
 
 _CALL_PATH = re.compile(r"/realtime/calls/([^/?#]+)/?$")

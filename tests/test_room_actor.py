@@ -240,3 +240,39 @@ async def test_an_active_room_prepares_its_ai_clients_before_enable_ai():
     await bare.connect("a", "alice")
     if not os.environ.get("CALLS_APP_ID"):
         assert bare._prepared_services is None  # nothing configured: nothing built
+
+
+_WITHOUT_AI = """
+import asyncio, sys
+from actors.config import RoomsConfig
+from actors.room_actor import RoomActor
+from storage.factory import open_store
+
+async def main():
+    url = "sqlite:///" + sys.argv[1]
+    room = RoomActor("r", RoomsConfig(store_url=url, idle_timeout=0), store=open_store(url))
+    await room.connect("c", "caller", "P", "s")
+    await room.message("c", '{"type":"heartbeat"}')
+    await asyncio.sleep(0.2)  # a preparation of the AI's clients would have started
+    print(sorted({name.split(".")[0] for name in sys.modules}
+                 & {"httpx", "websockets", "rich", "click", "pygments"}))
+
+asyncio.run(main())
+"""
+
+
+def test_a_room_whose_ai_is_not_configured_imports_no_http_client(tmp_path):
+    """A room with no Calls credentials never builds the AI's clients, so its process
+    imports none of what they need: httpx (which imports its command line's click, rich
+    and pygments when they are installed) and websockets cost a room's process ~6 MiB
+    and its start. Run in a fresh interpreter, with no ``CALLS_*``/``OPENAI_*``."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CALLS_", "OPENAI_"))}
+    done = subprocess.run([sys.executable, "-c", _WITHOUT_AI, str(tmp_path / "r.sqlite3")],
+                          cwd=Path(__file__).resolve().parent.parent, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
