@@ -14,8 +14,8 @@ Pickled as they are, a 16-frame batch and its result cost Ray 133-171 us to send
 rebuild, against 28-42 us so (~7 us a frame, both sides together; ``python -m
 benchmarks.wirecost``). The gateway's hot call goes further
 (``RoomActor.deliver_wire``): its four arguments cross as one list
-(:func:`deliver_call`; Ray serializes and rebuilds every argument on its own, ~15-20
-us each on each side), and its result as lists (:meth:`Delivery.wire`, rebuilt with
+(:func:`deliver_call`; Ray serializes and rebuilds every argument on its own, ~20 us
+each on each side), and its result as lists (:meth:`Delivery.wire`, rebuilt with
 :meth:`Delivery.from_wire`), so that neither side pickles anything.
 
 The one rule of who receives an entry is :meth:`OutboxEntry.reaches`; the gateway (fan
