@@ -102,3 +102,21 @@ async def test_rooms_waiting_for_a_slot_do_not_stall_the_replicas_other_threads(
     assert time.monotonic() - started < 1.0
     release.set()
     await asyncio.gather(*resolving)
+
+
+async def test_a_deliver_result_from_a_newer_activation_is_noted_at_once():
+    """The epoch a ``deliver`` result carries (across Ray as wire lists) moves the
+    reference on by itself, with no probe: the calls still waiting on the older
+    activation are abandoned at once."""
+    ref = _ref()
+    ref.epoch = 2
+    handle = _Handle()
+    handle.deliver_wire = _Method(lambda n: _done(Delivery(cursor=9, epoch=3).wire()))
+    ref.client = RoomClient(handle)
+    never = asyncio.get_running_loop().create_future()
+    waiting = asyncio.ensure_future(ref.wait(RoomClient(handle), never, probe_after=60))
+    result = await asyncio.wait_for(ref.deliver([], 0, "p"), 5)
+    assert result.cursor == 9 and ref.epoch == 3
+    with pytest.raises(ActivationLost):
+        await asyncio.wait_for(waiting, 1)
+    assert handle.activation.calls == 0
