@@ -3,6 +3,7 @@ rate): CPU of the callee per call, a room's ``deliver`` beside bare Ray actors, 
 
     python -m benchmarks.callcost [--calls 2000]
     python -m benchmarks.callcost --code-only [--rounds 5]   # the room's code alone
+    python -m benchmarks.callcost --paired 30                # the deliver call's two wires
 
 Sequential calls from the driver, each waiting for its answer, and the CPU the
 callee's process used over them (``/proc/<pid>/stat``, all its threads: Ray's core
@@ -33,6 +34,16 @@ least of ``--rounds`` rounds. ``--code-only`` runs only these rows, with no Ray:
 in an old and a new tree, alternating, to compare a change to the room's code (its
 figures move less than a Ray call's on a busy machine).
 
+``--paired N`` runs only a comparison of the two ways to call one room's ``deliver``:
+the gateway's (``RoomActor.deliver_wire``: one list argument, a result of lists) and
+the one before it (``RoomActor.deliver`` with four arguments, a pickled
+:class:`~actors.wire.Delivery`), in ``N`` pairs of alternating rounds (the order turns
+each pair), with 1 and with 16 frames. It prints, for the room's CPU, the caller's CPU
+(this process, :func:`time.process_time`) and the wall time, the medians and the
+median of the paired differences and ratios: a shared machine's drift falls on both
+halves of a pair alike. (The room's CPU comes from ``/proc`` in 10 ms ticks: keep
+rounds long enough, ``--calls``.)
+
 It prints the callee's CPU per call and per frame, and the room's per-call cost over
 the bare async actor's (the part of a ``deliver`` that is ours); then the same CPU by
 thread (``/proc/<pid>/task``): the event loop, where a room's own code runs; the
@@ -57,7 +68,7 @@ import ray
 from actors.config import RoomsConfig
 from actors.directory import get_room
 from actors.room_client import RoomClient
-from actors.wire import Delivery, Frame, deliver_call
+from actors.wire import Delivery, Frame, deliver_call, frames_wire
 from benchmarks.common import (TASK_THREAD, cpu_seconds, progress, python_thread_names,
                                thread_cpu_seconds)
 from benchmarks.gateway import HEARTBEAT, HEARTBEAT_EVERY_S, update
@@ -206,6 +217,68 @@ async def run(calls: int, warmup: int) -> dict[str, Result]:
     return results
 
 
+async def paired(pairs: int, calls: int) -> None:
+    """Print the ``--paired`` comparison (see the module docstring): ``pairs`` pairs of
+    rounds of ``calls // batch`` calls (at least 20) each, for batches of 1 and 16
+    frames, in one room on a local Ray (needs ``ray.init``)."""
+    import statistics
+
+    store = tempfile.mkdtemp(prefix="rooms-callcost-")
+    config = RoomsConfig(namespace=f"rooms-callcost-{uuid.uuid4().hex[:6]}",
+                         store_url=f"sqlite:///{store}/rooms.sqlite3", idle_timeout=0)
+    room = get_room(f"callcost-{uuid.uuid4().hex[:6]}", config)
+    client = RoomClient(room)
+    await room.connect.remote("c", "caller", "P", "socket-1")
+    pid = await room.__ray_call__.remote(lambda self: os.getpid())
+    cursor = (await room.info.remote()).seq
+    beats, k = Beats(), 0
+
+    async def four(frames: list[Frame], at: int) -> Delivery:
+        return await room.deliver.remote(frames_wire(frames), at, "P", None)
+
+    async def wire(frames: list[Frame], at: int) -> Delivery:
+        return Delivery.from_wire(await client.deliver(frames, at, "P"))
+
+    async def rounds(how: Any, batch: int, n: int) -> tuple[float, float, float]:
+        nonlocal cursor, k
+        cpu0, own0, wall0 = cpu_seconds(pid), time.process_time(), time.perf_counter()
+        for _ in range(n):
+            if beats.due():
+                await room.message.remote("c", HEARTBEAT)
+            frames = []
+            for _ in range(batch):
+                k += 1
+                frames.append(Frame("c", update("c", k), "socket-1", k))
+            cursor = (await how(frames, cursor)).cursor
+        return (1e6 * (cpu_seconds(pid) - cpu0) / n, 1e6 * (time.process_time() - own0) / n,
+                1e6 * (time.perf_counter() - wall0) / n)
+
+    ways = {"four arguments (before)": four, "deliver_wire (the gateway's)": wire}
+    for batch in (1, 16):
+        n = max(20, calls // batch)
+        for how in ways.values():
+            await rounds(how, batch, max(10, n // 4))  # warm up both
+        got: dict[str, list[tuple[float, float, float]]] = {name: [] for name in ways}
+        progress(f"  {pairs} pairs of rounds of {n} calls of {batch} frame(s)...")
+        for i in range(pairs):
+            order = list(ways) if i % 2 == 0 else list(reversed(ways))
+            for name in order:
+                got[name].append(await rounds(ways[name], batch, n))
+        old, new = got["four arguments (before)"], got["deliver_wire (the gateway's)"]
+        print(f"\n{batch} frame(s) a call, {pairs} pairs (us a call; medians):")
+        print(f"  {'':14}{'before':>9}{'now':>9}{'paired diff':>13}{'ratio':>8}"
+              f"{'now cheaper':>13}")
+        for i, what in enumerate(("room CPU", "caller CPU", "wall")):
+            diffs = [b[i] - a[i] for a, b in zip(old, new)]
+            ratios = [b[i] / a[i] for a, b in zip(old, new) if a[i] > 0]
+            print(f"  {what:14}{statistics.median(a[i] for a in old):9.0f}"
+                  f"{statistics.median(b[i] for b in new):9.0f}"
+                  f"{statistics.median(diffs):+13.0f}"
+                  f"{statistics.median(ratios) if ratios else float('nan'):8.3f}"
+                  f"{sum(d < 0 for d in diffs):>8}/{len(diffs)}")
+    ray.kill(room)
+
+
 async def in_process(calls: int, warmup: int, rounds: int = 1) -> dict[int, float]:
     """The room's own code alone: ``RoomActor.deliver`` of each of :data:`BATCHES`
     called on this thread's event loop (no Ray), ``calls`` frames' worth of calls per
@@ -253,16 +326,27 @@ async def in_process(calls: int, warmup: int, rounds: int = 1) -> dict[int, floa
 def main() -> None:
     """Run the measurements and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--calls", type=int, default=None,
+                        help="calls' worth of frames a row (default 2000; with --paired: "
+                             "a round, default 200)")
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=1,
                         help="rounds of the no-Ray rows; each prints the least")
     parser.add_argument("--code-only", action="store_true",
                         help="only the room's code alone, no Ray (--rounds 5 unless given)")
+    parser.add_argument("--paired", type=int, default=0, metavar="N",
+                        help="only the deliver call's two wires, in N pairs of rounds")
     args = parser.parse_args()
+    if args.paired:
+        ray.init(include_dashboard=False, log_to_driver=False, namespace="rooms-callcost")
+        try:
+            asyncio.run(paired(args.paired, args.calls or 200))
+        finally:
+            ray.shutdown()
+        return
     if args.code_only:
         rounds = args.rounds if args.rounds > 1 else 5
-        alone = asyncio.run(in_process(args.calls, args.warmup, rounds))
+        alone = asyncio.run(in_process(args.calls or 2000, args.warmup, rounds))
         print(f"\n{'the room code alone':22} {'frames':>6} {'CPU us/call':>12} "
               f"{'CPU us/frame':>13}   (least of {rounds} rounds, no Ray)")
         for batch, cpu in alone.items():
@@ -270,10 +354,10 @@ def main() -> None:
         return
     ray.init(include_dashboard=False, log_to_driver=False, namespace="rooms-callcost")
     try:
-        results = asyncio.run(run(args.calls, args.warmup))
+        results = asyncio.run(run(args.calls or 2000, args.warmup))
     finally:
         ray.shutdown()
-    alone = asyncio.run(in_process(args.calls, args.warmup, args.rounds))
+    alone = asyncio.run(in_process(args.calls or 2000, args.warmup, args.rounds))
     bare = results["async actor"][0]
     print(f"\n{'callee':24} {'frames':>6} {'CPU us/call':>12} {'CPU us/frame':>13} "
           f"{'wall us/call':>13} {'x async actor':>14}")
