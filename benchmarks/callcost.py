@@ -170,6 +170,19 @@ Result = tuple[float, float, int, dict[str, float]]
 """(CPU us per call, wall us per call, frames per call, CPU us per call by thread role)"""
 
 
+async def connected_room() -> tuple[Any, RoomClient, int, int]:
+    """A new room on the running Ray (a throwaway SQLite store) with connection ``c``
+    seated on socket ``socket-1``: ``(handle, RoomClient, its process id, its outbox
+    sequence number)``."""
+    store = tempfile.mkdtemp(prefix="rooms-callcost-")
+    config = RoomsConfig(namespace=f"rooms-callcost-{uuid.uuid4().hex[:6]}",
+                         store_url=f"sqlite:///{store}/rooms.sqlite3", idle_timeout=0)
+    room = get_room(f"callcost-{uuid.uuid4().hex[:6]}", config)
+    await room.connect.remote("c", "caller", "P", "socket-1")
+    pid = await room.__ray_call__.remote(lambda self: os.getpid())
+    return room, RoomClient(room), pid, (await room.info.remote()).seq
+
+
 async def run(calls: int, warmup: int) -> dict[str, Result]:
     """Measure every callee (see the module docstring). Returns ``{name: Result}``."""
     call = deliver_call([Frame("c", update("c", 0))], 0, "P", None)
@@ -188,15 +201,8 @@ async def run(calls: int, warmup: int) -> dict[str, Result]:
         progress(f"  {name}: {cpu:.0f} us of CPU a call")
         ray.kill(actor)
 
-    store = tempfile.mkdtemp(prefix="rooms-callcost-")
-    config = RoomsConfig(namespace=f"rooms-callcost-{uuid.uuid4().hex[:6]}",
-                         store_url=f"sqlite:///{store}/rooms.sqlite3", idle_timeout=0)
-    room = get_room(f"callcost-{uuid.uuid4().hex[:6]}", config)
-    client = RoomClient(room)
-    await room.connect.remote("c", "caller", "P", "socket-1")
-    pid = await room.__ray_call__.remote(lambda self: os.getpid())
+    room, client, pid, cursor = await connected_room()
     names = python_thread_names(room)
-    cursor = (await room.info.remote()).seq
     beats = Beats()
     for batch in BATCHES:
         async def deliver(k: int, batch: int = batch) -> None:
@@ -223,14 +229,7 @@ async def paired(pairs: int, calls: int) -> None:
     frames, in one room on a local Ray (needs ``ray.init``)."""
     import statistics
 
-    store = tempfile.mkdtemp(prefix="rooms-callcost-")
-    config = RoomsConfig(namespace=f"rooms-callcost-{uuid.uuid4().hex[:6]}",
-                         store_url=f"sqlite:///{store}/rooms.sqlite3", idle_timeout=0)
-    room = get_room(f"callcost-{uuid.uuid4().hex[:6]}", config)
-    client = RoomClient(room)
-    await room.connect.remote("c", "caller", "P", "socket-1")
-    pid = await room.__ray_call__.remote(lambda self: os.getpid())
-    cursor = (await room.info.remote()).seq
+    room, client, pid, cursor = await connected_room()
     beats, k = Beats(), 0
 
     async def four(frames: list[Frame], at: int) -> Delivery:
