@@ -38,6 +38,9 @@ silently. Nothing else in the project imports ``ray._private``, ``ray.serve._pri
   and namespace in ``ray.serve._private.constants``) and its ``graceful_shutdown``
   method, to stop Serve without a failed task in the log. Fallback:
   ``serve.shutdown()``.
+* :func:`serve_http_address`: where a running Serve's ingress listens (the
+  controller's ``get_http_config``), so a gateway is never announced on a port Serve
+  does not listen on. Fallback: ``None`` (not checked).
 * :func:`actor_id`: an actor handle's id (``ActorHandle._actor_id``, for tests and
   operators). Fallback: ``None``.
 * :func:`validate_cluster_config`: the cluster launcher's validation of a
@@ -58,8 +61,8 @@ from typing import Any, Callable
 
 __all__ = ["CHECKED_ON_RAY", "actor_id", "configure_websockets", "prestart_workers",
            "ray_serializer", "raylet_runtime_env",
-           "serve_controller", "setup_hook_env_var", "stop_serve", "token_auth_enabled",
-           "validate_cluster_config"]
+           "serve_controller", "serve_http_address", "setup_hook_env_var", "stop_serve",
+           "token_auth_enabled", "validate_cluster_config"]
 
 CHECKED_ON_RAY = "2.60.0"
 """The Ray version every function here was checked on (``tests/test_seam.py``)."""
@@ -230,6 +233,23 @@ def serve_controller() -> Any:
     try:
         return ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
     except ValueError:
+        return None
+
+
+def serve_http_address(timeout_s: float = 10.0) -> tuple[str, int] | None:
+    """Return ``(host, port)`` where the running Serve's HTTP ingress listens (Serve's
+    ``HTTPOptions``, fixed when Serve started), or ``None`` when Serve is not running or
+    its controller cannot say within ``timeout_s`` seconds (or its private method moved).
+    Raises nothing."""
+    import ray
+
+    controller = serve_controller()
+    if controller is None or not hasattr(controller, "get_http_config"):
+        return None
+    try:
+        options = ray.get(controller.get_http_config.remote(), timeout=timeout_s)
+        return str(options.host), int(options.port)
+    except Exception:  # noqa: BLE001 - exiting, slow or changed: the caller cannot check
         return None
 
 

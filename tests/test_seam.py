@@ -97,9 +97,20 @@ def test_serve_controller_name_and_shutdown_method_exist():
     assert "wait" in inspect.signature(ServeController.graceful_shutdown).parameters
 
 
+def test_serve_controller_reports_its_http_options():
+    """Checked on Ray 2.60.0: ``ServeController.get_http_config()`` returns the
+    ``HTTPOptions`` (``host``, ``port``) Serve started with."""
+    from ray.serve._private.controller import ServeController
+    from ray.serve.config import HTTPOptions
+
+    assert callable(getattr(ServeController, "get_http_config", None))
+    assert {"host", "port"} <= set(HTTPOptions.model_fields)
+
+
 def test_without_serves_private_names_there_is_no_controller(monkeypatch):
     _block(monkeypatch, "ray.serve._private.constants")
     assert seam.serve_controller() is None
+    assert seam.serve_http_address() is None
 
 
 # ---- uvicorn's frame limit (actors.gateway) -------------------------------------------

@@ -33,6 +33,7 @@ import time
 from typing import Literal, Optional
 
 import httpx
+import ray
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from ray import serve
@@ -41,7 +42,7 @@ from ray.serve.schema import ApplicationStatus
 from ..auth import AuthSettings
 from ..config import RoomsConfig
 from ..net import free_port
-from ..seam import serve_controller, stop_serve
+from ..seam import serve_controller, serve_http_address, stop_serve
 from .application import application, resolve_auth
 from .haproxy import reap_orphan_haproxy
 from .limits import GatewayLimits
@@ -129,7 +130,9 @@ def deploy_gateway(
         auth: the token secret (default: ``ROOMS_TOKEN_SECRET`` read *here*, in the
             driver, and handed to the replicas as a ``SecretStr``).
         limits: rate/size/timing limits (default: ``ROOMS_GATEWAY_*`` read here).
-        ready_timeout_s: seconds to wait for ``GET /healthz`` to answer 200.
+        ready_timeout_s: seconds to wait, once Serve has started (or given up waiting
+            60 s for its ingress, which its controller then replaces), for the
+            application to run and ``GET /healthz`` to answer 200.
         ingress: ``"haproxy"`` or ``"proxy"`` (see the module docstring; default
             ``ROOMS_GATEWAY_INGRESS`` or ``"haproxy"``); applies only when this call
             starts Serve (a running Serve keeps its ingress).
@@ -155,13 +158,16 @@ def deploy_gateway(
         ``GET /healthz`` answers 200.
 
     Raises:
-        ValueError: neither a token secret nor dev mode is configured, or ``ingress``
-            is not one of the two.
+        ValueError: neither a token secret nor dev mode is configured, ``ingress`` is
+            not one of the two, or Serve already runs with its ingress on another
+            host or port.
         TimeoutError: the gateway did not answer within ``ready_timeout_s``.
 
-    Serve's ``request_timeout_s`` is left unset because the proxy applies it to
-    WebSocket connections too (see the module docstring). If Serve is already running
-    with other HTTP options, Serve keeps its own.
+    On any error after Serve was touched, this call removes what it deployed: its
+    application, and Serve itself if this call started it (so a failed start leaves no
+    Serve holding the port for the next attempt). Serve's ``request_timeout_s`` is left
+    unset because the proxy applies it to WebSocket connections too (see the module
+    docstring).
     """
     auth = resolve_auth(auth, dev)
     limits = limits or GatewayLimits()
@@ -181,24 +187,87 @@ def deploy_gateway(
                "RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S": str(settings.reload_grace_s),
                "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port(local)),
                "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port(local))}
-    serve.start(http_options={"host": host, "port": port, "request_timeout_s": None},
-                controller_options={"runtime_env": {"env_vars": dict(env)}},
-                proxy_location=proxy_location)
-    serve.run(application(config, auth, limits, replicas=replicas,
-                          max_replicas_per_node=replicas_per_node, side_actors=side_actors,
-                          assets=assets, partytracks=partytracks, env=env),
-              name=name, route_prefix=route_prefix, blocking=False)
-    url = f"http://{host}:{port}" + route_prefix.rstrip("/")
-    deadline = time.monotonic() + ready_timeout_s
+    started = not _serve_running()
+    if not started:
+        _check_listening(host, port)
+    try:
+        try:
+            serve.start(http_options={"host": host, "port": port, "request_timeout_s": None},
+                        controller_options={"runtime_env": {"env_vars": dict(env)}},
+                        proxy_location=proxy_location)
+        except (TimeoutError, ray.exceptions.RayActorError) as error:
+            # Serve gave up waiting for its ingress (60 s), or killed one that missed its
+            # ready or health checks (a starved machine): its controller stays and starts
+            # another, so wait for that below. An ingress that raised is not waited for.
+            if serve_controller() is None:
+                raise
+            log.warning("Serve's ingress is not up yet (%s); waiting up to %.0f s more",
+                        type(error).__name__, ready_timeout_s)
+        serve.run(application(config, auth, limits, replicas=replicas,
+                              max_replicas_per_node=replicas_per_node,
+                              side_actors=side_actors, assets=assets,
+                              partytracks=partytracks, env=env),
+                  name=name, route_prefix=route_prefix, blocking=False)
+        url = f"http://{host}:{port}" + route_prefix.rstrip("/")
+        _wait_ready(name, url, ready_timeout_s)
+        return url
+    except BaseException:
+        # Leave nothing half-started behind: a later deploy would find this Serve and
+        # keep its ingress port, not the one it asks for.
+        if started:
+            shutdown_gateway(None)
+        else:
+            _delete_quietly(name)
+        raise
+
+
+def _check_listening(host: str, port: int) -> None:
+    """Refuse to announce a gateway on an address a running Serve does not listen on.
+
+    Raises:
+        ValueError: Serve already runs with its ingress on another host or port (fixed
+            when Serve started; Serve would keep it and ignore ours).
+    """
+    address = serve_http_address()
+    if address is None:
+        return
+    serve_host, serve_port = address
+    if serve_port != port or (serve_host not in WILDCARD_HOSTS and serve_host != host):
+        raise ValueError(
+            f"Serve already runs in this Ray cluster with its ingress on "
+            f"{address[0]}:{address[1]}; it cannot move to {host}:{port} while it runs. "
+            f"Deploy on that address, or stop Serve first (`serve shutdown`).")
+
+
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+"""Listen addresses that take connections on every interface."""
+
+
+def _delete_quietly(name: str) -> None:
+    """Delete Serve application ``name`` if it exists; raises nothing."""
+    try:
+        serve.delete(name)
+    except Exception:  # noqa: BLE001 - never deployed, or Serve is gone
+        pass
+
+
+def _wait_ready(name: str, url: str, timeout_s: float) -> None:
+    """Wait until Serve reports application ``name`` RUNNING and ``{url}/healthz``
+    answers 200, polling every 0.2 s.
+
+    Raises:
+        TimeoutError: not within ``timeout_s`` seconds.
+    """
+    deadline = time.monotonic() + timeout_s
     while True:
         try:
-            if (_running(name)
-                    and httpx.get(f"{url}/healthz", timeout=2.0).status_code == 200):
-                return url
+            if _running(name) and httpx.get(f"{url}/healthz", timeout=2.0).status_code == 200:
+                return
         except httpx.HTTPError:
             pass
         if time.monotonic() > deadline:
-            raise TimeoutError(f"the gateway at {url} did not become ready")
+            raise TimeoutError(f"the gateway at {url} did not become ready in "
+                               f"{timeout_s:g} s")
         time.sleep(0.2)
 
 
@@ -217,10 +286,7 @@ def shutdown_gateway(name: str | None = "rooms-gateway") -> None:
     """Delete the gateway application ``name``; shut Serve down when no application is
     left (or when ``name`` is ``None``). Room actors are not touched."""
     if name is not None:
-        try:
-            serve.delete(name)
-        except Exception:  # noqa: BLE001 - not running
-            pass
+        _delete_quietly(name)
         try:
             if serve.status().applications:
                 return
