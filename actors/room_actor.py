@@ -969,6 +969,26 @@ class RoomActor:
                                         written)
         return dataclasses.replace(result, epoch=self.epoch)
 
+    async def poll_wire(self, call: Sequence[Any]) -> list[Any]:
+        """:meth:`poll` as the gateway calls it across Ray: its arguments as one list
+        and its result as lists, so that Ray packs both with msgpack and pickles nothing
+        (see :mod:`actors.wire`).
+
+        Args:
+            call: ``[cursor, timeout, poller, written]`` (:func:`~actors.wire.poll_call`),
+                each as :meth:`poll` takes it.
+
+        Returns:
+            :meth:`poll`'s :class:`~actors.wire.Delivery` as
+            :meth:`~actors.wire.Delivery.wire`'s lists.
+
+        Raises:
+            What :meth:`poll` raises; ``ValueError`` or ``TypeError`` when ``call`` is
+            not four values.
+        """
+        cursor, timeout, poller, written = call
+        return (await self.poll(cursor, timeout, poller, written)).wire()
+
     def activation(self) -> int:
         """The epoch this activation claimed (0 while it has none yet), without
         activating the room: a gateway asks it of a call that is taking long, to learn

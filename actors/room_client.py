@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Sequence
 
-from .wire import Activity, Delivery, Frame, Placement, RoomInfo, Transcript, deliver_call
+from .wire import (Activity, Delivery, Frame, Placement, RoomInfo, Transcript, deliver_call,
+                   poll_call)
 
 if TYPE_CHECKING:
     from ray import ObjectRef
@@ -84,6 +85,14 @@ class RoomClient:
         """Wait up to ``timeout`` seconds for entries after ``cursor`` (the long-poll,
         ``RoomActor.poll``; ``written``: the poller's write watermark)."""
         return self.handle.poll.remote(cursor, timeout, poller, written)
+
+    def poll_wire(self, cursor: int | None, timeout: float | None = None,
+                  poller: str | None = None,
+                  written: int | None = None) -> "ObjectRef[list[Any]]":
+        """:meth:`poll` as the gateway makes it (``RoomActor.poll_wire``: one argument,
+        a result of plain lists); the result, rebuilt with
+        :meth:`~actors.wire.Delivery.from_wire`, is :meth:`poll`'s."""
+        return self.handle.poll_wire.remote(poll_call(cursor, timeout, poller, written))
 
     def state(self) -> "ObjectRef[dict[str, Any]]":
         """The room's ``RoomState`` JSON object as of its last durable snapshot (the

@@ -16,7 +16,8 @@ benchmarks.wirecost``). The gateway's hot call goes further
 (``RoomActor.deliver_wire``): its four arguments cross as one list
 (:func:`deliver_call`; Ray serializes and rebuilds every argument on its own, ~20 us
 each on each side), and its result as lists (:meth:`Delivery.wire`, rebuilt with
-:meth:`Delivery.from_wire`), so that neither side pickles anything.
+:meth:`Delivery.from_wire`), so that neither side pickles anything. The long-poll does
+the same (``RoomActor.poll_wire``, :func:`poll_call`).
 
 The one rule of who receives an entry is :meth:`OutboxEntry.reaches`; the gateway (fan
 out to its sockets), the room (what a reconnect is owed) and the CLI (which replies
@@ -29,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Literal, Mapping, NamedTuple, Sequence, TypeVar
 
 __all__ = ["Activity", "AiFacts", "Delivery", "Frame", "MetricsReport", "OutboxEntry",
-           "Placement", "Recipients", "RoomInfo", "deliver_call", "frames_wire"]
+           "Placement", "Recipients", "RoomInfo", "deliver_call", "frames_wire", "poll_call"]
 
 T = TypeVar("T")
 
@@ -194,6 +195,14 @@ def deliver_call(frames: Iterable[Frame], cursor: int | None, poller: str | None
     Ray serializes and rebuilds each argument of a call on its own: one list of four
     costs both sides less than four arguments (``python -m benchmarks.wirecost``)."""
     return [frames_wire(frames), cursor, poller, written]
+
+
+def poll_call(cursor: int | None, timeout: float | None, poller: str | None,
+              written: int | None) -> list[Any]:
+    """The arguments of ``RoomActor.poll`` as the one list ``RoomActor.poll_wire``
+    takes: ``[cursor, timeout, poller, written]`` (one argument costs Ray less than
+    four, as for :func:`deliver_call`)."""
+    return [cursor, timeout, poller, written]
 
 
 @dataclass(frozen=True, slots=True)

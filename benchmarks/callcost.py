@@ -3,7 +3,7 @@ rate): CPU of the callee per call, a room's ``deliver`` beside bare Ray actors, 
 
     python -m benchmarks.callcost [--calls 2000]
     python -m benchmarks.callcost --code-only [--rounds 5]   # the room's code alone
-    python -m benchmarks.callcost --paired 30                # the deliver call's two wires
+    python -m benchmarks.callcost --paired 30                # deliver's and poll's two wires
 
 Sequential calls from the driver, each waiting for its answer, and the CPU the
 callee's process used over them (``/proc/<pid>/stat``, all its threads: Ray's core
@@ -34,11 +34,12 @@ least of ``--rounds`` rounds. ``--code-only`` runs only these rows, with no Ray:
 in an old and a new tree, alternating, to compare a change to the room's code (its
 figures move less than a Ray call's on a busy machine).
 
-``--paired N`` runs only a comparison of the two ways to call one room's ``deliver``:
-the gateway's (``RoomActor.deliver_wire``: one list argument, a result of lists) and
-the one before it (``RoomActor.deliver`` with four arguments, a pickled
-:class:`~actors.wire.Delivery`), in ``N`` pairs of alternating rounds (the order turns
-each pair), with 1 and with 16 frames. It prints, for the room's CPU, the caller's CPU
+``--paired N`` runs only a comparison of the two ways to call one room's ``deliver``
+and ``poll``: the gateway's (``RoomActor.deliver_wire`` and ``RoomActor.poll_wire``: one
+list argument, a result of lists) and the one before it (``RoomActor.deliver`` and
+``RoomActor.poll`` with four arguments, a pickled :class:`~actors.wire.Delivery`), in
+``N`` pairs of alternating rounds (the order turns each pair): ``deliver`` with 1 and
+with 16 frames, and a ``poll`` that answers at once with the newest entry. It prints, for the room's CPU, the caller's CPU
 (this process, :func:`time.process_time`) and the wall time, the medians and the
 median of the paired differences and ratios: a shared machine's drift falls on both
 halves of a pair alike. (The room's CPU comes from ``/proc`` in 10 ms ticks: keep
@@ -225,46 +226,64 @@ async def run(calls: int, warmup: int) -> dict[str, Result]:
 
 async def paired(pairs: int, calls: int) -> None:
     """Print the ``--paired`` comparison (see the module docstring): ``pairs`` pairs of
-    rounds of ``calls // batch`` calls (at least 20) each, for batches of 1 and 16
-    frames, in one room on a local Ray (needs ``ray.init``)."""
+    rounds of ``calls // batch`` calls (at least 20) each, for ``deliver`` batches of 1
+    and 16 frames and for a long-poll that answers at once, in one room on a local Ray
+    (needs ``ray.init``)."""
     import statistics
 
     room, client, pid, cursor = await connected_room()
     beats, k = Beats(), 0
 
-    async def four(frames: list[Frame], at: int) -> Delivery:
-        return await room.deliver.remote(frames_wire(frames), at, "P", None)
+    def frames_of(batch: int) -> list[Frame]:
+        nonlocal k
+        frames = []
+        for _ in range(batch):
+            k += 1
+            frames.append(Frame("c", update("c", k), "socket-1", k))
+        return frames
 
-    async def wire(frames: list[Frame], at: int) -> Delivery:
-        return Delivery.from_wire(await client.deliver(frames, at, "P"))
+    async def four(batch: int) -> None:
+        nonlocal cursor
+        cursor = (await room.deliver.remote(frames_wire(frames_of(batch)), cursor, "P",
+                                            None)).cursor
+
+    async def wire(batch: int) -> None:
+        nonlocal cursor
+        cursor = Delivery.from_wire(await client.deliver(frames_of(batch), cursor,
+                                                         "P")).cursor
+
+    async def poll_four(batch: int) -> None:  # the newest entry, at once (poller Q)
+        assert (await room.poll.remote(cursor - 1, 0.0, "Q", None)).entries
+
+    async def poll_wire(batch: int) -> None:
+        assert Delivery.from_wire(
+            await client.poll_wire(cursor - 1, 0.0, "Q", None)).entries
 
     async def rounds(how: Any, batch: int, n: int) -> tuple[float, float, float]:
-        nonlocal cursor, k
         cpu0, own0, wall0 = cpu_seconds(pid), time.process_time(), time.perf_counter()
         for _ in range(n):
             if beats.due():
                 await room.message.remote("c", HEARTBEAT)
-            frames = []
-            for _ in range(batch):
-                k += 1
-                frames.append(Frame("c", update("c", k), "socket-1", k))
-            cursor = (await how(frames, cursor)).cursor
+            await how(batch)
         return (1e6 * (cpu_seconds(pid) - cpu0) / n, 1e6 * (time.process_time() - own0) / n,
                 1e6 * (time.perf_counter() - wall0) / n)
 
-    ways = {"four arguments (before)": four, "deliver_wire (the gateway's)": wire}
-    for batch in (1, 16):
+    for title, batch, before, now in (
+            ("deliver, 1 frame a call", 1, four, wire),
+            ("deliver, 16 frames a call", 16, four, wire),
+            ("poll, answered at once with one entry", 1, poll_four, poll_wire)):
+        ways = {"before": before, "now": now}
         n = max(20, calls // batch)
         for how in ways.values():
             await rounds(how, batch, max(10, n // 4))  # warm up both
         got: dict[str, list[tuple[float, float, float]]] = {name: [] for name in ways}
-        progress(f"  {pairs} pairs of rounds of {n} calls of {batch} frame(s)...")
+        progress(f"  {title}: {pairs} pairs of rounds of {n} calls...")
         for i in range(pairs):
             order = list(ways) if i % 2 == 0 else list(reversed(ways))
             for name in order:
                 got[name].append(await rounds(ways[name], batch, n))
-        old, new = got["four arguments (before)"], got["deliver_wire (the gateway's)"]
-        print(f"\n{batch} frame(s) a call, {pairs} pairs (us a call; medians):")
+        old, new = got["before"], got["now"]
+        print(f"\n{title}, {pairs} pairs (us a call; medians):")
         print(f"  {'':14}{'before':>9}{'now':>9}{'paired diff':>13}{'ratio':>8}"
               f"{'now cheaper':>13}")
         for i, what in enumerate(("room CPU", "caller CPU", "wall")):
@@ -334,7 +353,7 @@ def main() -> None:
     parser.add_argument("--code-only", action="store_true",
                         help="only the room's code alone, no Ray (--rounds 5 unless given)")
     parser.add_argument("--paired", type=int, default=0, metavar="N",
-                        help="only the deliver call's two wires, in N pairs of rounds")
+                        help="only deliver's and poll's two wires, in N pairs of rounds")
     args = parser.parse_args()
     if args.paired:
         ray.init(include_dashboard=False, log_to_driver=False, namespace="rooms-callcost")

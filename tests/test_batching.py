@@ -221,13 +221,14 @@ async def test_the_batch_crosses_as_msgpack_and_its_result_pickles_whole():
     rule: exact types, no tuples, which it would pickle); a Delivery (entries with a
     close, gap, epoch) as ``wire()``'s lists through msgpack, and as itself through
     Ray's cloudpickle and plain pickle, to an equal value; a room reads the frames'
-    form, and ``deliver_wire`` answers what ``deliver`` does, as lists."""
+    form, and ``deliver_wire`` and ``poll_wire`` answer what ``deliver`` and ``poll`` do,
+    as lists."""
     import pickle
 
     import msgpack
     from ray import cloudpickle
 
-    from actors.wire import Frame, deliver_call, frames_wire
+    from actors.wire import Frame, deliver_call, frames_wire, poll_call
 
     frames = [Frame("one", update("one", 1), "s-1", 1),
               Frame("one", b'{"type":"x"}', "s-1", 2, "00-ab-cd-01")]
@@ -260,6 +261,14 @@ async def test_the_batch_crosses_as_msgpack_and_its_result_pickles_whole():
         again = Delivery.from_wire(lists)
         assert [marker(json.loads(e.data), "one") for e in again.entries] == [8]
         assert again.cursor == got.cursor + 1 and again.epoch == got.epoch
+        # the long-poll's wire: one list in, lists out, the same Delivery as poll's
+        call = poll_call(seq, 0.0, "Q", None)
+        assert msgpack.unpackb(msgpack.packb(call, use_bin_type=True,
+                                             strict_types=True)) == [seq, 0.0, "Q", None]
+        polled = Delivery.from_wire(msgpack.unpackb(msgpack.packb(
+            await actor.poll_wire(call), use_bin_type=True, strict_types=True)))
+        assert polled == await actor.poll(seq, 0.0, "Q", None)
+        assert [marker(json.loads(e.data), "one") for e in polled.entries] == [7, 8]
     finally:
         stop_timers(actor)
 

@@ -120,3 +120,26 @@ async def test_a_deliver_result_from_a_newer_activation_is_noted_at_once():
     with pytest.raises(ActivationLost):
         await asyncio.wait_for(waiting, 1)
     assert handle.activation.calls == 0
+
+
+async def test_a_poll_result_from_a_newer_activation_is_noted_at_once():
+    """A long-poll's result crosses Ray as wire lists (``poll_wire``) and comes back a
+    Delivery whose epoch moves the reference on, as a ``deliver``'s does; a poll that
+    went to a dead activation is abandoned (``ActivationLost``), not sent again: the
+    channel polls anew."""
+    ref = _ref()
+    ref.epoch = 2
+    handle = _Handle()
+    handle.poll_wire = _Method(lambda n: _done(Delivery(cursor=11, epoch=3).wire()))
+    never = asyncio.get_running_loop().create_future()
+    waiting = asyncio.ensure_future(ref.wait(RoomClient(handle), never, probe_after=60))
+    result = await asyncio.wait_for(ref.poll(RoomClient(handle), 4, 0.0, "p", None), 5)
+    assert result == Delivery(cursor=11, epoch=3) and ref.epoch == 3
+    with pytest.raises(ActivationLost):
+        await asyncio.wait_for(waiting, 1)
+
+    handle.poll_wire = _Method(lambda n: asyncio.get_running_loop().create_future())
+    handle.activation = _Method(lambda n: _done(4))  # the room restarted meanwhile
+    with pytest.raises(ActivationLost):
+        await asyncio.wait_for(ref.poll(RoomClient(handle), 11, 0.0, "p", None), 5)
+    assert handle.poll_wire.calls == 1

@@ -304,9 +304,8 @@ class RoomChannel:
                 client = await self.ref.resolve()
                 wait = 0 if self.merge.cursor is None else timeout
                 self.stats["polls"] += 1
-                result: Delivery = await self.ref.wait(
-                    client, client.poll(self.merge.cursor, wait, self.poller, self.written),
-                    probe_after=wait + self.limits.watch_s)
+                result = await self.ref.poll(client, self.merge.cursor, wait,
+                                             self.poller, self.written)
             except asyncio.CancelledError:
                 raise
             except ActivationLost:  # the poll went to an activation that died: poll anew

@@ -176,6 +176,23 @@ class RoomRef:
         self.see(delivery.epoch)
         return delivery
 
+    async def poll(self, client: RoomClient, cursor: int | None, timeout: float,
+                   poller: str | None, written: int | None) -> Delivery:
+        """One long-poll through ``client`` (``RoomActor.poll``, called as
+        ``RoomActor.poll_wire``), watched as :meth:`wait` watches a call (first check
+        after ``timeout`` plus ``limits.watch_s`` seconds); no retries: the caller polls
+        again. The result's epoch is noted (:meth:`see`).
+
+        Raises:
+            ActivationLost: the room moved to another activation meanwhile.
+            Exception: whatever the call raised.
+        """
+        delivery = Delivery.from_wire(await self.wait(
+            client, client.poll_wire(cursor, timeout, poller, written),
+            probe_after=timeout + self.limits.watch_s))
+        self.see(delivery.epoch)
+        return delivery
+
     async def connect(self, conn: str, name: str, poller: str | None,
                       socket: str | None) -> int:
         """``RoomActor.connect`` with :meth:`call`'s retries."""
