@@ -8,6 +8,10 @@ a new port, Serve kept its own (it only logs a warning), and each got back a URL
 listened on: every gateway test after it errored. Here a start whose ingress cannot
 come up (Serve's HAProxy pointed at ``/bin/false``) must leave no Serve behind, and a
 deploy asking a running Serve for another port must be refused, clearly.
+
+Why that ingress hung is also checked for: Serve's HAProxy manager was stuck in uvloop's
+process spawn (see ``actors.gateway.deploy.CONTROLLER_LOOP_ENV``); the manager must run
+on asyncio's own loop, the replicas on uvloop.
 """
 
 from __future__ import annotations
@@ -30,6 +34,30 @@ def _config(tmp_path) -> RoomsConfig:
                        store_url=f"sqlite:///{tmp_path}/r.sqlite3", idle_timeout=0)
 
 
+def _loop_of(*parts: str, unless: str | None = None) -> tuple[str | None, list[str]]:
+    """For the one Serve actor whose name contains every one of ``parts`` (and not
+    ``unless``): its ``RAY_USE_UVLOOP`` (what Ray reads to pick its actors' event loop)
+    and the packages of the running asyncio event loops the garbage collector sees
+    (asyncio's are tracked; uvloop's are not)."""
+    import ray
+
+    [name] = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+              if a["namespace"] == "serve" and all(p in a["name"] for p in parts)
+              and (unless is None or unless not in a["name"])]
+    actor = ray.get_actor(name, namespace="serve")
+
+    def probe(_self) -> tuple[str | None, list[str]]:
+        import asyncio
+        import gc
+        import os
+
+        return os.environ.get("RAY_USE_UVLOOP"), [
+            type(o).__module__.split(".")[0] for o in gc.get_objects()
+            if isinstance(o, asyncio.AbstractEventLoop) and o.is_running()]
+
+    return ray.get(actor.__ray_call__.remote(probe), timeout=30)
+
+
 @pytest.mark.ray
 def test_a_failed_start_leaves_no_serve_and_a_running_serve_keeps_its_port(ray_session,
                                                                           tmp_path,
@@ -49,6 +77,10 @@ def test_a_failed_start_leaves_no_serve_and_a_running_serve_keeps_its_port(ray_s
     try:
         assert url == f"http://127.0.0.1:{second}"
         assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+        # Serve's HAProxy manager spawns HAProxy from asyncio's loop (not uvloop's
+        # fork path, deploy.CONTROLLER_LOOP_ENV); the replicas keep uvloop
+        assert _loop_of("SERVE_PROXY_ACTOR-", unless="fallback") == ("0", ["asyncio"])
+        assert _loop_of("SERVE_REPLICA", "rooms-deploy-b")[0] == "1"
 
         with pytest.raises(ValueError, match=rf"ingress on 127\.0\.0\.1:{second}; it "
                                              rf"cannot move to 127\.0\.0\.1:{third}"):

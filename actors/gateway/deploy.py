@@ -49,13 +49,33 @@ from .limits import GatewayLimits
 from .pages import WebAssets
 from .partytracks import PartyTracksSettings
 
-__all__ = ["GatewayIngress", "SERVE_INGRESS_ENV", "deploy_gateway", "shutdown_gateway"]
+__all__ = ["CONTROLLER_LOOP_ENV", "GatewayIngress", "REPLICA_LOOP_ENV", "SERVE_INGRESS_ENV",
+           "deploy_gateway", "shutdown_gateway"]
 
 log = logging.getLogger("ray_rooms.gateway")
 
 
 SERVE_INGRESS_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 """Serve's throughput-optimized ingress: HAProxy in front, direct ingress to replicas."""
+
+CONTROLLER_LOOP_ENV = {"RAY_USE_UVLOOP": "0"}
+"""The Serve controller's, and so its HAProxy manager's (an actor the controller starts,
+which inherits its environment), event loop: asyncio's own, not uvloop.
+
+The HAProxy manager starts a new HAProxy process at every reload (each replica that
+comes or goes). uvloop starts a process by forking and then running the interpreter's
+after-fork code (``PyOS_AfterFork_Child``) in the child of a process with many threads
+(Ray's), and blocks its event loop until the child ``exec``s (MagicStack/uvloop#749).
+In a red CI run that child never got there: Serve's health checks of the manager went
+unanswered for a minute (its log stops between ``Using HAProxy binary`` and ``Starting
+HAProxy (spawn #2``; at its kill, the worker's log lists a child pid that no spawn line
+names), and Serve killed it. asyncio's loop starts processes through ``subprocess``
+(no Python code between fork and exec). Neither is on a request's path: the replicas,
+and the rooms they create, keep uvloop (:data:`REPLICA_LOOP_ENV`)."""
+
+REPLICA_LOOP_ENV = {"RAY_USE_UVLOOP": "1"}
+"""The replicas' event loop: uvloop (Ray's default), set explicitly because an actor
+the controller starts inherits :data:`CONTROLLER_LOOP_ENV` otherwise."""
 
 
 class GatewayIngress(BaseSettings):
@@ -175,7 +195,8 @@ def deploy_gateway(
     ingress = ingress or settings.ingress
     if ingress not in ("haproxy", "proxy"):
         raise ValueError(f"ingress must be 'haproxy' or 'proxy', not {ingress!r}")
-    env: dict[str, str] = {}
+    env: dict[str, str] = {}  # the replicas'
+    controller_env: dict[str, str] = {}
     if ingress == "haproxy":
         local = host if host not in ("0.0.0.0", "") else "127.0.0.1"
         if not _serve_running():
@@ -186,14 +207,16 @@ def deploy_gateway(
                "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": f"{settings.drain_s:g}",
                "RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S": str(settings.reload_grace_s),
                "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port(local)),
-               "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port(local))}
+               "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port(local)),
+               **REPLICA_LOOP_ENV}
+        controller_env = {**env, **CONTROLLER_LOOP_ENV}
     started = not _serve_running()
     if not started:
         _check_listening(host, port)
     try:
         try:
             serve.start(http_options={"host": host, "port": port, "request_timeout_s": None},
-                        controller_options={"runtime_env": {"env_vars": dict(env)}},
+                        controller_options={"runtime_env": {"env_vars": controller_env}},
                         proxy_location=proxy_location)
         except (TimeoutError, ray.exceptions.RayActorError) as error:
             # Serve gave up waiting for its ingress (60 s), or killed one that missed its
