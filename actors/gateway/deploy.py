@@ -11,6 +11,9 @@ Ingress (``deploy_gateway(ingress=...)``, environment ``ROOMS_GATEWAY_INGRESS``)
   ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` in the Serve controller's and the replicas'
   runtime environment (:data:`SERVE_INGRESS_ENV`); it applies when this call starts
   Serve. Replica ports bind all interfaces (HAProxy on other nodes must reach them).
+  The controller, and the HAProxy manager it starts, run on asyncio's own event loop
+  (:data:`CONTROLLER_LOOP_ENV`: uvloop's process spawn once hung the manager), the
+  replicas on uvloop.
 * ``proxy``: Serve's Python proxy actor on every node, which relays each WebSocket
   frame to the replica as a Ray call (here about twice the round-trip latency and half
   the throughput of ``haproxy``: ``python -m benchmarks.gateway --ingress proxy``).
