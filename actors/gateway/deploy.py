@@ -53,7 +53,7 @@ from .pages import WebAssets
 from .partytracks import PartyTracksSettings
 
 __all__ = ["CONTROLLER_LOOP_ENV", "GatewayIngress", "REPLICA_LOOP_ENV", "SERVE_INGRESS_ENV",
-           "deploy_gateway", "shutdown_gateway"]
+           "WILDCARD_HOSTS", "deploy_gateway", "shutdown_gateway"]
 
 log = logging.getLogger("ray_rooms.gateway")
 
@@ -75,6 +75,9 @@ HAProxy (spawn #2``; at its kill, the worker's log lists a child pid that no spa
 names), and Serve killed it. asyncio's loop starts processes through ``subprocess``
 (no Python code between fork and exec). Neither is on a request's path: the replicas,
 and the rooms they create, keep uvloop (:data:`REPLICA_LOOP_ENV`)."""
+
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+"""Listen addresses that take connections on every interface."""
 
 REPLICA_LOOP_ENV = {"RAY_USE_UVLOOP": "1"}
 """The replicas' event loop: uvloop (Ray's default), set explicitly because an actor
@@ -201,7 +204,7 @@ def deploy_gateway(
     env: dict[str, str] = {}  # the replicas'
     controller_env: dict[str, str] = {}
     if ingress == "haproxy":
-        local = host if host not in ("0.0.0.0", "") else "127.0.0.1"
+        local = host if host not in WILDCARD_HOSTS else "127.0.0.1"
         if not _serve_running():
             reap_orphan_haproxy()
         # HAProxy's own metrics and stats listeners default to fixed ports (9101, 8404)
@@ -263,10 +266,6 @@ def _check_listening(host: str, port: int) -> None:
             f"Serve already runs in this Ray cluster with its ingress on "
             f"{address[0]}:{address[1]}; it cannot move to {host}:{port} while it runs. "
             f"Deploy on that address, or stop Serve first (`serve shutdown`).")
-
-
-WILDCARD_HOSTS = ("0.0.0.0", "::", "")
-"""Listen addresses that take connections on every interface."""
 
 
 def _delete_quietly(name: str) -> None:
