@@ -39,10 +39,10 @@ and ``poll``: the gateway's (``RoomActor.deliver_wire`` and ``RoomActor.poll_wir
 list argument, a result of lists) and the one before it (``RoomActor.deliver`` and
 ``RoomActor.poll`` with four arguments, a pickled :class:`~actors.wire.Delivery`), in
 ``N`` pairs of alternating rounds (the order turns each pair): ``deliver`` with 1 and
-with 16 frames, and a ``poll`` that answers at once with the newest entry. It prints, for the room's CPU, the caller's CPU
-(this process, :func:`time.process_time`) and the wall time, the medians and the
-median of the paired differences and ratios: a shared machine's drift falls on both
-halves of a pair alike. (The room's CPU comes from ``/proc`` in 10 ms ticks: keep
+with 16 frames, and a ``poll`` that answers at once with the newest entry. It prints,
+for the room's CPU, the caller's CPU (this process, :func:`time.process_time`) and the
+wall time, the medians and the median of the paired differences and ratios: a shared
+machine's drift falls on both halves of a pair alike. (The room's CPU comes from ``/proc`` in 10 ms ticks: keep
 rounds long enough, ``--calls``.)
 
 It prints the callee's CPU per call and per frame, and the room's per-call cost over

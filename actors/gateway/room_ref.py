@@ -171,10 +171,8 @@ class RoomRef:
         """``RoomActor.deliver`` with :meth:`call`'s retries (a batch sent twice is
         applied once: its frames are numbered); the result's epoch is noted
         (:meth:`see`)."""
-        delivery = Delivery.from_wire(
+        return self._noted(
             await self.call(lambda room: room.deliver(frames, cursor, poller, written)))
-        self.see(delivery.epoch)
-        return delivery
 
     async def poll(self, client: RoomClient, cursor: int | None, timeout: float,
                    poller: str | None, written: int | None) -> Delivery:
@@ -187,9 +185,14 @@ class RoomRef:
             ActivationLost: the room moved to another activation meanwhile.
             Exception: whatever the call raised.
         """
-        delivery = Delivery.from_wire(await self.wait(
+        return self._noted(await self.wait(
             client, client.poll_wire(cursor, timeout, poller, written),
             probe_after=timeout + self.limits.watch_s))
+
+    def _noted(self, wire: Sequence[Any]) -> Delivery:
+        """Rebuild a ``deliver``'s or ``poll``'s result from its wire lists
+        (:meth:`~actors.wire.Delivery.from_wire`) and note its epoch (:meth:`see`)."""
+        delivery = Delivery.from_wire(wire)
         self.see(delivery.epoch)
         return delivery
 
