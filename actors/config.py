@@ -21,6 +21,9 @@ variable                          meaning                                    def
                                   a room
 ``ROOMS_OUTBOX_SIZE``             outgoing messages a room keeps for polls   ``1024``
 ``ROOMS_POLL_TIMEOUT``            seconds a gateway long-poll waits          ``25``
+``ROOMS_LANE``                    a gateway replica calls a room on its own  ``true``
+                                  node over a Unix socket, not a Ray call
+                                  (actors.lane); false: Ray calls only
 ``ROOMS_STORE_RETRY_S``           seconds a room retries a failed snapshot   ``10``
                                   save before its turns fail with
                                   ``storage unavailable``
@@ -105,6 +108,10 @@ class RoomsConfig(BaseSettings):
     max_connections: int = Field(
         1000, gt=0, description="connections of one room across all gateway replicas")
     poll_timeout: float = Field(25.0, gt=0)
+    lane: bool = Field(
+        True, description="a gateway replica calls a room on its own node over a Unix "
+                          "socket (actors.lane) rather than as a Ray actor call; false: "
+                          "Ray calls only")
     store_retry_s: float = Field(
         10.0, gt=0, description="seconds a room retries a failed save before its turns "
                                 "fail with storage unavailable")

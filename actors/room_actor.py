@@ -63,6 +63,7 @@ from .cluster import check_store_fits_cluster
 from .config import RoomsConfig
 from .errors import (MessageRefused, NotAMember, NotOwner, QuotaExceeded, RoomFull,
                      RoomHibernating, SnapshotRefused)
+from .lane import LaneServer
 from .outbox import Outbox
 from .services import build_services, calls_settings, realtime_model
 from .tool_runner import ToolRunner, tool_runner
@@ -191,6 +192,7 @@ class RoomActor:
                              daemon=True).start()
         self._stats = _Stats()
         self._save_seconds: deque[float] = deque(maxlen=1024)  # the newest saves' times
+        self._lane: LaneServer | None = None  # once a gateway replica asked (lane())
 
     # ---- activation -------------------------------------------------------------------
 
@@ -989,6 +991,31 @@ class RoomActor:
         cursor, timeout, poller, written = call
         return (await self.poll(cursor, timeout, poller, written)).wire()
 
+    async def lane(self, node: str) -> list[Any] | None:
+        """The address of the room's lane (:mod:`actors.lane`), for a gateway replica
+        on node ``node``: it then calls :meth:`deliver_wire` and :meth:`poll_wire`
+        over a Unix socket rather than as Ray calls. Starts the lane's server on the
+        first call; does not activate the room.
+
+        Args:
+            node: the caller's Ray node id (hex).
+
+        Returns:
+            ``[address, token]`` (what :meth:`actors.lane.LaneClient.connect` takes), or
+            ``None`` when the room offers no lane to that caller: another node, lanes
+            off (``ROOMS_LANE=false``), outside Ray, or the room exiting.
+
+        Raises:
+            OSError: the lane's socket could not be made.
+        """
+        if (not self.config.lane or not _in_ray_actor()
+                or self.lifecycle in (Lifecycle.HIBERNATING, Lifecycle.STOPPED)
+                or node != ray.get_runtime_context().get_node_id()):
+            return None
+        if self._lane is None:
+            self._lane = LaneServer({"deliver": self.deliver_wire, "poll": self.poll_wire})
+        return await self._lane.start()
+
     def activation(self) -> int:
         """The epoch this activation claimed (0 while it has none yet), without
         activating the room: a gateway asks it of a call that is taking long, to learn
@@ -1027,7 +1054,8 @@ class RoomActor:
             turns=self._stats.turns, saves=self._stats.saves,
             duplicate_frames=self._stats.duplicate_frames,
             activated_at=self._stats.activated_at, last_save_s=self._stats.last_save_s,
-            snapshot_bytes=self._stats.snapshot_bytes)
+            snapshot_bytes=self._stats.snapshot_bytes,
+            lane_calls=self._lane.calls if self._lane is not None else 0)
 
     async def hibernate(self) -> bool:
         """Save, tell the pollers, and exit the actor for good if the room is idle.
@@ -1114,6 +1142,8 @@ class RoomActor:
         AI job), it would be caught by that task's error handling, and whether the
         actor exits would depend on a flag internal to Ray. As a call of its own it
         always runs in a method."""
+        if self._lane is not None:
+            self._lane.close()  # its callers go back to Ray, which finds the room gone
         if self._sender is not None:
             self._sender.stop()
         if self._sideband is not None:

@@ -110,6 +110,12 @@ class RoomClient:
 
     # ---- without activating the room -----------------------------------------------
 
+    def lane(self, node: str) -> "ObjectRef[list[Any] | None]":
+        """The room's lane address for a caller on node ``node`` (``RoomActor.lane``:
+        ``[address, token]``, or ``None`` when it offers none), for
+        :meth:`actors.lane.LaneClient.connect`."""
+        return self.handle.lane.remote(node)
+
     def activation(self) -> "ObjectRef[int]":
         """The epoch of the activation that answers (0: none yet)."""
         return self.handle.activation.remote()

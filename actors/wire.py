@@ -254,6 +254,8 @@ class RoomInfo:
         activated_at: when the activation finished (UNIX seconds; 0: not yet).
         last_save_s: the newest save's duration (seconds), or ``None``.
         snapshot_bytes: the newest snapshot's size (bytes), or ``None``.
+        lane_calls: ``deliver`` and ``poll`` calls this activation answered over its
+            lane (:mod:`actors.lane`) rather than as Ray calls.
     """
 
     room: str
@@ -276,6 +278,7 @@ class RoomInfo:
     activated_at: float = 0.0
     last_save_s: float | None = None
     snapshot_bytes: int | None = None
+    lane_calls: int = 0
 
     def record(self) -> dict[str, Any]:
         """Return the facts as a JSON-friendly dict (what ``rooms show`` prints)."""

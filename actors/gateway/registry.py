@@ -47,8 +47,9 @@ class RoomRegistry:
         ref = self._refs.get(room_id)
         if ref is None:
             if len(self._refs) >= _MAX_REFS:
-                self._refs.pop(next(iter(self._refs)))
-            ref = self._refs[room_id] = RoomRef(room_id, self.config, self.limits)
+                self._refs.pop(next(iter(self._refs))).close_lane()
+            ref = self._refs[room_id] = RoomRef(room_id, self.config, self.limits,
+                                                self.node)
         return ref
 
     async def check_start(self, room_id: str, identity: str, quotas: IdentityQuotas) -> None:
@@ -78,7 +79,8 @@ class RoomRegistry:
         """Return the channel of ``room_id``, making it if there is none."""
         channel = self.channels.get(room_id)
         if channel is None:
-            ref = self._refs.pop(room_id, None) or RoomRef(room_id, self.config, self.limits)
+            ref = (self._refs.pop(room_id, None)
+                   or RoomRef(room_id, self.config, self.limits, self.node))
             channel = self.channels[room_id] = RoomChannel(ref, self.limits, self.drop,
                                                            self.replica)
         return channel
@@ -87,9 +89,14 @@ class RoomRegistry:
         """Forget ``channel`` (its last socket left)."""
         if self.channels.get(channel.ref.room_id) is channel:
             del self.channels[channel.ref.room_id]
+            channel.ref.close_lane()  # its lane; frames still queued go through Ray
 
     def close(self) -> None:
         """Stop every room's poll (the replica is shutting down)."""
         for channel in list(self.channels.values()):
             channel.stop()
+            channel.ref.close_lane()
         self.channels.clear()
+        for ref in self._refs.values():
+            ref.close_lane()
+        self._refs.clear()

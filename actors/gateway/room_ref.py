@@ -13,6 +13,11 @@ checked against it. If the room has moved to a newer activation, the call is aba
 (:class:`ActivationLost`) and sent again: frames are numbered, so a batch sent twice is
 applied once (:mod:`actors.applied`). The same epoch tells a hibernating channel that
 another replica woke the room (no private handle attribute needed).
+
+A room on the replica's own node is sent its ``deliver`` and ``poll`` calls over its
+lane (:mod:`actors.lane`), a Unix socket the reference opens when it resolves the room
+and closes when it forgets it; a lane that breaks fails its calls as a dead actor does
+(:class:`~actors.lane.LaneClosed` is retried like ``RayActorError``).
 """
 
 from __future__ import annotations
@@ -20,15 +25,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence, TypeVar
 
 from ray.exceptions import RayActorError
+from tenacity import (AsyncRetrying, retry_if_exception_type, stop_after_attempt,
+                      wait_exponential_jitter)
 
 from ..config import RoomsConfig
 from ..directory import get_room
 from ..errors import RoomHibernating, RoomUnavailable
+from ..lane import LaneClient, LaneClosed
 from ..room_client import RoomClient
-from ..wire import Delivery, Frame
+from ..wire import Delivery, Frame, deliver_call, poll_call
 from .limits import GatewayLimits
 
 if TYPE_CHECKING:
@@ -48,6 +56,14 @@ threads: 6 on 2 cores) a few of them would stall every other ``to_thread`` of th
 replica, so they have threads of their own."""
 
 
+LANE_OPEN_S = 60.0
+"""Seconds a reference waits for a room to hand out its lane and for the lane to open
+(the first call of a new room waits for the actor to start)."""
+
+LANE_OPEN_ATTEMPTS = 6
+"""Times a reference asks a room that is restarting (``RayActorError``) for its lane."""
+
+
 class ActivationLost(Exception):
     """A call went to an activation of the room that is gone (the room answers from a
     newer epoch); it will not be answered, so the caller sends it again."""
@@ -60,16 +76,25 @@ class RoomRef:
 
     Args:
         room_id: a valid room id.
-        config: the settings a new room actor is created with.
+        config: the settings a new room actor is created with (``lane``: whether to
+            ask the room for a lane).
         limits: attempts, back-off and ``watch_s``.
+        node: the Ray node id (hex) of the caller; ``""``: never ask for a lane.
     """
 
-    def __init__(self, room_id: str, config: RoomsConfig, limits: GatewayLimits) -> None:
+    def __init__(self, room_id: str, config: RoomsConfig, limits: GatewayLimits,
+                 node: str = "") -> None:
         self.room_id = room_id
         self.config = config
         self.limits = limits
+        self.node = node if config.lane else ""
         self.client: RoomClient | None = None
         """The room's client while resolved (``None``: resolve before the next call)."""
+        self.lane: LaneClient | None = None
+        """The lane to the resolved room, when it is on this node (see the module
+        docstring)."""
+        self._resolving = asyncio.Lock()
+        self._opening: asyncio.Task | None = None  # _open_lane, while under way
         self.on_activation: Callable[[], None] | None = None
         self.epoch = 0
         """The newest activation epoch of the room this reference has seen (0: none)."""
@@ -79,22 +104,86 @@ class RoomRef:
         """Return the room's client, getting or creating the actor if needed
         (reactivating a hibernated room), on the resolvers' own threads.
 
+        A room on this node is asked for its lane meanwhile, in the background: the
+        calls go through Ray until it is open (or for good, when it cannot be opened).
+
         Raises:
             NoFreeSlot: the room has no actor and no slot freed within
                 ``ROOMS_SLOT_WAIT_S``.
         """
-        if self.client is None:
-            loop = asyncio.get_running_loop()
-            handle = await loop.run_in_executor(_RESOLVERS, get_room, self.room_id,
-                                                self.config)
-            self.client = RoomClient(handle)
-        return self.client
+        client = self.client
+        if client is not None:
+            return client
+        async with self._resolving:  # concurrent callers share one look-up and lane
+            if self.client is None:
+                loop = asyncio.get_running_loop()
+                handle = await loop.run_in_executor(_RESOLVERS, get_room, self.room_id,
+                                                    self.config)
+                self.client = RoomClient(handle)
+                if self.node:
+                    self._opening = asyncio.ensure_future(self._open_lane(self.client))
+            return self.client
+
+    async def _open_lane(self, client: RoomClient) -> None:
+        """Ask the room behind ``client`` for its lane and open it (see
+        :meth:`resolve`); it serves while ``client`` is the resolved one. No lane (it
+        is on another node, lanes are off, or it fails within :data:`LANE_OPEN_S`):
+        the calls stay with Ray."""
+        try:
+            # a room restarting answers with an error for a moment: ask again
+            async for attempt in AsyncRetrying(
+                    stop=stop_after_attempt(LANE_OPEN_ATTEMPTS),
+                    wait=wait_exponential_jitter(initial=0.1, max=2.0),
+                    retry=retry_if_exception_type(RayActorError), reraise=True):
+                with attempt:
+                    address = await asyncio.wait_for(_result(client.lane(self.node)),
+                                                     LANE_OPEN_S)
+            if address is None:
+                return
+            lane = await asyncio.wait_for(LaneClient.connect(address), LANE_OPEN_S)
+        except Exception as error:  # noqa: BLE001 - Ray's calls still work
+            log.info("room %s: no lane (%s: %s); calls go through Ray", self.room_id,
+                     type(error).__name__, error)
+            return
+        if self.client is client and self.node:
+            self.lane = lane
+        else:  # forgotten meanwhile
+            lane.close()
 
     def forget(self, client: RoomClient) -> None:
-        """Drop ``client`` (its call failed) so that the next call resolves the room
-        again."""
+        """Drop ``client`` (its call failed) and its lane, so that the next call
+        resolves the room again."""
         if self.client is client:
             self.client = None
+            self._close_lane()
+
+    def close_lane(self) -> None:
+        """Close the lane, if any, for good: later calls go through Ray (the reference
+        is being dropped: its channel's last socket left, or the replica stops)."""
+        self.node = ""
+        self._close_lane()
+
+    def _close_lane(self) -> None:
+        if self._opening is not None:
+            self._opening.cancel()
+            self._opening = None
+        if self.lane is not None:
+            self.lane.close()
+            self.lane = None
+
+    def _lane_of(self, client: RoomClient) -> LaneClient | None:
+        """The open lane to the room behind ``client``, if it has one. A lane that
+        broke while ``client`` stayed the resolved one (Ray restarted the room's
+        process under the same handle) is asked for again, in the background."""
+        lane = self.lane
+        if lane is None or self.client is not client:
+            return None
+        if lane.closed:
+            self.lane = None
+            if self.node and (self._opening is None or self._opening.done()):
+                self._opening = asyncio.ensure_future(self._open_lane(client))
+            return None
+        return lane
 
     def see(self, epoch: int) -> None:
         """Note that the room answers from activation ``epoch``; an epoch newer than
@@ -104,14 +193,14 @@ class RoomRef:
             changed, self._new_epoch = self._new_epoch, asyncio.Event()
             changed.set()
 
-    async def wait(self, client: RoomClient, ref: "ObjectRef[T]",
+    async def wait(self, client: RoomClient, ref: "ObjectRef[T] | Awaitable[T]",
                    probe_after: float | None = None) -> T:
         """Await ``ref``, a call made through ``client``, and return its result, unless
         the room moves to another activation meanwhile (see the module docstring).
 
         Args:
             client: the client the call was made through.
-            ref: the call's ``ObjectRef``.
+            ref: the call's ``ObjectRef``, or the awaitable of a call over the lane.
             probe_after: seconds before the first check of a call still outstanding
                 (default ``limits.watch_s``; a long-poll passes its own timeout plus
                 that). A check asks the room for its epoch (``RoomActor.activation``,
@@ -171,8 +260,13 @@ class RoomRef:
         """``RoomActor.deliver`` with :meth:`call`'s retries (a batch sent twice is
         applied once: its frames are numbered); the result's epoch is noted
         (:meth:`see`)."""
-        return self._noted(
-            await self.call(lambda room: room.deliver(frames, cursor, poller, written)))
+        def send(room: RoomClient) -> Any:
+            lane = self._lane_of(room)
+            if lane is None:
+                return room.deliver(frames, cursor, poller, written)
+            return lane.call("deliver", deliver_call(frames, cursor, poller, written))
+
+        return self._noted(await self.call(send))
 
     async def poll(self, client: RoomClient, cursor: int | None, timeout: float,
                    poller: str | None, written: int | None) -> Delivery:
@@ -183,11 +277,14 @@ class RoomRef:
 
         Raises:
             ActivationLost: the room moved to another activation meanwhile.
+            LaneClosed: the lane it went through broke (the caller forgets the client).
             Exception: whatever the call raised.
         """
-        return self._noted(await self.wait(
-            client, client.poll_wire(cursor, timeout, poller, written),
-            probe_after=timeout + self.limits.watch_s))
+        lane = self._lane_of(client)
+        sent = (client.poll_wire(cursor, timeout, poller, written) if lane is None
+                else lane.call("poll", poll_call(cursor, timeout, poller, written)))
+        return self._noted(await self.wait(client, sent,
+                                           probe_after=timeout + self.limits.watch_s))
 
     def _noted(self, wire: Sequence[Any]) -> Delivery:
         """Rebuild a ``deliver``'s or ``poll``'s result from its wire lists
@@ -219,17 +316,19 @@ class RoomRef:
         retries."""
         return await self.call(lambda room: room.state())
 
-    async def call(self, send: Callable[[RoomClient], "ObjectRef[T]"]) -> T:
+    async def call(self, send: Callable[[RoomClient], Any]) -> Any:
         """Make one call of the room, ``send(client)``, and return its result.
 
         Retries, with exponential back-off, when the actor is dead or unavailable
-        (``RayActorError``) or hibernating (:class:`RoomHibernating`), resolving the
+        (``RayActorError``, or its lane broke: :class:`~actors.lane.LaneClosed`) or
+        hibernating (:class:`RoomHibernating`), resolving the
         room again each time (which reactivates it); and at once when the call went to
         an activation that is gone (:class:`ActivationLost`, see :meth:`wait`).
 
         Args:
             send: makes the call through the client it is given (a
-                :class:`~actors.room_client.RoomClient` method) and returns its ref.
+                :class:`~actors.room_client.RoomClient` method, or its lane's) and
+                returns its ref or awaitable.
 
         Raises:
             RoomUnavailable: every attempt failed that way.
@@ -245,7 +344,7 @@ class RoomRef:
                 log.info("room %s: call abandoned (%s), attempt %d", self.room_id, lost,
                          attempt + 1)
                 continue
-            except (RayActorError, RoomHibernating) as error:
+            except (RayActorError, RoomHibernating, LaneClosed) as error:
                 log.info("room %s: call failed (%s), attempt %d", self.room_id,
                          type(error).__name__, attempt + 1)
                 self.forget(client)
