@@ -4,6 +4,7 @@ rate): CPU of the callee per call, a room's ``deliver`` beside bare Ray actors, 
     python -m benchmarks.callcost [--calls 2000]
     python -m benchmarks.callcost --code-only [--rounds 5]   # the room's code alone
     python -m benchmarks.callcost --paired 30                # deliver's and poll's two wires
+    python -m benchmarks.callcost --paired 30 --lane         # a Ray call against the lane
 
 Sequential calls from the driver, each waiting for its answer, and the CPU the
 callee's process used over them (``/proc/<pid>/stat``, all its threads: Ray's core
@@ -42,8 +43,10 @@ list argument, a result of lists) and the one before it (``RoomActor.deliver`` a
 with 16 frames, and a ``poll`` that answers at once with the newest entry. It prints,
 for the room's CPU, the caller's CPU (this process, :func:`time.process_time`) and the
 wall time, the medians and the median of the paired differences and ratios: a shared
-machine's drift falls on both halves of a pair alike. (The room's CPU comes from ``/proc`` in 10 ms ticks: keep
-rounds long enough, ``--calls``.)
+machine's drift falls on both halves of a pair alike. (The room's CPU comes from ``/proc``
+in 10 ms ticks: keep rounds long enough, ``--calls``.) With ``--lane`` the pairs are the
+gateway's Ray call (``before``) and the same call over the room's lane (``now``,
+:mod:`actors.lane`: a Unix socket from this process, on the room's node).
 
 It prints the callee's CPU per call and per frame, and the room's per-call cost over
 the bare async actor's (the part of a ``deliver`` that is ours); then the same CPU by
@@ -68,8 +71,9 @@ import ray
 
 from actors.config import RoomsConfig
 from actors.directory import get_room
+from actors.lane import LaneClient
 from actors.room_client import RoomClient
-from actors.wire import Delivery, Frame, deliver_call, frames_wire
+from actors.wire import Delivery, Frame, deliver_call, frames_wire, poll_call
 from benchmarks.common import (TASK_THREAD, cpu_seconds, progress, python_thread_names,
                                thread_cpu_seconds)
 from benchmarks.gateway import HEARTBEAT, HEARTBEAT_EVERY_S, update
@@ -224,14 +228,18 @@ async def run(calls: int, warmup: int) -> dict[str, Result]:
     return results
 
 
-async def paired(pairs: int, calls: int) -> None:
+async def paired(pairs: int, calls: int, lane: bool = False) -> None:
     """Print the ``--paired`` comparison (see the module docstring): ``pairs`` pairs of
     rounds of ``calls // batch`` calls (at least 20) each, for ``deliver`` batches of 1
     and 16 frames and for a long-poll that answers at once, in one room on a local Ray
-    (needs ``ray.init``)."""
+    (needs ``ray.init``). ``lane``: the Ray call against the lane, not the two wires."""
     import statistics
 
     room, client, pid, cursor = await connected_room()
+    lane_client = None
+    if lane:
+        address = await room.lane.remote(ray.get_runtime_context().get_node_id())
+        lane_client = await LaneClient.connect(address)
     beats, k = Beats(), 0
 
     def frames_of(batch: int) -> list[Frame]:
@@ -259,6 +267,15 @@ async def paired(pairs: int, calls: int) -> None:
         assert Delivery.from_wire(
             await client.poll_wire(cursor - 1, 0.0, "Q", None)).entries
 
+    async def lane_deliver(batch: int) -> None:
+        nonlocal cursor
+        cursor = Delivery.from_wire(await lane_client.call(
+            "deliver", deliver_call(frames_of(batch), cursor, "P", None))).cursor
+
+    async def lane_poll(batch: int) -> None:
+        assert Delivery.from_wire(await lane_client.call(
+            "poll", poll_call(cursor - 1, 0.0, "Q", None))).entries
+
     async def rounds(how: Any, batch: int, n: int) -> tuple[float, float, float]:
         cpu0, own0, wall0 = cpu_seconds(pid), time.process_time(), time.perf_counter()
         for _ in range(n):
@@ -268,10 +285,15 @@ async def paired(pairs: int, calls: int) -> None:
         return (1e6 * (cpu_seconds(pid) - cpu0) / n, 1e6 * (time.process_time() - own0) / n,
                 1e6 * (time.perf_counter() - wall0) / n)
 
-    for title, batch, before, now in (
-            ("deliver, 1 frame a call", 1, four, wire),
-            ("deliver, 16 frames a call", 16, four, wire),
-            ("poll, answered at once with one entry", 1, poll_four, poll_wire)):
+    cases = ((("deliver, 1 frame a call", 1, four, wire),
+              ("deliver, 16 frames a call", 16, four, wire),
+              ("poll, answered at once with one entry", 1, poll_four, poll_wire))
+             if lane_client is None else
+             (("deliver, 1 frame a call: Ray, lane", 1, wire, lane_deliver),
+              ("deliver, 16 frames a call: Ray, lane", 16, wire, lane_deliver),
+              ("poll, answered at once with one entry: Ray, lane", 1, poll_wire,
+               lane_poll)))
+    for title, batch, before, now in cases:
         ways = {"before": before, "now": now}
         n = max(20, calls // batch)
         for how in ways.values():
@@ -294,6 +316,8 @@ async def paired(pairs: int, calls: int) -> None:
                   f"{statistics.median(diffs):+13.0f}"
                   f"{statistics.median(ratios) if ratios else float('nan'):8.3f}"
                   f"{sum(d < 0 for d in diffs):>8}/{len(diffs)}")
+    if lane_client is not None:
+        lane_client.close()
     ray.kill(room)
 
 
@@ -354,11 +378,13 @@ def main() -> None:
                         help="only the room's code alone, no Ray (--rounds 5 unless given)")
     parser.add_argument("--paired", type=int, default=0, metavar="N",
                         help="only deliver's and poll's two wires, in N pairs of rounds")
+    parser.add_argument("--lane", action="store_true",
+                        help="with --paired: the Ray call against the room's lane")
     args = parser.parse_args()
     if args.paired:
         ray.init(include_dashboard=False, log_to_driver=False, namespace="rooms-callcost")
         try:
-            asyncio.run(paired(args.paired, args.calls or 200))
+            asyncio.run(paired(args.paired, args.calls or 200, args.lane))
         finally:
             ray.shutdown()
         return
