@@ -54,6 +54,8 @@ STAGES: list[tuple[str, str]] = [
     ("room actor: other", "actors/room_actor"),
     ("room actor: outbox", "actors/outbox"),
     ("metrics tally", "actors/metrics"),
+    ("the room's lane (calls over a Unix socket)", "actors/lane"),
+    ("msgpack (the lane's frames)", "msgpack/"),
     ("Ray core worker (calls, serialization)", "ray/"),
     ("asyncio event loop", "asyncio/"),
 ]
