@@ -200,6 +200,7 @@ class LaneServer:
             while True:
                 request = await _read(reader)
                 if (not isinstance(request, list) or len(request) != 3
+                        or not isinstance(request[1], str)
                         or request[1] not in self.handlers):
                     log.warning("lane: a request that is not [id, op, call]; closed")
                     return
@@ -212,6 +213,8 @@ class LaneServer:
             return
         except ValueError as error:
             log.warning("lane: %s; closed", error)
+        except Exception as error:  # noqa: BLE001 - that connection ends, the room goes on
+            log.warning("lane: a connection failed (%s); closed", type(error).__name__)
         finally:
             self._writers.discard(writer)
             writer.close()
@@ -220,6 +223,9 @@ class LaneServer:
                       call: Any) -> None:
         try:
             reply = [request_id, OK, await self.handlers[op](call)]
+        except asyncio.CancelledError:  # no answer will come: the caller sends it again
+            writer.close()
+            raise
         except RoomsError as error:
             reply = [request_id, REFUSED, pickle.dumps(error)]
         except Exception as error:  # noqa: BLE001 - logged here, its id crosses
