@@ -143,3 +143,51 @@ async def test_a_poll_result_from_a_newer_activation_is_noted_at_once():
     with pytest.raises(ActivationLost):
         await asyncio.wait_for(ref.poll(RoomClient(handle), 11, 0.0, "p", None), 5)
     assert handle.poll_wire.calls == 1
+
+
+async def test_a_lane_is_opened_once_a_room_that_restarts_slowly_answers(monkeypatch):
+    """The room's process is restarting for longer than a few retries (its ``lane``
+    call fails with ``RayActorError`` for 9 s): the reference keeps asking in the
+    background, the calls go through Ray meanwhile, and then over the lane. (Before:
+    it gave up after six attempts, ~3-8 s, and a room restarted on a loaded machine
+    was never reached over its lane again; CI saw it.)"""
+    from ray.exceptions import RayActorError
+
+    from actors.gateway import room_ref as room_ref_module
+    from actors.lane import LaneServer
+
+    async def lane_deliver(call):
+        return Delivery(cursor=9, epoch=2).wire()
+
+    server = LaneServer({"deliver": lane_deliver, "poll": lane_deliver})
+    address = await server.start()
+    loop = asyncio.get_running_loop()
+    back_at = loop.time() + 9.0
+
+    def lane_answer(n):
+        future = loop.create_future()
+        if loop.time() < back_at:
+            future.set_exception(RayActorError())
+        else:
+            future.set_result(address)
+        return future
+
+    handle = _Handle()
+    handle.deliver_wire = _Method(lambda n: _done(Delivery(cursor=7, epoch=2).wire()))
+    handle.lane = _Method(lane_answer)
+    monkeypatch.setattr(room_ref_module, "get_room", lambda room_id, config: handle)
+    ref = RoomRef("r", RoomsConfig(), GatewayLimits(watch_s=0.05), node="n")
+    try:
+        through_ray = 0
+        deadline = loop.time() + 30
+        while server.calls == 0:
+            assert loop.time() < deadline, (
+                f"no call over the lane; {handle.lane.calls} lane requests")
+            result = await ref.deliver([], 0, "p")
+            through_ray += result.cursor == 7
+            await asyncio.sleep(0.2)
+        assert through_ray > 0 and handle.lane.calls > 6
+        assert (await ref.deliver([], 0, "p")).cursor == 9  # and it stays on the lane
+    finally:
+        ref.close_lane()
+        server.close()

@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence, TypeVar
 
 from ray.exceptions import RayActorError
-from tenacity import (AsyncRetrying, retry_if_exception_type, stop_after_attempt,
+from tenacity import (AsyncRetrying, retry_if_exception_type, stop_after_delay,
                       wait_exponential_jitter)
 
 from ..config import RoomsConfig
@@ -60,8 +61,9 @@ LANE_OPEN_S = 60.0
 """Seconds a reference waits for a room to hand out its lane and for the lane to open
 (the first call of a new room waits for the actor to start)."""
 
-LANE_OPEN_ATTEMPTS = 6
-"""Times a reference asks a room that is restarting (``RayActorError``) for its lane."""
+LANE_RETRY_S = 5.0
+"""Seconds after a failed attempt to open a room's lane before a call tries again (a room
+that answered that it offers none is not asked again until it is resolved anew)."""
 
 
 class ActivationLost(Exception):
@@ -95,6 +97,8 @@ class RoomRef:
         docstring)."""
         self._resolving = asyncio.Lock()
         self._opening: asyncio.Task | None = None  # _open_lane, while under way
+        self._lane_retry_at = 0.0  # monotonic s: no new attempt before (a failed one)
+        self._lane_refused: RoomClient | None = None  # that room offers no lane
         self.on_activation: Callable[[], None] | None = None
         self.epoch = 0
         """The newest activation epoch of the room this reference has seen (0: none)."""
@@ -120,30 +124,41 @@ class RoomRef:
                 handle = await loop.run_in_executor(_RESOLVERS, get_room, self.room_id,
                                                     self.config)
                 self.client = RoomClient(handle)
-                if self.node:
-                    self._opening = asyncio.ensure_future(self._open_lane(self.client))
+                self._lane_retry_at = 0.0
+                self._start_opening(self.client)
             return self.client
+
+    def _start_opening(self, client: RoomClient) -> None:
+        """Start :meth:`_open_lane` for ``client`` unless it is under way, lanes are off,
+        the room said it offers none, or a failed attempt was too recent."""
+        if (self.node and self._lane_refused is not client
+                and (self._opening is None or self._opening.done())
+                and time.monotonic() >= self._lane_retry_at):
+            self._opening = asyncio.ensure_future(self._open_lane(client))
 
     async def _open_lane(self, client: RoomClient) -> None:
         """Ask the room behind ``client`` for its lane and open it (see
         :meth:`resolve`); it serves while ``client`` is the resolved one. No lane (it
         is on another node, lanes are off, or it fails within :data:`LANE_OPEN_S`):
-        the calls stay with Ray."""
+        the calls stay with Ray, and a later call tries again after
+        :data:`LANE_RETRY_S`."""
         try:
             # a room restarting answers with an error for a moment: ask again
             async for attempt in AsyncRetrying(
-                    stop=stop_after_attempt(LANE_OPEN_ATTEMPTS),
+                    stop=stop_after_delay(LANE_OPEN_S),
                     wait=wait_exponential_jitter(initial=0.1, max=2.0),
                     retry=retry_if_exception_type(RayActorError), reraise=True):
                 with attempt:
                     address = await asyncio.wait_for(_result(client.lane(self.node)),
                                                      LANE_OPEN_S)
             if address is None:
+                self._lane_refused = client
                 return
             lane = await asyncio.wait_for(LaneClient.connect(address), LANE_OPEN_S)
         except Exception as error:  # noqa: BLE001 - Ray's calls still work
             log.info("room %s: no lane (%s: %s); calls go through Ray", self.room_id,
                      type(error).__name__, error)
+            self._lane_retry_at = time.monotonic() + LANE_RETRY_S
             return
         if self.client is client and self.node:
             self.lane = lane
@@ -172,18 +187,18 @@ class RoomRef:
             self.lane = None
 
     def _lane_of(self, client: RoomClient) -> LaneClient | None:
-        """The open lane to the room behind ``client``, if it has one. A lane that
-        broke while ``client`` stayed the resolved one (Ray restarted the room's
-        process under the same handle) is asked for again, in the background."""
+        """The open lane to the room behind ``client``, if it has one. Without one
+        (it broke while ``client`` stayed the resolved one, as when Ray restarts the
+        room's process under the same handle, or opening it failed), it is asked for
+        again in the background (:meth:`_start_opening`)."""
+        if self.client is not client:
+            return None
         lane = self.lane
-        if lane is None or self.client is not client:
-            return None
-        if lane.closed:
-            self.lane = None
-            if self.node and (self._opening is None or self._opening.done()):
-                self._opening = asyncio.ensure_future(self._open_lane(client))
-            return None
-        return lane
+        if lane is not None and not lane.closed:
+            return lane
+        self.lane = None
+        self._start_opening(client)
+        return None
 
     def see(self, epoch: int) -> None:
         """Note that the room answers from activation ``epoch``; an epoch newer than
