@@ -226,21 +226,39 @@ class LaneServer:
         except asyncio.CancelledError:  # no answer will come: the caller sends it again
             writer.close()
             raise
-        except RoomsError as error:
-            reply = [request_id, REFUSED, pickle.dumps(error)]
-        except Exception as error:  # noqa: BLE001 - logged here, its id crosses
-            error_id = secrets.token_hex(6)
-            log.error("error id %s: lane %s failed: %s", error_id, op, error,
-                      exc_info=error, extra={"error_id": error_id})
-            reply = [request_id, FAILED, error_id]
+        except Exception as error:  # noqa: BLE001 - a refusal crosses, the rest by id
+            reply = _refusal(request_id, op, error)
         self.calls += 1
         if writer.is_closing():
             return
         try:
-            writer.write(_pack(reply))
+            message = _pack(reply)
+        except Exception as error:  # noqa: BLE001 - a result msgpack cannot carry
+            message = _pack(_failure(request_id, op, error))
+        try:
+            writer.write(message)
             await writer.drain()
         except ConnectionError:
             pass
+
+
+def _refusal(request_id: Any, op: str, error: Exception) -> list[Any]:
+    """The reply for a call that raised ``error``: a room's refusal pickled as Ray
+    would carry it, anything else (or a refusal that does not pickle) by its id."""
+    if isinstance(error, RoomsError):
+        try:
+            return [request_id, REFUSED, pickle.dumps(error)]
+        except Exception:  # noqa: BLE001 - then as any other error
+            pass
+    return _failure(request_id, op, error)
+
+
+def _failure(request_id: Any, op: str, error: BaseException) -> list[Any]:
+    """A ``FAILED`` reply; the detail goes to the room's log under the id it carries."""
+    error_id = secrets.token_hex(6)
+    log.error("error id %s: lane %s failed: %s", error_id, op, error, exc_info=error,
+              extra={"error_id": error_id})
+    return [request_id, FAILED, error_id]
 
 
 class LaneClient:

@@ -40,6 +40,8 @@ async def _server() -> tuple[LaneServer, list]:
             raise RoomHibernating("room 'x' is hibernating")
         if call == "bug":
             raise RuntimeError("failed at /srv/secret/path.py, pid 4242")
+        if call == "unpacked":
+            return {1, 2}  # a set: msgpack cannot carry it
         if call == "slow":
             await asyncio.sleep(0.3)
             return "slow"
@@ -69,13 +71,15 @@ async def test_results_and_refusals_cross_the_lane_as_they_left():
             await lane.call("deliver", "bug")
         text = str(failed.value)
         assert "error id" in text and "/srv" not in text and "4242" not in text
+        with pytest.raises(LaneFailed):  # a result the wire cannot carry: no hang
+            await asyncio.wait_for(lane.call("deliver", "unpacked"), 5)
         # a slow call does not hold up the one after it: replies come as they finish
         slow = asyncio.ensure_future(lane.call("deliver", "slow"))
         await asyncio.sleep(0.05)
         assert await lane.call("deliver", 7) == ["deliver", 7]
         assert not slow.done()
         assert await slow == "slow"
-        assert server.calls == 7
+        assert server.calls == 8
     finally:
         lane.close()
         server.close()
