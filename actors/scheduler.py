@@ -37,7 +37,7 @@ from typing import Any
 
 import ray
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
-from tenacity import wait_exponential_jitter
+from tenacity import wait_exponential, wait_random
 
 from storage import SnapshotStore, open_store, redact_url
 
@@ -242,9 +242,12 @@ class AlarmScheduler:
     async def _fire(self, room_id: str, at: float) -> None:
         try:
             async with self._limit:
+                # up to 1 s of jitter, within the cap: their sum is at most retry_max_wait
+                jitter = min(1.0, self.retry_max_wait / 2)
                 retrying = AsyncRetrying(
                     stop=stop_after_attempt(self.max_attempts),
-                    wait=wait_exponential_jitter(initial=0.1, max=self.retry_max_wait),
+                    wait=wait_exponential(multiplier=0.1, max=self.retry_max_wait - jitter)
+                    + wait_random(0, jitter),
                     retry=retry_if_exception(_retryable),
                     before_sleep=self._log_retry(room_id),
                     reraise=True,

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence, TypeVar
 
 from ray.exceptions import RayActorError
 from tenacity import (AsyncRetrying, retry_if_exception_type, stop_after_delay,
-                      wait_exponential_jitter)
+                      wait_exponential, wait_random)
 
 from ..config import RoomsConfig
 from ..directory import get_room
@@ -146,7 +146,7 @@ class RoomRef:
             # a room restarting answers with an error for a moment: ask again
             async for attempt in AsyncRetrying(
                     stop=stop_after_delay(LANE_OPEN_S),
-                    wait=wait_exponential_jitter(initial=0.1, max=2.0),
+                    wait=wait_exponential(multiplier=0.1, max=2.0) + wait_random(0, 0.25),
                     retry=retry_if_exception_type(RayActorError), reraise=True):
                 with attempt:
                     address = await asyncio.wait_for(_result(client.lane(self.node)),
