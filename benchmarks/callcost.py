@@ -5,6 +5,7 @@ rate): CPU of the callee per call, a room's ``deliver`` beside bare Ray actors, 
     python -m benchmarks.callcost --code-only [--rounds 5]   # the room's code alone
     python -m benchmarks.callcost --paired 30                # deliver's and poll's two wires
     python -m benchmarks.callcost --paired 30 --lane         # a Ray call against the lane
+    python -m benchmarks.callcost --spread 8 --pairs 5       # one room against 8 at once
 
 Sequential calls from the driver, each waiting for its answer, and the CPU the
 callee's process used over them (``/proc/<pid>/stat``, all its threads: Ray's core
@@ -47,6 +48,12 @@ machine's drift falls on both halves of a pair alike. (The room's CPU comes from
 in 10 ms ticks: keep rounds long enough, ``--calls``.) With ``--lane`` the pairs are the
 gateway's Ray call (``before``) and the same call over the room's lane (``now``,
 :mod:`actors.lane`: a Unix socket from this process, on the room's node).
+
+``--spread N`` asks what a process per room costs when rooms outnumber cores: the same
+16-frame ``deliver`` batches over the rooms' lanes, all into one room, or spread over
+``N`` rooms (one caller each, all at once, as the pipelined gateway benchmark's room per
+client), in ``--pairs`` pairs of alternating rounds. It prints the rooms' CPU per frame
+(``/proc``, all their processes) and frames per second for each, and the ratio.
 
 It prints the callee's CPU per call and per frame, and the room's per-call cost over
 the bare async actor's (the part of a ``deliver`` that is ours); then the same CPU by
@@ -321,6 +328,66 @@ async def paired(pairs: int, calls: int, lane: bool = False) -> None:
     ray.kill(room)
 
 
+async def spread(rooms: int, pairs: int, frames: int = 25600, batch: int = 16) -> None:
+    """Print the ``--spread`` comparison (see the module docstring): ``pairs`` pairs of
+    rounds of ``frames`` frames in ``batch``-frame ``deliver`` calls over the rooms'
+    lanes, into one room and spread over ``rooms`` rooms at once (needs ``ray.init``;
+    the rooms are on this node). Raises what the calls raise."""
+    import statistics
+
+    node = ray.get_runtime_context().get_node_id()
+    made = [await connected_room() for _ in range(rooms)]
+    lanes = [await LaneClient.connect(await room.lane.remote(node)) for room, *_ in made]
+    cursors = [seq for *_, seq in made]
+    pids = [pid for _, _, pid, _ in made]
+    counts = [0] * rooms
+    beats = Beats()
+
+    async def caller(i: int, calls: int) -> None:
+        for _ in range(calls):
+            if beats.due():  # every room's user, so that none is swept
+                await asyncio.gather(*[room.message.remote("c", HEARTBEAT)
+                                       for room, *_ in made])
+            call = []
+            for _ in range(batch):
+                counts[i] += 1
+                call.append(Frame("c", update("c", counts[i]), "socket-1", counts[i]))
+            reply = await lanes[i].call("deliver", deliver_call(call, cursors[i], "P", None))
+            cursors[i] = Delivery.from_wire(reply).cursor
+
+    async def round_of(n: int) -> tuple[float, float]:
+        """Rooms' CPU us a frame and frames a second, ``frames`` over ``n`` rooms."""
+        calls = frames // batch // n
+        used = sum(cpu_seconds(pid) for pid in pids[:n])
+        started = time.perf_counter()
+        await asyncio.gather(*[caller(i, calls) for i in range(n)])
+        wall = time.perf_counter() - started
+        sent = calls * n * batch
+        return (sum(cpu_seconds(pid) for pid in pids[:n]) - used) * 1e6 / sent, sent / wall
+
+    await round_of(rooms)  # warm every room
+    await round_of(1)
+    one, many = [], []
+    for p in range(pairs):
+        order = [(1, one), (rooms, many)]
+        for n, into in (order if p % 2 == 0 else order[::-1]):
+            into.append(await round_of(n))
+        progress(f"  pair {p + 1}: one room {one[-1][0]:.0f} us a frame "
+                 f"({one[-1][1]:,.0f}/s); {rooms} rooms {many[-1][0]:.0f} us a frame "
+                 f"({many[-1][1]:,.0f}/s)")
+    for lane in lanes:
+        lane.close()
+    ratios = [m[0] / o[0] for o, m in zip(one, many)]
+    print(f"\n{batch}-frame deliver calls over the lanes, {frames} frames a round, "
+          f"{pairs} pairs (medians); the rooms' CPU from /proc:")
+    print(f"{'':28} {'us of CPU a frame':>18} {'frames a second':>16}")
+    for label, runs in (("into one room", one), (f"over {rooms} rooms at once", many)):
+        print(f"{label:28} {statistics.median(r[0] for r in runs):18.0f} "
+              f"{statistics.median(r[1] for r in runs):16,.0f}")
+    print(f"{rooms} rooms cost x{statistics.median(ratios):.2f} the CPU a frame of one "
+          f"(pairs: {', '.join(f'x{r:.2f}' for r in ratios)}) on {os.cpu_count()} cores")
+
+
 async def in_process(calls: int, warmup: int, rounds: int = 1) -> dict[int, float]:
     """The room's own code alone: ``RoomActor.deliver`` of each of :data:`BATCHES`
     called on this thread's event loop (no Ray), ``calls`` frames' worth of calls per
@@ -378,9 +445,20 @@ def main() -> None:
                         help="only the room's code alone, no Ray (--rounds 5 unless given)")
     parser.add_argument("--paired", type=int, default=0, metavar="N",
                         help="only deliver's and poll's two wires, in N pairs of rounds")
+    parser.add_argument("--spread", type=int, default=0, metavar="N",
+                        help="only one room against N rooms at once, over their lanes")
+    parser.add_argument("--pairs", type=int, default=5,
+                        help="with --spread: pairs of rounds")
     parser.add_argument("--lane", action="store_true",
                         help="with --paired: the Ray call against the room's lane")
     args = parser.parse_args()
+    if args.spread:
+        ray.init(include_dashboard=False, log_to_driver=False, namespace="rooms-callcost")
+        try:
+            asyncio.run(spread(args.spread, args.pairs))
+        finally:
+            ray.shutdown()
+        return
     if args.paired:
         ray.init(include_dashboard=False, log_to_driver=False, namespace="rooms-callcost")
         try:

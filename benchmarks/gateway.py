@@ -38,7 +38,10 @@ Python proxy actor), then measures:
    it, the same clients against two floors through the same HAProxy
    (:mod:`benchmarks.floor`): a replica that echoes each frame, and a replica that sends
    each socket's frames to a bare actor of its own in batches, as the gateway sends a
-   room's (``/floor/batched``); the CPU each run cost, by process group.
+   room's (``/floor/batched``); the CPU each run cost, by process group. Before
+   these runs the processes they do not use leave (the bare actors are killed; the
+   driver's and the meeting's rooms hibernate), since an idle process still costs its
+   node CPU; the rooms' and the floor's actors stay, each idle in the other's run.
 2. **Broadcast**: one ``userUpdate`` in a room of ``--sockets`` sockets; the time until
    every socket has the ``roomState`` carrying it (p50/p99) and deliveries per second
    (sockets x rounds / total time).
@@ -310,6 +313,23 @@ async def round_trips(base: str, config: Any, clients: int, seconds: float,
                  f"p50 {pct(results[name][0], .5):.2f} ms")
     results["ping"] = await _loop(clients, seconds / 2, ws_ping)
     progress(f"  ping: {results['ping'][1]:.0f}/s")
+    # what the pipelined runs do not use leaves first: a live process costs its node
+    # CPU even when idle (benchmarks.idle), and the runs would count it against their
+    # messages (before, 52-59 us a message in all). The bare actors go; the rooms of
+    # the driver and the meeting hibernate, as an idle room does. Left: the rooms'
+    # run's sockets and the floor's actors, each idle during the other's run.
+    for ws in meeting:
+        await ws.close()
+    idle_rooms = rooms + [get_room(f"bench-m-{tag}", config)]
+    leaving = await asyncio.gather(*[a.pid.remote() for a in [bare, *bares, *idle_rooms]])
+    ray.kill(bare)
+    for b in bares:
+        ray.kill(b)
+    results["released"] = await _hibernated(idle_rooms)
+    gone = await _gone(leaving)
+    progress(f"  before the pipelined runs: {len(bares) + 1} bare actors killed, "
+             f"{results['released']} of {len(idle_rooms)} rooms hibernated, "
+             f"{gone} of {len(leaving)} processes gone")
     health = base.replace("ws://", "http://") + "/healthz"
     async with httpx.AsyncClient() as http:
         before = (await http.get(health)).json()["channels"]
@@ -347,12 +367,33 @@ async def round_trips(base: str, config: Any, clients: int, seconds: float,
              f"{results['piped_batched'][1]:.0f}/s; {replies} frames in {calls} calls "
              f"(x{replies / max(1, calls):.1f} a call)")
     beats.cancel()
-    for ws in sockets + meeting + echoes + floors + batched:
+    for ws in sockets + echoes + floors + batched:
         await ws.close()
-    ray.kill(bare)
-    for b in bares:
-        ray.kill(b)
     return results
+
+
+async def _gone(pids: list[int], timeout: float = 15.0, settle: float = 2.0) -> int:
+    """Wait until the processes ``pids`` have exited (at most ``timeout`` seconds),
+    then ``settle`` seconds more, for Ray's processes to finish their bookkeeping of
+    them; return how many have exited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") for p in pids):
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(settle)
+    return sum(not os.path.exists(f"/proc/{p}") for p in pids)
+
+
+async def _hibernated(rooms: list[Any]) -> int:
+    """Ask each of ``rooms`` (room actor handles, their sockets closed) to hibernate,
+    and return how many did: its process exits (the call then fails with Ray's
+    ``RayActorError``, or answers ``True``); one that cannot (``False``) stays."""
+    async def one(room: Any) -> bool:
+        try:
+            return bool(await room.hibernate.remote())
+        except ray.exceptions.RayActorError:
+            return True
+
+    return sum(await asyncio.gather(*[one(room) for room in rooms]))
 
 
 async def broadcast(base: str, n: int, rounds: int) -> tuple[list[float], float]:
