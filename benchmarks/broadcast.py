@@ -60,11 +60,14 @@ def main() -> None:
                 url = deploy_gateway(config, port=free_port(), dev=True,
                                      name="rooms-broadcast", limits=limits)
                 base = url.replace("http://", "ws://")
+                # the floor first: deploy_floor returns once HAProxy, reloaded for it,
+                # sends its requests to the replicas' own servers; before that, new
+                # sockets may go through Serve's proxy actor, the gateway's too
+                deploy_floor(bare, compression)
                 progress(f"pair {pair + 1}: compression {'on' if compression else 'off'}, "
                          f"{args.sockets} sockets, {args.rounds} rounds")
                 times, _ = asyncio.run(broadcast(base, args.sockets, args.rounds))
                 progress("  the floor, the same way")
-                deploy_floor(bare, compression)
                 floor = asyncio.run(floor_broadcast(base, args.sockets, args.rounds))
                 delete_floor()
                 runs.append((pair, compression, times, floor))

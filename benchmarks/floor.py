@@ -35,7 +35,8 @@ import json
 import time
 from typing import Any
 
-from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+import httpx
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from ray import serve
 
 __all__ = ["FLOOR_APP", "FLOOR_BATCH", "FLOOR_PREFIX", "Floor", "delete_floor",
@@ -77,6 +78,15 @@ class Floor:
             from actors.seam import configure_websockets
 
             configure_websockets(1 << 20, compression)
+
+    @app.get("/served")
+    async def served(self, request: Request) -> dict:
+        """``{"port": p}``: the port of the server that read this request. Through
+        HAProxy's direct ingress that is the replica's own port; through Serve's proxy
+        actor (HAProxy's fallback while the replica is not yet among its servers) it
+        is the public port (see :func:`deploy_floor`)."""
+        server = request.scope.get("server")
+        return {"port": server[1] if server else None}
 
     @app.websocket("/echo")
     async def echo(self, ws: WebSocket) -> None:
@@ -150,14 +160,67 @@ class Floor:
 
 
 def deploy_floor(bare: Any, compression: bool | None = None,
-                 actors: list[Any] | None = None) -> None:
+                 actors: list[Any] | None = None, direct: bool | None = None,
+                 timeout_s: float = 60.0) -> None:
     """Deploy the floor application (see the module docstring) on the running Serve,
     calling ``bare`` (a :class:`benchmarks.common.Bare` handle) from ``/floor/actor``
     and ``/floor/broadcast``, and ``actors`` (handles, default ``[bare]``) from
-    ``/floor/batched``; ``compression``: see :class:`Floor`. Returns once it is
-    running; raises what ``serve.run`` raises."""
+    ``/floor/batched``; ``compression``: see :class:`Floor`.
+
+    Returns once it is running and, with ``direct`` (default: Serve's ingress is
+    HAProxy, ``ROOMS_GATEWAY_INGRESS``), once HAProxy sends its requests to the
+    replica's own server. Until HAProxy lists a new replica it sends the route's
+    requests to its fallback server, Serve's proxy actor: another hop, and that
+    proxy's uvicorn, which negotiates permessage-deflate whatever ``compression``
+    says. A floor measured then is not the floor.
+
+    Raises:
+        TimeoutError: ``direct`` and HAProxy still used its fallback after
+            ``timeout_s`` seconds.
+        What ``serve.run`` raises.
+    """
     serve.run(Floor.bind(bare, compression, actors), name=FLOOR_APP,
               route_prefix=FLOOR_PREFIX)
+    if direct is None:
+        from actors.gateway.deploy import GatewayIngress
+
+        direct = GatewayIngress().ingress == "haproxy"
+    if direct:
+        _wait_direct(timeout_s)
+
+
+def _wait_direct(timeout_s: float, steady_s: float = 3.0) -> None:
+    """Wait until every ``/floor/served`` request for ``steady_s`` seconds, each on a
+    new connection every 0.1 s, is answered by the replica's own server (its port is
+    not Serve's public one). One answer is not enough: for a while after a reload some
+    new connections still go through the proxy actor (seen here: the first WebSockets
+    after one direct answer negotiated the proxy's compression; probably the old
+    HAProxy process still accepting with the old configuration). Raises ``TimeoutError`` past ``timeout_s`` seconds, or
+    when Serve's address cannot be read."""
+    from actors.seam import serve_http_address
+
+    address = serve_http_address()
+    if address is None:
+        raise TimeoutError("Serve's HTTP address could not be read")
+    public = address[1]
+    deadline = time.monotonic() + timeout_s
+    steady_since = None
+    while True:
+        try:
+            reply = httpx.get(f"http://127.0.0.1:{public}{FLOOR_PREFIX}/served", timeout=5)
+            direct = reply.status_code == 200 and reply.json().get("port") not in (None, public)
+        except httpx.HTTPError:
+            direct = False
+        if not direct:
+            steady_since = None
+        elif steady_since is None:
+            steady_since = time.monotonic()
+        elif time.monotonic() - steady_since >= steady_s:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"HAProxy still sends the floor's requests through Serve's "
+                               f"proxy actor after {timeout_s:g} s")
+        time.sleep(0.1)
 
 
 def room_state_frame(users: int, k: int) -> str:

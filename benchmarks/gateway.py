@@ -533,7 +533,7 @@ def main() -> None:
         base = url.replace("http://", "ws://")
         floor_actor = Bare.remote()
         batch_actors = [Bare.remote() for _ in range(args.clients)]
-        deploy_floor(floor_actor, actors=batch_actors)
+        deploy_floor(floor_actor, actors=batch_actors, direct=args.ingress == "haproxy")
         progress(f"gateway at {url}; 1. round trips ({args.clients} clients, "
                  f"{args.seconds:g} s each)")
         rt = asyncio.run(round_trips(base, config, args.clients, args.seconds,
