@@ -21,6 +21,9 @@ what bounds it").
   at a time, carrying every frame that arrived meanwhile (at most 256); once it returns,
   each frame of the batch is sent back (the floor of pipelined frames: one actor call per
   batch, with no turn, no save, no outbox and no per-socket writer).
+* ``/floor/served`` (HTTP): the port of the server that read the request, so that
+  :func:`deploy_floor` can wait until HAProxy sends the floor's connections to the
+  replica itself and not through Serve's proxy actor.
 
 ``benchmarks/gateway.py`` measures the first two beside the bare actor call and the
 gateway's ``userUpdate`` round trip, and the fourth beside its pipelined ``userUpdate`` s;
@@ -195,8 +198,9 @@ def _wait_direct(timeout_s: float, steady_s: float = 3.0) -> None:
     not Serve's public one). One answer is not enough: for a while after a reload some
     new connections still go through the proxy actor (seen here: the first WebSockets
     after one direct answer negotiated the proxy's compression; probably the old
-    HAProxy process still accepting with the old configuration). Raises ``TimeoutError`` past ``timeout_s`` seconds, or
-    when Serve's address cannot be read."""
+    HAProxy process still accepting with the old configuration). Raises
+    ``TimeoutError`` past ``timeout_s`` seconds, or when Serve's address cannot be
+    read."""
     from actors.seam import serve_http_address
 
     address = serve_http_address()
