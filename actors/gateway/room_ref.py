@@ -143,10 +143,12 @@ class RoomRef:
         the calls stay with Ray, and a later call tries again after
         :data:`LANE_RETRY_S`."""
         try:
-            # a room restarting answers with an error for a moment: ask again
+            # a room restarting answers with an error for a moment: ask again, often
+            # enough that the lane opens soon after the room answers Ray's calls again
+            # (a Ray call a quarter second at most while it restarts)
             async for attempt in AsyncRetrying(
                     stop=stop_after_delay(LANE_OPEN_S),
-                    wait=wait_exponential(multiplier=0.1, max=2.0) + wait_random(0, 0.25),
+                    wait=wait_exponential(multiplier=0.05, max=0.2) + wait_random(0, 0.05),
                     retry=retry_if_exception_type(RayActorError), reraise=True):
                 with attempt:
                     address = await asyncio.wait_for(_result(client.lane(self.node)),
