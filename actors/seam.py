@@ -15,7 +15,9 @@ silently. Nothing else in the project imports ``ray._private``, ``ray.serve._pri
   constructor ran (``ReplicaBase.initialize`` then ``_on_initialized``), and uvicorn's
   WebSocket protocols read ``config.ws_max_size`` and ``config.ws_per_message_deflate``
   per connection. Fallback: only the gateway's own size check, after the frame was
-  read, and uvicorn's default compression.
+  read, and uvicorn's default compression. :func:`websockets_configured` tells whether
+  it ran in this process (Serve's proxy callback, :mod:`actors.gateway.proxy_callback`,
+  leaves a replica's own settings in place).
 * :func:`setup_hook_env_var`: the environment variable Ray's ``default_worker.py``
   reads to run a worker setup hook (``ray._private.ray_constants.
   WORKER_PROCESS_SETUP_HOOK_ENV_VAR``); Ray honours ``worker_process_setup_hook`` only
@@ -62,7 +64,7 @@ from typing import Any, Callable
 __all__ = ["CHECKED_ON_RAY", "actor_id", "configure_websockets", "prestart_workers",
            "ray_serializer", "raylet_runtime_env",
            "serve_controller", "serve_http_address", "setup_hook_env_var", "stop_serve",
-           "token_auth_enabled", "validate_cluster_config"]
+           "token_auth_enabled", "validate_cluster_config", "websockets_configured"]
 
 CHECKED_ON_RAY = "2.60.0"
 """The Ray version every function here was checked on (``tests/test_seam.py``)."""
@@ -124,6 +126,21 @@ def configure_websockets(max_bytes: int, compression: bool = False) -> bool:
     setattr(config_class, _DEFLATE_ATTR, bool(compression))
     config_class.__init__ = __init__
     return True
+
+
+def websockets_configured() -> bool:
+    """Whether :func:`configure_websockets` ran in this process (so its limits apply to
+    the uvicorn servers it starts from now on).
+
+    Returns:
+        ``True`` once :func:`configure_websockets` put its limits in place; ``False``
+        before, or if uvicorn is missing.
+    """
+    try:
+        import uvicorn
+    except ImportError:  # pragma: no cover - Serve depends on uvicorn
+        return False
+    return getattr(uvicorn.Config, _PATCHED_ATTR, None) is not None
 
 
 def raylet_runtime_env(env: dict[str, Any], merged: bool) -> str:

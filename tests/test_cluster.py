@@ -70,6 +70,10 @@ def test_the_gateway_keeps_serving_through_a_node_loss(facts):
     victim = max(facts["nodes"]["workers"], key=lambda w: sum(
         1 for v in facts["placement"].values() if v == w))
     assert len(set(facts["socket_nodes"])) >= 2, facts["socket_nodes"]  # >1 replica node
+    # Serve's proxy (this gateway's ingress) refused the frame over the message limit
+    # itself: closed 1009, and the room never saw it (no ``error`` answer)
+    assert facts["oversized"]["close"] == 1009, facts["oversized"]
+    assert "error" not in facts["oversized"]["seen"], facts["oversized"]
     survivors = [s for s in sockets if s["node"] != victim]
     assert survivors, sockets
     assert facts["post_after_loss"] == 200

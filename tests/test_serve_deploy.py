@@ -55,6 +55,15 @@ def _config(port: int, namespace: str, store: str, *, rate: int = 100,
     return config
 
 
+def _container_env() -> dict[str, str]:
+    """The environment the RayService sets in its head container (``env``, not the
+    Secret's), which a node of the Serve config path needs."""
+    service = yaml.safe_load((ROOT / "deploy" / "kubernetes" / "rayservice.yaml").read_text())
+    head = service["spec"]["rayClusterConfig"]["headGroupSpec"]
+    [container] = head["template"]["spec"]["containers"]
+    return {e["name"]: e["value"] for e in container.get("env", [])}
+
+
 def _deploy(head: RayHead, tmp: Path, config: dict) -> None:
     path = tmp / f"serve-{uuid.uuid4().hex[:6]}.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -137,7 +146,9 @@ async def _until(predicate, what: str, timeout: float):
 
 
 async def test_serve_deploy_runs_the_whole_system_without_a_driver(tmp_path):
-    head = RayHead(tmp_path / "ray", resources={"room_slot": 8}).start()
+    # the node's environment as the RayService's containers have it, and compression off
+    head = RayHead(tmp_path / "ray", resources={"room_slot": 8},
+                   env={**_container_env(), "ROOMS_GATEWAY_WS_COMPRESSION": "false"}).start()
     port = free_port()
     url, ws = f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}"
     namespace = f"rooms-sd-{uuid.uuid4().hex[:6]}"
@@ -154,6 +165,21 @@ async def test_serve_deploy_runs_the_whole_system_without_a_driver(tmp_path):
                          "both seated", 60)
         await a.ws.send(_update("a", "a/1"))
         await b.wait_for(lambda m: _shows(m, "a", "a/1"), "a's update at b", 30)
+
+        # Serve's proxy, this config's ingress, took the gateway's WebSocket settings
+        # from the node's environment (actors.gateway.proxy_callback): no deflate
+        # although the client offered it, and a frame over the message limit (64 KiB)
+        # closed 1009 before it was buffered; with uvicorn's defaults the proxy took
+        # deflate and relayed the frame, and the room answered ``error``
+        assert "permessage-deflate" in a.ws.request.headers["Sec-WebSocket-Extensions"]
+        assert "permessage-deflate" not in a.ws.response.headers.get(
+            "Sec-WebSocket-Extensions", "")
+        big = await open_client(f"{ws}/parties/rooms/big-{uuid.uuid4().hex[:6]}"
+                                f"?_pk=e&username=eve")
+        await big.ws.send("x" * (64 * 1024 + 1))
+        await asyncio.wait_for(big.closed.wait(), 30)
+        assert big.ws.close_code == 1009
+        assert not [m for m in big.messages if m["type"] == "error"], big.messages
         # the meeting's clients send heartbeats, as Orange's do (users without them for
         # 15 s are swept by the alarm); sent on whatever socket each has now
         live = {"a": a, "b": b}
@@ -249,6 +275,11 @@ def test_the_rayservice_carries_serve_yaml_and_it_validates():
         assert slots["room_slot"] > 0
         [container] = group["template"]["spec"]["containers"]
         assert container["envFrom"][0]["secretRef"]["name"] == "ray-rooms-secrets"
+        # every node runs a Serve proxy: each carries the proxy callback's variable
+        assert {e["name"]: e["value"] for e in container["env"]} == _container_env()
+    from actors.gateway.proxy_callback import PROXY_CALLBACK, PROXY_CALLBACK_ENV_VAR
+
+    assert _container_env()[PROXY_CALLBACK_ENV_VAR] == PROXY_CALLBACK
     text = (ROOT / "deploy" / "kubernetes" / "rayservice.yaml").read_text()
     assert "ROOMS_TOKEN_SECRET=" not in text.replace('ROOMS_TOKEN_SECRET="$(openssl', "")
     docker = (ROOT / "Dockerfile").read_text()

@@ -20,6 +20,8 @@ module              what it holds
 ``errors``          the one table from error to HTTP status and close code
 ``deploy``          :func:`deploy_gateway` / :func:`shutdown_gateway`, Serve's ingress
 ``haproxy``         :func:`reap_orphan_haproxy`
+``proxy_callback``  Serve's proxy callback: the replicas' WebSocket limits in Serve's
+                    proxy actor
 ==================  ======================================================================
 
 Routes and the path of a frame are described in ``docs/architecture.md``. Every route

@@ -50,6 +50,7 @@ from .application import application, resolve_auth
 from .haproxy import reap_orphan_haproxy
 from .limits import GatewayLimits
 from .pages import WebAssets
+from .proxy_callback import proxy_env
 from .partytracks import PartyTracksSettings
 
 __all__ = ["CONTROLLER_LOOP_ENV", "GatewayIngress", "REPLICA_LOOP_ENV", "SERVE_INGRESS_ENV",
@@ -189,6 +190,10 @@ def deploy_gateway(
             host or port.
         TimeoutError: the gateway did not answer within ``ready_timeout_s``.
 
+    Serve's proxy actors take the replicas' WebSocket frame limit
+    (``config.max_message_bytes``) and compression (``limits.ws_compression``) through
+    :mod:`actors.gateway.proxy_callback` when this call starts Serve.
+
     On any error after Serve was touched, this call removes what it deployed: its
     application, and Serve itself if this call started it (so a failed start leaves no
     Serve holding the port for the next attempt). Serve's ``request_timeout_s`` is left
@@ -216,6 +221,9 @@ def deploy_gateway(
                "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port(local)),
                **REPLICA_LOOP_ENV}
         controller_env = {**env, **CONTROLLER_LOOP_ENV}
+    # Serve's proxy actors (the ingress of "proxy", HAProxy's fallback in "haproxy")
+    # inherit the controller's environment: their uvicorn takes the replicas' limits
+    controller_env.update(proxy_env(config.max_message_bytes, limits.ws_compression))
     started = not _serve_running()
     if not started:
         _check_listening(host, port)
