@@ -53,3 +53,23 @@ def test_a_replicas_own_settings_win_and_bad_values_fall_back_to_the_defaults():
     result, log = _probe(env)
     assert result["max"] == 64 * 1024 and result["deflate"] is True
     assert "invalid ROOMS_MAX_MESSAGE_BYTES" in log
+
+
+def test_the_builder_warns_when_args_set_what_the_proxy_reads_from_the_environment(
+        monkeypatch, caplog):
+    """A Serve config's ``args.rooms.max_message_bytes`` reaches the replicas only: the
+    builder says so when the proxy's environment has another value."""
+    from actors.gateway.application import build
+    from actors.gateway.proxy_callback import proxy_mismatch
+
+    monkeypatch.setenv("ROOMS_TOKEN_SECRET", "t" * 40)
+    for name, value in proxy_env(64 * 1024, True).items():
+        monkeypatch.setenv(name, value)
+    assert proxy_mismatch(64 * 1024, True) is None
+    with caplog.at_level("WARNING", logger="ray_rooms.gateway"):
+        build({"rooms": {"max_message_bytes": 100_000}, "limits": {"ws_compression": False}})
+    [warning] = [r.getMessage() for r in caplog.records if "Serve's proxy" in r.getMessage()]
+    assert "over 65536 bytes (the gateway's limit: 100000)" in warning
+    assert "compression on (the gateway: off)" in warning
+    monkeypatch.delenv(PROXY_CALLBACK_ENV_VAR)
+    assert proxy_mismatch(100_000, False) is None  # no proxy callback: nothing to say

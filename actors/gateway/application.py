@@ -31,6 +31,7 @@ runtime environment); ``rooms`` entries override it.
 
 from __future__ import annotations
 
+import logging
 import secrets
 from typing import Any, Optional
 
@@ -39,8 +40,11 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from ..auth import AuthSettings
 from ..config import RoomsConfig
 from .limits import GatewayLimits
+from .proxy_callback import proxy_mismatch
 
 __all__ = ["GatewayArgs", "application", "build", "replica_env", "resolve_auth"]
+
+log = logging.getLogger("ray_rooms.gateway")
 
 class GatewayArgs(BaseModel):
     """The Serve ``args`` of the application (see the module docstring).
@@ -164,6 +168,10 @@ def build(args: dict[str, Any]) -> Any:
     Returns:
         A ``serve.Application``.
 
+    Logs a warning when Serve's proxy, configured from the environment
+    (:mod:`actors.gateway.proxy_callback`), would refuse or compress WebSocket
+    messages differently from these replicas (:func:`proxy_mismatch`).
+
     Raises:
         pydantic.ValidationError: ``args`` has an unknown key or a bad value (also in
             ``rooms`` or ``limits``).
@@ -177,6 +185,9 @@ def build(args: dict[str, Any]) -> Any:
             raise ValueError(f"args.{key}: unknown setting(s) {', '.join(unknown)}")
     config = RoomsConfig(**parsed.rooms)
     limits = GatewayLimits(**parsed.limits)
+    mismatch = proxy_mismatch(config.max_message_bytes, limits.ws_compression)
+    if mismatch:
+        log.warning(mismatch)
     return application(config, resolve_auth(None, parsed.dev), limits,
                        replicas=parsed.replicas,
                        max_replicas_per_node=parsed.max_replicas_per_node,

@@ -46,7 +46,7 @@ from ..seam import configure_websockets, websockets_configured
 from .limits import GatewayLimits
 
 __all__ = ["PROXY_CALLBACK", "PROXY_CALLBACK_ENV_VAR", "ProxyWebSockets", "proxy_callback",
-           "proxy_env"]
+           "proxy_env", "proxy_mismatch"]
 
 log = logging.getLogger("ray_rooms.gateway")
 
@@ -121,3 +121,39 @@ def proxy_callback() -> list[Any]:
         log.info("Serve's proxy: WebSocket messages up to %d bytes, compression %s",
                  settings.max_message_bytes, "on" if settings.ws_compression else "off")
     return []
+
+
+def proxy_mismatch(max_message_bytes: int, ws_compression: bool) -> str | None:
+    """What Serve's proxy, configured from this process's environment, would do
+    differently from replicas with these settings (a Serve config whose ``args.rooms``
+    or ``args.limits`` set them: the proxy reads the environment only).
+
+    Args:
+        max_message_bytes: the replicas' message limit, bytes.
+        ws_compression: whether the replicas negotiate permessage-deflate.
+
+    Returns:
+        A sentence for a warning, or ``None`` when they agree, when the environment does
+        not name :func:`proxy_callback`, or when its values are invalid (the callback
+        logs those itself).
+    """
+    import os
+
+    if os.environ.get(PROXY_CALLBACK_ENV_VAR) != PROXY_CALLBACK:
+        return None
+    try:
+        proxy = ProxyWebSockets()
+    except ValidationError:
+        return None
+    differences = []
+    if proxy.max_message_bytes != max_message_bytes:
+        differences.append(f"refuses messages over {proxy.max_message_bytes} bytes "
+                           f"(the gateway's limit: {max_message_bytes})")
+    if proxy.ws_compression != ws_compression:
+        differences.append(f"negotiates compression {'on' if proxy.ws_compression else 'off'}"
+                           f" (the gateway: {'on' if ws_compression else 'off'})")
+    if not differences:
+        return None
+    return ("Serve's proxy " + " and ".join(differences) + ": it reads "
+            "ROOMS_MAX_MESSAGE_BYTES and ROOMS_GATEWAY_WS_COMPRESSION from the node's "
+            "environment only; set them there, not in args.rooms or args.limits")
