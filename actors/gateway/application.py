@@ -46,6 +46,7 @@ __all__ = ["GatewayArgs", "application", "build", "replica_env", "resolve_auth"]
 
 log = logging.getLogger("ray_rooms.gateway")
 
+
 class GatewayArgs(BaseModel):
     """The Serve ``args`` of the application (see the module docstring).
 

@@ -50,8 +50,8 @@ from .application import application, resolve_auth
 from .haproxy import reap_orphan_haproxy
 from .limits import GatewayLimits
 from .pages import WebAssets
-from .proxy_callback import proxy_env
 from .partytracks import PartyTracksSettings
+from .proxy_callback import proxy_env
 
 __all__ = ["CONTROLLER_LOOP_ENV", "GatewayIngress", "REPLICA_LOOP_ENV", "SERVE_INGRESS_ENV",
            "WILDCARD_HOSTS", "deploy_gateway", "shutdown_gateway"]

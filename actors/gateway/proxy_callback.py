@@ -30,12 +30,14 @@ Where the variables come from:
   every container; for ``ray start``, export it first), and the limits are the
   environment's ``ROOMS_MAX_MESSAGE_BYTES`` and ``ROOMS_GATEWAY_WS_COMPRESSION``, the
   same variables the application's builder reads (``args.rooms`` and ``args.limits``
-  in a Serve config reach the replicas only; the replicas' own setting wins there).
+  in a Serve config reach the replicas only; the replicas' own setting wins there, and
+  the builder warns when the two differ: :func:`proxy_mismatch`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from pydantic import Field, ValidationError
@@ -137,8 +139,6 @@ def proxy_mismatch(max_message_bytes: int, ws_compression: bool) -> str | None:
         not name :func:`proxy_callback`, or when its values are invalid (the callback
         logs those itself).
     """
-    import os
-
     if os.environ.get(PROXY_CALLBACK_ENV_VAR) != PROXY_CALLBACK:
         return None
     try:
