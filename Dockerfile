@@ -11,3 +11,8 @@ FROM rayproject/ray:2.60.0-py311
 
 COPY dist/ray_rooms-*.whl /tmp/
 RUN pip install --no-cache-dir /tmp/ray_rooms-*.whl && rm -f /tmp/ray_rooms-*.whl
+
+# Serve's proxy on every node started from this image takes the gateway's WebSocket
+# frame limit and compression (actors.gateway.proxy_callback); the RayService sets it
+# too, for images built otherwise
+ENV RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=actors.gateway.proxy_callback.proxy_callback

@@ -284,6 +284,7 @@ def test_the_rayservice_carries_serve_yaml_and_it_validates():
     assert "ROOMS_TOKEN_SECRET=" not in text.replace('ROOMS_TOKEN_SECRET="$(openssl', "")
     docker = (ROOT / "Dockerfile").read_text()
     assert f"FROM rayproject/ray:{ray.__version__}-" in docker
+    assert f"ENV {PROXY_CALLBACK_ENV_VAR}={PROXY_CALLBACK}" in docker
 
 
 def test_the_builder_refuses_bad_args_and_a_missing_secret(monkeypatch):
