@@ -104,8 +104,9 @@ def proxy_callback() -> list[Any]:
     this process configured them already (a gateway replica, whose own settings win).
 
     Invalid variables are logged as an error and the defaults (64 KiB, compression on,
-    as ``RoomsConfig`` and ``GatewayLimits``) apply: the ingress must start whatever the environment says; the gateway's
-    replicas refuse to start with such values, with their own error.
+    as ``RoomsConfig`` and ``GatewayLimits``) apply: the ingress must start whatever
+    the environment says; the gateway's replicas refuse to start with such values,
+    with their own error.
 
     Returns:
         ``[]``: no Starlette middlewares for Serve to add.
