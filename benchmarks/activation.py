@@ -49,7 +49,8 @@ from typing import Any
 
 import ray
 
-from benchmarks.common import Bare, CpuMeter, cpu_seconds, pct, progress, smaps, verdict
+from benchmarks.common import (Bare, CpuMeter, as_installed, cpu_seconds, pct, progress, smaps,
+                               verdict)
 
 TARGET_COLD_RATIO = 0.3
 TARGET_MEMORY_RATIO = 1.1
@@ -167,6 +168,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from actors.slots import ROOM_COST_BYTES, default_max_live_rooms, slot_resources
     from actors.warmpool import POOL_NAMESPACE, POOL_PREFIX, ensure_warm_pools
 
+    as_installed()
     tmp = tempfile.mkdtemp(prefix="rooms-activation-")
     config = RoomsConfig(namespace=f"bench-act-{uuid.uuid4().hex[:6]}",
                          store_url=f"sqlite:///{tmp}/rooms.sqlite3", idle_timeout=0)

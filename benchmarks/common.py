@@ -1,18 +1,51 @@
-"""What the benchmarks share: the bare-actor baseline, quantiles, progress lines, the
-MET / NOT MET verdict and a worker's memory from ``/proc``."""
+"""What the benchmarks share: the project's bytecode as an install has it, the bare-actor
+baseline, quantiles, progress lines, the MET / NOT MET verdict and a worker's memory from
+``/proc``."""
 
 from __future__ import annotations
 
+import compileall
 import os
+import re
+import sys
 import time
-
+from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import ray
 
-__all__ = ["Bare", "CpuMeter", "cpu_seconds", "cpu_ticks", "local_rooms", "pct", "processes",
-           "progress", "python_thread_names", "replica_pids", "smaps", "TASK_THREAD",
-           "thread_cpu_seconds", "verdict"]
+__all__ = ["as_installed", "Bare", "CpuMeter", "cpu_seconds", "cpu_ticks", "local_rooms",
+           "pct", "processes", "progress", "python_thread_names", "replica_pids", "smaps",
+           "TASK_THREAD", "thread_cpu_seconds", "verdict"]
+
+
+PACKAGES = ("actors", "bridges", "rooms", "storage", "benchmarks")
+"""The project's packages (the wheel's four, and this one) whose bytecode
+:func:`as_installed` writes."""
+_NOT_PYTHON = re.compile(r"node_modules")
+"""What :func:`as_installed` skips: npm's trees (the peer benchmark's)."""
+
+
+def as_installed() -> None:
+    """Write the bytecode (``__pycache__/*.pyc``) of :data:`PACKAGES`, as installing the
+    wheel does (pip compiles what it installs), so that every worker process of a
+    benchmark loads the room runtime as a user's install does, from bytecode.
+
+    A source checkout run with ``PYTHONDONTWRITEBYTECODE`` set (this machine's
+    environment sets it) never writes bytecode on import, so each new process compiled
+    the room runtime from source: ~100 ms more CPU per room process here, and ~0.7 MiB
+    more PSS per live room, counted against rooms beside bare actors
+    (docs/performance.md, "Bytecode"). Python still reads bytecode that exists, whatever
+    that variable says. Files already compiled are skipped; a file that cannot be
+    compiled or written is reported by :mod:`compileall` and the progress line, and
+    its importers compile it as before. Raises nothing of its own.
+    """
+    root = Path(__file__).resolve().parents[1]
+    ok = all(compileall.compile_dir(root / name, quiet=1, rx=_NOT_PYTHON)
+             for name in PACKAGES if (root / name).is_dir())
+    progress(f"bytecode of {', '.join(PACKAGES)} written as an install has it"
+             f"{'' if ok else ' (some files failed to compile: see above)'}"
+             f"{' (PYTHONDONTWRITEBYTECODE is set)' if sys.flags.dont_write_bytecode else ''}")
 
 
 @ray.remote(num_cpus=0)
@@ -245,14 +278,16 @@ class CpuMeter:
 def local_rooms(prefix: str) -> Any:
     """Start a fresh local Ray (no dashboard, in namespace ``<prefix>-<random>``), a
     SQLite store in a new temporary directory and this node's warm pool, as ``rooms
-    serve`` would; return the rooms' :class:`~actors.config.RoomsConfig` (rooms never
-    hibernate for idleness: ``idle_timeout=0``). Raises what ``ray.init`` raises."""
+    serve`` would, the project's bytecode written first (:func:`as_installed`); return
+    the rooms' :class:`~actors.config.RoomsConfig` (rooms never hibernate for idleness:
+    ``idle_timeout=0``). Raises what ``ray.init`` raises."""
     import tempfile
     import uuid
 
     from actors.config import RoomsConfig
     from actors.warmpool import ensure_warm_pools
 
+    as_installed()
     namespace = f"{prefix}-{uuid.uuid4().hex[:6]}"
     ray.init(address="local", namespace=namespace, include_dashboard=False,
              configure_logging=False, log_to_driver=False)
