@@ -40,9 +40,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import importlib
+import importlib.util
 import logging
 import os
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -50,7 +53,8 @@ import ray
 from .seam import prestart_workers, raylet_runtime_env, setup_hook_env_var
 
 __all__ = ["AI_PRELOAD", "POOL_NAMESPACE", "POOL_PREFIX", "PRELOAD", "PRELOAD_ENV",
-           "SETUP_HOOK_ENV", "WarmPool", "ensure_warm_pools", "notify_started", "preload",
+           "RUNTIME_PACKAGES", "SETUP_HOOK_ENV", "WarmPool", "ensure_warm_pools",
+           "missing_bytecode", "notify_started", "preload",
            "preloaded_at", "preloads_ai", "prestart", "expect_rooms_from_here",
            "room_runtime_env", "rooms_created_here", "worker_env"]
 
@@ -83,6 +87,10 @@ backend, ~25 ms), and the process's TLS context. A fresh room's process spent th
 ~0.3 s of CPU after its activation, and an ``enableAi`` sent right after the first join
 waited for them (issue 23: ``python benchmarks/enable_ai.py --settle 0``); in a warm
 worker they are spent before the room exists."""
+
+RUNTIME_PACKAGES = ("actors", "bridges", "rooms", "storage")
+"""The packages of the room runtime (the wheel's), whose bytecode every room's process
+loads (:func:`missing_bytecode`)."""
 
 _preloaded_at: float | None = None
 
@@ -152,6 +160,34 @@ def preload() -> None:
             log.exception("preloading %s failed", entry.strip())
     if not failed:
         _preloaded_at = time.time()
+
+
+def missing_bytecode() -> list[str]:
+    """The room runtime's source files that every room's process will compile again.
+
+    Python reads a module's bytecode from its ``__pycache__`` when it is there, and
+    otherwise compiles the source and writes the bytecode, unless
+    ``PYTHONDONTWRITEBYTECODE`` is set. A wheel install has the bytecode (pip compiles at
+    install). A source checkout where that variable is set never gets it, so each room's
+    process compiles the runtime when it starts: ~0.1 s of CPU here
+    (docs/operating.md, "Bytecode").
+
+    Returns:
+        The paths (sorted) of the source files of :data:`RUNTIME_PACKAGES`, as this
+        process finds them, that have no bytecode, when this process was started with
+        ``PYTHONDONTWRITEBYTECODE`` (which its workers inherit); ``[]`` otherwise, or
+        when a package is not importable.
+    """
+    if not sys.flags.dont_write_bytecode:
+        return []
+    missing: list[str] = []
+    for name in RUNTIME_PACKAGES:
+        spec = importlib.util.find_spec(name)
+        for root in (spec.submodule_search_locations or []) if spec else []:
+            for source in Path(root).rglob("*.py"):
+                if not os.path.exists(importlib.util.cache_from_source(str(source))):
+                    missing.append(str(source))
+    return sorted(missing)
 
 
 def preloaded_at() -> float | None:

@@ -145,3 +145,42 @@ def test_the_commands_list_gives_each_summary_as_one_paragraph():
     assert "with the node each live one runs on (cluster-wide)." in rows["ls"], rows
     assert "Outside --dev it needs ROOMS_TOKEN_SECRET" in rows["serve"], rows
     assert "exit 1 if a step fails." in rows["demo"], rows
+
+
+def test_a_checkout_without_bytecode_is_warned_of_where_rooms_would_compile_it(tmp_path):
+    """``rooms serve`` and ``rooms demo`` warn (:func:`actors.cli.bytecode_warning`) when
+    ``PYTHONDONTWRITEBYTECODE`` is set and the room runtime has no bytecode: every room's
+    process would compile it again. The warning names the directories to compile; once
+    they are compiled, as a wheel install has them, or without that variable, there is
+    no warning. Run in fresh interpreters on a copy of the packages with no
+    ``__pycache__``."""
+    import shutil
+    from pathlib import Path
+
+    from actors.warmpool import RUNTIME_PACKAGES
+
+    root = Path(__file__).resolve().parents[1]
+    for name in RUNTIME_PACKAGES:
+        shutil.copytree(root / name, tmp_path / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "node_modules"))
+    probe = "from actors.cli import bytecode_warning; print(bytecode_warning())"
+
+    def warning(dont_write: bool) -> str:
+        env = {**os.environ, "PYTHONPATH": str(tmp_path),
+               "PYTHONDONTWRITEBYTECODE": "1" if dont_write else ""}
+        done = subprocess.run([sys.executable, "-c", probe], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    first = warning(dont_write=True)
+    dirs = " ".join(str(tmp_path / name) for name in sorted(RUNTIME_PACKAGES))
+    assert first.startswith("WARNING: "), first
+    assert f"python -m compileall -q {dirs} " in first, first
+    assert not list(tmp_path.rglob("__pycache__"))  # the check itself wrote none
+    compiled = subprocess.run([sys.executable, "-m", "compileall", "-q", *dirs.split()],
+                              capture_output=True, text=True, timeout=120)
+    assert compiled.returncode == 0, compiled.stdout + compiled.stderr
+    assert warning(dont_write=True) == "None"
+    shutil.rmtree(tmp_path / "rooms" / "__pycache__")
+    assert warning(dont_write=False) == "None"  # Python writes what it imports
