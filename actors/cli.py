@@ -231,20 +231,16 @@ def bytecode_warning() -> str | None:
     """The warning ``rooms serve`` and ``rooms demo`` print when every room's process
     would compile the room runtime again (:func:`actors.warmpool.missing_bytecode`), or
     ``None``. Names the package directories to compile and the command that does it."""
-    from pathlib import Path
-
-    from .warmpool import RUNTIME_PACKAGES, missing_bytecode
+    from .warmpool import missing_bytecode
 
     missing = missing_bytecode()
     if not missing:
         return None
-    dirs = sorted({str(parent) for path in missing for parent in Path(path).parents
-                   if parent.name in RUNTIME_PACKAGES
-                   and parent.parent.name not in RUNTIME_PACKAGES})
-    return (f"WARNING: {len(missing)} source files of the room runtime have no bytecode "
+    count = sum(len(files) for files in missing.values())
+    return (f"WARNING: {count} source files of the room runtime have no bytecode "
             f"and PYTHONDONTWRITEBYTECODE is set, so every room's process compiles them "
             f"when it starts (~0.1 s of CPU each); compile them once: python -m "
-            f"compileall -q {' '.join(dirs)} (docs/operating.md, \"Bytecode\")")
+            f"compileall -q {' '.join(sorted(missing))} (docs/operating.md, \"Bytecode\")")
 
 
 @app.command("serve")

@@ -162,7 +162,7 @@ def preload() -> None:
         _preloaded_at = time.time()
 
 
-def missing_bytecode() -> list[str]:
+def missing_bytecode() -> dict[str, list[str]]:
     """The room runtime's source files that every room's process will compile again.
 
     Python reads a module's bytecode from its ``__pycache__`` when it is there, and
@@ -173,21 +173,23 @@ def missing_bytecode() -> list[str]:
     (docs/operating.md, "Bytecode").
 
     Returns:
-        The paths (sorted) of the source files of :data:`RUNTIME_PACKAGES`, as this
-        process finds them, that have no bytecode, when this process was started with
-        ``PYTHONDONTWRITEBYTECODE`` (which its workers inherit); ``[]`` otherwise, or
+        ``{package directory: [source files without bytecode, sorted]}`` for the
+        packages of :data:`RUNTIME_PACKAGES` as this process finds them, listing only
+        directories with such files, when this process was started with
+        ``PYTHONDONTWRITEBYTECODE`` (which its workers inherit); ``{}`` otherwise, or
         when a package is not importable.
     """
     if not sys.flags.dont_write_bytecode:
-        return []
-    missing: list[str] = []
+        return {}
+    missing: dict[str, list[str]] = {}
     for name in RUNTIME_PACKAGES:
         spec = importlib.util.find_spec(name)
         for root in (spec.submodule_search_locations or []) if spec else []:
-            for source in Path(root).rglob("*.py"):
-                if not os.path.exists(importlib.util.cache_from_source(str(source))):
-                    missing.append(str(source))
-    return sorted(missing)
+            files = sorted(str(source) for source in Path(root).rglob("*.py")
+                           if not os.path.exists(importlib.util.cache_from_source(str(source))))
+            if files:
+                missing[root] = files
+    return missing
 
 
 def preloaded_at() -> float | None:

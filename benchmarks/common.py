@@ -14,13 +14,15 @@ from typing import Any, Iterable, Iterator
 
 import ray
 
+from actors.warmpool import RUNTIME_PACKAGES
+
 __all__ = ["as_installed", "Bare", "CpuMeter", "cpu_seconds", "cpu_ticks", "local_rooms",
            "pct", "processes", "progress", "python_thread_names", "replica_pids", "smaps",
            "TASK_THREAD", "thread_cpu_seconds", "verdict"]
 
 
-PACKAGES = ("actors", "bridges", "rooms", "storage", "benchmarks")
-"""The project's packages (the wheel's four, and this one) whose bytecode
+PACKAGES = (*RUNTIME_PACKAGES, "benchmarks")
+"""The project's packages (the room runtime's, and this one) whose bytecode
 :func:`as_installed` writes."""
 _NOT_PYTHON = re.compile(r"node_modules")
 """What :func:`as_installed` skips: npm's trees (the peer benchmark's)."""
